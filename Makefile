@@ -1,0 +1,52 @@
+# ucupdates: the two commands are `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= ./var
+# Debian packages the appliance and its tests need (installed when missing).
+SYSTEM_PACKAGES := cabextract gcab
+STAMP_SYS := $(VENV)/.system-packages
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck bench bench-import setup clean sample
+
+setup: $(STAMP)
+
+$(STAMP_SYS): Makefile
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(STAMP): pyproject.toml $(STAMP_SYS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+run: $(STAMP)
+	$(PY) -m appliance --data-dir $(DATA_DIR) make-sample-package $(DATA_DIR)/sample/UCUpdates.cab
+	$(PY) -m appliance --data-dir $(DATA_DIR) import $(DATA_DIR)/sample/UCUpdates.cab
+	$(PY) -m appliance --data-dir $(DATA_DIR) rules
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check appliance tests bench
+	$(VENV)/bin/mypy
+
+bench-import: $(STAMP)
+	$(PY) bench/bench_import.py
+
+bench: bench-import
+
+clean:
+	rm -rf $(VENV) $(DATA_DIR) bench/out test-artifacts

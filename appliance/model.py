@@ -1,0 +1,151 @@
+"""The appliance's plain data: rules, update files, test devices, device requests.
+
+Nothing here does I/O; the store returns these records and the decision reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import PurePosixPath
+
+RULE_KEY_FIELDS = ("device_type", "brand", "model", "revision", "locale", "update_type")
+
+
+@dataclass(frozen=True, order=True)
+class RuleKey:
+    """What a rule is keyed by (protocol-reference §6). Matching ignores case."""
+
+    device_type: str
+    brand: str
+    model: str
+    revision: str
+    locale: str
+    update_type: str
+
+    def folded(self) -> tuple[str, ...]:
+        """The case-insensitive identity of the key."""
+        return tuple(getattr(self, f).casefold() for f in RULE_KEY_FIELDS)
+
+    def store_dir(self, version: str) -> PurePosixPath:
+        """`<DeviceType>/<Brand>/<Model>/<Revision>/<Locale>/<Version>/<UpdateType>`."""
+        return PurePosixPath(
+            self.device_type,
+            self.brand,
+            self.model,
+            self.revision,
+            self.locale,
+            version,
+            self.update_type,
+        )
+
+    def __str__(self) -> str:
+        return "/".join(getattr(self, f) for f in RULE_KEY_FIELDS)
+
+
+class RuleState(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    RESTORED = "restored"
+    RESET = "reset"
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: int
+    key: RuleKey
+    approved_version: str | None
+    pending_version: str | None
+    restore_version: str | None
+    state: RuleState
+    updated_at: str
+
+    def versions(self) -> frozenset[str]:
+        """Every version this rule still references (what clean-files keeps)."""
+        return frozenset(
+            v for v in (self.approved_version, self.pending_version, self.restore_version) if v
+        )
+
+
+@dataclass(frozen=True)
+class UpdateFile:
+    """One module of an update: the image a phone fetches, with its signature file."""
+
+    key: RuleKey
+    version: str
+    file_name: str
+    signature_file_name: str | None
+    size: int
+    sha256: str
+    timestamp: str | None
+    path: PurePosixPath  # relative to the DeviceUpdateStore root
+
+
+class IdentifierKind(StrEnum):
+    MAC = "mac"
+    SERIAL = "serial"
+
+
+@dataclass(frozen=True)
+class TestDevice:
+    __test__ = False  # not a pytest test class
+
+    id: int
+    name: str
+    kind: IdentifierKind
+    identifier: str  # normalised (see identifiers.py)
+    scope: str
+    created_at: str
+
+
+class Zone(StrEnum):
+    INTERNAL = "internal"
+    EXTERNAL = "external"
+
+
+@dataclass(frozen=True)
+class ReportedModule:
+    file_name: str
+    version: str | None
+    timestamp: str | None = None
+
+
+@dataclass(frozen=True)
+class DeviceRequest:
+    """What a phone says about itself in an update check (protocol-reference §5)."""
+
+    device_type: str
+    brand: str
+    model: str
+    revision: str
+    locale: str
+    mac: str | None = None  # normalised, or None when blank
+    serial: str | None = None  # normalised, or None when blank
+    modules: tuple[ReportedModule, ...] = ()
+    version: str | None = None  # a top-level version when there is no module list
+    user_id: str | None = None
+    zone: Zone = Zone.INTERNAL
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A snapshot of what the decision needs: rules, their files, and the test devices."""
+
+    rules: tuple[Rule, ...] = ()
+    files: tuple[UpdateFile, ...] = ()
+    test_macs: frozenset[str] = frozenset()
+    test_serials: frozenset[str] = frozenset()
+    _files_by_update: dict[tuple[tuple[str, ...], str], tuple[UpdateFile, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        grouped: dict[tuple[tuple[str, ...], str], list[UpdateFile]] = {}
+        for f in self.files:
+            grouped.setdefault((f.key.folded(), f.version), []).append(f)
+        for k, v in grouped.items():
+            self._files_by_update[k] = tuple(sorted(v, key=lambda f: f.file_name.casefold()))
+
+    def files_for(self, key: RuleKey, version: str) -> tuple[UpdateFile, ...]:
+        return self._files_by_update.get((key.folded(), version), ())

@@ -1,0 +1,84 @@
+"""`ucupdates make-sample-package`: a realistic vendor-style package to try things with.
+
+Several brands, models and locales as `UCUpdates.cab` carries them (protocol-reference
+§8): `updateInfo.xml` at the root, then one image (`CPE.nbt`) and its signature file
+(`CPE.cat`) per device. The image bytes are deterministic (seeded by path and version)
+and about half compressible, like real firmware images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .cabwriter import CabEntry, write_cab
+from .model import RuleKey
+from .package_format import UPDATE_INFO, PackageModule, PackageUpdate, render_update_info
+
+DEFAULT_VERSION = "4.0.7577.4387"
+DEFAULT_IMAGE_SIZE = 256 * 1024
+SAMPLE_TIME = datetime(2013, 4, 2, tzinfo=UTC)
+
+SAMPLE_DEVICES: tuple[tuple[str, str, str, str, str], ...] = (
+    ("UCPhone", "Polycom", "CX600", "A", "ENU"),
+    ("UCPhone", "Polycom", "CX600", "A", "DEU"),
+    ("UCPhone", "Polycom", "CX500", "A", "ENU"),
+    ("UCPhone", "Polycom", "CX3000", "A", "ENU"),
+    ("UCPhone", "Polycom", "CX700", "A", "ENU"),
+    ("UCPhone", "Aastra", "6721ip", "A", "ENU"),
+    ("UCPhone", "Aastra", "6725ip", "A", "FRA"),
+    ("UCPhone", "HP", "4120", "A", "ENU"),
+)
+_CHUNK = 64 * 1024
+
+
+def _image_chunks(seed: str, size: int) -> Iterator[bytes]:
+    """`size` bytes: a WinCE image signature, then alternating random and repetitive runs."""
+    rng = random.Random(hashlib.sha256(seed.encode()).digest())  # noqa: S311 - not secret
+    filler = (f"{seed} ".encode() * (_CHUNK // len(seed)))[: _CHUNK // 2]
+    produced = 0
+    header = b"B000FF\n"
+    while produced < size:
+        block = header + rng.randbytes(_CHUNK // 2 - len(header)) + filler
+        header = b""
+        block = block[: size - produced]
+        produced += len(block)
+        yield block
+
+
+def sample_updates(version: str = DEFAULT_VERSION) -> list[PackageUpdate]:
+    updates = []
+    for device_type, brand, model, revision, locale in SAMPLE_DEVICES:
+        key = RuleKey(device_type, brand, model, revision, locale, "CPE")
+        folder = f"{device_type}/{brand}/{model}/{revision}/{locale}/CPE"
+        module = PackageModule("CPE.nbt", f"{folder}/CPE.nbt", f"{folder}/CPE.cat")
+        updates.append(PackageUpdate(key, version, "2013-04-02T00:00:00Z", (module,)))
+    return updates
+
+
+def make_sample_package(
+    out: Path, version: str = DEFAULT_VERSION, image_size: int = DEFAULT_IMAGE_SIZE
+) -> list[PackageUpdate]:
+    """Write the sample package to `out` (MSZIP-compressed); returns what it holds."""
+    updates = sample_updates(version)
+    xml = render_update_info(updates)
+    entries = [CabEntry(UPDATE_INFO, len(xml), lambda: [xml], SAMPLE_TIME)]
+    for u in updates:
+        for m in u.modules:
+            seed = f"{m.member} {version}"
+            entries.append(CabEntry(
+                m.member, image_size,
+                lambda seed=seed: _image_chunks(seed, image_size), SAMPLE_TIME,
+            ))
+            if m.signature_member:
+                signature = b"0\x82" + hashlib.sha512(seed.encode()).digest() * 16
+                entries.append(CabEntry(
+                    m.signature_member, len(signature),
+                    lambda signature=signature: [signature], SAMPLE_TIME,
+                ))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_cab(out, entries, compression="mszip")
+    return updates

@@ -1,0 +1,523 @@
+"""Which update a device gets (protocol-reference §6), as parameter tables."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+import pytest
+
+from appliance.decision import Decision, Reason, choose_update, is_test_device
+from appliance.model import (
+    Catalog,
+    DeviceRequest,
+    ReportedModule,
+    Rule,
+    RuleKey,
+    RuleState,
+    UpdateFile,
+)
+
+MAC = "00-04-F2-A1-B2-C3"
+SERIAL = "64167F1234"
+CU7 = "4.0.7577.4366"
+CU8 = "4.0.7577.4387"
+CU6 = "4.0.7577.4100"
+
+
+def key(update_type: str = "CPE", **fields: str) -> RuleKey:
+    values = {
+        "device_type": "UCPhone",
+        "brand": "Polycom",
+        "model": "CX600",
+        "revision": "A",
+        "locale": "ENU",
+    }
+    values.update(fields)
+    return RuleKey(update_type=update_type, **values)
+
+
+def rule(
+    approved: str | None = None,
+    pending: str | None = None,
+    restore: str | None = None,
+    rule_key: RuleKey | None = None,
+    rule_id: int = 1,
+) -> Rule:
+    state = RuleState.PENDING if pending else RuleState.APPROVED
+    return Rule(
+        id=rule_id,
+        key=rule_key or key(),
+        approved_version=approved,
+        pending_version=pending,
+        restore_version=restore,
+        state=state,
+        updated_at="2013-04-02T00:00:00Z",
+    )
+
+
+def files(version: str, *names: str, rule_key: RuleKey | None = None) -> list[UpdateFile]:
+    k = rule_key or key()
+    names = names or ("CPE.nbt",)
+    return [
+        UpdateFile(
+            key=k,
+            version=version,
+            file_name=name,
+            signature_file_name=name.rsplit(".", 1)[0] + ".cat",
+            size=1024,
+            sha256="0" * 64,
+            timestamp="2013-04-02T00:00:00Z",
+            path=k.store_dir(version) / name,
+        )
+        for name in names
+    ]
+
+
+def catalog(
+    *rules: Rule,
+    with_files: tuple[UpdateFile, ...] | list[UpdateFile] | None = None,
+    test_macs: tuple[str, ...] = (),
+    test_serials: tuple[str, ...] = (),
+) -> Catalog:
+    """A catalogue of `rules`; unless given, every version a rule references has CPE.nbt."""
+    if with_files is None:
+        with_files = [
+            f for r in rules for v in sorted(r.versions()) for f in files(v, rule_key=r.key)
+        ]
+    return Catalog(
+        rules=tuple(rules),
+        files=tuple(with_files),
+        test_macs=frozenset(test_macs),
+        test_serials=frozenset(test_serials),
+    )
+
+
+def request(
+    version: str | None = None,
+    modules: tuple[tuple[str, str | None], ...] = (),
+    mac: str | None = MAC,
+    serial: str | None = SERIAL,
+    **fields: str,
+) -> DeviceRequest:
+    values = {
+        "device_type": "UCPhone",
+        "brand": "Polycom",
+        "model": "CX600",
+        "revision": "A",
+        "locale": "ENU",
+    }
+    values.update(fields)
+    return DeviceRequest(
+        device_type=values["device_type"],
+        brand=values["brand"],
+        model=values["model"],
+        revision=values["revision"],
+        locale=values["locale"],
+        mac=mac,
+        serial=serial,
+        version=version,
+        modules=tuple(ReportedModule(name, v) for name, v in modules),
+    )
+
+
+def offered(decision: Decision) -> list[tuple[str, str, tuple[str, ...]]]:
+    """What the phone would see: (update type, version, file names) per offer."""
+    return [
+        (o.rule.key.update_type, o.version, tuple(f.file_name for f in o.files))
+        for o in decision.offers
+    ]
+
+
+# --- rule matching -------------------------------------------------------------------
+
+MATCHING = [
+    pytest.param(request(CU7), catalog(rule(CU8)), CU8, id="exact-fields"),
+    pytest.param(
+        request(CU7, brand="POLYCOM", model="cx600", locale="enu", device_type="ucphone"),
+        catalog(rule(CU8)),
+        CU8,
+        id="request-case-differs",
+    ),
+    pytest.param(
+        request(CU7),
+        catalog(rule(CU8, rule_key=key(brand="polycom", model="Cx600", locale="Enu"))),
+        CU8,
+        id="rule-case-differs",
+    ),
+    pytest.param(request(CU7, model="CX500"), catalog(rule(CU8)), None, id="other-model"),
+    pytest.param(request(CU7, locale="DEU"), catalog(rule(CU8)), None, id="other-locale"),
+    pytest.param(request(CU7, revision="B"), catalog(rule(CU8)), None, id="other-revision"),
+    pytest.param(request(CU7, brand="Aastra"), catalog(rule(CU8)), None, id="other-brand"),
+    pytest.param(request(CU7), catalog(), None, id="empty-catalogue"),
+]
+
+
+@pytest.mark.parametrize(("req", "cat", "expected"), MATCHING)
+def test_rule_matching_ignores_case(req: DeviceRequest, cat: Catalog, expected: str | None) -> None:
+    decision = choose_update(req, cat)
+    if expected is None:
+        assert decision.offers == ()
+        assert decision.downloads == 0
+        assert decision.reason is Reason.NO_RULE
+        assert "no rule for UCPhone/" in decision.detail
+    else:
+        assert offered(decision) == [("CPE", expected, ("CPE.nbt",))]
+        assert decision.downloads == 1
+        assert decision.reason is Reason.APPROVED
+
+
+# --- which version: ordinary and test devices ---------------------------------------
+
+CHOICE = [
+    # (request, catalogue, offered version or None, reason)
+    pytest.param(request(CU7), catalog(rule(CU8)), CU8, Reason.APPROVED, id="ordinary-approved"),
+    pytest.param(
+        request(CU7),
+        catalog(rule(pending=CU8)),
+        None,
+        Reason.NO_VERSION,
+        id="ordinary-pending-only-rule",
+    ),
+    pytest.param(
+        request(CU7),
+        catalog(rule(None, restore=CU6)),
+        None,
+        Reason.NO_VERSION,
+        id="ordinary-restored-to-nothing",
+    ),
+    pytest.param(
+        request(CU6),
+        catalog(rule(CU7, pending=CU8)),
+        CU7,
+        Reason.APPROVED,
+        id="ordinary-ignores-pending",
+    ),
+    pytest.param(
+        request(CU7),
+        catalog(rule(pending=CU8), test_macs=(MAC,)),
+        CU8,
+        Reason.PENDING_TEST_DEVICE,
+        id="test-by-mac-pending-only",
+    ),
+    pytest.param(
+        request(CU7, mac=None),
+        catalog(rule(pending=CU8), test_serials=(SERIAL,)),
+        CU8,
+        Reason.PENDING_TEST_DEVICE,
+        id="test-by-serial-pending-only",
+    ),
+    pytest.param(
+        request(CU6),
+        catalog(rule(CU7, pending=CU8), test_macs=(MAC,)),
+        CU8,
+        Reason.PENDING_TEST_DEVICE,
+        id="test-prefers-pending-over-approved",
+    ),
+    pytest.param(
+        request(CU6),
+        catalog(rule(CU7), test_serials=(SERIAL,)),
+        CU7,
+        Reason.APPROVED,
+        id="test-no-pending-falls-back-to-approved",
+    ),
+    pytest.param(
+        request(CU7),
+        catalog(rule(), test_macs=(MAC,)),
+        None,
+        Reason.NO_VERSION,
+        id="test-rule-with-no-version",
+    ),
+    pytest.param(
+        request(CU6),
+        catalog(rule(CU7, pending=CU8), test_macs=("00-04-F2-00-00-01",)),
+        CU7,
+        Reason.APPROVED,
+        id="other-mac-listed-is-ordinary",
+    ),
+]
+
+
+@pytest.mark.parametrize(("req", "cat", "expected", "reason"), CHOICE)
+def test_version_choice(
+    req: DeviceRequest, cat: Catalog, expected: str | None, reason: Reason
+) -> None:
+    decision = choose_update(req, cat)
+    assert decision.reason is reason
+    if expected is None:
+        assert decision.offers == ()
+        assert decision.downloads == 0
+    else:
+        assert offered(decision) == [("CPE", expected, ("CPE.nbt",))]
+        assert decision.offers[0].reason is reason
+        assert decision.downloads == 1
+
+
+@pytest.mark.parametrize(
+    ("req", "cat", "expected"),
+    [
+        pytest.param(request(mac=MAC, serial=None), catalog(test_macs=(MAC,)), True, id="mac"),
+        pytest.param(
+            request(mac=None, serial=SERIAL), catalog(test_serials=(SERIAL,)), True, id="serial"
+        ),
+        pytest.param(
+            request(mac=SERIAL, serial=MAC),
+            catalog(test_macs=(MAC,)),
+            False,
+            id="serial-list-is-not-mac-list",
+        ),
+        pytest.param(request(mac=None, serial=None), catalog(), False, id="anonymous"),
+    ],
+)
+def test_is_test_device(req: DeviceRequest, cat: Catalog, expected: bool) -> None:
+    assert is_test_device(req, cat) is expected
+
+
+# --- differs, up to date, rollback --------------------------------------------------
+
+VERSIONS = [
+    # (reported top-level version, approved version, offered?, rollback)
+    pytest.param(CU8, CU8, False, False, id="same"),
+    pytest.param("4.0.07577.4387", CU8, False, False, id="same-numerically-leading-zero"),
+    pytest.param(" 4.0.7577.4387 ", CU8, False, False, id="same-with-spaces"),
+    pytest.param(CU7, CU8, True, False, id="newer-approved"),
+    pytest.param(CU8, CU7, True, True, id="rollback-after-restore"),
+    pytest.param("4.0.7577.4387.1", CU8, True, True, id="rollback-longer-reported"),
+    pytest.param("garbage", CU8, True, False, id="unparsable-reported-not-rollback"),
+]
+
+
+@pytest.mark.parametrize(("reported", "approved", "is_offered", "rollback"), VERSIONS)
+def test_offered_whenever_version_differs(
+    reported: str, approved: str, is_offered: bool, rollback: bool
+) -> None:
+    decision = choose_update(request(reported), catalog(rule(approved, restore=CU6)))
+    if not is_offered:
+        assert offered(decision) == []
+        assert decision.reason is Reason.UP_TO_DATE
+        assert f"already runs approved {approved}" in decision.detail
+        return
+    assert offered(decision) == [("CPE", approved, ("CPE.nbt",))]
+    offer = decision.offers[0]
+    assert offer.rollback is rollback
+    assert offer.reported == reported
+    assert decision.reason is Reason.APPROVED
+    verb = "rolls back from" if rollback else "differs from"
+    assert f"approved {approved} {verb} reported {reported}" in decision.detail
+
+
+def test_restore_rolls_back_a_test_device_too() -> None:
+    # After restore, approved went back to CU7; a test device on CU8 with nothing pending.
+    cat = catalog(rule(CU7), test_macs=(MAC,))
+    decision = choose_update(request(CU8), cat)
+    assert offered(decision) == [("CPE", CU7, ("CPE.nbt",))]
+    assert decision.offers[0].rollback is True
+    assert decision.reason is Reason.APPROVED
+
+
+def test_test_device_already_on_pending_is_up_to_date() -> None:
+    decision = choose_update(request(CU8), catalog(rule(CU7, pending=CU8), test_macs=(MAC,)))
+    assert offered(decision) == []
+    assert decision.reason is Reason.UP_TO_DATE
+    assert decision.detail == (
+        f"test device {MAC}: already runs pending {CU8} (rule UCPhone/Polycom/CX600/A/ENU/CPE)"
+    )
+
+
+# --- where the reported version comes from -------------------------------------------
+
+REPORTED = [
+    # (top-level version, modules, reported version the decision used)
+    pytest.param(None, (("CPE.nbt", CU8),), CU8, id="single-module-by-name"),
+    pytest.param(
+        None, (("boot.bin", CU6), ("cpe.NBT", CU8)), CU8, id="module-by-name-ignoring-case"
+    ),
+    pytest.param(CU6, (("CPE.nbt", CU8),), CU8, id="module-by-name-beats-top-level"),
+    pytest.param(CU8, (("boot.bin", CU6), ("ui.bin", CU6)), CU8, id="top-level-when-no-name"),
+    pytest.param(CU8, (), CU8, id="top-level-no-modules"),
+    pytest.param(None, (("firmware.img", CU8),), CU8, id="only-module-other-name"),
+    pytest.param(None, (("boot.bin", CU8), ("ui.bin", CU8)), None, id="unknown-two-modules"),
+    pytest.param(None, (), None, id="unknown-nothing-reported"),
+    pytest.param(None, (("CPE.nbt", None),), None, id="unknown-module-without-version"),
+    pytest.param("", (("CPE.nbt", ""),), None, id="unknown-blank-versions"),
+]
+
+
+@pytest.mark.parametrize(("version", "modules", "reported"), REPORTED)
+def test_reported_version_source(
+    version: str | None, modules: tuple[tuple[str, str | None], ...], reported: str | None
+) -> None:
+    # The approved version is CU8: a device known to run CU8 is up to date, any other
+    # (or unknown) reported version gets CU8 offered.
+    decision = choose_update(request(version, modules), catalog(rule(CU8)))
+    if reported == CU8:
+        assert offered(decision) == []
+        assert decision.reason is Reason.UP_TO_DATE
+    else:
+        assert offered(decision) == [("CPE", CU8, ("CPE.nbt",))]
+        assert decision.offers[0].reported == reported
+        assert decision.offers[0].rollback is False
+        assert "unknown reported version" in decision.detail
+
+
+def test_module_matched_by_name_decides_not_other_modules() -> None:
+    # The phone runs an old bootloader but the CPE image is current: no update.
+    req = request(None, (("boot.bin", CU6), ("CPE.nbt", CU8)))
+    decision = choose_update(req, catalog(rule(CU8)))
+    assert decision.reason is Reason.UP_TO_DATE
+    # And with the CPE image old, the offer says which version it replaces.
+    req = request(None, (("boot.bin", CU8), ("CPE.nbt", CU7)))
+    decision = choose_update(req, catalog(rule(CU8)))
+    assert offered(decision) == [("CPE", CU8, ("CPE.nbt",))]
+    assert decision.offers[0].reported == CU7
+
+
+# --- files --------------------------------------------------------------------------
+
+
+def test_missing_files_are_never_offered() -> None:
+    decision = choose_update(request(CU7), catalog(rule(CU8), with_files=()))
+    assert offered(decision) == []
+    assert decision.downloads == 0
+    assert decision.reason is Reason.MISSING_FILES
+    assert f"approved {CU8}" in decision.detail
+    assert "no files in the catalogue" in decision.detail
+
+
+def test_files_of_another_version_do_not_count() -> None:
+    decision = choose_update(request(CU7), catalog(rule(CU8), with_files=files(CU7)))
+    assert decision.reason is Reason.MISSING_FILES
+    assert decision.offers == ()
+
+
+def test_up_to_date_device_needs_no_files() -> None:
+    decision = choose_update(request(CU8), catalog(rule(CU8), with_files=()))
+    assert decision.reason is Reason.UP_TO_DATE
+
+
+def test_module_recognised_by_name_of_another_version_of_the_rule() -> None:
+    # Approved CU7 lost its files; CU8 (pending) still names the image CPE.nbt, so the
+    # phone's CPE.nbt module is recognised among several modules.
+    cat = catalog(rule(CU7, pending=CU8), with_files=files(CU8))
+    on_cu7 = request(None, (("boot.bin", CU6), ("CPE.nbt", CU7)))
+    assert choose_update(on_cu7, cat).reason is Reason.UP_TO_DATE
+    on_cu6 = request(None, (("boot.bin", CU7), ("CPE.nbt", CU6)))
+    decision = choose_update(on_cu6, cat)
+    assert decision.offers == ()
+    assert decision.reason is Reason.MISSING_FILES
+
+
+def test_offer_carries_every_file_of_the_version() -> None:
+    cat = catalog(rule(CU8), with_files=files(CU8, "CPE.nbt", "boot.bin") + files(CU7))
+    decision = choose_update(request(CU7), cat)
+    assert offered(decision) == [("CPE", CU8, ("boot.bin", "CPE.nbt"))]
+    paths = [str(f.path) for f in decision.offers[0].files]
+    assert paths == [
+        f"UCPhone/Polycom/CX600/A/ENU/{CU8}/CPE/boot.bin",
+        f"UCPhone/Polycom/CX600/A/ENU/{CU8}/CPE/CPE.nbt",
+    ]
+
+
+# --- several update types for one device --------------------------------------------
+
+CPE = key("CPE")
+UI = key("UI")
+TWO_TYPES = [
+    # (approved CPE, approved UI, CPE files present, offered update types, overall reason)
+    pytest.param(CU8, "1.2", True, ["CPE", "UI"], Reason.APPROVED, id="both-offered"),
+    pytest.param(CU7, "1.2", True, ["UI"], Reason.APPROVED, id="cpe-up-to-date-ui-offered"),
+    pytest.param(CU7, "1.1", True, [], Reason.UP_TO_DATE, id="both-up-to-date"),
+    pytest.param(None, "1.1", True, [], Reason.UP_TO_DATE, id="no-version-and-up-to-date"),
+    pytest.param(CU8, "1.1", False, [], Reason.MISSING_FILES, id="missing-files-most-telling"),
+    pytest.param(None, None, True, [], Reason.NO_VERSION, id="neither-has-a-version"),
+]
+
+
+@pytest.mark.parametrize(("cpe", "ui", "cpe_files", "types", "reason"), TWO_TYPES)
+def test_two_update_types_for_one_device(
+    cpe: str | None, ui: str | None, cpe_files: bool, types: list[str], reason: Reason
+) -> None:
+    all_files = files("1.1", "UI.bin", rule_key=UI) + files("1.2", "UI.bin", rule_key=UI)
+    if cpe_files:
+        all_files += files(CU7, "CPE.nbt", rule_key=CPE) + files(CU8, "CPE.nbt", rule_key=CPE)
+    cat = catalog(
+        rule(cpe, rule_key=CPE, rule_id=1), rule(ui, rule_key=UI, rule_id=2), with_files=all_files
+    )
+    req = request(None, (("CPE.nbt", CU7), ("UI.bin", "1.1")))
+    decision = choose_update(req, cat)
+    assert [t for t, _, _ in offered(decision)] == types
+    assert decision.downloads == len(types)
+    assert decision.reason is reason
+    for offer in decision.offers:
+        expected_file = "CPE.nbt" if offer.rule.key.update_type == "CPE" else "UI.bin"
+        assert [f.file_name for f in offer.files] == [expected_file]
+        assert offer.version == (cpe if offer.rule.key.update_type == "CPE" else ui)
+    # One line covering both rules.
+    assert "\n" not in decision.detail
+    assert "/CPE" in decision.detail and "/UI" in decision.detail
+
+
+# --- the human line -----------------------------------------------------------------
+
+RULE = "UCPhone/Polycom/CX600/A/ENU/CPE"
+DETAILS = [
+    pytest.param(
+        request(CU7),
+        catalog(rule(pending=CU8), test_macs=(MAC,)),
+        f"test device {MAC}: pending {CU8} differs from reported {CU7} (rule {RULE})",
+        id="pending-test-device",
+    ),
+    pytest.param(
+        request(CU7, mac=None),
+        catalog(rule(CU8)),
+        f"device serial {SERIAL}: approved {CU8} differs from reported {CU7} (rule {RULE})",
+        id="approved-by-serial",
+    ),
+    pytest.param(
+        request(CU8, mac=None, serial=None),
+        catalog(rule(CU7)),
+        f"device without MAC or serial: approved {CU7} rolls back from reported {CU8}"
+        f" (rule {RULE})",
+        id="rollback-anonymous",
+    ),
+    pytest.param(
+        request(CU8),
+        catalog(rule(CU8)),
+        f"device {MAC}: already runs approved {CU8} (rule {RULE})",
+        id="up-to-date",
+    ),
+    pytest.param(
+        request(CU7),
+        catalog(rule(pending=CU8)),
+        f"device {MAC}: rule {RULE} has no approved version",
+        id="no-version-ordinary",
+    ),
+    pytest.param(
+        request(CU7),
+        catalog(rule(), test_macs=(MAC,)),
+        f"test device {MAC}: rule {RULE} has no pending or approved version",
+        id="no-version-test-device",
+    ),
+    pytest.param(
+        request(CU7),
+        catalog(rule(CU8), with_files=()),
+        f"device {MAC}: approved {CU8} of rule {RULE} has no files in the catalogue; not offered",
+        id="missing-files",
+    ),
+    pytest.param(
+        request(CU7, model="CX3000"),
+        catalog(rule(CU8)),
+        f"device {MAC}: no rule for UCPhone/Polycom/CX3000/A/ENU",
+        id="no-rule",
+    ),
+]
+
+
+@pytest.mark.parametrize(("req", "cat", "detail"), DETAILS)
+def test_detail_line(req: DeviceRequest, cat: Catalog, detail: str) -> None:
+    assert choose_update(req, cat).detail == detail
+
+
+def test_paths_follow_store_layout() -> None:
+    # Guard for the helpers: the files built here look like the store's.
+    (f,) = files(CU8)
+    assert f.path == PurePosixPath("UCPhone/Polycom/CX600/A/ENU") / CU8 / "CPE" / "CPE.nbt"

@@ -42,7 +42,7 @@ class Address:
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            if not _HOSTNAME.fullmatch(host):
+            if re.fullmatch(r"[\d.]+", host) or not _HOSTNAME.fullmatch(host):
                 raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
         return cls(host, port)
 
@@ -86,6 +86,8 @@ class ImportSettings:
     max_total_bytes: int = field(default=8 * 1024**3, metadata={"check": _positive})
     max_ratio: float = field(default=200.0, metadata={"check": _positive})
     max_xml_bytes: int = field(default=1024 * 1024, metadata={"check": _positive})
+    # Room kept free on the data folder's file system beyond what an import writes.
+    min_free_bytes: int = field(default=64 * 1024 * 1024, metadata={"check": _positive})
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import re
 
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}([-:]?)(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}$")
 _SERIAL = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_VERSION = re.compile(r"^\d{1,9}(?:\.\d{1,9}){0,5}$")
+_VERSION = re.compile(r"^[0-9]{1,9}(?:\.[0-9]{1,9}){0,5}\Z")
 
 
 class InvalidIdentifier(ValueError):

@@ -33,9 +33,6 @@ from .package_format import (
 )
 from .store import NewFile, Store
 
-# Room kept free on the data folder's file system beyond what an import writes.
-FREE_SPACE_MARGIN = 64 * 1024 * 1024
-
 Checkpoint = Callable[[str], None]
 
 
@@ -159,10 +156,12 @@ class _Import:
         to_write = [p for u in new for p in placed[u]]
         written = sum(p.record.size for p in to_write)
         free = shutil.disk_usage(self.config.data_dir).free
-        if written + FREE_SPACE_MARGIN > free:
+        needed = written + limits.min_free_bytes
+        if needed > free:
             raise PackageFormatError(
                 f"not enough free space in {self.config.data_dir}: the import needs "
-                f"{_mib(written + FREE_SPACE_MARGIN)}, {_mib(free)} free"
+                f"{_mib(written)} and keeps {_mib(limits.min_free_bytes)} free; "
+                f"{_mib(free)} free"
             )
         staging = self.config.staging_dir / f"import-{os.getpid()}-{secrets.token_hex(4)}"
         staging.mkdir(parents=True)

@@ -133,6 +133,7 @@ def _read_update(elem: ET.Element, number: int, by_folded: dict[str, str]) -> Pa
     version = fields["version"] or ""
     if not is_version(version):
         raise PackageFormatError(f"{where}: version {version!r} is not a dotted version")
+    version = ".".join(str(int(part)) for part in version.split("."))  # 4.0.07577 -> 4.0.7577
     timestamp = fields["timestamp"]
     if timestamp is not None and (len(timestamp) > 64 or not timestamp.isprintable()):
         raise PackageFormatError(f"{where}: timestamp is not a printable date")

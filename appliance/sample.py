@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Iterator
+from functools import partial
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -65,19 +66,17 @@ def make_sample_package(
     """Write the sample package to `out` (MSZIP-compressed); returns what it holds."""
     updates = sample_updates(version)
     xml = render_update_info(updates)
-    entries = [CabEntry(UPDATE_INFO, len(xml), lambda: [xml], SAMPLE_TIME)]
+    entries = [CabEntry(UPDATE_INFO, len(xml), partial(iter, [xml]), SAMPLE_TIME)]
     for u in updates:
         for m in u.modules:
             seed = f"{m.member} {version}"
             entries.append(CabEntry(
-                m.member, image_size,
-                lambda seed=seed: _image_chunks(seed, image_size), SAMPLE_TIME,
+                m.member, image_size, partial(_image_chunks, seed, image_size), SAMPLE_TIME
             ))
             if m.signature_member:
                 signature = b"0\x82" + hashlib.sha512(seed.encode()).digest() * 16
                 entries.append(CabEntry(
-                    m.signature_member, len(signature),
-                    lambda signature=signature: [signature], SAMPLE_TIME,
+                    m.signature_member, len(signature), partial(iter, [signature]), SAMPLE_TIME
                 ))
     out.parent.mkdir(parents=True, exist_ok=True)
     write_cab(out, entries, compression="mszip")

@@ -188,10 +188,17 @@ class Store:
             if str(path) != ":memory:":
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")
-            store = cls(conn, clock)
-            store._migrate()
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{path}: cannot open the database: {e}") from e
+        store = cls(conn, clock)
+        try:
+            store._migrate()
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise StoreError(f"{path}: cannot open the database: {e}") from e
+        except BaseException:
+            conn.close()
+            raise
         return store
 
     def close(self) -> None:

@@ -1,0 +1,224 @@
+"""Package import: the catalogue after good, repeated, newer and conflicting packages."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, state, tree
+
+from appliance.catalogue import data_lock
+from appliance.config import Config, load_config
+from appliance.importer import Outcome, PackageError, import_package
+from appliance.model import RuleState
+from appliance.sample import SAMPLE_DEVICES, make_sample_package
+from appliance.store import Store
+
+VERSION = "4.0.7577.4387"
+
+
+def test_import_creates_one_pending_rule_per_device_update(
+    config: Config, store: Store, sample_cab: Path, tmp_path: Path
+) -> None:
+    result = import_package(store, config, sample_cab, "alice")
+
+    assert result.changed
+    assert [u.outcome for u in result.updates] == [Outcome.NEW_RULE] * len(SAMPLE_DEVICES)
+    rules = store.rules()
+    assert len(rules) == len(SAMPLE_DEVICES)
+    assert {(r.pending_version, r.approved_version, r.state) for r in rules} == {
+        (VERSION, None, RuleState.PENDING)
+    }
+    # Every file is where the protocol says, with the bytes cabextract finds in the package.
+    out = tmp_path / "cabextract"
+    subprocess.run(["cabextract", "-q", "-d", str(out), str(sample_cab)], check=True)
+    expected = tree(out)
+    stored = tree(config.store_dir)
+    assert stored["UCPhone/Polycom/CX600/A/ENU/4.0.7577.4387/CPE/CPE.nbt"] == (
+        expected["UCPhone/Polycom/CX600/A/ENU/CPE/CPE.nbt"]
+    )
+    assert len(stored) == 2 * len(SAMPLE_DEVICES)  # image and signature per device
+    for f in store.stored_files():
+        assert stored[f.path.as_posix()] == f.sha256
+    catalog = store.catalog()
+    assert {f.file_name for f in catalog.files} == {"CPE.nbt"}
+    assert {f.signature_file_name for f in catalog.files} == {"CPE.cat"}
+    assert not any(config.staging_dir.iterdir())
+    actions = [e.action for e in store.events()]
+    assert actions.count("rule.create") == len(SAMPLE_DEVICES)
+    assert actions[0] == "import"
+
+
+def test_importing_the_same_package_again_changes_nothing(
+    config: Config, store: Store, sample_cab: Path
+) -> None:
+    import_package(store, config, sample_cab, "alice")
+    before = state(config)
+
+    again = import_package(store, config, sample_cab, "alice")
+
+    assert not again.changed
+    assert {u.outcome for u in again.updates} == {Outcome.UNCHANGED}
+    assert state(config) == before
+
+
+def test_a_newer_package_refreshes_pending_and_keeps_approved(
+    config: Config, store: Store, sample_cab: Path, tmp_path: Path
+) -> None:
+    import_package(store, config, sample_cab, "alice")
+    run_cli(config.data_dir, "approve", "--all-pending").check_returncode()
+    newer = tmp_path / "newer.cab"
+    make_sample_package(newer, version="4.0.7577.4400", image_size=4096)
+
+    result = import_package(store, config, newer, "alice")
+
+    assert {u.outcome for u in result.updates} == {Outcome.PENDING}
+    for rule in store.rules():
+        assert (rule.approved_version, rule.pending_version) == (VERSION, "4.0.7577.4400")
+        assert rule.state is RuleState.PENDING
+    # both versions are on disk: the approved one is still served
+    assert len(tree(config.store_dir)) == 4 * len(SAMPLE_DEVICES)
+
+
+def test_same_version_with_different_bytes_is_refused(
+    config: Config, store: Store, sample_cab: Path, tmp_path: Path
+) -> None:
+    import_package(store, config, sample_cab, "alice")
+    before = state(config)
+    forged = tmp_path / "forged.cab"
+    make_sample_package(forged, version=VERSION, image_size=1000)
+
+    with pytest.raises(PackageError, match=r"forged\.cab: .*differs from the copy already"):
+        import_package(store, config, forged, "alice")
+    assert state(config) == before
+
+
+def test_a_removed_rule_comes_back_on_reimport_without_rewriting_files(
+    config: Config, store: Store, sample_cab: Path
+) -> None:
+    import_package(store, config, sample_cab, "alice")
+    files_before = tree(config.store_dir)
+    run_cli(config.data_dir, "remove", "--model", "CX600").check_returncode()
+    assert len(store.rules()) == len(SAMPLE_DEVICES) - 2
+
+    result = import_package(store, config, sample_cab, "alice")
+
+    assert sorted(u.outcome.value for u in result.updates if u.outcome is Outcome.NEW_RULE) == [
+        "new rule", "new rule"
+    ]
+    assert len(store.rules()) == len(SAMPLE_DEVICES)
+    assert tree(config.store_dir) == files_before
+
+
+def test_an_exe_that_embeds_the_cab_imports_like_the_cab(
+    config: Config, store: Store, sample_cab: Path, tmp_path: Path
+) -> None:
+    exe = tmp_path / "UCUpdates.exe"
+    stub = b"MZ\x90\x00" + b"\x00" * 60 + b"This program cannot be run in DOS mode. MSCF?" * 50
+    exe.write_bytes(stub + sample_cab.read_bytes() + b"\x00TRAILER" * 100)
+
+    result = import_package(store, config, exe, "alice")
+
+    assert len(result.updates) == len(SAMPLE_DEVICES)
+    assert result.package == "UCUpdates.exe"
+    assert len(store.rules()) == len(SAMPLE_DEVICES)
+
+
+def test_a_package_built_by_gcab_imports(config: Config, store: Store, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    folder = layout / "UCPhone" / "Polycom" / "CX600" / "A" / "ENU" / "CPE"
+    folder.mkdir(parents=True)
+    (folder / "CPE.nbt").write_bytes(b"B000FF\n" + bytes(range(256)) * 4000)
+    (folder / "CPE.cat").write_bytes(b"0\x82signature")
+    # An updateInfo.xml in the vendor's child-element style, with no file list.
+    (layout / "updateInfo.xml").write_text(
+        "<Updates><Updates><Update><Version>4.0.7577.4366</Version>"
+        "<DeviceType>UCPhone</DeviceType><Vendor>Polycom</Vendor><Model>CX600</Model>"
+        "<Revision>A</Revision><Locale>ENU</Locale><UpdateType>CPE</UpdateType>"
+        "</Update></Updates></Updates>"
+    )
+    package = tmp_path / "gcab.cab"
+    members = ["updateInfo.xml", "UCPhone/Polycom/CX600/A/ENU/CPE/CPE.nbt",
+               "UCPhone/Polycom/CX600/A/ENU/CPE/CPE.cat"]
+    subprocess.run(["gcab", "-c", "-z", str(package), *members], cwd=layout, check=True)
+
+    result = import_package(store, config, package, "alice")
+
+    assert [(str(u.key), u.version) for u in result.updates] == [
+        ("UCPhone/Polycom/CX600/A/ENU/CPE", "4.0.7577.4366")
+    ]
+    stored = tree(config.store_dir)
+    assert stored["UCPhone/Polycom/CX600/A/ENU/4.0.7577.4366/CPE/CPE.nbt"] == tree(layout)[
+        "UCPhone/Polycom/CX600/A/ENU/CPE/CPE.nbt"
+    ]
+
+
+def test_a_second_import_waits_for_none_and_says_why(config: Config, sample_cab: Path) -> None:
+    config.data_dir.mkdir(parents=True)
+    with data_lock(config.lock_path, "test"):
+        result = run_cli(config.data_dir, "import", str(sample_cab))
+    assert result.returncode == 1
+    assert "another import or clean-up is running" in result.stderr
+    assert run_cli(config.data_dir, "import", str(sample_cab)).returncode == 0
+
+
+def test_not_enough_free_space_is_refused_before_writing(
+    tmp_path: Path, sample_cab: Path
+) -> None:
+    cfg = tmp_path / "ucupdates.toml"
+    cfg.write_text(f'data_dir = "data"\n[import]\nmin_free_bytes = {2**62}\n')
+    result = run_cli(tmp_path / "data", "--config", str(cfg), "import", str(sample_cab))
+    assert result.returncode == 65
+    assert "not enough free space" in result.stderr
+    assert tree(tmp_path / "data" / "DeviceUpdateStore") == {}
+
+
+needs_root = pytest.mark.skipif(
+    shutil.which("mount") is None or __import__("os").geteuid() != 0,
+    reason="mounting a small tmpfs needs root",
+)
+
+
+@needs_root
+def test_a_disk_that_fills_during_the_import_fails_cleanly(
+    tmp_path: Path, sample_cab: Path
+) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    try:
+        data = small / "data"
+        cfg = tmp_path / "ucupdates.toml"
+        cfg.write_text(f'data_dir = "{data}"\n[import]\nmin_free_bytes = 1\n')
+        tiny = tmp_path / "tiny.cab"
+        make_sample_package(tiny, version="4.0.7577.4300", image_size=1024)
+        assert run_cli(data, "--config", str(cfg), "import", str(tiny)).returncode == 0
+        before = tree(data / "DeviceUpdateStore")
+        config = load_config(cfg)
+        filler = small / "filler"
+
+        def another_process_fills_the_disk(phase: str) -> None:
+            if phase == "staged":
+                with filler.open("wb") as f, contextlib.suppress(OSError):
+                    for _ in range(4096):
+                        f.write(b"\0" * 4096)
+                        f.flush()
+
+        store = Store.open(config.db_path)
+        with pytest.raises(PackageError, match=r"UCUpdates\.cab: No space left on device"):
+            import_package(store, config, sample_cab, "alice", another_process_fills_the_disk)
+        store.close()
+        filler.unlink()
+
+        assert tree(data / "DeviceUpdateStore") == before
+        assert not any((data / "staging").iterdir())
+        rules = run_cli(data, "--config", str(cfg), "rules", "--json")
+        assert rules.returncode == 0
+        assert json.loads(rules.stdout)[0]["pending_version"] == "4.0.7577.4300"
+        assert len(json.loads(rules.stdout)) == len(SAMPLE_DEVICES)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -77,7 +77,9 @@ def apply_action(store: Store, action: Action, flt: RuleFilter, actor: str) -> l
             else:
                 after = store.save_rule(after)
             store.append_event(
-                actor, action.value, f"rule {rule.id} {rule.key}",
+                actor,
+                action.value,
+                f"rule {rule.id} {rule.key}",
                 lifecycle.rule_summary(rule),
                 None if after is None else lifecycle.rule_summary(after),
             )
@@ -104,7 +106,10 @@ def add_test_device(
     with store.transaction():
         device = store.add_test_device(name, kind, identifier)
         store.append_event(
-            actor, "test-device.add", f"test device {device.id} {name}", None,
+            actor,
+            "test-device.add",
+            f"test device {device.id} {name}",
+            None,
             {"kind": kind.value, "identifier": identifier, "scope": device.scope},
         )
     return device
@@ -122,8 +127,11 @@ def remove_test_device(store: Store, which: str, actor: str) -> TestDevice:
     with store.transaction():
         store.remove_test_device(device.id)
         store.append_event(
-            actor, "test-device.remove", f"test device {device.id} {device.name}",
-            {"kind": device.kind.value, "identifier": device.identifier}, None,
+            actor,
+            "test-device.remove",
+            f"test device {device.id} {device.name}",
+            {"kind": device.kind.value, "identifier": device.identifier},
+            None,
         )
     return device
 
@@ -159,8 +167,9 @@ def clean_files(store: Store, store_dir: Path, lock_path: Path, actor: str) -> C
                 store.delete_update(key, version)
             names = tuple(sorted(f"{k} {v}" for k, v in dropped))
             if names:
-                store.append_event(actor, "clean-files", "DeviceUpdateStore", None,
-                                   {"updates": list(names)})
+                store.append_event(
+                    actor, "clean-files", "DeviceUpdateStore", None, {"updates": list(names)}
+                )
         files, size = sweep_unreferenced(store, store_dir)
     return CleanResult(names, files, size)
 
@@ -176,7 +185,7 @@ def sweep_unreferenced(store: Store, store_dir: Path) -> tuple[tuple[Path, ...],
     size = 0
     if not store_dir.is_dir():
         return (), 0
-    for dirpath, dirnames, filenames in os.walk(store_dir, topdown=False):
+    for dirpath, _dirnames, filenames in os.walk(store_dir, topdown=False):
         here = Path(dirpath)
         for name in filenames:
             path = here / name

@@ -54,20 +54,48 @@ def _table(rows: Sequence[Sequence[object]], headers: Sequence[str], out: TextIO
         out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
 
 
-_RULE_HEADERS = ("ID", "DEVICE", "BRAND", "MODEL", "REV", "LOCALE", "TYPE",
-                 "APPROVED", "PENDING", "RESTORE", "STATE")
+_RULE_HEADERS = (
+    "ID",
+    "DEVICE",
+    "BRAND",
+    "MODEL",
+    "REV",
+    "LOCALE",
+    "TYPE",
+    "APPROVED",
+    "PENDING",
+    "RESTORE",
+    "STATE",
+)
 
 
 def _rule_row(r: Rule) -> list[object]:
     k = r.key
-    return [r.id, k.device_type, k.brand, k.model, k.revision, k.locale, k.update_type,
-            r.approved_version, r.pending_version, r.restore_version, r.state.value]
+    return [
+        r.id,
+        k.device_type,
+        k.brand,
+        k.model,
+        k.revision,
+        k.locale,
+        k.update_type,
+        r.approved_version,
+        r.pending_version,
+        r.restore_version,
+        r.state.value,
+    ]
 
 
 def _rule_json(r: Rule) -> dict[str, Any]:
-    return {"id": r.id, **asdict(r.key), "approved_version": r.approved_version,
-            "pending_version": r.pending_version, "restore_version": r.restore_version,
-            "state": r.state.value, "updated_at": r.updated_at}
+    return {
+        "id": r.id,
+        **asdict(r.key),
+        "approved_version": r.approved_version,
+        "pending_version": r.pending_version,
+        "restore_version": r.restore_version,
+        "state": r.state.value,
+        "updated_at": r.updated_at,
+    }
 
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
@@ -78,8 +106,12 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
 def _filter(args: argparse.Namespace) -> RuleFilter:
     return RuleFilter(
         ids=tuple(getattr(args, "ids", ()) or ()),
-        device_type=args.device_type, brand=args.brand, model=args.model,
-        revision=args.revision, locale=args.locale, update_type=args.update_type,
+        device_type=args.device_type,
+        brand=args.brand,
+        model=args.model,
+        revision=args.revision,
+        locale=args.locale,
+        update_type=args.update_type,
         state=RuleState(args.state) if getattr(args, "state", None) else None,
         pending_only=getattr(args, "all_pending", False),
         everything=getattr(args, "all", False),
@@ -92,12 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Device updates for Lync Phone Edition phones, without a Lync Server.",
     )
     parser.add_argument("--version", action="version", version=f"ucupdates {__version__}")
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="configuration file (TOML); embedded defaults without it")
-    parser.add_argument("--data-dir", type=Path, metavar="DIR",
-                        help="data folder (overrides the config's data_dir)")
-    parser.add_argument("--actor", metavar="NAME",
-                        help="who the event log names (default: the login name)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="configuration file (TOML); embedded defaults without it",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, metavar="DIR", help="data folder (overrides the config's data_dir)"
+    )
+    parser.add_argument(
+        "--actor", metavar="NAME", help="who the event log names (default: the login name)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("import", help="import a vendor package (UCUpdates.cab or .exe)")
@@ -119,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(action.value, help=text)
         p.add_argument("ids", type=int, nargs="*", metavar="ID", help="rule ids")
         _add_filters(p)
-        p.add_argument("--all-pending", action="store_true", help="every rule with a pending version")
+        p.add_argument(
+            "--all-pending", action="store_true", help="every rule with a pending version"
+        )
         p.add_argument("--all", action="store_true", help="every rule")
         p.add_argument("--json", action="store_true")
 
@@ -149,8 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--locale", default="ENU")
     p.add_argument("--mac")
     p.add_argument("--serial")
-    p.add_argument("--reported-version", metavar="VERSION",
-                   help="the version the device runs now")
+    p.add_argument("--reported-version", metavar="VERSION", help="the version the device runs now")
 
     p = sub.add_parser("make-sample-package", help="write a realistic sample package")
     p.add_argument("out", type=Path, metavar="OUT.cab")
@@ -168,8 +207,11 @@ def open_store(config: Config) -> Store:
         raise _Failure(f"cannot use data folder {config.data_dir}: {e.strerror}") from e
     swept = recover(store, config.store_dir, config.staging_dir, config.lock_path)
     if swept:
-        print(f"recovered from an interrupted import: removed {len(swept)} leftover "
-              "file(s) and folder(s)", file=sys.stderr)
+        print(
+            f"recovered from an interrupted import: removed {len(swept)} leftover "
+            "file(s) and folder(s)",
+            file=sys.stderr,
+        )
     return store
 
 
@@ -220,19 +262,32 @@ def _import(args: argparse.Namespace, config: Config, store: Store, actor: str) 
     if args.json:
         print(json.dumps(_import_json(result), indent=2))
         return 0
-    print(f"{result.package}: {len(result.updates)} device update(s), "
-          f"{result.size} bytes, sha256 {result.sha256}")
+    print(
+        f"{result.package}: {len(result.updates)} device update(s), "
+        f"{result.size} bytes, sha256 {result.sha256}"
+    )
     _table(
-        [[r.rule_id, str(r.key), r.version, r.files, r.bytes, r.outcome.value
-          + (f" (was {r.previous_pending})" if r.previous_pending else "")]
-         for r in result.updates],
-        ("RULE", "DEVICE UPDATE", "VERSION", "FILES", "BYTES", "RESULT"), sys.stdout,
+        [
+            [
+                r.rule_id,
+                str(r.key),
+                r.version,
+                r.files,
+                r.bytes,
+                r.outcome.value + (f" (was {r.previous_pending})" if r.previous_pending else ""),
+            ]
+            for r in result.updates
+        ],
+        ("RULE", "DEVICE UPDATE", "VERSION", "FILES", "BYTES", "RESULT"),
+        sys.stdout,
     )
     for name in result.ignored:
         print(f"ignored member {name}: no update refers to it")
     if result.changed:
-        print(f"imported: {result.written_bytes} bytes written; new versions are pending "
-              "until approved")
+        print(
+            f"imported: {result.written_bytes} bytes written; new versions are pending "
+            "until approved"
+        )
     else:
         print("nothing changed: this package was imported already")
     return 0
@@ -240,12 +295,23 @@ def _import(args: argparse.Namespace, config: Config, store: Store, actor: str) 
 
 def _import_json(result: ImportResult) -> dict[str, Any]:
     return {
-        "package": result.package, "sha256": result.sha256, "size": result.size,
-        "changed": result.changed, "written_bytes": result.written_bytes,
+        "package": result.package,
+        "sha256": result.sha256,
+        "size": result.size,
+        "changed": result.changed,
+        "written_bytes": result.written_bytes,
         "ignored": list(result.ignored),
-        "updates": [{"rule_id": r.rule_id, **asdict(r.key), "version": r.version,
-                     "files": r.files, "bytes": r.bytes, "outcome": r.outcome.value}
-                    for r in result.updates],
+        "updates": [
+            {
+                "rule_id": r.rule_id,
+                **asdict(r.key),
+                "version": r.version,
+                "files": r.files,
+                "bytes": r.bytes,
+                "outcome": r.outcome.value,
+            }
+            for r in result.updates
+        ],
     }
 
 
@@ -280,11 +346,15 @@ def _change_line(action: Action, c: RuleChange) -> str:
     if c.after is None:
         return f"{head}: removed"
     b, a = c.before, c.after
-    parts = [f"{name} {x or '-'} -> {y or '-'}" for name, x, y in (
-        ("approved", b.approved_version, a.approved_version),
-        ("pending", b.pending_version, a.pending_version),
-        ("restore", b.restore_version, a.restore_version),
-    ) if x != y]
+    parts = [
+        f"{name} {x or '-'} -> {y or '-'}"
+        for name, x, y in (
+            ("approved", b.approved_version, a.approved_version),
+            ("pending", b.pending_version, a.pending_version),
+            ("restore", b.restore_version, a.restore_version),
+        )
+        if x != y
+    ]
     return f"{head}: {_DONE[action]}: " + ", ".join(parts + [f"state {a.state.value}"])
 
 
@@ -292,9 +362,11 @@ _DONE = {Action.APPROVE: "approved", Action.RESET: "reset", Action.RESTORE: "res
 
 
 def _change_json(c: RuleChange) -> dict[str, Any]:
-    return {"before": _rule_json(c.before),
-            "after": None if c.after is None else _rule_json(c.after),
-            "skipped": c.skipped}
+    return {
+        "before": _rule_json(c.before),
+        "after": None if c.after is None else _rule_json(c.after),
+        "skipped": c.skipped,
+    }
 
 
 def _clean_files(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
@@ -318,9 +390,14 @@ def _test_device(args: argparse.Namespace, config: Config, store: Store, actor: 
         if args.json:
             print(json.dumps([{**asdict(d), "kind": d.kind.value} for d in devices], indent=2))
         elif devices:
-            _table([[d.id, d.name, d.kind.value, d.identifier, d.scope, d.created_at]
-                    for d in devices], ("ID", "NAME", "KIND", "IDENTIFIER", "SCOPE", "ADDED"),
-                   sys.stdout)
+            _table(
+                [
+                    [d.id, d.name, d.kind.value, d.identifier, d.scope, d.created_at]
+                    for d in devices
+                ],
+                ("ID", "NAME", "KIND", "IDENTIFIER", "SCOPE", "ADDED"),
+                sys.stdout,
+            )
         else:
             print("no test devices")
     return 0
@@ -341,8 +418,11 @@ def _events(args: argparse.Namespace, config: Config, store: Store, actor: str) 
 
 def _explain(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
     request = DeviceRequest(
-        device_type=args.device_type, brand=args.brand, model=args.model,
-        revision=args.revision, locale=args.locale,
+        device_type=args.device_type,
+        brand=args.brand,
+        model=args.model,
+        revision=args.revision,
+        locale=args.locale,
         mac=normalise_mac(args.mac) if args.mac else None,
         serial=normalise_serial(args.serial) if args.serial else None,
         version=args.reported_version,

@@ -15,6 +15,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, Union
 
@@ -50,6 +51,26 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class Network:
+    """An IP network in CIDR form (`10.0.0.0/8`, `fc00::/7`); a bare address is a /32 or /128."""
+
+    value: ipaddress.IPv4Network | ipaddress.IPv6Network
+
+    @classmethod
+    def parse(cls, text: str) -> Network:
+        try:
+            return cls(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{text!r} is not an IP network in CIDR form") from None
+
+    def __contains__(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return address.version == self.value.version and address in self.value
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
 )
@@ -59,6 +80,18 @@ def _domain(text: str) -> str:
     if not _HOSTNAME.fullmatch(text) or "." not in text.strip("."):
         raise ValueError(f"{text!r} is not a DNS domain name")
     return text.strip(".").lower()
+
+
+def _fqdn(text: str) -> str:
+    if not _HOSTNAME.fullmatch(text) or re.fullmatch(r"[\d.]+", text):
+        raise ValueError(f"{text!r} is not a host name")
+    return text.strip(".").lower()
+
+
+def _extension(text: str) -> str:
+    if not re.fullmatch(r"\.[A-Za-z0-9]{1,16}", text):
+        raise ValueError(f"{text!r} is not a file extension like '.clg'")
+    return text.lower()
 
 
 def _positive(value: int | float) -> int | float:
@@ -90,12 +123,124 @@ class ImportSettings:
     min_free_bytes: int = field(default=64 * 1024 * 1024, metadata={"check": _positive})
 
 
+class TlsProfile(StrEnum):
+    MODERN = "modern"  # TLS 1.2 and 1.3, Mozilla intermediate ciphers
+    LPE_LEGACY = "lpe-legacy"  # also TLS 1.0/1.1 with the CBC-SHA suites the phones need
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """The server certificate and the protocol set of each listener.
+
+    Without cert_file/key_file, a test CA and a server certificate carrying every
+    configured name are generated into `<data_dir>/tls/` at first start.
+    """
+
+    cert_file: Path | None = None  # PEM: the certificate, then its chain
+    key_file: Path | None = None
+    internal_profile: TlsProfile = TlsProfile.LPE_LEGACY
+    external_profile: TlsProfile = TlsProfile.LPE_LEGACY
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """The phone-facing service: what it announces, and the limits on what clients send."""
+
+    # Host and port in BaseURL / ExternalBaseURL; defaults: ucupdates-r2.<first domain> and
+    # the internal listener's port; external: the internal FQDN and the external port.
+    internal_fqdn: str | None = field(default=None, metadata={"check": _fqdn})
+    internal_port: int | None = field(default=None, metadata={"check": _positive})
+    external_fqdn: str | None = field(default=None, metadata={"check": _fqdn})
+    external_port: int | None = field(default=None, metadata={"check": _positive})
+    server_name: str | None = None  # in audit file names; default: the host name
+    max_header_bytes: int = field(default=16 * 1024, metadata={"check": _positive})
+    max_check_bytes: int = field(default=64 * 1024, metadata={"check": _positive})
+    request_timeout: float = field(default=30.0, metadata={"check": _positive})
+    idle_timeout: float = field(default=15.0, metadata={"check": _positive})
+    max_connections: int = field(default=4096, metadata={"check": _positive})
+    max_downloads: int = field(default=256, metadata={"check": _positive})
+    retry_after: int = field(default=120, metadata={"check": _positive})
+    capture: bool = False  # keep raw unknown or unparsable checks in <data_dir>/capture
+    capture_max_files: int = field(default=200, metadata={"check": _positive})
+
+
+_PRIVATE = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+
+
+@dataclass(frozen=True)
+class ZoneSettings:
+    """Who is inside the firewall. Requests on the external listener or an `*Ext` path are
+    always external; otherwise the client address decides (after trusted proxies)."""
+
+    internal_networks: tuple[Network, ...] = tuple(Network.parse(n) for n in _PRIVATE)
+    trusted_proxies: tuple[Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class LdapSettings:
+    """Active Directory (or any LDAP) simple bind; used when auth.backend = "ldap"."""
+
+    url: str = ""  # ldap://dc1.contoso.com or ldaps://dc1.contoso.com:636
+    bind_template: str = "{user}"  # e.g. "{user}@contoso.com" or "uid={user},ou=people,..."
+    start_tls: bool = False
+    ca_file: Path | None = None
+    timeout: float = field(default=5.0, metadata={"check": _positive})
+
+
+class AuthBackend(StrEnum):
+    LOCAL = "local"
+    LDAP = "ldap"
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """HTTP Basic for external phones: who may, and how hard guessing is."""
+
+    backend: AuthBackend = AuthBackend.LOCAL
+    realm: str = "ucupdates"
+    cache_seconds: float = field(default=300.0, metadata={"check": _positive})
+    max_failures: int = field(default=5, metadata={"check": _positive})
+    failure_window: float = field(default=300.0, metadata={"check": _positive})
+    lockout_seconds: float = field(default=900.0, metadata={"check": _positive})
+    ldap: LdapSettings = LdapSettings()
+
+
+@dataclass(frozen=True)
+class DeviceLogSettings:
+    """Device log uploads (Lync's CsDeviceUpdateConfiguration defaults)."""
+
+    valid_types: tuple[str, ...] = ("Watson", "Config", "Diaglog", "CELog")
+    valid_extensions: tuple[str, ...] = field(
+        default=(
+            ".dmp",
+            ".clg",
+            ".clg2",
+            ".bak",
+            ".kdmp",
+            ".dat",
+            ".bin",
+            ".cat",
+            ".xml",
+            ".txt",
+            ".hex",
+        ),
+        metadata={"check": _extension},
+    )
+    max_file_bytes: int = field(default=1_024_000, metadata={"check": _positive})
+    retention_days: float = field(default=10.0, metadata={"check": _positive})
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("var")
     domains: tuple[str, ...] = field(default=("example.com",), metadata={"check": _domain})
     listeners: Listeners = Listeners()
     imports: ImportSettings = field(default=ImportSettings(), metadata={"key": "import"})
+    service: ServiceSettings = ServiceSettings()
+    tls: TlsSettings = TlsSettings()
+    zones: ZoneSettings = ZoneSettings()
+    auth: AuthSettings = AuthSettings()
+    device_logs: DeviceLogSettings = DeviceLogSettings()
     source: Path | None = field(default=None, metadata={"internal": True})
 
     @property
@@ -114,6 +259,41 @@ class Config:
     @property
     def lock_path(self) -> Path:
         return self.data_dir / "import.lock"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Device logs (`Client/<type>/`) and the daily audit files (`Audit/`)."""
+        return self.data_dir / "Logs"
+
+    @property
+    def capture_dir(self) -> Path:
+        return self.data_dir / "capture"
+
+    @property
+    def internal_fqdn(self) -> str:
+        return self.service.internal_fqdn or f"ucupdates-r2.{self.domains[0]}"
+
+    @property
+    def external_fqdn(self) -> str:
+        return self.service.external_fqdn or self.internal_fqdn
+
+    @property
+    def internal_port(self) -> int:
+        return self.service.internal_port or self.listeners.internal_https.port
+
+    @property
+    def external_port(self) -> int:
+        return self.service.external_port or self.listeners.external_https.port
+
+    def server_names(self) -> tuple[str, ...]:
+        """Every name the phone-facing certificate must carry."""
+        names = [f"ucupdates-r2.{d}" for d in self.domains]
+        names += [self.internal_fqdn, self.external_fqdn]
+        return tuple(dict.fromkeys(names))
 
 
 def load_config(path: Path | None, data_dir: Path | None = None) -> Config:
@@ -162,7 +342,11 @@ def _convert(hint: Any, value: Any, f: dataclasses.Field[Any], path: Path, name:
     check = f.metadata.get("check")
     origin = typing.get_origin(hint)
     try:
-        if dataclasses.is_dataclass(hint) and isinstance(hint, type) and hint is not Address:
+        if (
+            dataclasses.is_dataclass(hint)
+            and isinstance(hint, type)
+            and hint not in (Address, Network)
+        ):
             if not isinstance(value, dict):
                 raise ValueError("expected a table")
             return _build(hint, value, path, f"{name}.")
@@ -184,10 +368,16 @@ def _convert(hint: Any, value: Any, f: dataclasses.Field[Any], path: Path, name:
 
 
 def _scalar(hint: Any, value: Any, check: Any) -> Any:
-    if hint is Address:
+    if hint in (Address, Network):
         if not isinstance(value, str):
-            raise ValueError('expected a "host:port" string')
-        result: Any = Address.parse(value)
+            form = '"host:port"' if hint is Address else "CIDR network"
+            raise ValueError(f"expected a {form} string, got {value!r}")
+        result: Any = hint.parse(value)
+    elif isinstance(hint, type) and issubclass(hint, Enum):
+        choices = ", ".join(repr(m.value) for m in hint)
+        if value not in {m.value for m in hint}:
+            raise ValueError(f"expected one of {choices}, got {value!r}")
+        result = hint(value)
     elif hint is Path:
         if not isinstance(value, str) or not value:
             raise ValueError("expected a path string")

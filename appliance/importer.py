@@ -21,7 +21,7 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
 from . import lifecycle
-from .cab import CabError, CabLimits, Cabinet, ExtractedMember, open_package
+from .cab import CabError, Cabinet, CabLimits, ExtractedMember, open_package
 from .catalogue import data_lock, recover_locked
 from .config import Config
 from .model import RuleKey
@@ -140,7 +140,8 @@ class _Import:
         updates = parse_update_info(xml, [m.name for m in cab.members])
         used = {m.casefold() for u in updates for m in u.members()}
         ignored = tuple(
-            m.name for m in cab.members
+            m.name
+            for m in cab.members
             if m.name.casefold() not in used and m.name.casefold() != UPDATE_INFO.casefold()
         )
         placed = {u: self._place(u, cab) for u in updates}
@@ -197,7 +198,8 @@ class _Import:
                 target = folder / name
                 signature = (
                     PurePosixPath(module.signature_member).name
-                    if role == "image" and module.signature_member else None
+                    if role == "image" and module.signature_member
+                    else None
                 )
                 record = NewFile(role, name, signature, target, cab.member(member).size, "")
                 known = placed.get(target)
@@ -239,10 +241,17 @@ class _Import:
                     UpdateReport(u.key, u.version, Outcome.UNCHANGED, rule.id, count, total)
                 )
             else:
-                reports.append(UpdateReport(
-                    u.key, u.version, Outcome.PENDING, rule.id, count, total,
-                    previous_pending=rule.pending_version,
-                ))
+                reports.append(
+                    UpdateReport(
+                        u.key,
+                        u.version,
+                        Outcome.PENDING,
+                        rule.id,
+                        count,
+                        total,
+                        previous_pending=rule.pending_version,
+                    )
+                )
         return reports
 
     @staticmethod
@@ -299,22 +308,37 @@ class _Import:
                 if before is None:
                     after = store.insert_rule(report.key, report.version)
                     done.append(dataclasses.replace(report, rule_id=after.id))
-                    store.append_event(actor, "rule.create", f"rule {after.id} {after.key}",
-                                       None, lifecycle.rule_summary(after))
+                    store.append_event(
+                        actor,
+                        "rule.create",
+                        f"rule {after.id} {after.key}",
+                        None,
+                        lifecycle.rule_summary(after),
+                    )
                     continue
                 done.append(report)
                 pending = lifecycle.with_pending(before, report.version)
                 if pending is not None:
                     after = store.save_rule(pending)
-                    store.append_event(actor, "rule.pending", f"rule {before.id} {before.key}",
-                                       lifecycle.rule_summary(before),
-                                       lifecycle.rule_summary(after))
-            store.append_event(actor, "import", self.path.name, None, {
-                "sha256": sha256,
-                "size": size,
-                "updates": [f"{r.key} {r.version}: {r.outcome.value}" for r in done],
-                "ignored": list(ignored),
-            })
+                    store.append_event(
+                        actor,
+                        "rule.pending",
+                        f"rule {before.id} {before.key}",
+                        lifecycle.rule_summary(before),
+                        lifecycle.rule_summary(after),
+                    )
+            store.append_event(
+                actor,
+                "import",
+                self.path.name,
+                None,
+                {
+                    "sha256": sha256,
+                    "size": size,
+                    "updates": [f"{r.key} {r.version}: {r.outcome.value}" for r in done],
+                    "ignored": list(ignored),
+                },
+            )
             self.checkpoint("committing")
         return done
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Iterator
-from functools import partial
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from .cabwriter import CabEntry, write_cab
@@ -70,14 +70,18 @@ def make_sample_package(
     for u in updates:
         for m in u.modules:
             seed = f"{m.member} {version}"
-            entries.append(CabEntry(
-                m.member, image_size, partial(_image_chunks, seed, image_size), SAMPLE_TIME
-            ))
+            entries.append(
+                CabEntry(
+                    m.member, image_size, partial(_image_chunks, seed, image_size), SAMPLE_TIME
+                )
+            )
             if m.signature_member:
                 signature = b"0\x82" + hashlib.sha512(seed.encode()).digest() * 16
-                entries.append(CabEntry(
-                    m.signature_member, len(signature), partial(iter, [signature]), SAMPLE_TIME
-                ))
+                entries.append(
+                    CabEntry(
+                        m.signature_member, len(signature), partial(iter, [signature]), SAMPLE_TIME
+                    )
+                )
     out.parent.mkdir(parents=True, exist_ok=True)
     write_cab(out, entries, compression="mszip")
     return updates

@@ -53,19 +53,32 @@ def main() -> None:
         image_size = args.total_mb * 1000 * 1000 // len(SAMPLE_DEVICES)
         make_sample_package(package, version="4.0.7577.4387", image_size=image_size)
         size = package.stat().st_size
-        print(f"package: {size / 1e6:.1f} MB on disk, {len(SAMPLE_DEVICES)} images of "
-              f"{image_size / 1e6:.1f} MB, MSZIP")
+        print(
+            f"package: {size / 1e6:.1f} MB on disk, {len(SAMPLE_DEVICES)} images of "
+            f"{image_size / 1e6:.1f} MB, MSZIP"
+        )
 
         results: dict[str, list[tuple[float, int]]] = {"cabextract": [], "ucupdates": []}
         for run in range(args.runs):
             target = work / f"cabextract-{run}"
             results["cabextract"].append(
-                measure([cabextract, "-q", "-d", str(target), str(package)]))
+                measure([cabextract, "-q", "-d", str(target), str(package)])
+            )
             shutil.rmtree(target)
             data = work / f"data-{run}"
-            results["ucupdates"].append(measure(
-                [sys.executable, "-m", "appliance", "--data-dir", str(data),
-                 "import", str(package)]))
+            results["ucupdates"].append(
+                measure(
+                    [
+                        sys.executable,
+                        "-m",
+                        "appliance",
+                        "--data-dir",
+                        str(data),
+                        "import",
+                        str(package),
+                    ]
+                )
+            )
             shutil.rmtree(data)
 
     summary = {}
@@ -93,8 +106,7 @@ def main() -> None:
         print(f"| {name} | {r['seconds_median']:.2f} s | {r['peak_rss_bytes'] / 1e6:.1f} MB |")
     print()
     print(f"time ratio ucupdates/cabextract: {report['time_ratio']:.2f}x (aim <= 1.5x)")
-    print(f"ucupdates peak RSS / package size: {report['memory_to_package_ratio']:.2f}x "
-          "(aim < 2x)")
+    print(f"ucupdates peak RSS / package size: {report['memory_to_package_ratio']:.2f}x (aim < 2x)")
 
 
 if __name__ == "__main__":

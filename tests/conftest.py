@@ -37,12 +37,17 @@ def sample_cab(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_cli(data_dir: Path, *args: str, stdin: str | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    data_dir: Path, *args: str, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """`python -m appliance --data-dir DATA ARGS...` as a real process."""
     return subprocess.run(
         [sys.executable, "-m", "appliance", "--data-dir", str(data_dir), *args],
-        capture_output=True, text=True, input=stdin, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=timeout,
+        cwd=REPO,
     )
 
 
@@ -52,7 +57,8 @@ def tree(root: Path) -> dict[str, str]:
         return {}
     return {
         p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -61,10 +67,14 @@ def state(config: Config) -> tuple[object, ...]:
     s = Store.open(config.db_path)
     try:
         return (
-            s.rules(), s.stored_files(), s.test_devices(), len(s.events(10_000)),
+            s.rules(),
+            s.stored_files(),
+            s.test_devices(),
+            len(s.events(10_000)),
             tree(config.store_dir),
             sorted(p.name for p in config.staging_dir.iterdir())
-            if config.staging_dir.exists() else [],
+            if config.staging_dir.exists()
+            else [],
         )
     finally:
         s.close()

@@ -52,8 +52,19 @@ def test_make_run_flow_prints_the_pending_rules(tmp_path: Path) -> None:
 
     listing = run_cli(data, "rules")
     lines = listing.stdout.splitlines()
-    assert lines[0].split() == ["ID", "DEVICE", "BRAND", "MODEL", "REV", "LOCALE", "TYPE",
-                                "APPROVED", "PENDING", "RESTORE", "STATE"]
+    assert lines[0].split() == [
+        "ID",
+        "DEVICE",
+        "BRAND",
+        "MODEL",
+        "REV",
+        "LOCALE",
+        "TYPE",
+        "APPROVED",
+        "PENDING",
+        "RESTORE",
+        "STATE",
+    ]
     assert len(lines) == 1 + len(SAMPLE_DEVICES)
     assert all(line.split()[-1] == "pending" for line in lines[1:])
 
@@ -68,8 +79,12 @@ def test_approve_one_rule_by_id_moves_the_versions(data: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"approved {V1} -> {V2}" in result.stdout
     after = one(data, "CX600")
-    assert (after["approved_version"], after["pending_version"], after["restore_version"],
-            after["state"]) == (V2, None, V1, "approved")
+    assert (
+        after["approved_version"],
+        after["pending_version"],
+        after["restore_version"],
+        after["state"],
+    ) == (V2, None, V1, "approved")
     # only that rule changed
     assert one(data, "CX500")["pending_version"] == V2
 
@@ -149,8 +164,7 @@ def test_every_change_is_in_the_event_log_with_who_and_before_after(data: Path) 
     newest = events[0]
     assert (newest["actor"], newest["action"]) == ("bob", "approve")
     assert newest["before"]["pending"] == V2
-    assert newest["after"] == {"approved": V2, "pending": None, "restore": V1,
-                               "state": "approved"}
+    assert newest["after"] == {"approved": V2, "pending": None, "restore": V1, "state": "approved"}
     actions = [e["action"] for e in events]
     assert actions.count("import") == 2
     assert actions.count("rule.create") == len(SAMPLE_DEVICES)
@@ -159,15 +173,35 @@ def test_every_change_is_in_the_event_log_with_who_and_before_after(data: Path) 
 
 
 def test_test_devices_get_the_pending_version_first(data: Path) -> None:
-    ordinary = run_cli(data, "explain", "--brand", "Polycom", "--model", "CX600",
-                       "--mac", "00:04:f2:00:00:01", "--reported-version", V1)
+    ordinary = run_cli(
+        data,
+        "explain",
+        "--brand",
+        "Polycom",
+        "--model",
+        "CX600",
+        "--mac",
+        "00:04:f2:00:00:01",
+        "--reported-version",
+        V1,
+    )
     assert ordinary.stdout.startswith("up-to-date")
 
     added = run_cli(data, "test-device", "add", "lab phone", "--mac", "0004f2000001")
     assert added.returncode == 0, added.stderr
     assert "mac 00-04-F2-00-00-01" in added.stdout
-    tester = run_cli(data, "explain", "--brand", "Polycom", "--model", "CX600",
-                     "--mac", "00-04-F2-00-00-01", "--reported-version", V1)
+    tester = run_cli(
+        data,
+        "explain",
+        "--brand",
+        "Polycom",
+        "--model",
+        "CX600",
+        "--mac",
+        "00-04-F2-00-00-01",
+        "--reported-version",
+        V1,
+    )
     assert tester.stdout.startswith("pending-test-device")
     assert f"UCPhone/Polycom/CX600/A/ENU/{V2}/CPE/CPE.nbt" in tester.stdout
 
@@ -175,7 +209,9 @@ def test_test_devices_get_the_pending_version_first(data: Path) -> None:
     assert "serial 64167F1234" in by_serial.stdout
     listing = json.loads(run_cli(data, "test-device", "list", "--json").stdout)
     assert {(d["name"], d["identifier"]) for d in listing} == {
-        ("lab phone", "00-04-F2-00-00-01"), ("desk 2", "64167F1234")}
+        ("lab phone", "00-04-F2-00-00-01"),
+        ("desk 2", "64167F1234"),
+    }
 
     removed = run_cli(data, "test-device", "remove", "00:04:F2:00:00:01")
     assert removed.returncode == 0
@@ -228,6 +264,15 @@ def test_the_console_script_is_installed() -> None:
     if script is None:
         pytest.skip("not run from the project's virtual environment")
     result = subprocess.run([script, "--help"], capture_output=True, text=True, check=True)
-    for command in ("import", "rules", "approve", "reset", "restore", "remove", "clean-files",
-                    "test-device", "make-sample-package"):
+    for command in (
+        "import",
+        "rules",
+        "approve",
+        "reset",
+        "restore",
+        "remove",
+        "clean-files",
+        "test-device",
+        "make-sample-package",
+    ):
         assert command in result.stdout

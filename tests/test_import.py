@@ -38,8 +38,9 @@ def test_import_creates_one_pending_rule_per_device_update(
     subprocess.run(["cabextract", "-q", "-d", str(out), str(sample_cab)], check=True)
     expected = tree(out)
     stored = tree(config.store_dir)
-    assert stored["UCPhone/Polycom/CX600/A/ENU/4.0.7577.4387/CPE/CPE.nbt"] == (
-        expected["UCPhone/Polycom/CX600/A/ENU/CPE/CPE.nbt"]
+    assert (
+        stored["UCPhone/Polycom/CX600/A/ENU/4.0.7577.4387/CPE/CPE.nbt"]
+        == (expected["UCPhone/Polycom/CX600/A/ENU/CPE/CPE.nbt"])
     )
     assert len(stored) == 2 * len(SAMPLE_DEVICES)  # image and signature per device
     for f in store.stored_files():
@@ -108,7 +109,8 @@ def test_a_removed_rule_comes_back_on_reimport_without_rewriting_files(
     result = import_package(store, config, sample_cab, "alice")
 
     assert sorted(u.outcome.value for u in result.updates if u.outcome is Outcome.NEW_RULE) == [
-        "new rule", "new rule"
+        "new rule",
+        "new rule",
     ]
     assert len(store.rules()) == len(SAMPLE_DEVICES)
     assert tree(config.store_dir) == files_before
@@ -142,8 +144,11 @@ def test_a_package_built_by_gcab_imports(config: Config, store: Store, tmp_path:
         "</Update></Updates></Updates>"
     )
     package = tmp_path / "gcab.cab"
-    members = ["updateInfo.xml", "UCPhone/Polycom/CX600/A/ENU/CPE/CPE.nbt",
-               "UCPhone/Polycom/CX600/A/ENU/CPE/CPE.cat"]
+    members = [
+        "updateInfo.xml",
+        "UCPhone/Polycom/CX600/A/ENU/CPE/CPE.nbt",
+        "UCPhone/Polycom/CX600/A/ENU/CPE/CPE.cat",
+    ]
     subprocess.run(["gcab", "-c", "-z", str(package), *members], cwd=layout, check=True)
 
     result = import_package(store, config, package, "alice")
@@ -152,9 +157,10 @@ def test_a_package_built_by_gcab_imports(config: Config, store: Store, tmp_path:
         ("UCPhone/Polycom/CX600/A/ENU/CPE", "4.0.7577.4366")
     ]
     stored = tree(config.store_dir)
-    assert stored["UCPhone/Polycom/CX600/A/ENU/4.0.7577.4366/CPE/CPE.nbt"] == tree(layout)[
-        "UCPhone/Polycom/CX600/A/ENU/CPE/CPE.nbt"
-    ]
+    assert (
+        stored["UCPhone/Polycom/CX600/A/ENU/4.0.7577.4366/CPE/CPE.nbt"]
+        == tree(layout)["UCPhone/Polycom/CX600/A/ENU/CPE/CPE.nbt"]
+    )
 
 
 def test_a_second_import_waits_for_none_and_says_why(config: Config, sample_cab: Path) -> None:
@@ -166,9 +172,7 @@ def test_a_second_import_waits_for_none_and_says_why(config: Config, sample_cab:
     assert run_cli(config.data_dir, "import", str(sample_cab)).returncode == 0
 
 
-def test_not_enough_free_space_is_refused_before_writing(
-    tmp_path: Path, sample_cab: Path
-) -> None:
+def test_not_enough_free_space_is_refused_before_writing(tmp_path: Path, sample_cab: Path) -> None:
     cfg = tmp_path / "ucupdates.toml"
     cfg.write_text(f'data_dir = "data"\n[import]\nmin_free_bytes = {2**62}\n')
     result = run_cli(tmp_path / "data", "--config", str(cfg), "import", str(sample_cab))

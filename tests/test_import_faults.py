@@ -80,21 +80,35 @@ HOSTILE: dict[str, tuple[Builder, str]] = {
     ),
     "not-xml": (lambda p, s: _ours(p, _layout({}, b"<Updates><Update")), "not well-formed"),
     "xxe": (
-        lambda p, s: _ours(p, _layout({}, b'<?xml version="1.0"?><!DOCTYPE u [<!ENTITY x '
-                                         b'SYSTEM "file:///etc/passwd">]><Updates>&x;</Updates>')),
+        lambda p, s: _ours(
+            p,
+            _layout(
+                {},
+                b'<?xml version="1.0"?><!DOCTYPE u [<!ENTITY x '
+                b'SYSTEM "file:///etc/passwd">]><Updates>&x;</Updates>',
+            ),
+        ),
         "DTDs and entities are not allowed",
     ),
     "billion-laughs": (
-        lambda p, s: _ours(p, _layout({}, b'<!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
-                                         + b"".join(b'<!ENTITY %c "&%c;&%c;&%c;&%c;&%c;">'
-                                                    % ((98 + i,) + (97 + i,) * 5)
-                                                    for i in range(9))
-                                         + b"]><Updates>&j;</Updates>")),
+        lambda p, s: _ours(
+            p,
+            _layout(
+                {},
+                b'<!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+                + b"".join(
+                    b'<!ENTITY %c "&%c;&%c;&%c;&%c;&%c;">' % ((98 + i,) + (97 + i,) * 5)
+                    for i in range(9)
+                )
+                + b"]><Updates>&j;</Updates>",
+            ),
+        ),
         "DTDs and entities are not allowed",
     ),
     "missing-member": (
-        lambda p, s: _ours(p, {"updateInfo.xml": GOOD_XML.replace(b"/>", b"><File name="
-                                                                  b'"CPE.nbt"/></Update>', 1)}),
+        lambda p, s: _ours(
+            p, {"updateInfo.xml": GOOD_XML.replace(b"/>", b'><File name="CPE.nbt"/></Update>', 1)}
+        ),
         "not in the package",
     ),
     "unsafe-field": (
@@ -126,12 +140,15 @@ def test_a_hostile_package_gets_one_clear_error_and_changes_nothing(
     assert run_cli(config.data_dir, "rules").returncode == 0
 
 
-def test_limits_from_the_config_are_enforced(config: Config, sample_cab: Path,
-                                             tmp_path: Path) -> None:
+def test_limits_from_the_config_are_enforced(
+    config: Config, sample_cab: Path, tmp_path: Path
+) -> None:
     cfg = tmp_path / "limits.toml"
-    for table, expected in (("max_entries = 5", "entries"),
-                            ("max_total_bytes = 100000", "bytes"),
-                            ("max_xml_bytes = 100", "updateInfo.xml")):
+    for table, expected in (
+        ("max_entries = 5", "entries"),
+        ("max_total_bytes = 100000", "bytes"),
+        ("max_xml_bytes = 100", "updateInfo.xml"),
+    ):
         cfg.write_text(f"[import]\n{table}\n")
         result = run_cli(config.data_dir, "--config", str(cfg), "import", str(sample_cab))
         assert result.returncode == 65, result.stderr
@@ -186,15 +203,22 @@ def _assert_consistent(config: Config) -> int:
 
 @pytest.mark.parametrize(
     ("phase", "survives"),
-    [("staged", False), ("extracted", False), ("moved", False), ("committing", False),
-     ("committed", True)],
+    [
+        ("staged", False),
+        ("extracted", False),
+        ("moved", False),
+        ("committing", False),
+        ("committed", True),
+    ],
 )
 def test_kill_9_at_each_phase_leaves_the_import_whole_or_absent(
     phase: str, survives: bool, config: Config, sample_cab: Path
 ) -> None:
     killed = subprocess.run(
         [sys.executable, "-c", _KILLER, str(config.data_dir), str(sample_cab), phase],
-        cwd=REPO, capture_output=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
     )
     assert killed.returncode == -signal.SIGKILL
 
@@ -214,9 +238,18 @@ def test_kill_9_at_random_moments_never_leaves_a_half_import(
     outcomes = set()
     for delay in (0.05, 0.15, 0.3, 0.5, 0.8, 1.2):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "--data-dir", str(config.data_dir),
-             "import", str(big)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "appliance",
+                "--data-dir",
+                str(config.data_dir),
+                "import",
+                str(big),
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
@@ -225,4 +258,3 @@ def test_kill_9_at_random_moments_never_leaves_a_half_import(
         if outcomes == {len(SAMPLE_DEVICES)}:
             break
     assert outcomes <= {0, len(SAMPLE_DEVICES)}
-

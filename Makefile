@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= ./var
 # Debian packages the appliance and its tests need (installed when missing).
-SYSTEM_PACKAGES := cabextract gcab
+SYSTEM_PACKAGES := cabextract gcab time
 STAMP_SYS := $(VENV)/.system-packages
 STAMP := $(VENV)/.installed
 

@@ -15,6 +15,7 @@ import hashlib
 import os
 import secrets
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -127,7 +128,13 @@ class _Import:
         self.actor, self.checkpoint = actor, checkpoint
 
     def run(self) -> ImportResult:
-        sha256, size = _hash_file(self.path)
+        # The package's own digest is computed beside the extraction (hashlib releases
+        # the GIL); it is awaited only where it is needed.
+        with ThreadPoolExecutor(1, thread_name_prefix="package-sha256") as pool:
+            digest = pool.submit(_hash_file, self.path)
+            return self._run(digest.result)
+
+    def _run(self, package_digest: Callable[[], tuple[str, int]]) -> ImportResult:
         limits = self.config.imports
         cab = open_package(
             self.path,
@@ -147,11 +154,12 @@ class _Import:
         placed = {u: self._place(u, cab) for u in updates}
         new = [u for u in updates if not self.store.has_update(u.key, u.version)]
         old = [u for u in updates if u not in new]
-        if old and not self.store.has_package(sha256):
+        if old and not self.store.has_package(package_digest()[0]):
             self._verify_existing(cab, old, placed)
 
         reports = self._plan(updates, placed)
         if not new and all(r.outcome is Outcome.UNCHANGED for r in reports):
+            sha256, size = package_digest()
             return ImportResult(self.path.name, sha256, size, tuple(reports), ignored, 0)
 
         to_write = [p for u in new for p in placed[u]]
@@ -175,6 +183,7 @@ class _Import:
             records = self._records(to_write, extracted)
             moved = self._move(to_write, staging / "members")
             self.checkpoint("moved")
+            sha256, size = package_digest()
             reports = self._commit(reports, new, records, sha256, size, ignored)
             committed = True
             self.checkpoint("committed")

@@ -191,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serial")
     p.add_argument("--reported-version", metavar="VERSION", help="the version the device runs now")
 
+    p = sub.add_parser("serve", help="run the phone-facing service in the foreground")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="how events are written to standard error",
+    )
+
     p = sub.add_parser("make-sample-package", help="write a realistic sample package")
     p.add_argument("out", type=Path, metavar="OUT.cab")
     p.add_argument("--version", dest="package_version", default=DEFAULT_VERSION)
@@ -435,7 +443,63 @@ def _explain(args: argparse.Namespace, config: Config, store: Store, actor: str)
     return 0
 
 
+def _serve(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
+    from twisted.internet import reactor as default_reactor
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        jsonFileLogObserver,
+        textFileLogObserver,
+    )
+
+    from .certs import CertError
+    from .sample import sample_check
+    from .service import make_service
+
+    reactor: Any = default_reactor
+    observer: Any = (
+        jsonFileLogObserver(sys.stderr)
+        if args.log_format == "json"
+        else textFileLogObserver(sys.stderr)
+    )
+    predicate: Any = LogLevelFilterPredicate(LogLevel.info)
+    filtered: Any = FilteringLogObserver(observer, [predicate])
+    globalLogBeginner.beginLoggingTo([filtered], redirectStandardIO=False)
+    try:
+        root = make_service(config, reactor, store)
+        root.startService()
+    except CertError as e:
+        raise _Failure(f"certificate: {e}", EX_CONFIG) from e
+    except Exception as e:  # a port in use, an address not on this host...
+        raise _Failure(f"cannot start: {e}") from e
+    reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
+    check = config.data_dir / "sample" / "check.xml"
+    check.parent.mkdir(parents=True, exist_ok=True)
+    check.write_bytes(sample_check())
+    host, port = root.ports["internal-https"]
+    fqdn = config.internal_fqdn
+    creds = root.credentials
+    print("ucupdates is serving:")
+    for name, (bound_host, bound_port) in root.ports.items():
+        print(f"  {name:15} {bound_host}:{bound_port}")
+    if creds is not None and creds.ca_file is not None:
+        print(f"phones must trust the CA certificate {creds.ca_file}")
+    print(f"point a phone at https://{fqdn}:{port}/ (DNS name {fqdn} -> this host)")
+    print("try an update check as a Polycom CX600 would send it:")
+    ca = f"--cacert {creds.ca_file} " if creds is not None and creds.ca_file else "-k "
+    print(
+        f"  curl {ca}--resolve {fqdn}:{port}:{host} -H 'Content-Type: text/xml' "
+        f"--data-binary @{check} https://{fqdn}:{port}/RequestHandler/ucdevice.upx"
+    )
+    sys.stdout.flush()
+    reactor.run()
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Config, Store, str], int]] = {
+    "serve": _serve,
     "import": _import,
     "rules": _rules,
     "clean-files": _clean_files,

@@ -85,3 +85,19 @@ def make_sample_package(
     out.parent.mkdir(parents=True, exist_ok=True)
     write_cab(out, entries, compression="mszip")
     return updates
+
+
+SAMPLE_PHONE_MAC = "00-04-F2-00-00-01"
+
+
+def sample_check(version: str = "4.0.7577.4366", mac: str = SAMPLE_PHONE_MAC) -> bytes:
+    """An update check as a Polycom CX600 (ENU) running `version` would send it."""
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        "<Request><DeviceType>UCPhone</DeviceType>"
+        f"<MacAddress>{mac}</MacAddress><SerialNumber>64167F0001</SerialNumber>"
+        "<Vendor>Polycom</Vendor><Model>CX600</Model><Revision>A</Revision>"
+        "<Locale>ENU</Locale><UserId></UserId><Modules><Module><FileName>CPE.nbt</FileName>"
+        f"<Version>{version}</Version><Timestamp>2012-12-10T00:00:00Z</Timestamp>"
+        "</Module></Modules></Request>\n"
+    ).encode()

@@ -105,6 +105,18 @@ class Device:
 
 
 @dataclass(frozen=True)
+class User:
+    """A local phone user (HTTP Basic on the external zone); password_hash is argon2id PHC."""
+
+    id: int
+    name: str
+    password_hash: str
+    created_at: str
+    updated_at: str
+    disabled: bool
+
+
+@dataclass(frozen=True)
 class RuleFilter:
     """Which rules a command acts on; every given field must match (case-insensitive)."""
 
@@ -256,6 +268,10 @@ class Store:
             self._conn.execute("COMMIT")
         finally:
             self._in_transaction = False
+
+    def data_version(self) -> int:
+        """Changes when another connection commits (SQLite's `PRAGMA data_version`)."""
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     def integrity_errors(self) -> list[str]:
         rows = self._conn.execute("PRAGMA integrity_check").fetchall()
@@ -500,6 +516,68 @@ class Store:
             (limit,),
         )
         return [Event(r[0], r[1], r[2], r[3], r[4], _unjson(r[5]), _unjson(r[6])) for r in rows]
+
+    # -- phone users --------------------------------------------------------------------
+    # Names are unique and matched without regard to case (SQL lower(): ASCII letters only).
+
+    def add_user(self, name: str, password_hash: str) -> User:
+        now = self.now()
+        try:
+            cur = self._conn.execute(
+                "INSERT INTO users (name, password_hash, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?)",
+                (name, password_hash, now, now),
+            )
+        except sqlite3.IntegrityError:
+            raise DuplicateError(f"user {name!r} exists already") from None
+        row = self._conn.execute(
+            "SELECT id, name, password_hash, created_at, updated_at, disabled FROM users"
+            " WHERE id = ?",
+            (cur.lastrowid,),
+        ).fetchone()
+        return self._user_of(row)
+
+    def set_user_password(self, name: str, password_hash: str) -> None:
+        cur = self._conn.execute(
+            "UPDATE users SET password_hash = ?, updated_at = ? WHERE lower(name) = lower(?)",
+            (password_hash, self.now(), name),
+        )
+        if cur.rowcount == 0:
+            raise StoreError(f"no user {name!r}")
+
+    def set_user_disabled(self, name: str, disabled: bool) -> None:
+        cur = self._conn.execute(
+            "UPDATE users SET disabled = ?, updated_at = ? WHERE lower(name) = lower(?)",
+            (int(disabled), self.now(), name),
+        )
+        if cur.rowcount == 0:
+            raise StoreError(f"no user {name!r}")
+
+    def remove_user(self, name: str) -> None:
+        cur = self._conn.execute("DELETE FROM users WHERE lower(name) = lower(?)", (name,))
+        if cur.rowcount == 0:
+            raise StoreError(f"no user {name!r}")
+
+    def users(self) -> list[User]:
+        rows = self._conn.execute(
+            "SELECT id, name, password_hash, created_at, updated_at, disabled FROM users"
+            " ORDER BY lower(name)"
+        )
+        return [self._user_of(r) for r in rows]
+
+    def user(self, name: str) -> User | None:
+        row = self._conn.execute(
+            "SELECT id, name, password_hash, created_at, updated_at, disabled FROM users"
+            " WHERE lower(name) = lower(?)",
+            (name,),
+        ).fetchone()
+        return self._user_of(row) if row else None
+
+    @staticmethod
+    def _user_of(row: Sequence[Any]) -> User:
+        return User(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+
+    # -- end of phone users -------------------------------------------------------------
 
     # -- what the decision reads --------------------------------------------------------
 

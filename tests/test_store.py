@@ -109,8 +109,11 @@ def device(identity: str, version: str, first: str, last: str) -> Device:
 # -- schema -----------------------------------------------------------------------------
 
 
+LATEST = len(list((Path(__file__).parent.parent / "appliance" / "schema").glob("*.sql")))
+
+
 def test_memory_store_has_the_schema_applied(db: Store) -> None:
-    assert db.schema_version == 1
+    assert db.schema_version == LATEST
     tables = {r[0] for r in db._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"packages", "rules", "updates", "files", "test_devices", "devices", "events"} <= tables
     assert db.integrity_errors() == []
@@ -133,9 +136,9 @@ def test_reopening_a_file_keeps_data_and_does_not_reapply_the_schema(tmp_path: P
 
     second = Store.open(path, clock=Clock(START + timedelta(days=1)))
     try:
-        assert second.schema_version == 1
+        assert second.schema_version == LATEST
         applied = second._conn.execute("SELECT version, applied_at FROM schema_version")
-        assert applied.fetchall() == [(1, "2013-04-02T09:30:00Z")]
+        assert applied.fetchall() == [(v, "2013-04-02T09:30:00Z") for v in range(1, LATEST + 1)]
         assert [r.pending_version for r in second.rules()] == [CU8]
     finally:
         second.close()
@@ -144,9 +147,10 @@ def test_reopening_a_file_keeps_data_and_does_not_reapply_the_schema(tmp_path: P
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "ucupdates.sqlite3"
     store = Store.open(path)
-    store._conn.execute("INSERT INTO schema_version VALUES (2, '2030-01-01T00:00:00Z')")
+    newer = LATEST + 1
+    store._conn.execute(f"INSERT INTO schema_version VALUES ({newer}, '2030-01-01T00:00:00Z')")
     store.close()
-    with pytest.raises(SchemaError, match="schema version 2 is newer.*upgrade ucupdates"):
+    with pytest.raises(SchemaError, match=f"schema version {newer} is newer.*upgrade ucupdates"):
         Store.open(path)
 
 

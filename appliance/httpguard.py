@@ -1,0 +1,170 @@
+"""Limits on everything an HTTP client controls, enforced as the bytes arrive.
+
+Twisted reads a whole request body before any resource runs (pitfalls §2), so the checks
+that must come first happen here, when the headers are in: a site-supplied `admit`
+function sees method, path, declared length and headers and may refuse at once (413 for
+a body over the limit, 401 for an external request without credentials, 429 for a
+locked-out client); the body is then counted as it streams (chunked bodies too). Each
+request must arrive whole within `request_timeout` (slowloris); idle keep-alive
+connections close after `idle_timeout`; at most `max_connections` are open at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IAddress
+from twisted.logger import Logger
+from twisted.web import http, server
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class Rejection:
+    status: int
+    reason: str
+    headers: Sequence[tuple[bytes, bytes]] = ()
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int
+    request_timeout: float
+    idle_timeout: float
+    max_connections: int
+
+
+# admit(request, method, path, declared body length or None when chunked)
+Admit = Callable[["GuardedRequest", bytes, bytes, int | None], Rejection | None]
+
+
+class GuardedRequest(server.Request):
+    """A request whose body may not exceed `max_body` bytes (set when it is admitted)."""
+
+    max_body: int = 0
+    admission: Any = None  # whatever `admit` attached (zone, client, credentials)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._body_bytes = 0
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802 - Twisted's hook
+        self._body_bytes += len(data)
+        if self._body_bytes > self.max_body:
+            channel = self.channel
+            if isinstance(channel, GuardedChannel):
+                channel.reject(Rejection(413, f"request body over {self.max_body} bytes"))
+            return
+        super().handleContentChunk(data)
+
+
+class GuardedChannel(http.HTTPChannel):
+    site: GuardedSite
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._deadline: Any = None  # an IDelayedCall while a request is arriving
+        self._rejected = False
+
+    def connectionMade(self) -> None:  # noqa: N802
+        super().connectionMade()
+        self.totalHeadersSize = self.site.limits.max_header_bytes
+        self.setTimeout(self.site.limits.idle_timeout)
+
+    def lineReceived(self, line: bytes) -> None:  # noqa: N802
+        if self._deadline is None and not self._rejected:
+            self._deadline = self.callLater(self.site.limits.request_timeout, self._too_slow)
+        super().lineReceived(line)
+
+    def allHeadersReceived(self) -> None:  # noqa: N802
+        request = self.requests[-1]
+        assert isinstance(request, GuardedRequest)
+        path: Any = self._path  # bytes (Twisted annotates it loosely)
+        rejection = self.site.admit(request, self._command, path, self.length)
+        if rejection is not None:
+            self.reject(rejection)
+            return
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:  # noqa: N802
+        self._cancel_deadline()
+        if not self._rejected:
+            super().allContentReceived()
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        log.info(
+            "request not received within {seconds} s from {peer}: closed",
+            seconds=self.site.limits.request_timeout,
+            peer=_peer(self.transport),
+        )
+        self.reject(Rejection(408, "request not received in time"))
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def reject(self, rejection: Rejection) -> None:
+        """Answer now, ignore whatever else the client sends, and close."""
+        if self._rejected:
+            return
+        self._rejected = True
+        self._cancel_deadline()
+        body = rejection.reason.encode("utf-8", "replace") + b"\n"
+        phrase = http.RESPONSES.get(rejection.status, b"Error")
+        head = [
+            b"HTTP/1.1 %d %s" % (rejection.status, phrase),
+            b"Content-Type: text/plain; charset=utf-8",
+            b"Content-Length: %d" % len(body),
+            b"Connection: close",
+        ]
+        head += [name + b": " + value for name, value in rejection.headers]
+        transport: Any = self.transport
+        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        noop: Callable[..., None] = lambda *args: None  # noqa: E731
+        self.dataReceived = self.lineReceived = self.rawDataReceived = noop  # type: ignore[method-assign]
+        self.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self._cancel_deadline()
+        self.site.open_connections -= 1
+        super().connectionLost(reason)
+
+
+class GuardedSite(server.Site):
+    protocol = GuardedChannel  # type: ignore[assignment]
+    requestFactory = GuardedRequest
+
+    def __init__(self, resource: Any, admit: Admit, limits: Limits, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.admit = admit
+        self.limits = limits
+        self.open_connections = 0
+        self.displayTracebacks = False
+        self.noisy = False
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:  # noqa: N802
+        if self.open_connections >= self.limits.max_connections:
+            log.warn(
+                "connection from {peer} refused: {count} open",
+                peer=addr,
+                count=self.open_connections,
+            )
+            return None
+        channel = super().buildProtocol(addr)
+        self.open_connections += 1
+        return channel
+
+    def log(self, request: http.Request) -> None:
+        pass  # every request is recorded by the resources, as a structured event
+
+
+def _peer(transport: Any) -> str:
+    try:
+        return str(transport.getPeer().host)
+    except AttributeError:
+        return "?"

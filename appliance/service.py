@@ -1,0 +1,160 @@
+"""The composition root of `ucupdates serve`: every listener and timer, from the config.
+
+`make_service` only wires: it receives the config, the reactor, the store and the clock,
+and returns a MultiService. Nothing below it reads files or the environment for settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.application import internet, service
+from twisted.logger import Logger
+
+from .auth import Authenticator, LdapDirectory, LocalDirectory
+from .certs import ServerCredentials, ensure_test_certificates, load_credentials
+from .config import Address, AuthBackend, Config, TlsProfile
+from .httpguard import GuardedSite, Limits
+from .phone import PhoneResource, PhoneService, clean_device_logs
+from .store import Store
+from .tls import context_factory
+from .upx import BaseUrls
+
+log = Logger(namespace="ucupdates.service")
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    address: Address
+    scheme: str  # "https" or "http"
+    profile: TlsProfile | None
+    external: bool
+
+
+def listeners(config: Config) -> list[Listener]:
+    found = [
+        Listener(
+            "internal-https",
+            config.listeners.internal_https,
+            "https",
+            config.tls.internal_profile,
+            False,
+        ),
+        Listener(
+            "external-https",
+            config.listeners.external_https,
+            "https",
+            config.tls.external_profile,
+            True,
+        ),
+    ]
+    if config.listeners.internal_http is not None:
+        found.append(Listener("internal-http", config.listeners.internal_http, "http", None, False))
+    return found
+
+
+def server_credentials(config: Config) -> ServerCredentials:
+    if config.tls.cert_file is not None and config.tls.key_file is not None:
+        return load_credentials(config.tls.cert_file, config.tls.key_file)
+    return ensure_test_certificates(config.tls_dir, config.server_names())
+
+
+class ApplianceService(service.MultiService):
+    """Starts the listeners; then knows their real ports (a port 0 in the config)."""
+
+    def __init__(self, phone: PhoneService, config: Config) -> None:
+        super().__init__()
+        self.phone = phone
+        self.config = config
+        self.ports: dict[str, tuple[str, int]] = {}
+        self.credentials: ServerCredentials | None = None
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        for child in self:
+            port = getattr(child, "_port", None)
+            name = getattr(child, "listener_name", None)
+            if port is not None and name is not None:
+                host = port.getHost()
+                self.ports[name] = (host.host, host.port)
+                log.info(
+                    "listener {name} on {host}:{port} started",
+                    name=name,
+                    host=host.host,
+                    port=host.port,
+                    event="listener.start",
+                )
+        self.phone.urls = BaseUrls.of(
+            self.config.internal_fqdn,
+            self.config.service.internal_port or self.ports["internal-https"][1],
+            self.config.external_fqdn,
+            self.config.service.external_port or self.ports["external-https"][1],
+        )
+
+    def stopService(self) -> Any:  # noqa: N802
+        for name in self.ports:
+            log.info("listener {name} stopping", name=name, event="listener.stop")
+        result = super().stopService()
+        self.phone.close()
+        return result
+
+
+def make_service(
+    config: Config,
+    reactor: Any,
+    store: Store,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    credentials: ServerCredentials | None = None,
+) -> ApplianceService:
+    credentials = credentials or server_credentials(config)
+    if config.auth.backend is AuthBackend.LDAP:
+        directory: Any = LdapDirectory(config.auth.ldap)
+    else:
+        directory = LocalDirectory.at(config.db_path)
+    authenticator = Authenticator(directory, config.auth, reactor.seconds)
+    phone = PhoneService(config, store, authenticator, clock)
+    root = ApplianceService(phone, config)
+    root.credentials = credentials
+    limits = Limits(
+        max_header_bytes=config.service.max_header_bytes,
+        request_timeout=config.service.request_timeout,
+        idle_timeout=config.service.idle_timeout,
+        max_connections=config.service.max_connections,
+    )
+    resource = PhoneResource(phone)
+    for listener in listeners(config):
+        site = GuardedSite(resource, phone.admitter(listener.external), limits, reactor=reactor)
+        address = listener.address
+        if listener.profile is None:
+            server: Any = internet.TCPServer(
+                address.port, site, interface=address.host, reactor=reactor
+            )
+        else:
+            server = internet.SSLServer(
+                address.port,
+                site,
+                context_factory(credentials, listener.profile),
+                interface=address.host,
+                reactor=reactor,
+            )
+        server.listener_name = listener.name
+        server.setServiceParent(root)
+
+    flush = internet.TimerService(1.0, phone.flush_inventory)
+    flush.clock = reactor
+    flush.setServiceParent(root)
+    retention = internet.TimerService(
+        3600.0,
+        lambda: clean_device_logs(
+            config.logs_dir, config.device_logs.retention_days, reactor.seconds()
+        ),
+    )
+    retention.clock = reactor
+    retention.setServiceParent(root)
+    return root
+
+

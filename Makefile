@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= ./var
 # Debian packages the appliance and its tests need (installed when missing).
-SYSTEM_PACKAGES := cabextract gcab time
+SYSTEM_PACKAGES := cabextract gcab time slapd ldap-utils openssl curl
 STAMP_SYS := $(VENV)/.system-packages
 STAMP := $(VENV)/.installed
 
@@ -31,10 +31,16 @@ $(STAMP): pyproject.toml $(STAMP_SYS)
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
+UC := $(PY) -m appliance --data-dir $(DATA_DIR)
+
 run: $(STAMP)
-	$(PY) -m appliance --data-dir $(DATA_DIR) make-sample-package $(DATA_DIR)/sample/UCUpdates.cab
-	$(PY) -m appliance --data-dir $(DATA_DIR) import $(DATA_DIR)/sample/UCUpdates.cab
-	$(PY) -m appliance --data-dir $(DATA_DIR) rules
+	$(UC) make-sample-package $(DATA_DIR)/sample/UCUpdates.cab
+	$(UC) import $(DATA_DIR)/sample/UCUpdates.cab
+	@# the sample check's phone is a test device, so it is offered the pending version
+	@$(UC) test-device list | grep -q 00-04-F2-00-00-01 || \
+	  $(UC) test-device add "sample phone (make run)" --mac 00-04-F2-00-00-01
+	$(UC) rules
+	$(UC) serve
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q

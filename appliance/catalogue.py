@@ -224,3 +224,34 @@ def recover_locked(store: Store, store_dir: Path, staging_dir: Path) -> tuple[Pa
             entry.unlink()
         removed += (entry,)
     return removed
+
+
+# -- phone users (HTTP Basic on the external zone) ---------------------------------------
+
+
+def add_user(store: Store, name: str, password: str, actor: str) -> str:
+    from .auth import hash_password, validate_password, validate_user_name
+
+    name = validate_user_name(name)
+    password_hash = hash_password(validate_password(password))
+    with store.transaction():
+        store.add_user(name, password_hash)
+        store.append_event(actor, "user.add", f"user {name}", None, {"name": name})
+    return name
+
+
+def set_password(store: Store, name: str, password: str, actor: str) -> None:
+    from .auth import hash_password, validate_password
+
+    password_hash = hash_password(validate_password(password))
+    with store.transaction():
+        store.set_user_password(name, password_hash)
+        store.append_event(actor, "user.passwd", f"user {name}", None, None)
+
+
+def remove_user(store: Store, name: str, actor: str) -> None:
+    with store.transaction():
+        if store.user(name) is None:
+            raise CatalogueError(f"no user {name!r}")
+        store.remove_user(name)
+        store.append_event(actor, "user.remove", f"user {name}", {"name": name}, None)

@@ -17,15 +17,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
+from .auth import AuthError
 from .catalogue import (
     CatalogueError,
     RuleChange,
     add_test_device,
+    add_user,
     apply_action,
     clean_files,
     parse_identifier,
     recover,
     remove_test_device,
+    remove_user,
+    set_password,
 )
 from .config import Config, ConfigError, load_config
 from .decision import choose_update
@@ -177,6 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
     a = tsub.add_parser("remove", help="remove a test device")
     a.add_argument("which", help="its id, name, MAC or serial number")
 
+    p = sub.add_parser("user", help="phone users for HTTP Basic (external zone)")
+    usub = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    for verb, text in (("add", "add a user"), ("passwd", "set a user's password")):
+        a = usub.add_parser(verb, help=text)
+        a.add_argument("name")
+        a.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password from the first line of standard input",
+        )
+    a = usub.add_parser("remove", help="remove a user")
+    a.add_argument("name")
+    a = usub.add_parser("list", help="list the users")
+    a.add_argument("--json", action="store_true")
+
     p = sub.add_parser("events", help="the admin event log, newest first")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
@@ -245,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PackageError as e:
         print(f"ucupdates: {e}", file=sys.stderr)
         return EX_DATAERR
-    except (CatalogueError, StoreError, InvalidIdentifier) as e:
+    except (CatalogueError, StoreError, InvalidIdentifier, AuthError) as e:
         print(f"ucupdates: {e}", file=sys.stderr)
         return EX_FAILED
 
@@ -411,6 +430,62 @@ def _test_device(args: argparse.Namespace, config: Config, store: Store, actor: 
     return 0
 
 
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        return password.removesuffix("\r")
+    if not sys.stdin.isatty():
+        raise _Failure("no terminal to ask for the password: use --password-stdin", EX_USAGE)
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise _Failure("the passwords differ; nothing changed")
+    return first
+
+
+def _user(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
+    if args.user_command == "add":
+        name = add_user(store, args.name, _read_password(args), actor)
+        print(f"user {name} added")
+    elif args.user_command == "passwd":
+        if store.user(args.name) is None:
+            raise _Failure(f"no user {args.name!r}")
+        set_password(store, args.name, _read_password(args), actor)
+        print(f"password of {args.name} changed")
+    elif args.user_command == "remove":
+        remove_user(store, args.name, actor)
+        print(f"user {args.name} removed")
+    else:
+        users = store.users()
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {
+                            "name": u.name,
+                            "created_at": u.created_at,
+                            "updated_at": u.updated_at,
+                            "disabled": u.disabled,
+                        }
+                        for u in users
+                    ],
+                    indent=2,
+                )
+            )
+        elif users:
+            _table(
+                [
+                    [u.name, u.created_at, u.updated_at, "yes" if u.disabled else "no"]
+                    for u in users
+                ],
+                ("NAME", "ADDED", "CHANGED", "DISABLED"),
+                sys.stdout,
+            )
+        else:
+            print("no users")
+    return 0
+
+
 def _events(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
     events = store.events(args.limit)
     if args.json:
@@ -504,6 +579,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Config, Store, str], int]] = 
     "rules": _rules,
     "clean-files": _clean_files,
     "test-device": _test_device,
+    "user": _user,
     "events": _events,
     "explain": _explain,
     **{a.value: _rule_action(a) for a in Action},

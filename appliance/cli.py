@@ -8,8 +8,11 @@ that cannot be imported (EX_DATAERR); 78 a configuration error (EX_CONFIG).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -31,7 +34,7 @@ from .catalogue import (
     remove_user,
     set_password,
 )
-from .config import Config, ConfigError, load_config
+from .config import Address, Config, ConfigError, load_config
 from .decision import choose_update
 from .identifiers import InvalidIdentifier, normalise_mac, normalise_serial
 from .importer import ImportResult, PackageError, import_package
@@ -211,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reported-version", metavar="VERSION", help="the version the device runs now")
 
     p = sub.add_parser("serve", help="run the phone-facing service in the foreground")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the listening ports (default 1)",
+    )
+    p.add_argument("--bind", action="append", default=[], help=argparse.SUPPRESS)
     p.add_argument(
         "--log-format",
         choices=("text", "json"),
@@ -542,6 +553,16 @@ def _serve(args: argparse.Namespace, config: Config, store: Store, actor: str) -
     predicate: Any = LogLevelFilterPredicate(LogLevel.info)
     filtered: Any = FilteringLogObserver(observer, [predicate])
     globalLogBeginner.beginLoggingTo([filtered], redirectStandardIO=False)
+    if args.workers < 1:
+        raise _Failure("--workers must be at least 1", EX_USAGE)
+    for bind in args.bind:  # a worker started by the first process: the same ports
+        name, _, where = bind.partition("=")
+        config = dataclasses.replace(
+            config,
+            listeners=dataclasses.replace(
+                config.listeners, **{name.replace("-", "_"): Address.parse(where)}
+            ),
+        )
     try:
         root = make_service(config, reactor, store)
         root.startService()
@@ -550,6 +571,12 @@ def _serve(args: argparse.Namespace, config: Config, store: Store, actor: str) -
     except Exception as e:  # a port in use, an address not on this host...
         raise _Failure(f"cannot start: {e}") from e
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
+    if args.bind:
+        _follow_parent(reactor)
+        reactor.run()
+        return 0
+    if args.workers > 1:
+        _start_workers(reactor, config, args, root.ports)
     check = config.data_dir / "sample" / "check.xml"
     check.parent.mkdir(parents=True, exist_ok=True)
     check.write_bytes(sample_check())
@@ -571,6 +598,42 @@ def _serve(args: argparse.Namespace, config: Config, store: Store, actor: str) -
     sys.stdout.flush()
     reactor.run()
     return 0
+
+
+def _start_workers(
+    reactor: Any, config: Config, args: argparse.Namespace, ports: dict[str, tuple[str, int]]
+) -> None:
+    """N-1 more processes that bind the same ports (SO_REUSEPORT); stopped with this one."""
+    argv = [sys.executable, "-m", "appliance", "--data-dir", str(config.data_dir)]
+    if config.source is not None:
+        argv += ["--config", str(config.source)]
+    argv += ["serve", "--log-format", args.log_format]
+    argv += [f"--bind={name}={Address(host, port)}" for name, (host, port) in ports.items()]
+    workers = [subprocess.Popen(argv) for _ in range(args.workers - 1)]
+
+    def stop_workers() -> None:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+    reactor.addSystemEventTrigger("before", "shutdown", stop_workers)
+
+
+def _follow_parent(reactor: Any) -> None:
+    """A worker stops when the process that started it is gone."""
+    from twisted.internet.task import LoopingCall
+
+    parent = os.getppid()
+
+    def check() -> None:
+        if os.getppid() != parent:
+            reactor.stop()
+
+    LoopingCall(check).start(1.0, now=False)
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Config, Store, str], int]] = {

@@ -6,6 +6,7 @@ and returns a MultiService. Nothing below it reads files or the environment for 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from typing import Any
 
 from twisted.application import internet, service
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from .auth import Authenticator, LdapDirectory, LocalDirectory
 from .certs import ServerCredentials, ensure_test_certificates, load_credentials
@@ -61,6 +63,45 @@ def server_credentials(config: Config) -> ServerCredentials:
     if config.tls.cert_file is not None and config.tls.key_file is not None:
         return load_credentials(config.tls.cert_file, config.tls.key_file)
     return ensure_test_certificates(config.tls_dir, config.server_names())
+
+
+class SharedPortServer(service.Service):
+    """A listening socket with SO_REUSEPORT, so that worker processes share the port and
+    the kernel spreads connections over them."""
+
+    def __init__(self, listener: Listener, factory: Any, reactor: Any) -> None:
+        self.listener_name = listener.name
+        self._address = listener.address
+        self._factory = factory
+        self._reactor = reactor
+        self._port: Any = None
+
+    def startService(self) -> None:  # noqa: N802
+        host, port = self._address.host, self._address.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
+            sock.setblocking(False)
+            self._port = self._reactor.adoptStreamPort(sock.fileno(), family, self._factory)
+        except OSError as e:
+            raise OSError(
+                e.errno, f"cannot listen on {self._address} ({self.listener_name}): {e.strerror}"
+            ) from e
+        finally:
+            sock.close()  # the reactor holds its own duplicate
+        super().startService()
+
+    def stopService(self) -> Any:  # noqa: N802
+        super().stopService()
+        if self._port is not None:
+            return self._port.stopListening()
+        return None
 
 
 class ApplianceService(service.MultiService):
@@ -128,20 +169,12 @@ def make_service(
     resource = PhoneResource(phone)
     for listener in listeners(config):
         site = GuardedSite(resource, phone.admitter(listener.external), limits, reactor=reactor)
-        address = listener.address
-        if listener.profile is None:
-            server: Any = internet.TCPServer(
-                address.port, site, interface=address.host, reactor=reactor
-            )
-        else:
-            server = internet.SSLServer(
-                address.port,
-                site,
-                context_factory(credentials, listener.profile),
-                interface=address.host,
-                reactor=reactor,
-            )
-        server.listener_name = listener.name
+        factory: Any = site
+        wrapped: Any = site
+        if listener.profile is not None:
+            tls: Any = context_factory(credentials, listener.profile)
+            factory = TLSMemoryBIOFactory(tls, False, wrapped)
+        server = SharedPortServer(listener, factory, reactor)
         server.setServiceParent(root)
 
     flush = internet.TimerService(1.0, phone.flush_inventory)
@@ -156,5 +189,3 @@ def make_service(
     retention.clock = reactor
     retention.setServiceParent(root)
     return root
-
-

@@ -230,6 +230,52 @@ class DeviceLogSettings:
     retention_days: float = field(default=10.0, metadata={"check": _positive})
 
 
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    """The ucupdates-r2 responder (on listeners.dns, UDP and TCP).
+
+    It answers A/AAAA for `ucupdates-r2.<domain>` in every domain of `domains` (and of
+    `domains_from`, an ISC dhcpd.conf or Kea JSON file read at start and on reload), with
+    the internal address for internal clients and the external one (or REFUSED) for
+    others. Every other name goes to `upstreams`, or is REFUSED when there are none.
+    """
+
+    internal_address: str | None = field(default=None, metadata={"check": _ip})
+    internal_address6: str | None = field(default=None, metadata={"check": _ip})
+    external_address: str | None = field(default=None, metadata={"check": _ip})
+    external_address6: str | None = field(default=None, metadata={"check": _ip})
+    domains_from: Path | None = None
+    upstreams: tuple[Address, ...] = ()
+    ttl: int = field(default=300, metadata={"check": _positive})
+    rrl_responses_per_second: int = field(default=50, metadata={"check": _positive})
+    rrl_slip: int = 2  # every Nth dropped answer goes out truncated (TC), 0: never
+    max_tcp_connections: int = field(default=256, metadata={"check": _positive})
+    tcp_idle_timeout: float = field(default=10.0, metadata={"check": _positive})
+    cache_entries: int = field(default=10_000, metadata={"check": _positive})
+
+
+@dataclass(frozen=True)
+class DhcpSettings:
+    """The DHCPINFORM responder (like the Lync Registrar's); off by default. It never
+    offers or leases addresses: it answers DHCPINFORM from `MS-UC-Client` with options 43
+    and 120, and from `CPE-OCPHONE` with the voice VLAN."""
+
+    enabled: bool = False
+    listen: Address = Address("0.0.0.0", 67)  # noqa: S104 - DHCP listens on all addresses
+    sip_servers: tuple[str, ...] = field(default=(), metadata={"check": _fqdn})
+    web_fqdn: str | None = field(default=None, metadata={"check": _fqdn})  # default: internal
+    web_port: int = field(default=443, metadata={"check": _positive})
+    cert_prov_path: str = "/CertProv/CertProvisioningService.svc"
+    voice_vlan: int | None = field(default=None, metadata={"check": _positive})
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("var")
@@ -241,6 +287,8 @@ class Config:
     zones: ZoneSettings = ZoneSettings()
     auth: AuthSettings = AuthSettings()
     device_logs: DeviceLogSettings = DeviceLogSettings()
+    dns: DnsSettings = DnsSettings()
+    dhcp: DhcpSettings = DhcpSettings()
     source: Path | None = field(default=None, metadata={"internal": True})
 
     @property

@@ -5,11 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= ./var
 # Debian packages the appliance and its tests need (installed when missing).
-SYSTEM_PACKAGES := cabextract gcab time slapd ldap-utils openssl curl
+SYSTEM_PACKAGES := cabextract gcab time nginx wrk slapd ldap-utils openssl curl
 STAMP_SYS := $(VENV)/.system-packages
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-import setup clean sample
+.PHONY: run test lint typecheck bench bench-import bench-serve setup clean sample
 
 setup: $(STAMP)
 
@@ -52,7 +52,10 @@ lint: $(STAMP)
 bench-import: $(STAMP)
 	$(PY) bench/bench_import.py
 
-bench: bench-import
+bench-serve: $(STAMP)
+	$(PY) bench/bench_serve.py
+
+bench: bench-import bench-serve
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) bench/out test-artifacts

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web import http, server
 
@@ -74,10 +75,14 @@ class GuardedChannel(http.HTTPChannel):
         self.totalHeadersSize = self.site.limits.max_header_bytes
         self.setTimeout(self.site.limits.idle_timeout)
 
-    def lineReceived(self, line: bytes) -> None:  # noqa: N802
-        if self._deadline is None and not self._rejected:
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        # The clock starts with a request's first byte, not its first whole line: a client
+        # that trickles a request line without its CRLF is a slowloris too. Bytes of a
+        # pipelined request that arrive while one is being answered are only buffered;
+        # Twisted feeds them here again when that request is done, and the clock starts then.
+        if self._deadline is None and not self._rejected and not self._handlingRequest:
             self._deadline = self.callLater(self.site.limits.request_timeout, self._too_slow)
-        super().lineReceived(line)
+        super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:  # noqa: N802
         request = self.requests[-1]
@@ -154,13 +159,23 @@ class GuardedSite(server.Site):
                 peer=addr,
                 count=self.open_connections,
             )
-            return None
+            return _Refused()
         channel = super().buildProtocol(addr)
         self.open_connections += 1
         return channel
 
     def log(self, request: http.Request) -> None:
         pass  # every request is recorded by the resources, as a structured event
+
+
+class _Refused(Protocol):
+    """A connection over the limit: closed at once. (Returning None from buildProtocol
+    would do for plain TCP, but the TLS wrapper then fails with an unhandled error and
+    completes the handshake anyway.)"""
+
+    def connectionMade(self) -> None:  # noqa: N802
+        transport: Any = self.transport
+        transport.abortConnection()
 
 
 def _peer(transport: Any) -> str:

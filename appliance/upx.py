@@ -38,6 +38,8 @@ _MODULE_FIELDS: dict[str, tuple[str, ...]] = {
     "version": ("version",),
     "timestamp": ("timestamp",),
 }
+_KNOWN = frozenset(n for names in _FIELDS.values() for n in names)
+_KNOWN_MODULE = frozenset(n for names in _MODULE_FIELDS.values() for n in names)
 _MAX_FIELD = 256
 _MAX_MODULES = 64
 
@@ -86,8 +88,13 @@ def parse_check(
         if name == "module":
             if len(modules) >= _MAX_MODULES:
                 raise CheckError(400, f"more than {_MAX_MODULES} modules")
-            in_modules.update(id(d) for d in elem.iter())
-            fields = {_local(c.tag): t for c in elem if (t := _text(c)) is not None}
+            if id(elem) not in in_modules:  # a nested module's subtree is marked already
+                in_modules.update(id(d) for d in elem.iter())
+            fields = {
+                n: t
+                for c in elem
+                if (n := _local(c.tag)) in _KNOWN_MODULE and (t := _text(c)) is not None
+            }
             file_name = _first(fields, _MODULE_FIELDS["file_name"])
             if file_name:
                 modules.append(
@@ -97,7 +104,7 @@ def parse_check(
                         _first(fields, _MODULE_FIELDS["timestamp"]),
                     )
                 )
-        elif name not in found and len(elem) == 0 and id(elem) not in in_modules:
+        elif name in _KNOWN and name not in found and len(elem) == 0 and id(elem) not in in_modules:
             value = _text(elem)
             if value is not None:
                 found[name] = value

@@ -4,7 +4,7 @@ A request is external when it arrives on the external listener or on an `*Ext` p
 when its client address is outside the internal networks. The client address is the
 peer's, or, when the peer is a trusted reverse proxy, the right-most address in
 `X-Forwarded-For` that is not itself a trusted proxy. Nobody else's X-Forwarded-For is
-believed.
+believed; an entry that is not an address makes the client unknown, hence external.
 """
 
 from __future__ import annotations
@@ -46,9 +46,12 @@ def client_address(peer: str, forwarded_for: Sequence[bytes], settings: ZoneSett
         return peer
     hops = [h.strip() for value in forwarded_for for h in value.decode("latin-1").split(",")]
     while _within(current, settings.trusted_proxies) and hops:
-        previous = _address(hops.pop())
+        hop = hops.pop()
+        previous = _address(hop)
         if previous is None:
-            break  # a garbled entry: stop at the last proxy we trust
+            # A trusted proxy that could not name the client ("unknown", garbage): the
+            # client is nobody we know, so it counts as external.
+            return hop or "unknown"
         current = previous
     return str(current)
 

@@ -229,6 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="how events are written to standard error",
     )
 
+    p = sub.add_parser(
+        "dhcp-options",
+        help="DHCP options 43 and 120 for the phones, with snippets for DHCP servers",
+    )
+    p.add_argument(
+        "--sip-server",
+        action="append",
+        default=[],
+        metavar="FQDN",
+        help="the SIP server (pool) FQDN; repeatable",
+    )
+    p.add_argument("--web-fqdn", help="the web services FQDN (default: the first SIP server)")
+    p.add_argument("--port", type=int, default=443)
+    p.add_argument("--vlan", type=int, help="voice VLAN for CPE-OCPHONE")
+    p.add_argument("--decode", metavar="HEX", help="explain a captured option 43 or 120")
+
     p = sub.add_parser("make-sample-package", help="write a realistic sample package")
     p.add_argument("out", type=Path, metavar="OUT.cab")
     p.add_argument("--version", dest="package_version", default=DEFAULT_VERSION)
@@ -264,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "make-sample-package":
             return _make_sample(args)
+        if args.command == "dhcp-options":
+            return _dhcp_options(args)
         store = open_store(config)
         try:
             return _COMMANDS[args.command](args, config, store, actor)
@@ -285,6 +303,21 @@ def _login_name() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def _dhcp_options(args: argparse.Namespace) -> int:
+    from .dhcp_options import DhcpOptionError, dhcp_options_command
+
+    if not args.decode and not args.sip_server:
+        raise _Failure("give --sip-server FQDN (repeatable), or --decode HEX", EX_USAGE)
+    try:
+        print(
+            dhcp_options_command(args.sip_server, args.web_fqdn, args.port, args.vlan, args.decode),
+            end="",
+        )
+    except DhcpOptionError as e:
+        raise _Failure(str(e)) from e
+    return 0
 
 
 def _make_sample(args: argparse.Namespace) -> int:
@@ -564,10 +597,12 @@ def _serve(args: argparse.Namespace, config: Config, store: Store, actor: str) -
             ),
         )
     try:
-        root = make_service(config, reactor, store)
+        root = make_service(config, reactor, store, first_worker=not args.bind)
         root.startService()
     except CertError as e:
         raise _Failure(f"certificate: {e}", EX_CONFIG) from e
+    except ConfigError as e:
+        raise _Failure(str(e), EX_CONFIG) from e
     except Exception as e:  # a port in use, an address not on this host...
         raise _Failure(f"cannot start: {e}") from e
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)

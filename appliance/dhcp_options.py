@@ -277,7 +277,9 @@ def describe_option43(data: bytes) -> str:
 def describe_option120(data: bytes) -> str:
     encoding, servers = parse_option120(data)
     kind = "domain names" if encoding == 0 else "IPv4 addresses"
-    lines = [f"option 120 (SIP servers, RFC 3361), {len(data)} bytes, encoding {encoding} ({kind}):"]
+    lines = [
+        f"option 120 (SIP servers, RFC 3361), {len(data)} bytes, encoding {encoding} ({kind}):"
+    ]
     lines += [f"  {server}" for server in servers]
     return "\n".join(lines)
 
@@ -314,6 +316,9 @@ def decode(hex_or_bytes: str | bytes) -> str:
         except DhcpOptionError as e:
             errors.append(str(e))
     raise DhcpOptionError("neither option 43 nor 120: " + "; ".join(errors))
+
+
+_decode = decode  # dhcp_options_command's parameter `decode` shadows the function
 
 
 # -- configuration snippets -------------------------------------------------------------
@@ -354,9 +359,7 @@ def kea_snippet(options: LyncOptions) -> str:
         {
             "name": MS_UC_CLIENT,
             "test": f"option[60].text == '{MS_UC_CLIENT}'",
-            "option-def": [
-                {"name": "vendor-encapsulated-options", "code": 43, "type": "binary"}
-            ],
+            "option-def": [{"name": "vendor-encapsulated-options", "code": 43, "type": "binary"}],
             "option-data": [
                 {"code": 43, "csv-format": False, "data": options.option43.hex().upper()},
                 {"code": 120, "csv-format": False, "data": options.option120.hex().upper()},
@@ -425,8 +428,7 @@ def netsh_snippet(options: LyncOptions) -> str:
     definition per sub-option, and their values (Windows assembles option 43 itself)."""
     vendor = "MSUCClient"
     lines = [
-        "netsh dhcp server add class MSUCClient \"UC Vendor Class Id\" "
-        f'"{MS_UC_CLIENT}" 1',
+        f'netsh dhcp server add class MSUCClient "UC Vendor Class Id" "{MS_UC_CLIENT}" 1',
     ]
     subs = parse_option43(options.option43)
     for sub in subs:
@@ -446,8 +448,7 @@ def netsh_snippet(options: LyncOptions) -> str:
     if options.vlan43 is not None:
         (vlan,) = parse_option43(options.vlan43)
         lines += [
-            "netsh dhcp server add class CPEOCPHONE \"Lync Phone Edition VLAN\" "
-            f'"{CPE_OCPHONE}" 1',
+            f'netsh dhcp server add class CPEOCPHONE "Lync Phone Edition VLAN" "{CPE_OCPHONE}" 1',
             f"netsh dhcp server add optiondef {vlan.code} {vlan.name} BINARY 0 "
             f'vendor=CPEOCPHONE comment="{vlan.name}"',
             f"netsh dhcp server set optionvalue {vlan.code} BINARY vendor=CPEOCPHONE "
@@ -485,7 +486,7 @@ def dhcp_options_command(
     if options.vlan43 is not None:
         parts.append(f"option 43 (vendor class {CPE_OCPHONE}, VLAN {vlan}): {options.vlan43.hex()}")
     sections = [
-        ("Kea (inside \"Dhcp4\": { ... })", kea_snippet(options)),
+        ('Kea (inside "Dhcp4": { ... })', kea_snippet(options)),
         ("ISC dhcpd (dhcpd.conf)", isc_snippet(options)),
         ("dnsmasq (dnsmasq.conf)", dnsmasq_snippet(options)),
         ("Windows DHCP (netsh, run on the DHCP server)", netsh_snippet(options)),
@@ -493,6 +494,3 @@ def dhcp_options_command(
     for title, body in sections:
         parts += ["", f"== {title} ==", body.rstrip("\n")]
     return "\n".join(parts) + "\n"
-
-
-_decode = decode  # the parameter of dhcp_options_command shadows the function

@@ -19,6 +19,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from .auth import Authenticator, LdapDirectory, LocalDirectory
 from .certs import ServerCredentials, ensure_test_certificates, load_credentials
 from .config import Address, AuthBackend, Config, TlsProfile
+from .dhcp import make_dhcp_service
 from .httpguard import GuardedSite, Limits
 from .phone import PhoneResource, PhoneService, clean_device_logs
 from .store import Store
@@ -150,6 +151,7 @@ def make_service(
     store: Store,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     credentials: ServerCredentials | None = None,
+    first_worker: bool = True,
 ) -> ApplianceService:
     credentials = credentials or server_credentials(config)
     if config.auth.backend is AuthBackend.LDAP:
@@ -176,6 +178,9 @@ def make_service(
             factory = TLSMemoryBIOFactory(tls, False, wrapped)
         server = SharedPortServer(listener, factory, reactor)
         server.setServiceParent(root)
+
+    if first_worker:
+        make_dhcp_service(config, reactor).setServiceParent(root)
 
     flush = internet.TimerService(1.0, phone.flush_inventory)
     flush.clock = reactor

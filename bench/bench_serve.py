@@ -61,11 +61,13 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # -- processes -------------------------------------------------------------------------
 
 
+_CPUS = frozenset(os.sched_getaffinity(0))  # before main() pins this process to CLIENT_CPU
+
+
 def _pin(cpu: int) -> list[str]:
-    """`taskset -c cpu` when the machine has that CPU and taskset; else nothing."""
-    if shutil.which("taskset") and cpu in os.sched_getaffinity(0) and len(
-        os.sched_getaffinity(0)
-    ) > max(SERVER_CPU, CLIENT_CPU):
+    """`taskset -c cpu` when this process may use both CPUs and taskset exists; else
+    nothing (then the servers and the load generator share whatever CPUs there are)."""
+    if shutil.which("taskset") and {SERVER_CPU, CLIENT_CPU} <= _CPUS:
         return ["taskset", "-c", str(cpu)]
     return []
 
@@ -580,12 +582,16 @@ def rss_summary(result: dict[str, Any], name: str) -> dict[str, Any]:
     before = [s[name] for s in samples if s["phase"] == "before"]
     during = [s[name] for s in samples if s["phase"] in ("connecting", "reading")]
     after = [s[name] for s in samples if s["phase"] == "after"]
+    reading = [s[name] for s in samples if s["phase"] == "reading"]
     baseline = min(before) if before else 0
     peak = max(during) if during else 0
     connections = max(result["connected_200"], 1)
     return {
         "baseline_bytes": baseline,
+        "all_connected_bytes": reading[0] if reading else None,
         "peak_bytes": peak,
+        # flat: no growth once every connection is open and the clients only read slowly
+        "growth_while_reading_bytes": max(reading) - reading[0] if reading else None,
         "after_bytes": after[-1] if after else None,
         "peak_per_connection_bytes": (peak - baseline) / connections,
         "peak_established": max((s["established"] for s in samples), default=0),
@@ -924,15 +930,19 @@ def run(args: argparse.Namespace, work: Path, fleet: Fleet) -> dict[str, Any]:
     report["slow_downloads"] = slow
     print("| | ucupdates | nginx (worker) | ratio |")
     print("|---|---|---|---|")
-    for label, k in (("baseline RSS", "baseline_bytes"), ("peak RSS", "peak_bytes"),
-                     ("RSS after", "after_bytes")):
+    for label, k in (("baseline RSS", "baseline_bytes"),
+                     ("RSS when all are connected", "all_connected_bytes"),
+                     ("peak RSS", "peak_bytes"),
+                     ("growth while the clients read", "growth_while_reading_bytes"),
+                     ("RSS after they closed", "after_bytes")):
         print(f"| {label} | {u[k] / 2**20:.1f} MiB | {n[k] / 2**20:.1f} MiB "
               f"| {_fmt_ratio(_ratio(u[k], n[k]))} |")
     print(f"| peak - baseline per connection | {u['peak_per_connection_bytes'] / 1024:.1f} KiB "
           f"| {n['peak_per_connection_bytes'] / 1024:.1f} KiB "
           f"| {_fmt_ratio(slow['ratio_peak_per_connection'])} |")
     for label, k in (("connected (200)", "connected_200"), ("connect time", "connect_seconds"),
-                     ("closed early by server", "closed_early_by_server")):
+                     ("closed early by server", "closed_early_by_server"),
+                     ("bytes the clients read", "bytes_read_by_clients")):
         print(f"| {label} | {slow['ucupdates'][k]} | {slow['nginx'][k]} | |")
     print(f"| peak established connections | {u['peak_established']} "
           f"| {n['peak_established']} | |")

@@ -54,6 +54,7 @@ MAX_CHECK_BYTES = 4096
 MAX_HEADER_BYTES = 4096
 MAX_LOG_BYTES = 20_000
 MAX_FAILURES = 3
+MAX_CONNECTIONS = 8  # per listener
 CHECK_PATH = "/RequestHandler/ucdevice.upx"
 EXT_CHECK_PATH = "/RequestHandlerExt/ucdevice.upx"
 XML = {"Content-Type": "text/xml"}
@@ -238,6 +239,7 @@ def _write_config(base: Path, data: Path) -> Path:
         f"request_timeout = {REQUEST_TIMEOUT}\n"
         f"max_check_bytes = {MAX_CHECK_BYTES}\n"
         f"max_header_bytes = {MAX_HEADER_BYTES}\n"
+        f"max_connections = {MAX_CONNECTIONS}\n"
         "[auth]\n"
         f"max_failures = {MAX_FAILURES}\n"
         "[device_logs]\n"
@@ -639,6 +641,34 @@ def test_stalled_client_is_disconnected(served: Served) -> None:
     assert closed, "a half request line kept the connection open"
     assert response == b"" or status_of(response) == 408
     assert offered(served.check(check_body()))[0] == APPROVED
+
+
+def test_connections_over_the_limit_are_refused(served: Served) -> None:
+    held: list[ssl.SSLSocket] = []
+    refused: OSError | None = None
+    try:
+        for _ in range(MAX_CONNECTIONS + 1):
+            try:
+                held.append(served.raw())  # returns once the TLS handshake is done
+            except OSError as e:
+                refused = e
+                break
+        assert refused is not None, f"{len(held)} connections open at once"
+        assert len(held) <= MAX_CONNECTIONS
+    finally:
+        for sock in held:
+            sock.close()
+    # The connections are closed: the next phone gets through again.
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            reply = served.check(check_body())
+            break
+        except OSError:  # the server has not seen all the closes yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    assert offered(reply)[0] == APPROVED
 
 
 # -- 6. record keeping ----------------------------------------------------------------------

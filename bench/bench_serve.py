@@ -728,6 +728,7 @@ def main() -> None:
         else:
             shutil.rmtree(work, ignore_errors=True)
     report["bench_seconds"] = round(time.monotonic() - began, 1)
+    report["machine"]["load_average_at_end"] = os.getloadavg()
     (out_dir / "serve.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote bench/out/serve.json ({report['bench_seconds']:.0f} s)")
 

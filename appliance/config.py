@@ -276,6 +276,24 @@ class DhcpSettings:
     voice_vlan: int | None = field(default=None, metadata={"check": _positive})
 
 
+def _syslog_target(text: str) -> str:
+    if text == "local" or re.fullmatch(r"(udp|tcp)://[^/\s]+:\d{1,5}", text):
+        return text
+    raise ValueError(f'expected "local", "udp://host:port" or "tcp://host:port", got {text!r}')
+
+
+@dataclass(frozen=True)
+class SyslogSettings:
+    """Events as RFC 5424 messages with structured data, besides standard error."""
+
+    enabled: bool = False
+    target: str = field(default="local", metadata={"check": _syslog_target})  # /dev/log
+    app_name: str = "ucupdates"
+    facility: int = 16  # local0
+    hostname: str | None = None  # default: the host name
+    cert_warn_days: int = field(default=30, metadata={"check": _positive})
+
+
 @dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("var")
@@ -289,6 +307,7 @@ class Config:
     device_logs: DeviceLogSettings = DeviceLogSettings()
     dns: DnsSettings = DnsSettings()
     dhcp: DhcpSettings = DhcpSettings()
+    syslog: SyslogSettings = SyslogSettings()
     source: Path | None = field(default=None, metadata={"internal": True})
 
     @property

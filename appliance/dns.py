@@ -524,20 +524,24 @@ class DnsStreamProtocol(Protocol, TimeoutMixin):
     transport: Any
 
     def __init__(self, factory: DnsStreamFactory) -> None:
-        self.owner, self.buffer, self.open = factory, b"", False
+        self.owner, self.buffer = factory, b""
+        self.admitted = self.closing = False
 
     def connectionMade(self) -> None:  # noqa: N802
-        if not self.owner.admit(self):
-            self.transport.abortConnection()
+        self.admitted = self.owner.admit(self)
+        if not self.admitted:
+            self.closing = True
+            self.transport.loseConnection()
             return
-        self.open = True
         self.setTimeout(self.owner.idle_timeout)  # type: ignore[no-untyped-call]
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.closing:
+            return
         self.resetTimeout()  # type: ignore[no-untyped-call]
         buffer, start = self.buffer + data, 0
         host = self.transport.getPeer().host
-        while self.open and len(buffer) - start >= 2:  # each turn takes one frame
+        while len(buffer) - start >= 2:  # each turn takes one frame
             end = start + 2 + FRAME.unpack_from(buffer, start)[0]
             if len(buffer) < end:
                 break
@@ -546,17 +550,23 @@ class DnsStreamProtocol(Protocol, TimeoutMixin):
         self.buffer = buffer[start:]
 
     def _write(self, reply: bytes) -> None:
-        if self.open:
+        if not self.closing and self.transport.connected:
             self.transport.write(FRAME.pack(len(reply)) + reply)
 
     def timeoutConnection(self) -> None:  # noqa: N802
+        """Idle: close; if the peer does not let us (unread answers), cut it off next time."""
+        if self.closing:
+            self.transport.abortConnection()
+            return
+        self.closing = True
         self.owner.responder.counters["tcp_idle_closed"] += 1
-        self.transport.abortConnection()
+        self.transport.loseConnection()
+        self.setTimeout(self.owner.idle_timeout)  # type: ignore[no-untyped-call]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self.setTimeout(None)  # type: ignore[no-untyped-call]
-        if self.open:
-            self.open = False
+        if self.admitted:
+            self.admitted = False
             self.owner.release(self)
 
 

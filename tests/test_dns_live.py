@@ -382,7 +382,10 @@ def _read_frames(sock: socket.socket, wanted: set[int], timeout: float) -> dict[
     buffer, deadline = b"", time.monotonic() + timeout
     while not wanted <= got.keys() and time.monotonic() < deadline:
         ready, _, _ = select.select([sock], [], [], max(deadline - time.monotonic(), 0))
-        chunk = sock.recv(65536) if ready else b""
+        try:
+            chunk = sock.recv(65536) if ready else b""
+        except ConnectionResetError:
+            chunk = b""
         if not chunk:
             break
         buffer += chunk

@@ -12,7 +12,7 @@ SYSTEM_PACKAGES := cabextract gcab openssl curl slapd ldap-utils dnsutils knot-d
 STAMP_SYS := $(VENV)/.system-packages
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-import bench-serve setup clean sample
+.PHONY: run test lint typecheck bench bench-import bench-serve bench-dns setup clean sample
 
 setup: $(STAMP)
 
@@ -63,7 +63,10 @@ bench-import: $(STAMP)
 bench-serve: $(STAMP)
 	$(PY) bench/bench_serve.py
 
-bench: bench-import bench-serve
+bench-dns: $(STAMP)
+	$(PY) bench/bench_dns.py
+
+bench: bench-import bench-serve bench-dns
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) bench/out test-artifacts

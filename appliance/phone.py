@@ -26,7 +26,7 @@ from twisted.web import http, resource, server, static
 
 from .auth import Authenticator, AuthResult
 from .config import Config
-from .decision import Decision, choose_update
+from .decision import Decision, choose_update, is_test_device
 from .httpguard import GuardedRequest, Rejection
 from .model import Catalog, DeviceRequest, Zone
 from .store import Device, Store, StoredFile
@@ -34,6 +34,8 @@ from .upx import CONTENT_TYPE, BaseUrls, CheckError, audit_line, parse_check, re
 from .zones import client_address, zone_of
 
 log = Logger(namespace="ucupdates.phone")
+
+ANSWER_CACHE_SIZE = 4096  # distinct (model, locale, reported versions, test?) answers
 
 CHECK, UPLOAD, FILES = "check", "upload", "files"
 _ROUTES: tuple[tuple[bytes, str], ...] = (
@@ -115,6 +117,7 @@ class PhoneService:
         self._audit: tuple[str, Any] | None = None
         self._server = config.service.server_name or os.uname().nodename
         self._capture_count = 0
+        self._answers: dict[tuple[object, ...], tuple[Decision, bytes]] = {}
 
     # -- the catalogue, reloaded when another process changed the database ---------------
 
@@ -123,6 +126,7 @@ class PhoneService:
         if version == self._catalog_version:
             return
         self._catalog = self.store.catalog()
+        self._answers.clear()
         referenced = {(r.key.folded(), v) for r in self._catalog.rules for v in r.versions()}
         self._files = {
             f.path.as_posix().casefold(): f
@@ -134,6 +138,38 @@ class PhoneService:
     def catalog(self) -> Catalog:
         self._refresh()
         return self._catalog
+
+    def set_urls(self, urls: BaseUrls) -> None:
+        """The base URLs answers carry (known once the listeners have their ports)."""
+        self.urls = urls
+        self._answers.clear()
+
+    def answer(self, device: DeviceRequest) -> tuple[Decision, bytes]:
+        """The decision and the response bytes for a check.
+
+        Devices that say the same things get the same answer until the catalogue changes,
+        so answers are remembered by what the decision reads (the MAC and serial only as
+        "is it a test device").
+        """
+        catalog = self.catalog()
+        key = (
+            device.device_type.casefold(),
+            device.brand.casefold(),
+            device.model.casefold(),
+            device.revision.casefold(),
+            device.locale.casefold(),
+            device.modules,
+            device.version,
+            is_test_device(device, catalog),
+        )
+        cached = self._answers.get(key)
+        if cached is None:
+            decision = choose_update(device, catalog)
+            cached = (decision, render_response(decision, self.urls))
+            if len(self._answers) >= ANSWER_CACHE_SIZE:
+                self._answers.clear()
+            self._answers[key] = cached
+        return cached
 
     def referenced_file(self, relative: str) -> StoredFile | None:
         """The stored file at `relative` if some rule references it now (case-insensitive)."""
@@ -359,13 +395,13 @@ class PhoneResource(resource.Resource):
             )
             self.service.capture(request, body, e.reason)
             return _plain(request, e.status, e.reason)
-        decision = choose_update(device, self.service.catalog())
+        decision, response = self.service.answer(device)
         if decision.reason.value == "no-rule":
             self.service.capture(request, body, decision.detail)
         self.service.record_check(device, decision, admission.client)
         request.setHeader(b"content-type", CONTENT_TYPE)
         request.setHeader(b"cache-control", b"no-store")
-        return render_response(decision, self.service.urls)
+        return response
 
     # -- GET /DeviceUpdateFiles_*/ --------------------------------------------------------
 

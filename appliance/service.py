@@ -130,11 +130,13 @@ class ApplianceService(service.MultiService):
                     port=host.port,
                     event="listener.start",
                 )
-        self.phone.urls = BaseUrls.of(
-            self.config.internal_fqdn,
-            self.config.service.internal_port or self.ports["internal-https"][1],
-            self.config.external_fqdn,
-            self.config.service.external_port or self.ports["external-https"][1],
+        self.phone.set_urls(
+            BaseUrls.of(
+                self.config.internal_fqdn,
+                self.config.service.internal_port or self.ports["internal-https"][1],
+                self.config.external_fqdn,
+                self.config.service.external_port or self.ports["external-https"][1],
+            )
         )
 
     def stopService(self) -> Any:  # noqa: N802

@@ -12,6 +12,7 @@ import dataclasses
 import getpass
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -228,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="text",
         help="how events are written to standard error",
     )
+
+    sub.add_parser("reload", help="make the running service re-read the DNS domains (SIGHUP)")
 
     p = sub.add_parser(
         "dhcp-options",
@@ -606,6 +609,7 @@ def _serve(args: argparse.Namespace, config: Config, store: Store, actor: str) -
     except Exception as e:  # a port in use, an address not on this host...
         raise _Failure(f"cannot start: {e}") from e
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(root.reload))
     if args.bind:
         _follow_parent(reactor)
         reactor.run()
@@ -618,8 +622,14 @@ def _serve(args: argparse.Namespace, config: Config, store: Store, actor: str) -
     host, port = root.ports["internal-https"]
     fqdn = config.internal_fqdn
     creds = root.credentials
+    pid_file = config.data_dir / "ucupdates.pid"
+    pid_file.write_text(f"{os.getpid()}\n")
+    reactor.addSystemEventTrigger("after", "shutdown", pid_file.unlink, missing_ok=True)
     print("ucupdates is serving:")
-    for name, (bound_host, bound_port) in root.ports.items():
+    listening = dict(root.ports)
+    if root.dns is not None:
+        listening.update(root.dns.ports)
+    for name, (bound_host, bound_port) in listening.items():
         print(f"  {name:15} {bound_host}:{bound_port}")
     if creds is not None and creds.ca_file is not None:
         print(f"phones must trust the CA certificate {creds.ca_file}")
@@ -632,6 +642,17 @@ def _serve(args: argparse.Namespace, config: Config, store: Store, actor: str) -
     )
     sys.stdout.flush()
     reactor.run()
+    return 0
+
+
+def _reload(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
+    pid_file = config.data_dir / "ucupdates.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as e:
+        raise _Failure(f"no running service found for {config.data_dir} ({e})") from e
+    print(f"asked process {pid} to reload")
     return 0
 
 
@@ -673,6 +694,7 @@ def _follow_parent(reactor: Any) -> None:
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Config, Store, str], int]] = {
     "serve": _serve,
+    "reload": _reload,
     "import": _import,
     "rules": _rules,
     "clean-files": _clean_files,

@@ -12,8 +12,9 @@ outstanding queries; TCP when an answer comes back truncated), relaying the answ
 the client's ID, or SERVFAIL when no upstream answers.
 
 Internal address: `dns.internal_address`/`internal_address6`; when both are unset, the
-internal HTTPS listener's host if it is an IP address that is neither a wildcard nor
-loopback; otherwise internal clients are REFUSED (warned at start). External clients get
+internal HTTPS listener's host if it is an IP address other than a wildcard (loopback
+too: the embedded defaults answer 127.0.0.1, for a lab on one machine); otherwise
+internal clients are REFUSED (warned at start). External clients get
 `dns.external_address`/`external_address6`, or REFUSED when both are unset.
 """
 
@@ -101,7 +102,7 @@ def internal_addresses(config: Config) -> Addresses:
         host = ipaddress.ip_address(config.listeners.internal_https.host)
     except ValueError:
         return Addresses()
-    if host.is_loopback or host.is_unspecified:
+    if host.is_unspecified:
         return Addresses()
     return Addresses(str(host), None) if host.version == 4 else Addresses(None, str(host))
 
@@ -229,7 +230,7 @@ class DnsResponder:
     def _send(self, reply: bytes, client: Client, tcp: bool, send: Send) -> None:
         if not tcp:
             verdict = self.limiter.check(client.prefix, self.clock())
-            if verdict is not Verdict.SEND:
+            if verdict:  # SEND is 0
                 self._limited(verdict, reply, send)
                 return
         send(reply)
@@ -519,7 +520,11 @@ class DnsDatagramProtocol(DatagramProtocol):
 
 
 class DnsStreamProtocol(Protocol, TimeoutMixin):
-    """Queries framed by a 2-byte length, pipelined; answers in the order they are ready."""
+    """Queries framed by a 2-byte length, pipelined; answers in the order they are ready.
+
+    It is the (streaming) producer of its own answers: when the client does not read them
+    and the transport's buffer fills, reading its queries pauses until the buffer drains.
+    """
 
     transport: Any
 
@@ -533,7 +538,17 @@ class DnsStreamProtocol(Protocol, TimeoutMixin):
             self.closing = True
             self.transport.loseConnection()
             return
+        self.transport.registerProducer(self, True)
         self.setTimeout(self.owner.idle_timeout)  # type: ignore[no-untyped-call]
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.transport.pauseProducing()  # stop reading queries
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.closing:
@@ -615,10 +630,10 @@ class DnsService(service.MultiService):
         self._listening: list[Any] = []
 
     def startService(self) -> None:  # noqa: N802
-        if self.responder.forwarder is not None:
-            self.responder.forwarder.start()
         udp, tcp = self._bind()
         self._listening = [udp, tcp]
+        if self.responder.forwarder is not None:
+            self.responder.forwarder.start()
         for name, port in (("dns-udp", udp), ("dns-tcp", tcp)):
             self.ports[name] = (port.getHost().host, port.getHost().port)
         super().startService()  # type: ignore[no-untyped-call]
@@ -649,8 +664,8 @@ class DnsService(service.MultiService):
     def _log_start(self) -> None:
         responder, (host, port) = self.responder, self.ports["dns-udp"]
         log.info(
-            "dns responder on {host}:{port} (udp, tcp) serving {domains}",
-            host=host,
+            "dns responder on {address} (udp, tcp) serving {domains}",
+            address=str(Address(host, port)),
             port=port,
             domains=responder.domains,
             internal=responder.internal.v4 or responder.internal.v6,

@@ -141,7 +141,7 @@ def respond(query: bytes, internal: bool, tcp: bool, table: AnswerTable) -> Outc
         return _header_only(query, FORMERR, "formerr")
     try:
         record = DNSRecord.parse(query)
-    except Exception:  # noqa: BLE001 - dnslib raises DNSError, and on some input others
+    except Exception:  # dnslib raises DNSError, and on some input others (RecursionError)
         return DROPPED
     try:
         return _decide(record, query, internal, tcp, table)
@@ -150,9 +150,10 @@ def respond(query: bytes, internal: bool, tcp: bool, table: AnswerTable) -> Outc
 
 
 def _header_only(query: bytes, rcode: int, kind: str) -> Outcome:
+    """A bare header: cheap to make, so not cached (junk would crowd real answers out)."""
     flags = HEADER.unpack_from(query)[1]
     reply = HEADER.pack(0, QR | (flags & (OPCODE_MASK | RD_BIT | CD)) | rcode, 0, 0, 0, 0)
-    return Outcome(Action.REPLY, query[:2] + reply[2:], kind, cacheable=True)
+    return Outcome(Action.REPLY, query[:2] + reply[2:], kind)
 
 
 @dataclass(frozen=True)
@@ -353,6 +354,9 @@ class Verdict(IntEnum):
     SLIP = 2  # send an empty truncated answer instead, so a real client retries over TCP
 
 
+_SEND = Verdict.SEND  # a global is found faster than an Enum's member
+
+
 class RateLimiter:
     """Responses per second per client prefix (a token bucket of one second's worth).
 
@@ -376,11 +380,12 @@ class RateLimiter:
             if len(self._buckets) >= self.max_prefixes:
                 self._prune(now)
             bucket = self._buckets[prefix] = [self.rate, now, 0.0, -self.log_interval]
-        tokens = min(self.rate, bucket[0] + (now - bucket[1]) * self.rate)
+        rate = self.rate
+        tokens = bucket[0] + (now - bucket[1]) * rate  # written out: on every datagram
         bucket[1] = now
         if tokens >= 1.0:
-            bucket[0] = tokens - 1.0
-            return Verdict.SEND
+            bucket[0] = (rate if tokens > rate else tokens) - 1.0
+            return _SEND
         bucket[0] = tokens
         bucket[2] += 1
         if now - bucket[3] >= self.log_interval and len(self.engaged) < 32:

@@ -20,6 +20,7 @@ from .auth import Authenticator, LdapDirectory, LocalDirectory
 from .certs import ServerCredentials, ensure_test_certificates, load_credentials
 from .config import Address, AuthBackend, Config, TlsProfile
 from .dhcp import make_dhcp_service
+from .dns import DnsService, make_dns_service
 from .httpguard import GuardedSite, Limits
 from .phone import PhoneResource, PhoneService, clean_device_logs
 from .store import Store
@@ -112,8 +113,19 @@ class ApplianceService(service.MultiService):
         super().__init__()
         self.phone = phone
         self.config = config
-        self.ports: dict[str, tuple[str, int]] = {}
+        self.ports: dict[str, tuple[str, int]] = {}  # the phone-facing HTTP(S) listeners
         self.credentials: ServerCredentials | None = None
+        self.dns: DnsService | None = None
+
+    def reload(self) -> None:
+        """What SIGHUP does: re-read what can change without a restart (the DNS domains)."""
+        if self.dns is not None:
+            domains = self.dns.responder.reload()
+            log.info(
+                "configuration reloaded: DNS serves {domains}",
+                domains=list(domains),
+                event="config.reload",
+            )
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -181,7 +193,9 @@ def make_service(
         server = SharedPortServer(listener, factory, reactor)
         server.setServiceParent(root)
 
-    if first_worker:
+    if first_worker:  # DNS and DHCP do not share their ports between workers
+        root.dns = make_dns_service(config, reactor)
+        root.dns.setServiceParent(root)
         make_dhcp_service(config, reactor).setServiceParent(root)
 
     flush = internet.TimerService(1.0, phone.flush_inventory)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+DNSMASQ = shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin:/sbin") or "dnsmasq"
 NAME = "ucupdates-r2.example.com"
 HOST = "127.0.0.1"
 
@@ -104,7 +105,7 @@ class Dnsmasq:
     def __init__(self) -> None:
         self.port = free_port()
         argv = [
-            "dnsmasq",
+            DNSMASQ,
             "--conf-file=/dev/null",
             "--keep-in-foreground",
             "--no-resolv",
@@ -219,13 +220,13 @@ def _receive(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10, help="dnsperf run length")
-    parser.add_argument("--rounds", type=int, default=1, help="turns each server takes")
+    parser.add_argument("--rounds", type=int, default=2, help="turns each server takes")
     parser.add_argument("--rrl-rate", type=int, default=100, help="responses/s in the RRL check")
     parser.add_argument("--flood-qps", type=int, default=5000, help="the flooding client's rate")
     args = parser.parse_args()
-    for tool in ("dnsperf", "dnsmasq"):
+    for tool, package in (("dnsperf", "dnsperf"), (DNSMASQ, "dnsmasq-base")):
         if not shutil.which(tool):
-            raise SystemExit(f"{tool} is not installed (Debian package {tool})")
+            raise SystemExit(f"{tool} is not installed (Debian package {package})")
     out_dir = REPO / "bench" / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-dns-") as tmp:
@@ -263,7 +264,10 @@ def main() -> None:
 
 def print_report(report: dict[str, object]) -> None:
     best: dict[str, dict[str, float]] = report["best"]  # type: ignore[assignment]
+    machine: dict[str, object] = report["machine"]  # type: ignore[assignment]
+    load = ", ".join(f"{x:.1f}" for x in machine["load"])  # type: ignore[attr-defined]
     print(f"\n### dnsperf, {report['seconds']} s, server on core 0, dnsperf on core 1\n")
+    print(f"{machine['cpus']} CPUs, load average {load} at the end; best round of each\n")
     print("| server | queries/s | lost | avg latency | latency stddev |")
     print("|---|---|---|---|---|")
     for name, r in best.items():

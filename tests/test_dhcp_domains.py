@@ -68,7 +68,7 @@ KEA_LEVELS = """\
         ),
         ('option domain-name "a.example.com b.example.com";', ("a.example.com", "b.example.com")),
         ('option domain-name "corp";  # single label AD domain', ("corp",)),
-        ('subnet 10.0.0.0 netmask 255.0.0.0 { option routers 10.0.0.1; }', ()),
+        ("subnet 10.0.0.0 netmask 255.0.0.0 { option routers 10.0.0.1; }", ()),
         ("", ()),
         ('option domain-name "esc\\"aped.example.com";', None),  # a quote is not a name
     ],

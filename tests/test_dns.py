@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, RR, TXT, A, DNSRecord
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 
 from appliance.config import Address, Config, ConfigError, DnsSettings, Listeners, load_config
 from appliance.dns import DnsResponder, Forwarder, internal_addresses, make_responder
@@ -448,6 +449,19 @@ def test_rrl_holds_a_prefix_to_its_budget_udp_only(tmp_path: Path) -> None:
     assert sent.records()[-1].rr
 
 
+def test_rrl_engaging_is_logged_once_per_prefix(tmp_path: Path) -> None:
+    now = [1000.0]
+    r = responder(tmp_path, lambda: now[0], rrl_responses_per_second=2)
+    with capturedLogs() as events:
+        for step in range(400):  # 4 s of 100 queries/s from two prefixes
+            now[0] = 1000.0 + step / 100
+            for host in ("10.0.0.1", "10.0.9.1"):
+                r.handle(query(ident=step), host, False, lambda reply: None)
+    rrl = [e for e in events if e.get("event") == "dns.rrl"]
+    assert sorted(e["prefix"] for e in rrl) == ["10.0.0.0/24", "10.0.9.0/24"]
+    assert all(e["log_level"] is LogLevel.warn and e["rate"] == 2 for e in rrl)
+
+
 def test_malformed_packets_are_counted_and_dropped(tmp_path: Path) -> None:
     r, sent = responder(tmp_path), Sent()
     for packet in (b"", b"\x00" * 5, query()[:-3], b"\xff" * 64):
@@ -520,13 +534,13 @@ def test_upstreams_are_addresses_and_not_us(
         ("10.1.1.1:443", {}, Addresses("10.1.1.1")),
         ("[2001:db8::443]:443", {}, Addresses(None, "2001:db8::443")),
         ("0.0.0.0:443", {}, Addresses()),  # a wildcard says nothing
-        ("127.0.0.1:8443", {}, Addresses()),  # nor does loopback
+        ("127.0.0.1:8443", {}, Addresses("127.0.0.1")),  # the embedded defaults: a lab
         ("10.1.1.1:443", {"internal_address6": "fd00::1"}, Addresses(None, "fd00::1")),
         ("0.0.0.0:443", {"internal_address": "10.2.2.2"}, Addresses("10.2.2.2")),
     ],
 )
 def test_internal_address_falls_back_to_the_https_listener(
-    https: str, dns: dict[str, str], expected: Addresses
+    https: str, dns: dict[str, Any], expected: Addresses
 ) -> None:
     config = dataclasses.replace(
         Config(),
@@ -590,7 +604,7 @@ def upstream_answer(sent: bytes, address: str = "192.0.2.7") -> bytes:
 
 
 def test_forwarder_relays_the_matching_answer_only() -> None:
-    reactor, results = FakeReactor(), []
+    reactor, results = FakeReactor(), list[bytes | None]()
     f = forwarder(reactor)
     packet = query("www.example.org")
     assert f.forward(packet, question_end(packet), results.append)
@@ -611,7 +625,7 @@ def test_forwarder_relays_the_matching_answer_only() -> None:
 
 
 def test_forwarder_tries_the_next_upstream_then_gives_up() -> None:
-    reactor, results, timeouts = FakeReactor(), [], []
+    reactor, results, timeouts = FakeReactor(), list[bytes | None](), list[str]()
     f = forwarder(reactor)
     f.on_timeout = timeouts.append
     packet = query("www.example.org")
@@ -626,7 +640,7 @@ def test_forwarder_tries_the_next_upstream_then_gives_up() -> None:
 
 
 def test_forwarder_table_is_bounded_and_truncated_answers_go_tcp() -> None:
-    reactor, results = FakeReactor(), []
+    reactor, results = FakeReactor(), list[bytes | None]()
     f = forwarder(reactor, (UP1,))
     packets = [query(f"n{n}.example.org") for n in range(4)]
     accepted = [f.forward(p, question_end(p), results.append) for p in packets]

@@ -231,6 +231,7 @@ def _write_config(base: Path, data: Path) -> Path:
     config.write_text(
         f"data_dir = {json.dumps(str(data))}\n"
         "[listeners]\n"
+        'dns = "127.0.0.1:0"\n'
         'internal_https = "127.0.0.1:0"\n'
         'external_https = "127.0.0.1:0"\n'
         'internal_http = "127.0.0.1:0"\n'
@@ -777,3 +778,20 @@ def test_tls_1_0_without_sni_handshakes_with_the_internal_listener(served: Serve
     assert "Verify return code: 0 (ok)" in out
     assert "HTTP/1.1 200 OK" in out
     assert f"<Version>{APPROVED}</Version>" in out
+
+
+def test_the_same_process_answers_ucupdates_r2_and_reloads_on_request(served: Served) -> None:
+    from dnslib import QTYPE, DNSRecord
+
+    query = DNSRecord.question("ucupdates-r2.example.com", "A")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(IO_SECONDS)
+        sock.sendto(query.pack(), (HOST, served.ports["dns-udp"]))
+        reply = DNSRecord.parse(sock.recv(4096))
+    assert [(str(r.rdata), r.rtype) for r in reply.rr] == [(HOST, QTYPE.A)]
+
+    assert "asked process" in cli(served.data, "reload")
+    deadline = time.monotonic() + IO_SECONDS
+    while "configuration reloaded" not in served.log.read_text():
+        assert time.monotonic() < deadline, served.log.read_text()
+        time.sleep(0.1)

@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= ./var
 # Debian packages the appliance and its tests need, and the reference tools of the
 # benchmarks (installed when missing). Daemons among them are not started by the install.
-SYSTEM_PACKAGES := cabextract gcab openssl curl slapd ldap-utils dnsutils knot-dnsutils \
+SYSTEM_PACKAGES := cabextract gcab openssl curl slapd ldap-utils rsyslog dnsutils knot-dnsutils \
 	dnsmasq-base kea-dhcp4-server isc-dhcp-server \
-	time nginx wrk dnsperf
+	time nginx wrk dnsperf debootstrap vagrant iproute2
 STAMP_SYS := $(VENV)/.system-packages
 STAMP := $(VENV)/.installed
 

@@ -461,7 +461,12 @@ class Authenticator:
         if credentials is None:
             if not _is_basic(header):
                 return defer.succeed(NO_CREDENTIALS)
-            log.info("auth failure from {source}: {reason}", source=source, reason=MALFORMED.reason)
+            log.info(
+                "auth failure from {source}: {reason}",
+                source=source,
+                reason=MALFORMED.reason,
+                event="auth.failure",
+            )
             return defer.succeed(MALFORMED)
         username, password = credentials
         user_key = username.casefold()
@@ -518,10 +523,11 @@ class Authenticator:
         user_until = self._users.fail(username.casefold(), now)
         if user_until is not None:
             log.warn(
-                "auth lockout of user {user} until {until}",
+                "auth lockout of user {user} for {seconds} s",
                 user=_printable(username),
                 until=user_until,
                 seconds=self._settings.lockout_seconds,
+                event="auth.lockout",
             )
         results: dict[str, AuthResult] = {}
         for source in dict.fromkeys(sources):
@@ -530,14 +536,16 @@ class Authenticator:
                 user=_printable(username),
                 source=source,
                 reason="bad credentials",
+                event="auth.failure",
             )
             source_until = self._sources.fail(source, now)
             if source_until is not None:
                 log.warn(
-                    "auth lockout of source {source} until {until}",
+                    "auth lockout of source {source} for {seconds} s",
                     source=source,
                     until=source_until,
                     seconds=self._settings.lockout_seconds,
+                    event="auth.lockout",
                 )
             untils = [u for u in (user_until, source_until) if u is not None]
             results[source] = (

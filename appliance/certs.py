@@ -373,3 +373,194 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+# -- a certificate from an enterprise CA: a CSR now, the signed certificate later -----------
+#
+# `create_csr` writes a new key into the TLS folder (`pending.key`, 0600) and returns the
+# CSR; `install_certificate` checks what the CA sent back against that key and the
+# configured names, then writes `installed.pem` / `installed.key`. `existing_credentials`
+# finds the certificate in use without creating anything: a configured pair first, then
+# the installed pair, then the generated one.
+
+PENDING_KEY = "pending.key"
+INSTALLED_CERT = "installed.pem"
+INSTALLED_KEY = "installed.key"
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    """What an admin wants to see of a certificate file (its first certificate)."""
+
+    subject: str
+    issuer: str
+    names: tuple[str, ...]
+    not_before: datetime
+    not_after: datetime
+    sha256: str  # fingerprint, colon-separated hex
+    chain_length: int  # certificates in the file
+
+
+def describe_certificate(cert_file: Path) -> CertificateInfo:
+    chain = _read_chain(cert_file)
+    leaf = chain[0]
+    return CertificateInfo(
+        subject=leaf.subject.rfc4514_string(),
+        issuer=leaf.issuer.rfc4514_string(),
+        names=_dns_names(leaf),
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+        sha256=leaf.fingerprint(hashes.SHA256()).hex(":").upper(),
+        chain_length=len(chain),
+    )
+
+
+def check_expiry(creds: ServerCredentials, now: datetime, warn_days: int) -> str | None:
+    """A one-line warning when the certificate expires within `warn_days` (or has)."""
+    left = days_left(creds, now)
+    day = f"{creds.not_after:%Y-%m-%d %H:%M} UTC"
+    if left <= 0:
+        return f"the server certificate {creds.cert_file} expired on {day}"
+    if left < warn_days:
+        return (
+            f"the server certificate {creds.cert_file} expires on {day}, in {left:.0f} "
+            f"day{'' if round(left) == 1 else 's'}"
+        )
+    return None
+
+
+def installed_pair(tls_dir: Path) -> tuple[Path, Path] | None:
+    """`installed.pem` and `installed.key` in `tls_dir`, when both are there."""
+    cert_file, key_file = tls_dir / INSTALLED_CERT, tls_dir / INSTALLED_KEY
+    return (cert_file, key_file) if cert_file.exists() and key_file.exists() else None
+
+
+def existing_credentials(
+    cert_file: Path | None, key_file: Path | None, tls_dir: Path
+) -> tuple[str, ServerCredentials] | None:
+    """The certificate in use and where it comes from ("configured", "installed" or
+    "generated"), without creating anything; None before the first start. Raises
+    CertError for files that are there but unusable."""
+    if cert_file is not None and key_file is not None:
+        return "configured", load_credentials(cert_file, key_file)
+    pair = installed_pair(tls_dir)
+    if pair is not None:
+        return "installed", load_credentials(*pair)
+    generated, generated_key = tls_dir / SERVER_CERT, tls_dir / SERVER_KEY
+    if generated.exists() or generated_key.exists():
+        creds = load_credentials(generated, generated_key)
+        ca_file = tls_dir / CA_CERT
+        return "generated", ServerCredentials(
+            cert_file=creds.cert_file,
+            key_file=creds.key_file,
+            ca_file=ca_file if ca_file.exists() else None,
+            names=creds.names,
+            not_after=creds.not_after,
+        )
+    return None
+
+
+def create_csr(names: Sequence[str], key_file: Path, *, force: bool = False) -> bytes:
+    """A new RSA 2048 key written to `key_file` (0600) and the PEM CSR for it, whose
+    subject alternative names are `names` (`names[0]` is also the common name)."""
+    wanted = _normalise(names)
+    if key_file.exists() and not force:
+        raise CertError(
+            f"{key_file} exists: a CSR is pending already; install its certificate, or "
+            "give --force to replace the key (the earlier CSR can then not be installed)"
+        )
+    if not key_file.parent.exists():
+        key_file.parent.mkdir(mode=0o700, parents=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, wanted[0])]))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in wanted]), critical=False
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_atomic(key_file, _key_pem(key), 0o600)
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def install_certificate(
+    tls_dir: Path,
+    cert_file: Path,
+    key_file: Path,
+    names: Sequence[str],
+    now: datetime,
+    chain_file: Path | None = None,
+) -> ServerCredentials:
+    """Check a signed certificate and install it as `installed.pem` (the certificate, then
+    its chain) and `installed.key` in `tls_dir`.
+
+    It must belong to `key_file` (an RSA key of 2048 bits or more: the phones' TLS 1.0
+    suites need RSA), carry every name of `names`, be valid at `now`, be meant for
+    servers, and each certificate of the chain must have issued the one before it. The
+    pending key is removed once both files are written.
+    """
+    chain = _read_chain(cert_file)
+    if chain_file is not None:
+        chain += _read_chain(chain_file)
+    chain = [c for i, c in enumerate(chain) if i == 0 or c != chain[i - 1]]
+    leaf, key = chain[0], _read_key(key_file)
+    if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < RSA_BITS:
+        raise CertError(f"{key_file}: the phones need an RSA key of {RSA_BITS} bits or more")
+    if not _same_public_key(leaf, key):
+        raise CertError(
+            f"{cert_file} does not belong to the key {key_file}: was the CSR made with "
+            "another key, or by another `certs csr`?"
+        )
+    missing = [n for n in _normalise(names) if n not in _dns_names(leaf)]
+    if missing:
+        raise CertError(f"{cert_file} lacks the name(s) {', '.join(missing)}")
+    _check_server_use(leaf, cert_file)
+    for i, cert in enumerate(chain):
+        where = f"{chain_file or cert_file}: certificate {i + 1} ({cert.subject.rfc4514_string()})"
+        if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+            raise CertError(
+                f"{where} is not valid now: from {cert.not_valid_before_utc:%Y-%m-%d} "
+                f"to {cert.not_valid_after_utc:%Y-%m-%d}"
+            )
+        if i + 1 < len(chain) and not _directly_issued(cert, chain[i + 1]):
+            raise CertError(
+                f"{where} was not issued by the next one in the chain "
+                f"({chain[i + 1].subject.rfc4514_string()}); give the chain in order"
+            )
+    if not tls_dir.exists():
+        tls_dir.mkdir(mode=0o700, parents=True)
+    installed_cert, installed_key = tls_dir / INSTALLED_CERT, tls_dir / INSTALLED_KEY
+    # The key first: a crash before the certificate lands leaves a mismatched pair that
+    # load_credentials refuses, and the pending key still there to install again.
+    _write_atomic(installed_key, _key_pem(key), 0o600)
+    _write_atomic(installed_cert, b"".join(_cert_pem(c) for c in chain), 0o644)
+    if key_file == tls_dir / PENDING_KEY:
+        key_file.unlink()
+    log.info(
+        "installed server certificate {path} for {names}, issued by {issuer}",
+        path=str(installed_cert),
+        names=", ".join(_dns_names(leaf)),
+        issuer=leaf.issuer.rfc4514_string(),
+        not_after=f"{leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
+        event="cert.installed",
+    )
+    return load_credentials(installed_cert, installed_key)
+
+
+def _check_server_use(leaf: x509.Certificate, cert_file: Path) -> None:
+    try:
+        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
+        raise CertError(f"{cert_file}: the certificate is not for TLS servers (extended key use)")
+
+
+def _directly_issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True

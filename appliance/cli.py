@@ -232,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("reload", help="make the running service re-read the DNS domains (SIGHUP)")
 
+    from .certs_cli import add_certs_parser
+
+    add_certs_parser(sub)
+    p = sub.add_parser("check", help="health checks like a Nagios plugin: exit 0 OK, 2 CRITICAL")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
     p = sub.add_parser(
         "dhcp-options",
         help="DHCP options 43 and 120 for the phones, with snippets for DHCP servers",
@@ -285,10 +291,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _make_sample(args)
         if args.command == "dhcp-options":
             return _dhcp_options(args)
+        if args.command == "certs":
+            from .certs_cli import certs_command
+
+            return certs_command(config, args)
+        if args.command == "check":
+            from .health import run_check
+
+            return run_check(config, args.json)
         store = open_store(config)
+        since = None
+        if config.syslog.enabled and args.command != "serve":
+            from .events import newest_event_id
+
+            since = newest_event_id(store)
         try:
             return _COMMANDS[args.command](args, config, store, actor)
         finally:
+            if since is not None:  # what this command did goes to syslog too
+                from .events import forward_new_events
+
+                forward_new_events(config, store, since)
             store.close()
     except _Failure as e:
         print(f"ucupdates: {e}", file=sys.stderr)
@@ -588,7 +611,17 @@ def _serve(args: argparse.Namespace, config: Config, store: Store, actor: str) -
     )
     predicate: Any = LogLevelFilterPredicate(LogLevel.info)
     filtered: Any = FilteringLogObserver(observer, [predicate])
-    globalLogBeginner.beginLoggingTo([filtered], redirectStandardIO=False)
+    from .syslog import SyslogError, make_syslog_observer
+
+    try:
+        syslog_observer = make_syslog_observer(config, reactor)
+    except SyslogError as e:
+        raise _Failure(str(e), EX_CONFIG) from e
+    observers: list[Any] = [filtered]
+    if syslog_observer is not None:
+        observers.append(syslog_observer)
+        reactor.addSystemEventTrigger("after", "shutdown", syslog_observer.close)
+    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
     if args.workers < 1:
         raise _Failure("--workers must be at least 1", EX_USAGE)
     for bind in args.bind:  # a worker started by the first process: the same ports

@@ -17,10 +17,11 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from .auth import Authenticator, LdapDirectory, LocalDirectory
-from .certs import ServerCredentials, ensure_test_certificates, load_credentials
+from .certs import ServerCredentials, ensure_test_certificates, installed_pair, load_credentials
 from .config import Address, AuthBackend, Config, TlsProfile
 from .dhcp import make_dhcp_service
 from .dns import DnsService, make_dns_service
+from .health import expiry_timer, make_admin_site
 from .httpguard import GuardedSite, Limits
 from .phone import PhoneResource, PhoneService, clean_device_logs
 from .store import Store
@@ -64,6 +65,9 @@ def listeners(config: Config) -> list[Listener]:
 def server_credentials(config: Config) -> ServerCredentials:
     if config.tls.cert_file is not None and config.tls.key_file is not None:
         return load_credentials(config.tls.cert_file, config.tls.key_file)
+    installed = installed_pair(config.tls_dir)  # `ucupdates certs install`
+    if installed is not None:
+        return load_credentials(*installed)
     return ensure_test_certificates(config.tls_dir, config.server_names())
 
 
@@ -197,6 +201,15 @@ def make_service(
         root.dns = make_dns_service(config, reactor)
         root.dns.setServiceParent(root)
         make_dhcp_service(config, reactor).setServiceParent(root)
+        warn_days = config.syslog.cert_warn_days
+        expiry_timer(credentials, warn_days, clock, reactor).setServiceParent(root)
+
+    admin_site = make_admin_site(config, store, clock, root)
+    admin_listener = Listener("admin", config.listeners.admin, "https", TlsProfile.MODERN, False)
+    admin_tls: Any = context_factory(credentials, TlsProfile.MODERN)
+    SharedPortServer(
+        admin_listener, TLSMemoryBIOFactory(admin_tls, False, admin_site), reactor
+    ).setServiceParent(root)
 
     flush = internet.TimerService(1.0, phone.flush_inventory)
     flush.clock = reactor

@@ -232,6 +232,7 @@ def _write_config(base: Path, data: Path) -> Path:
         f"data_dir = {json.dumps(str(data))}\n"
         "[listeners]\n"
         'dns = "127.0.0.1:0"\n'
+        'admin = "127.0.0.1:0"\n'
         'internal_https = "127.0.0.1:0"\n'
         'external_https = "127.0.0.1:0"\n'
         'internal_http = "127.0.0.1:0"\n'

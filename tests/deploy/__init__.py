@@ -1,0 +1,1 @@
+"""Helpers of tests/test_deploy.py: a Debian root, a network namespace, playbook runs."""

@@ -1,0 +1,376 @@
+"""Deployment: the Ansible roles and playbook, the Vagrantfile, and a real converge.
+
+The converge test deploys ansible/site.yml onto a fresh Debian 12 root (debootstrap,
+cached as a tarball between runs) over ansible's chroot connection, starts the deployed
+service from its own unit file inside a network namespace, as the unit's user with only
+CAP_NET_BIND_SERVICE, runs the playbook's smoke check against it from this machine, stops
+it, and converges again expecting no change. It needs root; it is skipped only without
+root or when debootstrap cannot reach this machine's Debian mirror.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import dnslib
+import pytest
+from deploy import netns, playbook, rootfs
+
+from appliance.sample import make_sample_package, sample_check
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+HOST = "uc-test"  # the inventory name of the chroot
+DOMAIN = "contoso.com"
+FQDN = f"ucupdates-r2.{DOMAIN}"
+UNIT = Path("etc/systemd/system/ucupdates.service")
+DATA = Path("var/lib/ucupdates")
+CONVERGE_SECONDS = 420
+SMOKE_SECONDS = 120
+SAMPLE_MAC = "00-04-F2-00-00-01"  # the phone of sample_check()
+
+
+def _run(
+    command: list[str], timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env
+    )
+
+
+# -- static checks ------------------------------------------------------------------------------
+
+
+def test_ansible_lint_production_profile() -> None:
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    env["ANSIBLE_CONFIG"] = str(REPO / "ansible" / "ansible.cfg")
+    done = _run(
+        [
+            str(VENV_BIN / "ansible-lint"),
+            "--profile",
+            "production",
+            "--nocolor",
+            "roles/",
+            "ansible/",
+        ],
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-6000:]
+    assert "passed" in (done.stdout + done.stderr).lower()
+
+
+def test_playbook_syntax() -> None:
+    env = playbook.ansible_env(Path(tempfile.gettempdir()))
+    done = _run([str(VENV_BIN / "ansible-playbook"), "--syntax-check", str(playbook.SITE)], env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_role_variable_is_documented_and_typed() -> None:
+    """defaults/main.yml and meta/argument_specs.yml name the same public variables."""
+    import yaml
+
+    for role in sorted((REPO / "roles").iterdir()):
+        defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text()) or {}
+        specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())
+        typed = specs["argument_specs"]["main"]["options"]
+        assert set(defaults) == set(typed), f"{role.name}: {set(defaults) ^ set(typed)}"
+        assert all(name.startswith(role.name + "_") for name in defaults), role.name
+        for name, spec in typed.items():
+            assert "type" in spec and "description" in spec, f"{role.name}: {name}"
+
+
+def test_vagrantfile_validates(tmp_path: Path) -> None:
+    if shutil.which("vagrant") is None:
+        pytest.skip("the vagrant command is not installed (Debian package vagrant)")
+    env = dict(
+        os.environ,
+        VAGRANT_CHECKPOINT_DISABLE="1",  # no version check over the network
+        VAGRANT_BOX_UPDATE_CHECK_DISABLE="1",
+        VAGRANT_DOTFILE_PATH=str(tmp_path / ".vagrant"),  # leave no .vagrant/ in the tree
+        VAGRANT_HOME=str(tmp_path / "vagrant.d"),
+    )
+    # No provider (VirtualBox, libvirt) is installed here: --ignore-provider validates
+    # everything else, including the ansible provisioner's settings.
+    done = _run(["vagrant", "validate", "--ignore-provider"], timeout=180, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "validated successfully" in done.stdout
+    text = (REPO / "Vagrantfile").read_text()
+    for path in re.findall(r'"(ansible/[^"]+)"', text):
+        assert (REPO / path).exists(), f"the Vagrantfile names {path}, which does not exist"
+
+
+# -- the converge -------------------------------------------------------------------------------
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    """HTTPS to one address, checking the certificate against FQDN (SNI and Host too)."""
+
+    def __init__(self, address: str, context: ssl.SSLContext) -> None:
+        super().__init__(FQDN, 443, timeout=15, context=context)
+        self._address, self._tls = address, context
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self._address, 443), 15)
+        self.sock = self._tls.wrap_socket(raw, server_hostname=FQDN)
+
+
+def _dns_a(address: str, name: str, tries: int = 3) -> list[str] | None:
+    """The A records `address`:53 answers for `name`; None when nothing answers."""
+    query = dnslib.DNSRecord.question(name, "A")
+    for _ in range(tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(2.0)
+            s.sendto(query.pack(), (address, 53))
+            try:
+                data, _ = s.recvfrom(4096)
+            except (TimeoutError, ConnectionRefusedError):
+                continue
+        reply = dnslib.DNSRecord.parse(data)
+        return [str(rr.rdata) for rr in reply.rr if rr.rtype == dnslib.QTYPE.A]
+    return None
+
+
+def _snapshot_source(dest: Path) -> Path:
+    """The source as it is now: both converges build the same wheel even while the working
+    tree changes under them."""
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, dest / name)
+    shutil.copytree(
+        REPO / "appliance", dest / "appliance", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return dest
+
+
+def _owner_problems(root: Path, top: Path, uid: int) -> list[str]:
+    found = []
+    for path in [top, *top.rglob("*")]:
+        if path.lstat().st_uid != uid:
+            found.append(f"/{path.relative_to(root)} (uid {path.lstat().st_uid})")
+    return found
+
+
+def _uid_in(root: Path, user: str) -> int:
+    for line in (root / "etc" / "passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2])
+    raise AssertionError(f"no user {user} in the deployed root")
+
+
+def _exposure(root: Path) -> float | None:
+    """systemd-analyze's overall exposure of the deployed unit (0 best, 10 worst)."""
+    if shutil.which("systemd-analyze") is None:
+        return None
+    done = _run(
+        ["systemd-analyze", "security", "--offline=true", f"--root={root}", "ucupdates.service"],
+        timeout=120,
+    )
+    m = re.search(r"Overall exposure level for ucupdates\.service: ([\d.]+)", done.stdout)
+    return float(m.group(1)) if m else None
+
+
+@pytest.mark.timeout(900)
+def test_converge_debian12_then_serve_and_converge_again(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: debootstrap, chroot, mounts and a network namespace")
+    for tool in ("debootstrap", "chroot", "ip", "unshare", "dig"):
+        assert shutil.which(tool), f"{tool} is missing: `make setup` installs it"
+    mirror = rootfs.find_mirror()
+    if mirror is None:
+        pytest.skip("no Debian mirror in this machine's apt sources for debootstrap")
+    unreachable = rootfs.mirror_reachable(mirror)
+    if unreachable:
+        pytest.skip(f"debootstrap cannot reach the Debian mirror: {unreachable}")
+
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    env = playbook.ansible_env(tmp_path)
+    source = _snapshot_source(tmp_path / "source")
+    package = tmp_path / "UCUpdates.cab"
+    make_sample_package(package, image_size=4096)
+    inventory = tmp_path / "inventory.yml"
+    root = Path(tempfile.mkdtemp(prefix="ucupdates-test-root.", dir="/var/tmp"))
+    root.chmod(0o755)  # it becomes "/" for the service user
+    dns_served: bool | None = None
+    ns_name = ""
+    try:
+        t = time.monotonic()
+        how = rootfs.make_root(root, mirror)
+        timings["root"] = time.monotonic() - t
+        print(f"debian root: {how} in {timings['root']:.0f}s")
+        rootfs.prepare(root)
+        playbook.write_inventory(inventory, HOST, root)
+        with rootfs.mounted(root), netns.namespace() as ns:
+            ns_name = ns.name
+            extra = {
+                "ucupdates_appliance_source_dir": str(source),
+                "ucupdates_appliance_domains": [DOMAIN],
+                "ucupdates_appliance_server_name": "uc-test",
+                "ucupdates_appliance_manage_service": False,  # no systemd in a chroot
+                "ucupdates_appliance_dns_internal_address": ns.address,
+                "ucupdates_appliance_packages": [str(package)],
+                "ucupdates_appliance_users": [{"name": "CONTOSO\\phone1", "password": "pw 1"}],
+                # this machine's HTTPS may pass a TLS-inspecting proxy: trust its CA too
+                "ucupdates_appliance_ca_certificates": [
+                    str(p) for p in rootfs.extra_trusted_cas(tmp_path)
+                ],
+                "ucupdates_syslog_target": "127.0.0.1",  # a loopback collector
+                "ucupdates_syslog_port": 5514,
+                "ucupdates_syslog_protocol": "udp",
+                "ucupdates_firewall_admin_networks": [f"{ns.host_address}/32"],
+                "ucupdates_firewall_external_sources": ["10.0.5.10"],
+                # render and check the rules (nft -c) only: never load them here
+                "ucupdates_firewall_manage_service": False,
+            }
+            variables = tmp_path / "vars.json"
+            variables.write_text(json.dumps(extra, indent=1))
+            converge = ["-i", str(inventory), "-e", f"@{variables}", str(playbook.SITE)]
+
+            first = playbook.run([*converge, "--skip-tags", "smoke"], env, CONVERGE_SECONDS)
+            timings["converge"] = first.seconds
+            assert first.returncode == 0, first.output[-12000:]
+            assert first.recap()[HOST]["failed"] == 0
+
+            unit = netns.Unit.read(root / UNIT)
+            assert unit.user == "ucupdates" and unit.user != "root"
+            assert unit.no_new_privileges
+            assert unit.ambient_capabilities == ("CAP_NET_BIND_SERVICE",)
+            assert unit.bounding_set == ("CAP_NET_BIND_SERVICE",)
+            unit_text = (root / UNIT).read_text()
+            for setting in (
+                "ProtectSystem=strict",
+                "ReadWritePaths=/var/lib/ucupdates",
+                "PrivateTmp=yes",
+                "SystemCallFilter=@system-service",
+            ):
+                assert setting in unit_text
+            exposure = _exposure(root)
+            assert exposure is None or exposure < 2.5, f"systemd-analyze security: {exposure}"
+
+            # The admin command: as root it runs as the service user with the config.
+            added = _run(
+                [
+                    "chroot",
+                    str(root),
+                    "/usr/local/bin/ucupdates",
+                    "test-device",
+                    "add",
+                    "smoke phone",
+                    "--mac",
+                    SAMPLE_MAC,
+                ],
+                timeout=120,
+            )
+            assert added.returncode == 0, added.stderr
+            rules = _run(["chroot", str(root), "/usr/local/bin/ucupdates", "rules", "--json"])
+            assert len(json.loads(rules.stdout)) == 8, rules.stderr  # the sample package
+
+            t = time.monotonic()
+            running = netns.start(
+                netns.service_command(root, ns, unit), tmp_path, "curl ", timeout=90
+            )
+            timings["start"] = time.monotonic() - t
+            try:
+                status = running.status()
+                uid = _uid_in(root, unit.user)
+                assert status["Uid"].split() == [str(uid)] * 4, status["Uid"]
+                assert int(status["CapEff"], 16) == 1 << netns.CAP_NET_BIND_SERVICE
+                assert int(status["CapAmb"], 16) == 1 << netns.CAP_NET_BIND_SERVICE
+                assert status["NoNewPrivs"] == "1"
+                banner = running.stdout.read_text()
+                for listener in (
+                    "internal-https  0.0.0.0:443",
+                    "external-https  0.0.0.0:4443",
+                    "internal-http   0.0.0.0:80",
+                ):
+                    assert listener in banner, banner
+
+                answer = _dns_a(ns.address, FQDN)
+                dns_served = answer is not None
+                if dns_served:
+                    assert answer == [ns.address], answer
+
+                # The playbook's smoke check, from this machine. The FQDN resolves to the
+                # namespace for that run only (its own mount namespace and /etc/hosts).
+                hosts = tmp_path / "hosts"
+                hosts.write_text(Path("/etc/hosts").read_text() + f"\n{ns.address} {FQDN}\n")
+                in_own_hosts = [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "sh",
+                    "-c",
+                    'mount --bind "$0" /etc/hosts && exec "$@"',
+                    str(hosts),
+                ]
+                smoke = playbook.run(
+                    [
+                        *converge,
+                        "--tags",
+                        "smoke",
+                        "-e",
+                        f"ucupdates_smoke_address={ns.address}",
+                        "-e",
+                        json.dumps({"ucupdates_smoke_dns": dns_served}),
+                    ],
+                    env,
+                    SMOKE_SECONDS,
+                    prefix=in_own_hosts,
+                )
+                timings["smoke"] = smoke.seconds
+                assert smoke.returncode == 0, smoke.output[-8000:]
+                assert "Send the update check" in smoke.output
+                if dns_served:
+                    assert f"{FQDN} is {ns.address}" in smoke.output
+
+                # The same check without ansible: TLS that trusts only the appliance's CA.
+                tls = ssl.create_default_context(cafile=str(root / DATA / "tls" / "ca.pem"))
+                connection = _PinnedHTTPS(ns.address, tls)
+                connection.request(
+                    "POST",
+                    "/RequestHandler/ucdevice.upx",
+                    sample_check(),
+                    {"Content-Type": "text/xml"},
+                )
+                reply = connection.getresponse()
+                body = reply.read()
+                connection.close()
+                assert reply.status == 200, body
+                assert b"<Response>" in body and b"<Downloads>1</Downloads>" in body, body
+            finally:
+                exit_status = netns.stop(running)
+            assert exit_status == 0, running.output()
+            audit = list((root / DATA / "Logs" / "Audit").glob("RequestHandlerAuditLog_uc-test_*"))
+            assert audit, "the update checks left no audit file"
+            problems = _owner_problems(root, root / DATA, _uid_in(root, unit.user))
+            assert not problems, f"not owned by the service user: {problems[:10]}"
+
+            second = playbook.run([*converge, "--skip-tags", "smoke"], env, CONVERGE_SECONDS)
+            timings["converge again"] = second.seconds
+            assert second.returncode == 0, second.output[-12000:]
+            recap = second.recap()[HOST]
+            assert recap["changed"] == 0, f"changed again: {second.changed_tasks()}"
+        assert not netns.namespace_exists(ns_name)
+        assert not rootfs.mounts_under(root)
+    finally:
+        rootfs.remove_root(root)
+        timings["total"] = time.monotonic() - started
+        print("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    if dns_served is False:
+        pytest.xfail(
+            "serve does not answer DNS on listeners.dns yet (the ucupdates-r2 responder is "
+            "in progress): HTTPS and the second converge passed, the DNS smoke was skipped"
+        )

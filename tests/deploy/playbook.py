@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +70,6 @@ class Run:
 def run(
     args: list[str], env: dict[str, str], timeout: float, prefix: list[str] | None = None
 ) -> Run:
-    import time
-
     command = [*(prefix or []), str(VENV_BIN / "ansible-playbook"), *args]
     started = time.monotonic()
     try:

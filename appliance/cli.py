@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
+from .admin.cli import add_admin_parser, run_admin
+from .admin.remote import RemoteError, add_remote_arguments, credentials, run_remote
 from .auth import AuthError
 from .catalogue import (
     CatalogueError,
@@ -144,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--actor", metavar="NAME", help="who the event log names (default: the login name)"
     )
+    add_remote_arguments(parser)  # --server URL, --server-ca FILE, --server-user NAME
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_admin_parser(sub)
 
     p = sub.add_parser("import", help="import a vendor package (UCUpdates.cab or .exe)")
     p.add_argument("package", type=Path, metavar="FILE")
@@ -280,6 +284,13 @@ def open_store(config: Config) -> Store:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.server:  # drive a remote appliance through its API
+        try:
+            user, password = credentials(args, os.environ, _login_name())
+        except RemoteError as e:
+            print(f"ucupdates: {e}", file=sys.stderr)
+            return EX_USAGE
+        return run_remote(args, user, password)
     try:
         config = load_config(args.config, args.data_dir)
     except ConfigError as e:
@@ -733,6 +744,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Config, Store, str], int]] = 
     "clean-files": _clean_files,
     "test-device": _test_device,
     "user": _user,
+    "admin": run_admin,
     "events": _events,
     "explain": _explain,
     **{a.value: _rule_action(a) for a in Action},

@@ -16,12 +16,13 @@ from twisted.application import internet, service
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from .admin import make_admin_site
 from .auth import Authenticator, LdapDirectory, LocalDirectory
 from .certs import ServerCredentials, ensure_test_certificates, installed_pair, load_credentials
 from .config import Address, AuthBackend, Config, TlsProfile
 from .dhcp import make_dhcp_service
 from .dns import DnsService, make_dns_service
-from .health import expiry_timer, make_admin_site
+from .health import expiry_timer
 from .httpguard import GuardedSite, Limits
 from .phone import PhoneResource, PhoneService, clean_device_logs
 from .store import Store
@@ -204,7 +205,7 @@ def make_service(
         warn_days = config.syslog.cert_warn_days
         expiry_timer(credentials, warn_days, clock, reactor).setServiceParent(root)
 
-    admin_site = make_admin_site(config, store, clock, root)
+    admin_site: Any = make_admin_site(config, store, clock, reactor, service=root)
     admin_listener = Listener("admin", config.listeners.admin, "https", TlsProfile.MODERN, False)
     admin_tls: Any = context_factory(credentials, TlsProfile.MODERN)
     SharedPortServer(

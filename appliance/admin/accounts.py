@@ -1,0 +1,198 @@
+"""Control Panel accounts: roles, names, passwords, and the lockout after wrong passwords.
+
+Accounts live in the store (schema 003), separate from the phone users. Passwords are
+argon2id hashes (`appliance.auth`). Changes go to the event log like every admin action.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+
+from ..auth import AuthError, hash_password, validate_password, verify_password
+from ..store import AdminAccount, DuplicateError, Store, StoreError
+from .settings import AdminSettings
+
+MIN_PASSWORD = 8
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+# Verified when the name is unknown, so that an unknown name takes as long as a wrong password.
+_DUMMY_HASH = hash_password("not a real password, only for timing")
+
+
+def iso(t: datetime) -> str:
+    """The store's time format: UTC, seconds, "Z" (so that times compare as text)."""
+    return t.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class AccountError(Exception):
+    """An account change that cannot be made; str() is the line to show."""
+
+
+class Role(StrEnum):
+    ADMIN = "admin"  # may change everything
+    VIEWER = "viewer"  # may read everything, change nothing
+
+
+def validate_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise AccountError(
+            "an admin account name has 1 to 64 letters, digits, '.', '_', '@' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def validate_admin_password(password: str) -> str:
+    try:
+        validate_password(password)
+    except AuthError as e:
+        raise AccountError(str(e)) from e
+    if len(password) < MIN_PASSWORD:
+        raise AccountError(f"an admin password has at least {MIN_PASSWORD} characters")
+    return password
+
+
+def parse_role(text: str) -> Role:
+    try:
+        return Role(text)
+    except ValueError:
+        raise AccountError(f"unknown role {text!r}: expected admin or viewer") from None
+
+
+def add_account(store: Store, name: str, role: str, password: str, actor: str) -> AdminAccount:
+    name = validate_name(name)
+    checked_role = parse_role(role)
+    password_hash = hash_password(validate_admin_password(password))
+    try:
+        with store.transaction():
+            account = store.add_admin_account(name, checked_role.value, password_hash)
+            store.append_event(
+                actor, "admin.add", f"admin {name}", None, {"name": name, "role": role}
+            )
+    except DuplicateError as e:
+        raise AccountError(str(e)) from e
+    return account
+
+
+def set_password(store: Store, name: str, password: str, actor: str) -> None:
+    """A new password; every open session of the account ends, and a lockout is lifted."""
+    password_hash = hash_password(validate_admin_password(password))
+    account = _existing(store, name)
+    with store.transaction():
+        store.set_admin_password(account.name, password_hash)
+        store.remove_admin_sessions_of(account.id)
+        store.append_event(actor, "admin.passwd", f"admin {account.name}", None, None)
+
+
+def set_role(store: Store, name: str, role: str, actor: str) -> None:
+    checked = parse_role(role)
+    account = _existing(store, name)
+    with store.transaction():
+        store.set_admin_role(account.name, checked.value)
+        store.append_event(
+            actor,
+            "admin.role",
+            f"admin {account.name}",
+            {"role": account.role},
+            {"role": checked.value},
+        )
+
+
+def remove_account(store: Store, name: str, actor: str) -> None:
+    account = _existing(store, name)
+    with store.transaction():
+        store.remove_admin_account(account.name)  # its sessions go with it (cascade)
+        store.append_event(
+            actor, "admin.remove", f"admin {account.name}", {"role": account.role}, None
+        )
+
+
+def unlock(store: Store, name: str, actor: str) -> None:
+    account = _existing(store, name)
+    with store.transaction():
+        store.set_admin_failures(account.id, 0, None, None)
+        store.append_event(actor, "admin.unlock", f"admin {account.name}", None, None)
+
+
+def _existing(store: Store, name: str) -> AdminAccount:
+    account = store.admin_account(name)
+    if account is None:
+        raise AccountError(f"no admin account {name!r}")
+    return account
+
+
+# -- checking a password, with lockout ------------------------------------------------------
+
+
+def password_matches(account: AdminAccount | None, password: str) -> bool:
+    """The slow part of a login (argon2id): run it off the reactor thread."""
+    if account is None:
+        verify_password(_DUMMY_HASH, password)
+        return False
+    return verify_password(account.password_hash, password)
+
+
+def locked_until(account: AdminAccount, now: datetime) -> str | None:
+    """When the account's lockout ends, if it is locked at `now`."""
+    if account.locked_until is not None and account.locked_until > iso(now):
+        return account.locked_until
+    return None
+
+
+def record_failure(
+    store: Store, account: AdminAccount, now: datetime, settings: AdminSettings
+) -> str | None:
+    """Count a wrong password; returns the end of the lockout it caused, if any."""
+    window_start = iso(now - timedelta(seconds=settings.failure_window_seconds))
+    first = account.first_failure_at
+    failures = account.failures
+    if first is None or first < window_start:
+        first, failures = iso(now), 0
+    failures += 1
+    until = None
+    if failures >= settings.max_failures:
+        until = iso(now + timedelta(seconds=settings.lockout_seconds))
+    try:
+        with store.transaction():
+            store.set_admin_failures(account.id, failures, first, until)
+    except StoreError:
+        return None
+    return until
+
+
+@dataclass
+class AddressFailures:
+    """Wrong passwords per client address (in memory: a restart forgets them)."""
+
+    settings: AdminSettings
+    max_addresses: int = 10_000
+
+    def __post_init__(self) -> None:
+        self._failures: dict[str, list[float]] = {}
+        self._locked: dict[str, float] = {}
+
+    def locked(self, address: str, now: float) -> float | None:
+        """Seconds left of the address's lockout, or None."""
+        until = self._locked.get(address)
+        if until is None:
+            return None
+        if until <= now:
+            del self._locked[address]
+            return None
+        return until - now
+
+    def fail(self, address: str, now: float) -> None:
+        window = self.settings.failure_window_seconds
+        recent = [t for t in self._failures.get(address, []) if now - t < window]
+        recent.append(now)
+        if len(self._failures) >= self.max_addresses and address not in self._failures:
+            self._failures.clear()  # a flood of addresses: forget rather than grow
+        self._failures[address] = recent
+        if len(recent) >= self.settings.max_failures:
+            self._locked[address] = now + self.settings.lockout_seconds
+            self._failures.pop(address, None)
+
+    def clear(self, address: str) -> None:
+        self._failures.pop(address, None)

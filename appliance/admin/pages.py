@@ -1,0 +1,326 @@
+"""The Control Panel's pages: server-rendered HTML shells that `static/app.js` fills
+through the JSON API, and the Devices page's charts rendered here as SVG.
+
+Accessible by construction: one `h1` a page, a skip link, labelled controls, table
+captions and header scopes, a native `<dialog>` for confirmations, live regions for
+results, and visible focus. No inline script or style (the CSP forbids both); nothing
+comes from another origin.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from importlib import resources
+from urllib.parse import quote
+
+from twisted.web import server
+
+from . import charts, inventory
+from .api import Api
+from .sessions import Login
+from .web import ApiError, Reply
+
+NAV = (
+    ("/updates", "Updates"),
+    ("/upload", "Upload"),
+    ("/test-devices", "Test devices"),
+    ("/devices", "Devices"),
+    ("/activity", "Activity"),
+)
+STATIC_TYPES = {
+    "app.css": b"text/css; charset=utf-8",
+    "app.js": b"text/javascript; charset=utf-8",
+    "favicon.svg": b"image/svg+xml",
+}
+
+
+class Pages:
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        folder = resources.files(__package__).joinpath("static")
+        self.static = {name: folder.joinpath(name).read_bytes() for name in STATIC_TYPES}
+        self.bodies = {
+            "/updates": ("Updates", _updates),
+            "/upload": ("Upload", _upload),
+            "/test-devices": ("Test devices", _test_devices),
+            "/devices": ("Devices", self._devices),
+            "/activity": ("Activity", _activity),
+        }
+
+    def handle(self, request: server.Request) -> Reply:
+        if request.method not in (b"GET", b"HEAD"):
+            raise ApiError(405, "only GET here")
+        path = request.path.split(b"?", 1)[0].decode("utf-8", "replace")
+        if path.startswith("/static/"):
+            name = path.removeprefix("/static/")
+            if name not in self.static:
+                return _not_found()
+            return Reply(body=self.static[name], content_type=STATIC_TYPES[name], cache=b"no-cache")
+        if path == "/favicon.ico":
+            return Reply(303, headers=[(b"location", b"/static/favicon.svg")])
+        login = self.api.login_of(request)
+        if path == "/":
+            return _redirect("/updates" if login else "/login")
+        if path == "/login":
+            if login is not None:
+                return _redirect("/updates")
+            return _html(_layout("Log in", "/login", None, _login_body()))
+        if path not in self.bodies:
+            return _not_found()
+        if login is None:
+            return _redirect("/login?next=" + quote(path, safe=""))
+        title, body = self.bodies[path]
+        return _html(_layout(title, path, login, body(login)))
+
+    def _devices(self, login: Login) -> str:
+        rows = self.api._device_rows()
+        versions = charts.versions_chart(inventory.versions_per_model(rows))
+        checkins = charts.checkins_chart(self.api._checkins())
+        return _devices(login) + (
+            '<section class="charts" aria-labelledby="charts-title">'
+            '<h2 id="charts-title">Charts</h2>'
+            "<figure><figcaption>Versions per model (every device seen)</figcaption>"
+            f'<div id="versions-chart" class="chart-box">{versions}</div></figure>'
+            "<figure><figcaption>Update checks per day</figcaption>"
+            f'<div id="checkins-chart" class="chart-box">{checkins}</div></figure>'
+            "</section>"
+        )
+
+
+def _html(page: str) -> Reply:
+    return Reply(body=page.encode("utf-8"), content_type=b"text/html; charset=utf-8")
+
+
+def _redirect(where: str) -> Reply:
+    return Reply(303, headers=[(b"location", where.encode())])
+
+
+def _not_found() -> Reply:
+    body = _layout(
+        "Not found", "", None, '<p>There is no such page. <a href="/">Start over</a>.</p>'
+    )
+    return Reply(404, body.encode(), content_type=b"text/html; charset=utf-8")
+
+
+def _layout(title: str, path: str, login: Login | None, body: str) -> str:
+    meta = ""
+    header_right = ""
+    nav = ""
+    if login is not None:
+        account = login.account
+        meta = (
+            f'<meta name="csrf-token" content="{escape(login.session.csrf_token)}">'
+            f'<meta name="role" content="{escape(account.role)}">'
+        )
+        current = ' aria-current="page"'
+        links = "".join(
+            f'<li><a href="{href}"{current if href == path else ""}>{label}</a></li>'
+            for href, label in NAV
+        )
+        nav = f'<nav aria-label="Main"><ul>{links}</ul></nav>'
+        header_right = (
+            f'<div class="who"><span id="who">{escape(account.name)} '
+            f'<span class="role">({escape(account.role)})</span></span>'
+            '<button type="button" id="logout">Log out</button></div>'
+        )
+    page = path.strip("/") or "home"
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)} · ucupdates Control Panel</title>"
+        '<link rel="stylesheet" href="/static/app.css">'
+        '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
+        f'{meta}<script src="/static/app.js" defer></script></head>'
+        f'<body data-page="{escape(page)}">'
+        '<a class="skip" href="#main">Skip to content</a>'
+        '<header class="top"><a class="brand" href="/">ucupdates <span>Control Panel</span></a>'
+        f"{nav}{header_right}</header>"
+        f'<main id="main" tabindex="-1"><h1>{escape(title)}</h1>{body}</main>'
+        '<div id="toast" class="toast" role="status" aria-live="polite"></div>'
+        "</body></html>\n"
+    )
+
+
+def _viewer_note(login: Login) -> str:
+    if login.account.role == "admin":
+        return ""
+    return (
+        '<p class="note">You are signed in as a viewer: you can look at everything, '
+        "and change nothing.</p>"
+    )
+
+
+def _login_body() -> str:
+    return (
+        '<form id="login-form" class="card narrow" novalidate>'
+        '<p class="field"><label for="login-name">Account name</label>'
+        '<input id="login-name" name="name" autocomplete="username" required autofocus></p>'
+        '<p class="field"><label for="login-password">Password</label>'
+        '<input id="login-password" name="password" type="password" '
+        'autocomplete="current-password" required></p>'
+        '<p id="login-error" class="error" role="alert"></p>'
+        '<button type="submit" class="primary">Log in</button>'
+        "</form>"
+    )
+
+
+def _select(ident: str, label: str, name: str) -> str:
+    return (
+        f'<p class="field"><label for="{ident}">{label}</label>'
+        f'<select id="{ident}" name="{name}"><option value="">All</option></select></p>'
+    )
+
+
+def _updates(login: Login) -> str:
+    admin = login.account.role == "admin"
+    disabled = "" if admin else " hidden"
+    states = "".join(
+        f'<option value="{s}">{s}</option>' for s in ("pending", "approved", "restored", "reset")
+    )
+    return (
+        _viewer_note(login)
+        + '<form id="rule-filters" class="filters" role="search" aria-label="Filter the rules">'
+        + _select("f-brand", "Brand", "brand")
+        + _select("f-model", "Model", "model")
+        + _select("f-locale", "Locale", "locale")
+        + _select("f-revision", "Revision", "revision")
+        + '<p class="field"><label for="f-state">State</label><select id="f-state" name="state">'
+        f'<option value="">All</option>{states}</select></p>'
+        '<p class="field buttons"><button type="reset">Clear filters</button></p></form>'
+        f'<div class="toolbar" role="toolbar" aria-label="Actions on the selected rules"{disabled}>'
+        '<span id="selection-count" aria-live="polite">No rule selected</span>'
+        '<button type="button" data-action="approve" class="primary" disabled>Approve…</button>'
+        '<button type="button" data-action="reset" disabled>Reset…</button>'
+        '<button type="button" data-action="restore" disabled>Restore…</button>'
+        '<button type="button" data-action="remove" class="danger" disabled>Remove…</button>'
+        '<span class="spacer"></span>'
+        '<button type="button" id="clean-files">Clean files…</button></div>'
+        '<div class="table-wrap"><table id="rules" class="data">'
+        '<caption>Update rules <span id="rules-count"></span></caption><thead><tr>'
+        '<th scope="col" class="check"><input type="checkbox" id="select-all" '
+        'aria-label="Select every rule shown"></th>'
+        '<th scope="col">ID</th><th scope="col">Device type</th><th scope="col">Brand</th>'
+        '<th scope="col">Model</th><th scope="col">Rev.</th><th scope="col">Locale</th>'
+        '<th scope="col">Type</th><th scope="col">Approved</th><th scope="col">Pending</th>'
+        '<th scope="col">Restore</th><th scope="col">State</th></tr></thead>'
+        '<tbody><tr><td colspan="12">Loading…</td></tr></tbody></table></div>'
+        '<dialog id="confirm" aria-labelledby="confirm-title" aria-describedby="confirm-impact">'
+        '<form method="dialog"><h2 id="confirm-title">Confirm</h2>'
+        '<p id="confirm-impact">Working out the impact…</p>'
+        '<ul id="confirm-details"></ul>'
+        '<p class="buttons"><button value="cancel" id="confirm-cancel">Cancel</button>'
+        '<button value="ok" id="confirm-ok" class="primary">Confirm</button></p>'
+        "</form></dialog>"
+    )
+
+
+def _upload(login: Login) -> str:
+    if login.account.role != "admin":
+        return _viewer_note(login)
+    return (
+        '<form id="upload-form" class="card" novalidate>'
+        '<p class="field"><label for="package">Vendor package (UCUpdates.cab, or the '
+        "UCUpdates.exe that embeds it)</label>"
+        '<input type="file" id="package" name="package" accept=".cab,.exe" required '
+        'aria-describedby="package-help"></p>'
+        '<p id="package-help" class="hint">The package is streamed to the appliance and '
+        "imported: new versions become pending until approved on the Updates page.</p>"
+        '<p id="upload-error" class="error" role="alert"></p>'
+        '<button type="submit" class="primary">Upload and import</button></form>'
+        '<div id="upload-progress" class="card" hidden>'
+        '<label for="progress">Uploading <span id="progress-name"></span></label>'
+        '<progress id="progress" max="100" value="0"></progress>'
+        '<span id="progress-text" aria-live="polite"></span></div>'
+        '<section id="upload-result" class="card" hidden aria-labelledby="result-title">'
+        '<h2 id="result-title" tabindex="-1">What the import found</h2>'
+        '<p id="result-summary"></p><div class="table-wrap"><table class="data" id="result-table">'
+        "<caption>Device updates in the package</caption><thead><tr>"
+        '<th scope="col">Rule</th><th scope="col">Device update</th><th scope="col">Version</th>'
+        '<th scope="col">Files</th><th scope="col">Bytes</th><th scope="col">Result</th>'
+        "</tr></thead><tbody></tbody></table></div>"
+        '<p><a href="/updates">Go to the Updates page</a> to approve them.</p></section>'
+    )
+
+
+def _test_devices(login: Login) -> str:
+    form = ""
+    if login.account.role == "admin":
+        form = (
+            '<form id="add-test-device" class="card" novalidate>'
+            "<h2>Add a test device</h2>"
+            '<p class="field"><label for="td-name">Name</label>'
+            '<input id="td-name" name="name" maxlength="128" required '
+            'aria-describedby="td-name-error"></p>'
+            '<p id="td-name-error" class="error" aria-live="polite"></p>'
+            '<fieldset class="field"><legend>Identify it by</legend>'
+            '<label class="inline"><input type="radio" name="kind" value="mac" checked> '
+            "MAC address</label>"
+            '<label class="inline"><input type="radio" name="kind" value="serial"> '
+            "Serial number</label></fieldset>"
+            '<p class="field"><label for="td-id" id="td-id-label">MAC address</label>'
+            '<input id="td-id" name="identifier" autocomplete="off" spellcheck="false" required '
+            'aria-describedby="td-id-help td-id-error"></p>'
+            '<p id="td-id-help" class="hint">Six pairs of hex digits, bare or joined by - or : '
+            "(00-04-F2-A1-B2-C3)</p>"
+            '<p id="td-id-error" class="error" aria-live="polite"></p>'
+            '<button type="submit" class="primary" id="td-add" disabled>Add test device</button>'
+            "</form>"
+        )
+    return (
+        _viewer_note(login)
+        + "<p>Test devices get a rule's pending version before everyone else.</p>"
+        + form
+        + '<div class="table-wrap"><table id="test-devices" class="data">'
+        '<caption>Test devices</caption><thead><tr><th scope="col">ID</th>'
+        '<th scope="col">Name</th><th scope="col">By</th><th scope="col">Identifier</th>'
+        '<th scope="col">Added</th><th scope="col"><span class="sr-only">Actions</span></th>'
+        '</tr></thead><tbody><tr><td colspan="6">Loading…</td></tr></tbody></table></div>'
+        '<dialog id="confirm" aria-labelledby="confirm-title" aria-describedby="confirm-impact">'
+        '<form method="dialog"><h2 id="confirm-title">Confirm</h2><p id="confirm-impact"></p>'
+        '<ul id="confirm-details"></ul><p class="buttons">'
+        '<button value="cancel" id="confirm-cancel">Cancel</button>'
+        '<button value="ok" id="confirm-ok" class="danger">Remove</button></p></form></dialog>'
+    )
+
+
+def _devices(login: Login) -> str:
+    statuses = "".join(f'<option value="{s.value}">{s.value}</option>' for s in inventory.Status)
+    return (
+        '<form id="device-filters" class="filters" role="search" aria-label="Filter the devices">'
+        '<p class="field"><label for="d-q">Search</label>'
+        '<input id="d-q" name="q" type="search" placeholder="MAC, serial, address, user"></p>'
+        + _select("d-brand", "Brand", "brand")
+        + _select("d-model", "Model", "model")
+        + _select("d-locale", "Locale", "locale")
+        + _select("d-version", "Version", "version")
+        + _select("d-zone", "Zone", "zone")
+        + '<p class="field"><label for="d-status">Status</label>'
+        f'<select id="d-status" name="status"><option value="">All</option>{statuses}'
+        "</select></p>"
+        '<p class="field buttons"><button type="reset">Clear filters</button>'
+        '<a id="csv-link" class="button" href="/api/devices.csv" download>Export CSV</a>'
+        '<button type="button" id="refresh-devices">Refresh</button></p></form>'
+        '<div class="table-wrap"><table id="devices" class="data">'
+        '<caption>Devices <span id="devices-count"></span></caption><thead><tr>'
+        '<th scope="col">Device</th><th scope="col">Model</th><th scope="col">Locale</th>'
+        '<th scope="col">Version</th><th scope="col">Approved</th><th scope="col">Status</th>'
+        '<th scope="col">Zone</th><th scope="col">Address</th><th scope="col">Last check</th>'
+        '</tr></thead><tbody><tr><td colspan="9">Loading…</td></tr></tbody></table></div>'
+    )
+
+
+def _activity(login: Login) -> str:
+    return (
+        '<p class="buttons"><button type="button" id="refresh-activity">Refresh</button></p>'
+        '<div class="table-wrap"><table id="events" class="data">'
+        "<caption>Admin event log, newest first</caption><thead><tr>"
+        '<th scope="col">When (UTC)</th><th scope="col">Who</th><th scope="col">Action</th>'
+        '<th scope="col">Target</th><th scope="col">Change</th></tr></thead>'
+        '<tbody><tr><td colspan="5">Loading…</td></tr></tbody></table></div>'
+        '<div class="table-wrap"><table id="device-events" class="data">'
+        "<caption>Recent update checks, newest first</caption><thead><tr>"
+        '<th scope="col">When (UTC)</th><th scope="col">Device</th><th scope="col">Model</th>'
+        '<th scope="col">Reports</th><th scope="col">Offered</th><th scope="col">Address</th>'
+        '</tr></thead><tbody><tr><td colspan="6">Loading…</td></tr></tbody></table></div>'
+    )

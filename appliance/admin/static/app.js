@@ -1,0 +1,512 @@
+// ucupdates Control Panel: a small script over the JSON API (/api/). No framework, no CDN.
+// Every value from the server goes into the page as text (textContent), never as HTML.
+"use strict";
+
+(function () {
+  const $ = (selector, root) => (root || document).querySelector(selector);
+  const $$ = (selector, root) => Array.from((root || document).querySelectorAll(selector));
+  const meta = (name) => { const m = $(`meta[name="${name}"]`); return m ? m.content : ""; };
+  const isAdmin = () => meta("role") === "admin";
+
+  // -- talking to the API -----------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(message, status, data) { super(message); this.status = status; this.data = data; }
+  }
+
+  async function api(method, path, body) {
+    const options = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+    if (method !== "GET") options.headers["X-CSRF-Token"] = meta("csrf-token");
+    if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(path, options);
+    } catch (e) {
+      throw new ApiError("the appliance cannot be reached", 0, null);
+    }
+    let data = null;
+    try { data = await response.json(); } catch (e) { data = null; }
+    if (response.status === 401 && path !== "/api/login") {
+      location.href = "/login?next=" + encodeURIComponent(location.pathname);
+    }
+    if (!response.ok) {
+      throw new ApiError((data && data.error) || response.statusText, response.status, data);
+    }
+    return data;
+  }
+
+  function query(params) {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(params)) {
+      if (Array.isArray(v)) v.forEach((x) => q.append(k, x));
+      else if (v !== "" && v !== null && v !== undefined) q.append(k, v);
+    }
+    const text = q.toString();
+    return text ? "?" + text : "";
+  }
+
+  function formValues(form) {
+    const values = {};
+    for (const [k, v] of new FormData(form).entries()) values[k] = String(v).trim();
+    return values;
+  }
+
+  // -- building the page ------------------------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === false || v === null || v === undefined) continue;
+      if (k === "text") node.textContent = v;
+      else if (k === "class") node.className = v;
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v === true ? "" : v);
+    }
+    for (const child of children) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  const dash = (v) => (v === null || v === undefined || v === "" ? "–" : String(v));
+  const when = (iso) => (iso ? String(iso).replace("T", " ").replace("Z", "") : "–");
+  const badge = (text) => el("span", { class: "badge " + text, text });
+  const bytes = (n) => (n >= 1073741824 ? (n / 1073741824).toFixed(1) + " GB"
+    : n >= 1048576 ? (n / 1048576).toFixed(1) + " MB" : n >= 1024 ? (n / 1024).toFixed(0) + " KB" : n + " B");
+
+  function fillTable(table, rows, empty) {
+    const body = $("tbody", table);
+    body.replaceChildren();
+    if (!rows.length) {
+      const columns = $$("thead th", table).length;
+      body.append(el("tr", {}, el("td", { colspan: columns, text: empty })));
+      return;
+    }
+    rows.forEach((r) => body.append(r));
+  }
+
+  function fillSelect(select, values) {
+    const keep = select.value;
+    select.replaceChildren(el("option", { value: "", text: "All" }));
+    values.forEach((v) => select.append(el("option", { value: v, text: v })));
+    if (values.includes(keep)) select.value = keep;
+  }
+
+  let toastTimer = null;
+  function toast(message, bad) {
+    const box = $("#toast");
+    box.textContent = message;
+    box.className = "toast show" + (bad ? " bad" : "");
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { box.className = "toast"; }, bad ? 9000 : 5000);
+  }
+
+  // A native <dialog>: Escape cancels, focus stays inside, the opener gets it back.
+  function confirmDialog(title, summary, details, okLabel, canConfirm) {
+    const dialog = $("#confirm");
+    $("#confirm-title", dialog).textContent = title;
+    $("#confirm-impact", dialog).textContent = summary;
+    $("#confirm-details", dialog).replaceChildren(...details.map((d) => el("li", { text: d })));
+    const ok = $("#confirm-ok", dialog);
+    ok.textContent = okLabel;
+    ok.disabled = canConfirm === false;
+    const opener = document.activeElement;
+    return new Promise((resolve) => {
+      dialog.addEventListener("close", () => {
+        if (opener && opener.focus) opener.focus();
+        resolve(dialog.returnValue === "ok");
+      }, { once: true });
+      dialog.returnValue = "cancel";
+      dialog.showModal();
+      (canConfirm === false ? $("#confirm-cancel", dialog) : ok).focus();
+    });
+  }
+
+  // -- every page -------------------------------------------------------------------------
+
+  function setupLogout() {
+    const button = $("#logout");
+    if (!button) return;
+    button.addEventListener("click", async () => {
+      try { await api("POST", "/api/logout"); } catch (e) { /* the session is gone anyway */ }
+      location.href = "/login";
+    });
+  }
+
+  // -- log in -----------------------------------------------------------------------------
+
+  function setupLogin() {
+    const form = $("#login-form");
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const error = $("#login-error");
+      error.textContent = "";
+      const { name, password } = formValues(form);
+      if (!name || !password) { error.textContent = "Give your account name and password."; return; }
+      try {
+        await api("POST", "/api/login", { name, password: $("#login-password").value });
+        const next = new URLSearchParams(location.search).get("next") || "";
+        location.href = next.startsWith("/") && !next.startsWith("//") ? next : "/updates";
+      } catch (e) {
+        error.textContent = e.message;
+        $("#login-password").value = "";
+        $("#login-password").focus();
+      }
+    });
+  }
+
+  // -- Updates ----------------------------------------------------------------------------
+
+  const ACTION_WORDS = { approve: "Approve", reset: "Reset", restore: "Restore", remove: "Remove" };
+  const ACTION_DONE = { approve: "approved", reset: "reset", restore: "restored", remove: "removed" };
+
+  function setupUpdates() {
+    const form = $("#rule-filters");
+    const table = $("#rules");
+    const selected = new Set();
+    let shown = [];
+
+    function updateToolbar() {
+      const count = selected.size;
+      $("#selection-count").textContent = count ? `${count} rule${count > 1 ? "s" : ""} selected` : "No rule selected";
+      $$("[data-action]").forEach((b) => { b.disabled = count === 0; });
+      const all = $("#select-all");
+      all.checked = shown.length > 0 && shown.every((r) => selected.has(r.id));
+      all.indeterminate = !all.checked && shown.some((r) => selected.has(r.id));
+    }
+
+    let asked = 0;
+    async function load() {
+      const mine = ++asked;
+      let data;
+      try { data = await api("GET", "/api/rules" + query(formValues(form))); } catch (e) { toast(e.message, true); return; }
+      if (mine !== asked) return; // a newer filter's answer is on its way
+      for (const name of ["brand", "model", "locale", "revision"]) fillSelect($(`select[name=${name}]`, form), data.choices[name]);
+      shown = data.rules;
+      const ids = new Set(shown.map((r) => r.id));
+      [...selected].forEach((id) => { if (!ids.has(id)) selected.delete(id); });
+      $("#rules-count").textContent = `(${shown.length})`;
+      fillTable(table, shown.map((r) => {
+        const label = `Select rule ${r.id}: ${r.brand} ${r.model} ${r.locale}`;
+        const box = el("input", { type: "checkbox", "aria-label": label, value: r.id });
+        box.checked = selected.has(r.id);
+        const row = el("tr", { "data-rule": r.id, class: box.checked ? "selected" : "" },
+          el("td", { class: "check" }, box), el("td", { class: "num", text: r.id }),
+          el("td", { text: r.device_type }), el("td", { text: r.brand }), el("td", { text: r.model }),
+          el("td", { text: r.revision }), el("td", { text: r.locale }), el("td", { text: r.update_type }),
+          el("td", { text: dash(r.approved_version) }), el("td", { text: dash(r.pending_version) }),
+          el("td", { text: dash(r.restore_version) }), el("td", {}, badge(r.state)));
+        box.addEventListener("change", () => {
+          if (box.checked) selected.add(r.id); else selected.delete(r.id);
+          row.classList.toggle("selected", box.checked);
+          updateToolbar();
+        });
+        return row;
+      }), "No rule matches. Upload a package to create rules.");
+      updateToolbar();
+    }
+
+    $("#select-all").addEventListener("change", (event) => {
+      shown.forEach((r) => { if (event.target.checked) selected.add(r.id); else selected.delete(r.id); });
+      $$("tbody input[type=checkbox]", table).forEach((b) => {
+        b.checked = event.target.checked;
+        b.closest("tr").classList.toggle("selected", b.checked);
+      });
+      updateToolbar();
+    });
+    form.addEventListener("change", load);
+    form.addEventListener("reset", () => setTimeout(load, 0));
+    form.addEventListener("submit", (e) => { e.preventDefault(); load(); });
+
+    $$("[data-action]").forEach((button) => button.addEventListener("click", async () => {
+      const action = button.dataset.action;
+      const ids = [...selected];
+      let impact;
+      try {
+        impact = await api("GET", "/api/rules/preview" + query({ action, id: ids }));
+      } catch (e) { toast(e.message, true); return; }
+      const details = [];
+      impact.after.forEach((o) => details.push(`${o.devices} device(s) will be offered ${o.version}`));
+      if (!impact.after.length && impact.devices) details.push("No device will be offered an update by these rules.");
+      if (impact.up_to_date_after) details.push(`${impact.up_to_date_after} device(s) will already run the version their rule names`);
+      impact.before.forEach((o) => details.push(`Now: ${o.devices} device(s) are offered ${o.version}`));
+      impact.skipped.forEach((s) => details.push(`Rule ${s.rule_id} is skipped: it ${s.reason}`));
+      const n = impact.rule_ids.length;
+      const title = `${ACTION_WORDS[action]} ${n} rule${n === 1 ? "" : "s"}?`;
+      const ok = await confirmDialog(title, impact.summary, details, ACTION_WORDS[action], n > 0);
+      if (!ok) return;
+      try {
+        const result = await api("POST", "/api/rules/" + action, { ids });
+        const done = result.changes.filter((c) => c.skipped === null).length;
+        toast(`${done} rule${done === 1 ? "" : "s"} ${ACTION_DONE[action]}`);
+      } catch (e) { toast(e.message, true); }
+      await load();
+    }));
+
+    const clean = $("#clean-files");
+    if (clean) clean.addEventListener("click", async () => {
+      const ok = await confirmDialog("Clean files?",
+        "Deletes every stored update that no rule references any more (as approved, pending or restore version), and its files.",
+        [], "Clean files", true);
+      if (!ok) return;
+      try {
+        const r = await api("POST", "/api/clean-files");
+        toast(`Dropped ${r.updates.length} update(s); deleted ${r.files} file(s), ${bytes(r.bytes)}`);
+      } catch (e) { toast(e.message, true); }
+    });
+    load();
+  }
+
+  // -- Upload -----------------------------------------------------------------------------
+
+  function setupUpload() {
+    const form = $("#upload-form");
+    if (!form) return;
+    let maxUpload = 0;
+    api("GET", "/api/session").then((s) => {
+      maxUpload = s.max_upload_bytes;
+      $("#package-help").textContent += ` Up to ${bytes(maxUpload)}.`;
+    }).catch(() => {});
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const error = $("#upload-error");
+      error.textContent = "";
+      const file = $("#package").files[0];
+      if (!file) { error.textContent = "Choose a package file first."; $("#package").focus(); return; }
+      if (maxUpload && file.size > maxUpload) {
+        error.textContent = `${file.name} is ${bytes(file.size)}: over the upload limit of ${bytes(maxUpload)}.`;
+        return;
+      }
+      const box = $("#upload-progress");
+      const bar = $("#progress");
+      const text = $("#progress-text");
+      const submit = $("button[type=submit]", form);
+      $("#progress-name").textContent = file.name;
+      $("#upload-result").hidden = true;
+      box.hidden = false;
+      bar.value = 0;
+      submit.disabled = true;
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", "/api/packages" + query({ name: file.name }));
+      xhr.setRequestHeader("X-CSRF-Token", meta("csrf-token"));
+      xhr.setRequestHeader("Content-Type", "application/octet-stream");
+      xhr.setRequestHeader("Accept", "application/json");
+      xhr.upload.addEventListener("progress", (e) => {
+        if (!e.lengthComputable) return;
+        bar.value = Math.round((e.loaded / e.total) * 100);
+        text.textContent = `${bytes(e.loaded)} of ${bytes(e.total)}`;
+      });
+      xhr.upload.addEventListener("load", () => { bar.value = 100; text.textContent = "Uploaded; importing…"; });
+      xhr.addEventListener("load", () => {
+        submit.disabled = false;
+        let data = null;
+        try { data = JSON.parse(xhr.responseText); } catch (e) { data = null; }
+        if (xhr.status === 401) { location.href = "/login?next=/upload"; return; }
+        if (xhr.status !== 200 || !data) {
+          box.hidden = true;
+          error.textContent = (data && data.error) || `The upload failed (${xhr.status}).`;
+          return;
+        }
+        text.textContent = "Done.";
+        showImport(data);
+      });
+      xhr.addEventListener("error", () => {
+        submit.disabled = false;
+        box.hidden = true;
+        error.textContent = "The upload was cut off (is the file over the limit, or the appliance unreachable?).";
+      });
+      xhr.send(file);
+    });
+  }
+
+  function showImport(result) {
+    const section = $("#upload-result");
+    const created = result.updates.filter((u) => u.outcome === "new rule").length;
+    const pending = result.updates.filter((u) => u.outcome === "now pending").length;
+    $("#result-summary").textContent = result.changed
+      ? `${result.package}: ${result.updates.length} device update(s), ${bytes(result.size)}; ${created} new rule(s), ${pending} now pending, ${bytes(result.written_bytes)} written. New versions are pending until approved.`
+      : `${result.package}: nothing changed, this package was imported already.`;
+    fillTable($("#result-table"), result.updates.map((u) => el("tr", {},
+      el("td", { class: "num", text: dash(u.rule_id) }),
+      el("td", { text: [u.device_type, u.brand, u.model, u.revision, u.locale, u.update_type].join("/") }),
+      el("td", { text: u.version }), el("td", { class: "num", text: u.files }),
+      el("td", { class: "num", text: bytes(u.bytes) }),
+      el("td", { text: u.outcome + (u.previous_pending ? ` (was ${u.previous_pending})` : "") }))),
+      "The package holds no device update.");
+    section.hidden = false;
+    $("#result-title").focus();
+  }
+
+  // -- Test devices -----------------------------------------------------------------------
+
+  // The same forms as appliance/identifiers.py; the server checks again.
+  const MAC = /^[0-9A-Fa-f]{2}([-:]?)(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}$/;
+  const SERIAL = /^[A-Za-z0-9_-]{1,64}$/;
+  const HELP = {
+    mac: ["MAC address", "Six pairs of hex digits, bare or joined by - or : (00-04-F2-A1-B2-C3)"],
+    serial: ["Serial number", "1 to 64 letters, digits, - or _"],
+  };
+
+  function setupTestDevices() {
+    const table = $("#test-devices");
+    async function load() {
+      let data;
+      try { data = await api("GET", "/api/test-devices"); } catch (e) { toast(e.message, true); return; }
+      fillTable(table, data.test_devices.map((d) => el("tr", {},
+        el("td", { class: "num", text: d.id }), el("td", { text: d.name }),
+        el("td", { text: d.kind === "mac" ? "MAC" : "serial" }), el("td", { text: d.identifier }),
+        el("td", { text: when(d.created_at) }),
+        el("td", {}, isAdmin() ? el("button", {
+          type: "button", class: "danger", text: "Remove…", "aria-label": `Remove test device ${d.name}`,
+          onclick: async () => {
+            const ok = await confirmDialog(`Remove test device ${d.name}?`,
+              `${d.identifier} will get the approved version like every other device.`, [], "Remove", true);
+            if (!ok) return;
+            try { await api("DELETE", "/api/test-devices/" + d.id); toast(`Removed ${d.name}`); }
+            catch (e) { toast(e.message, true); }
+            load();
+          },
+        }) : null))), "No test devices yet.");
+    }
+
+    const form = $("#add-test-device");
+    if (form) {
+      const name = $("#td-name");
+      const ident = $("#td-id");
+      const add = $("#td-add");
+      const kind = () => $("input[name=kind]:checked", form).value;
+
+      function validate(showErrors) {
+        const pattern = kind() === "mac" ? MAC : SERIAL;
+        const value = ident.value.trim();
+        const identOk = pattern.test(value);
+        const nameOk = name.value.trim().length > 0 && name.value.trim().length <= 128;
+        const identShown = showErrors && value !== "";
+        ident.setAttribute("aria-invalid", identShown && !identOk ? "true" : "false");
+        $("#td-id-error").textContent = identShown && !identOk ? `Not a valid ${HELP[kind()][0].toLowerCase()}: ${HELP[kind()][1]}.` : "";
+        add.disabled = !(identOk && nameOk);
+        return identOk && nameOk;
+      }
+      $$("input[name=kind]", form).forEach((r) => r.addEventListener("change", () => {
+        $("#td-id-label").textContent = HELP[kind()][0];
+        $("#td-id-help").textContent = HELP[kind()][1];
+        validate(true);
+      }));
+      ident.addEventListener("input", () => validate(true));
+      name.addEventListener("input", () => validate(true));
+      form.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        if (!validate(true)) return;
+        const body = { name: name.value.trim() };
+        body[kind()] = ident.value.trim();
+        try {
+          const d = await api("POST", "/api/test-devices", body);
+          toast(`Added test device ${d.name} (${d.identifier})`);
+          form.reset();
+          validate(false);
+          name.focus();
+        } catch (e) {
+          $("#td-id-error").textContent = e.message;
+          ident.setAttribute("aria-invalid", "true");
+        }
+        load();
+      });
+    }
+    load();
+  }
+
+  // -- Devices ----------------------------------------------------------------------------
+
+  function setupDevices() {
+    const form = $("#device-filters");
+    const table = $("#devices");
+    let asked = 0;
+    async function load() {
+      const mine = ++asked;
+      const params = formValues(form);
+      $("#csv-link").setAttribute("href", "/api/devices.csv" + query(params));
+      let data;
+      try { data = await api("GET", "/api/devices" + query(params)); } catch (e) { toast(e.message, true); return; }
+      if (mine !== asked) return; // a newer filter's answer is on its way
+      for (const name of ["brand", "model", "locale", "version", "zone"]) fillSelect($(`select[name=${name}]`, form), data.choices[name]);
+      $("#devices-count").textContent = `(${data.matched} of ${data.total})`;
+      fillTable(table, data.devices.map((d) => el("tr", {},
+        el("td", { text: d.mac || (d.serial ? "serial " + d.serial : d.identity) }),
+        el("td", { text: `${dash(d.brand)} ${dash(d.model)} ${dash(d.revision)}` }),
+        el("td", { text: dash(d.locale) }), el("td", { text: dash(d.version) }),
+        el("td", { text: dash(d.approved_version) }), el("td", {}, badge(d.status)),
+        el("td", { text: dash(d.zone) }), el("td", { text: dash(d.address) }),
+        el("td", { text: when(d.last_seen) }))),
+        data.total ? "No device matches the filters." : "No phone has checked in yet.");
+    }
+    async function charts() {
+      for (const [box, path] of [["#versions-chart", "/api/charts/versions.svg"], ["#checkins-chart", "/api/charts/checkins.svg"]]) {
+        try {
+          const response = await fetch(path, { credentials: "same-origin" });
+          if (response.ok) {
+            const svg = new DOMParser().parseFromString(await response.text(), "image/svg+xml").documentElement;
+            $(box).replaceChildren(document.importNode(svg, true));
+          }
+        } catch (e) { /* keep the chart the page came with */ }
+      }
+    }
+    form.addEventListener("change", load);
+    form.addEventListener("input", (e) => { if (e.target.type === "search") load(); });
+    form.addEventListener("reset", () => setTimeout(load, 0));
+    form.addEventListener("submit", (e) => { e.preventDefault(); load(); });
+    $("#refresh-devices").addEventListener("click", () => { load(); charts(); });
+    load();
+  }
+
+  // -- Activity ---------------------------------------------------------------------------
+
+  function describeChange(before, after) {
+    if (before && after && typeof before === "object" && typeof after === "object") {
+      const keys = [...new Set([...Object.keys(before), ...Object.keys(after)])];
+      const parts = keys.filter((k) => JSON.stringify(before[k]) !== JSON.stringify(after[k]))
+        .map((k) => `${k} ${dash(before[k])} → ${dash(after[k])}`);
+      return parts.join(", ") || "no change";
+    }
+    const pairs = (value) => (value && typeof value === "object" && !Array.isArray(value)
+      ? Object.entries(value).map(([k, v]) => `${k} ${Array.isArray(v) && v.length > 3 ? v.length + " entries"
+        : typeof v === "object" && v !== null ? JSON.stringify(v) : dash(v)}`).join(", ")
+      : JSON.stringify(value));
+    if (after !== null && after !== undefined) return pairs(after);
+    if (before !== null && before !== undefined) return "was " + pairs(before);
+    return "";
+  }
+
+  function setupActivity() {
+    async function load() {
+      let data;
+      try { data = await api("GET", "/api/activity?limit=100"); } catch (e) { toast(e.message, true); return; }
+      fillTable($("#events"), data.events.map((e) => el("tr", {},
+        el("td", { text: when(e.at) }), el("td", { text: e.actor }), el("td", { text: e.action }),
+        el("td", { text: e.target }), el("td", { class: "change", text: describeChange(e.before, e.after) }))),
+        "Nothing has happened yet.");
+      fillTable($("#device-events"), data.device_events.map((d) => el("tr", {},
+        el("td", { text: when(d.at) }), el("td", { text: d.mac || d.serial || "–" }),
+        el("td", { text: `${d.brand} ${d.model} ${d.locale}` }), el("td", { text: dash(d.reported) }),
+        el("td", { text: dash(d.offered) }), el("td", { text: d.address }))),
+        "No phone has checked in yet.");
+    }
+    $("#refresh-activity").addEventListener("click", load);
+    load();
+  }
+
+  // -- start ------------------------------------------------------------------------------
+
+  const PAGES = {
+    login: setupLogin, updates: setupUpdates, upload: setupUpload,
+    "test-devices": setupTestDevices, devices: setupDevices, activity: setupActivity,
+  };
+  document.addEventListener("DOMContentLoaded", () => {
+    setupLogout();
+    const setup = PAGES[document.body.dataset.page];
+    if (setup) setup();
+  });
+})();

@@ -1,0 +1,74 @@
+"""The Control Panel alone, as a process: `python tests/browser/server.py --data-dir D`.
+
+Builds the admin site with `make_admin_site` and listens the way `serve` does (a
+`SharedPortServer` with TLS profile `modern`), on 127.0.0.1 port 0. Prints one JSON line
+(port, CA file, server certificate, FQDN) once it listens; SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor as default_reactor
+from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from appliance.admin import AdminSettings, make_admin_site
+from appliance.certs import ensure_test_certificates
+from appliance.config import Address, TlsProfile, load_config
+from appliance.service import Listener, SharedPortServer
+from appliance.store import Store
+from appliance.tls import context_factory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--max-upload", type=int, default=AdminSettings.max_upload_bytes)
+    parser.add_argument("--max-failures", type=int, default=AdminSettings.max_failures)
+    parser.add_argument("--lockout", type=float, default=AdminSettings.lockout_seconds)
+    parser.add_argument("--fqdn", help="the name the certificate carries (default: the config's)")
+    args = parser.parse_args()
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    reactor: Any = default_reactor
+    config = load_config(None, args.data_dir)
+    if args.fqdn:
+        service = dataclasses.replace(config.service, internal_fqdn=args.fqdn)
+        config = dataclasses.replace(config, service=service)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store.open(config.db_path)
+    creds = ensure_test_certificates(config.tls_dir, config.server_names())
+    settings = AdminSettings(
+        max_upload_bytes=args.max_upload,
+        max_failures=args.max_failures,
+        lockout_seconds=args.lockout,
+    )
+    site = make_admin_site(config, store, lambda: datetime.now(UTC), reactor, settings=settings)
+    # the wiring `serve` uses (appliance/service.py)
+    listener = Listener("admin", Address("127.0.0.1", 0), "https", TlsProfile.MODERN, False)
+    tls: Any = context_factory(creds, TlsProfile.MODERN)
+    server = SharedPortServer(listener, TLSMemoryBIOFactory(tls, False, site), reactor)
+    server.startService()
+    port = server._port.getHost().port
+    print(
+        json.dumps(
+            {
+                "port": port,
+                "ca": str(creds.ca_file),
+                "cert": str(creds.cert_file),
+                "fqdn": config.internal_fqdn,
+            }
+        ),
+        flush=True,
+    )
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()

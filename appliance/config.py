@@ -94,6 +94,15 @@ def _extension(text: str) -> str:
     return text.lower()
 
 
+def _within(low: int, high: int) -> Any:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low} to {high}, got {value}")
+        return value
+
+    return check
+
+
 def _positive(value: int | float) -> int | float:
     if value <= 0:
         raise ValueError(f"must be greater than 0, got {value}")
@@ -255,7 +264,8 @@ class DnsSettings:
     upstreams: tuple[Address, ...] = ()
     ttl: int = field(default=300, metadata={"check": _positive})
     rrl_responses_per_second: int = field(default=50, metadata={"check": _positive})
-    rrl_slip: int = 2  # every Nth dropped answer goes out truncated (TC), 0: never
+    # every Nth dropped answer goes out truncated (TC), 0: never
+    rrl_slip: int = field(default=2, metadata={"check": _within(0, 100)})
     max_tcp_connections: int = field(default=256, metadata={"check": _positive})
     tcp_idle_timeout: float = field(default=10.0, metadata={"check": _positive})
     cache_entries: int = field(default=10_000, metadata={"check": _positive})
@@ -273,7 +283,7 @@ class DhcpSettings:
     web_fqdn: str | None = field(default=None, metadata={"check": _fqdn})  # default: internal
     web_port: int = field(default=443, metadata={"check": _positive})
     cert_prov_path: str = "/CertProv/CertProvisioningService.svc"
-    voice_vlan: int | None = field(default=None, metadata={"check": _positive})
+    voice_vlan: int | None = field(default=None, metadata={"check": _within(1, 4094)})
 
 
 def _syslog_target(text: str) -> str:
@@ -289,7 +299,7 @@ class SyslogSettings:
     enabled: bool = False
     target: str = field(default="local", metadata={"check": _syslog_target})  # /dev/log
     app_name: str = "ucupdates"
-    facility: int = 16  # local0
+    facility: int = field(default=16, metadata={"check": _within(0, 23)})  # 16: local0
     hostname: str | None = None  # default: the host name
     cert_warn_days: int = field(default=30, metadata={"check": _positive})
 

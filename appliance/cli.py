@@ -8,12 +8,9 @@ that cannot be imported (EX_DATAERR); 78 a configuration error (EX_CONFIG).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import getpass
 import json
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -37,24 +34,16 @@ from .catalogue import (
     remove_user,
     set_password,
 )
-from .config import Address, Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config
 from .decision import choose_update
+from .exits import EX_CONFIG, EX_DATAERR, EX_FAILED, EX_USAGE, Failure
 from .identifiers import InvalidIdentifier, normalise_mac, normalise_serial
 from .importer import ImportResult, PackageError, import_package
 from .lifecycle import Action
 from .model import DeviceRequest, Rule, RuleState
 from .sample import DEFAULT_IMAGE_SIZE, DEFAULT_VERSION, make_sample_package
+from .serving import reload, serve
 from .store import RuleFilter, Store, StoreError
-
-EX_FAILED, EX_USAGE, EX_DATAERR, EX_CONFIG = 1, 2, 65, 78
-
-
-class _Failure(Exception):
-    """Ends the command with a message and an exit status."""
-
-    def __init__(self, message: str, status: int = EX_FAILED) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _table(rows: Sequence[Sequence[object]], headers: Sequence[str], out: TextIO) -> None:
@@ -271,7 +260,7 @@ def open_store(config: Config) -> Store:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store.open(config.db_path)
     except OSError as e:
-        raise _Failure(f"cannot use data folder {config.data_dir}: {e.strerror}") from e
+        raise Failure(f"cannot use data folder {config.data_dir}: {e.strerror}") from e
     swept = recover(store, config.store_dir, config.staging_dir, config.lock_path)
     if swept:
         print(
@@ -324,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 forward_new_events(config, store, since)
             store.close()
-    except _Failure as e:
+    except Failure as e:
         print(f"ucupdates: {e}", file=sys.stderr)
         return e.status
     except PackageError as e:
@@ -346,20 +335,20 @@ def _dhcp_options(args: argparse.Namespace) -> int:
     from .dhcp_options import DhcpOptionError, dhcp_options_command
 
     if not args.decode and not args.sip_server:
-        raise _Failure("give --sip-server FQDN (repeatable), or --decode HEX", EX_USAGE)
+        raise Failure("give --sip-server FQDN (repeatable), or --decode HEX", EX_USAGE)
     try:
         print(
             dhcp_options_command(args.sip_server, args.web_fqdn, args.port, args.vlan, args.decode),
             end="",
         )
     except DhcpOptionError as e:
-        raise _Failure(str(e)) from e
+        raise Failure(str(e)) from e
     return 0
 
 
 def _make_sample(args: argparse.Namespace) -> int:
     if args.image_size < 1:
-        raise _Failure("--image-size must be at least 1 byte", EX_USAGE)
+        raise Failure("--image-size must be at least 1 byte", EX_USAGE)
     updates = make_sample_package(args.out, args.package_version, args.image_size)
     print(f"wrote {args.out}: {len(updates)} device updates, version {args.package_version}")
     return 0
@@ -517,10 +506,10 @@ def _read_password(args: argparse.Namespace) -> str:
         password = line[:-1] if line.endswith("\n") else line
         return password.removesuffix("\r")
     if not sys.stdin.isatty():
-        raise _Failure("no terminal to ask for the password: use --password-stdin", EX_USAGE)
+        raise Failure("no terminal to ask for the password: use --password-stdin", EX_USAGE)
     first = getpass.getpass("password: ")
     if getpass.getpass("again: ") != first:
-        raise _Failure("the passwords differ; nothing changed")
+        raise Failure("the passwords differ; nothing changed")
     return first
 
 
@@ -530,7 +519,7 @@ def _user(args: argparse.Namespace, config: Config, store: Store, actor: str) ->
         print(f"user {name} added")
     elif args.user_command == "passwd":
         if store.user(args.name) is None:
-            raise _Failure(f"no user {args.name!r}")
+            raise Failure(f"no user {args.name!r}")
         set_password(store, args.name, _read_password(args), actor)
         print(f"password of {args.name} changed")
     elif args.user_command == "remove":
@@ -599,146 +588,9 @@ def _explain(args: argparse.Namespace, config: Config, store: Store, actor: str)
     return 0
 
 
-def _serve(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
-    from twisted.internet import reactor as default_reactor
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        jsonFileLogObserver,
-        textFileLogObserver,
-    )
-
-    from .certs import CertError
-    from .sample import sample_check
-    from .service import make_service
-
-    reactor: Any = default_reactor
-    observer: Any = (
-        jsonFileLogObserver(sys.stderr)
-        if args.log_format == "json"
-        else textFileLogObserver(sys.stderr)
-    )
-    predicate: Any = LogLevelFilterPredicate(LogLevel.info)
-    filtered: Any = FilteringLogObserver(observer, [predicate])
-    from .syslog import SyslogError, make_syslog_observer
-
-    try:
-        syslog_observer = make_syslog_observer(config, reactor)
-    except SyslogError as e:
-        raise _Failure(str(e), EX_CONFIG) from e
-    observers: list[Any] = [filtered]
-    if syslog_observer is not None:
-        observers.append(syslog_observer)
-        reactor.addSystemEventTrigger("after", "shutdown", syslog_observer.close)
-    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
-    if args.workers < 1:
-        raise _Failure("--workers must be at least 1", EX_USAGE)
-    for bind in args.bind:  # a worker started by the first process: the same ports
-        name, _, where = bind.partition("=")
-        config = dataclasses.replace(
-            config,
-            listeners=dataclasses.replace(
-                config.listeners, **{name.replace("-", "_"): Address.parse(where)}
-            ),
-        )
-    try:
-        root = make_service(config, reactor, store, first_worker=not args.bind)
-        root.startService()
-    except CertError as e:
-        raise _Failure(f"certificate: {e}", EX_CONFIG) from e
-    except ConfigError as e:
-        raise _Failure(str(e), EX_CONFIG) from e
-    except Exception as e:  # a port in use, an address not on this host...
-        raise _Failure(f"cannot start: {e}") from e
-    reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
-    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(root.reload))
-    if args.bind:
-        _follow_parent(reactor)
-        reactor.run()
-        return 0
-    if args.workers > 1:
-        _start_workers(reactor, config, args, root.ports)
-    check = config.data_dir / "sample" / "check.xml"
-    check.parent.mkdir(parents=True, exist_ok=True)
-    check.write_bytes(sample_check())
-    host, port = root.ports["internal-https"]
-    fqdn = config.internal_fqdn
-    creds = root.credentials
-    pid_file = config.data_dir / "ucupdates.pid"
-    pid_file.write_text(f"{os.getpid()}\n")
-    reactor.addSystemEventTrigger("after", "shutdown", pid_file.unlink, missing_ok=True)
-    print("ucupdates is serving:")
-    listening = dict(root.ports)
-    if root.dns is not None:
-        listening.update(root.dns.ports)
-    for name, (bound_host, bound_port) in listening.items():
-        print(f"  {name:15} {bound_host}:{bound_port}")
-    if creds is not None and creds.ca_file is not None:
-        print(f"phones must trust the CA certificate {creds.ca_file}")
-    print(f"point a phone at https://{fqdn}:{port}/ (DNS name {fqdn} -> this host)")
-    print("try an update check as a Polycom CX600 would send it:")
-    ca = f"--cacert {creds.ca_file} " if creds is not None and creds.ca_file else "-k "
-    print(
-        f"  curl {ca}--resolve {fqdn}:{port}:{host} -H 'Content-Type: text/xml' "
-        f"--data-binary @{check} https://{fqdn}:{port}/RequestHandler/ucdevice.upx"
-    )
-    sys.stdout.flush()
-    reactor.run()
-    return 0
-
-
-def _reload(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
-    pid_file = config.data_dir / "ucupdates.pid"
-    try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError) as e:
-        raise _Failure(f"no running service found for {config.data_dir} ({e})") from e
-    print(f"asked process {pid} to reload")
-    return 0
-
-
-def _start_workers(
-    reactor: Any, config: Config, args: argparse.Namespace, ports: dict[str, tuple[str, int]]
-) -> None:
-    """N-1 more processes that bind the same ports (SO_REUSEPORT); stopped with this one."""
-    argv = [sys.executable, "-m", "appliance", "--data-dir", str(config.data_dir)]
-    if config.source is not None:
-        argv += ["--config", str(config.source)]
-    argv += ["serve", "--log-format", args.log_format]
-    argv += [f"--bind={name}={Address(host, port)}" for name, (host, port) in ports.items()]
-    workers = [subprocess.Popen(argv) for _ in range(args.workers - 1)]
-
-    def stop_workers() -> None:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            try:
-                worker.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-
-    reactor.addSystemEventTrigger("before", "shutdown", stop_workers)
-
-
-def _follow_parent(reactor: Any) -> None:
-    """A worker stops when the process that started it is gone."""
-    from twisted.internet.task import LoopingCall
-
-    parent = os.getppid()
-
-    def check() -> None:
-        if os.getppid() != parent:
-            reactor.stop()
-
-    LoopingCall(check).start(1.0, now=False)
-
-
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Config, Store, str], int]] = {
-    "serve": _serve,
-    "reload": _reload,
+    "serve": serve,
+    "reload": reload,
     "import": _import,
     "rules": _rules,
     "clean-files": _clean_files,

@@ -28,8 +28,6 @@ from typing import Any, Protocol
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
-from ldap3 import NONE, SIMPLE, Connection, Server, Tls
-from ldap3.utils.dn import escape_rdn
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -205,6 +203,8 @@ class LdapDirectory:
             ca_file = settings.ca_file
             if ca_file is not None and not ca_file.is_file():
                 raise AuthError(f"auth.ldap.ca_file {str(ca_file)!r} is not a file")
+            from ldap3 import Tls  # ldap3 loads only where LDAP is configured
+
             self._tls = Tls(
                 validate=ssl.CERT_REQUIRED,
                 ca_certs_file=str(ca_file) if ca_file else None,
@@ -217,6 +217,8 @@ class LdapDirectory:
             )
 
     def bind_name(self, username: str) -> str:
+        from ldap3.utils.dn import escape_rdn
+
         return self._template.replace("{user}", escape_rdn(username) if self._dn else username)
 
     def verify(self, username: str, password: str) -> bool:
@@ -235,6 +237,8 @@ class LdapDirectory:
             return False
 
     def _bind(self, username: str, password: str) -> bool:
+        from ldap3 import NONE, SIMPLE, Connection, Server
+
         server = Server(
             self._host,
             port=self._port,

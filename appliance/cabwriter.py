@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from .cab import ATTR_NAME_IS_UTF, checksum
+from ._cab_format import _FILE, _FOLDER, _HEADER, ATTR_NAME_IS_UTF, checksum
 
 __all__ = ["CabEntry", "CabWriteError", "write_cab"]
 
@@ -30,9 +30,6 @@ _LEVEL = 6
 _THREADS = min(4, os.cpu_count() or 1)  # zlib releases the GIL: blocks compress in parallel
 _MAX_BLOCKS = 0xFFFF  # CFFOLDER.cCFData is 16 bits
 _ATTR_ARCHIVE = 0x20
-_HEADER = struct.Struct("<4sIIIIIBBHHHHH")
-_FOLDER = struct.Struct("<IHH")
-_FILE = struct.Struct("<IIHHHH")
 _TYPE = {"none": 0, "mszip": 1}
 _Bytes = bytes | bytearray | memoryview
 
@@ -56,8 +53,9 @@ def write_cab(out: Path, entries: Sequence[CabEntry], *, compression: str = "msz
     names = [_encode_name(e.name) for e in entries]
     total = sum(e.size for e in entries)
     if any(e.size < 0 for e in entries) or total > _MAX_BLOCKS * _BLOCK:
-        raise CabWriteError(f"{total} bytes do not fit in one cabinet folder "
-                            f"(at most {_MAX_BLOCKS * _BLOCK})")
+        raise CabWriteError(
+            f"{total} bytes do not fit in one cabinet folder (at most {_MAX_BLOCKS * _BLOCK})"
+        )
 
     folder_at = _HEADER.size
     coff_files = folder_at + _FOLDER.size
@@ -90,11 +88,13 @@ def write_cab(out: Path, entries: Sequence[CabEntry], *, compression: str = "msz
                         break
                     blocks.feed(chunk)
                 if produced > entry.size:
-                    raise CabWriteError(f"{entry.name!r} produced more than its size of "
-                                        f"{entry.size} bytes")
+                    raise CabWriteError(
+                        f"{entry.name!r} produced more than its size of {entry.size} bytes"
+                    )
                 if produced < entry.size:
-                    raise CabWriteError(f"{entry.name!r} produced {produced} bytes, but its "
-                                        f"size is {entry.size}")
+                    raise CabWriteError(
+                        f"{entry.name!r} produced {produced} bytes, but its size is {entry.size}"
+                    )
             blocks.finish()
             size = f.tell()
             f.seek(8)

@@ -16,7 +16,7 @@ from twisted.application import internet, service
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from .admin import make_admin_site
+from .admin.site import make_admin_site
 from .auth import Authenticator, LdapDirectory, LocalDirectory
 from .certs import ServerCredentials, ensure_test_certificates, installed_pair, load_credentials
 from .config import Address, AuthBackend, Config, TlsProfile

@@ -355,7 +355,7 @@ def test_answers_from_config_with_everything(tmp_path: Path) -> None:
     ("body", "message"),
     [
         ("enabled = true\n", "dhcp.sip_servers"),
-        ('enabled = true\nsip_servers = ["sip.contoso.com"]\nvoice_vlan = 5000\n', "from 1 to 4094"),
+        ('enabled = true\nsip_servers = ["sip.contoso.com"]\nvoice_vlan = 5000\n', "1 to 4094"),
         ('enabled = true\nsip_servers = ["sip.contoso.com"]\nlisten = "[::1]:67"\n', "IPv4"),
     ],
 )

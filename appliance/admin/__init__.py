@@ -5,7 +5,5 @@ composition root wraps it in TLS (profile `modern`). `cli` has the `admin` comma
 `remote` drives a remote appliance through the API (`--server URL`).
 """
 
-from .settings import AdminSettings
-from .site import make_admin_site
-
-__all__ = ["AdminSettings", "make_admin_site"]
+# Nothing is imported here: `ucupdates` commands import `admin.cli` and `admin.remote`
+# without loading the web site (`admin.site`), which only `serve` needs.

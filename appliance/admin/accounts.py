@@ -6,6 +6,7 @@ argon2id hashes (`appliance.auth`). Changes go to the event log like every admin
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,8 +18,13 @@ from .settings import AdminSettings
 
 MIN_PASSWORD = 8
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
 # Verified when the name is unknown, so that an unknown name takes as long as a wrong password.
-_DUMMY_HASH = hash_password("not a real password, only for timing")
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to spend the same time on for unknown accounts (made on first use)."""
+    return hash_password("not a real password, only for timing")
 
 
 def iso(t: datetime) -> str:
@@ -129,7 +135,7 @@ def _existing(store: Store, name: str) -> AdminAccount:
 def password_matches(account: AdminAccount | None, password: str) -> bool:
     """The slow part of a login (argon2id): run it off the reactor thread."""
     if account is None:
-        verify_password(_DUMMY_HASH, password)
+        verify_password(_dummy_hash(), password)
         return False
     return verify_password(account.password_hash, password)
 

@@ -19,7 +19,8 @@ from twisted.internet import reactor as default_reactor
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from appliance.admin import AdminSettings, make_admin_site
+from appliance.admin.settings import AdminSettings
+from appliance.admin.site import make_admin_site
 from appliance.certs import ensure_test_certificates
 from appliance.config import Address, TlsProfile, load_config
 from appliance.service import Listener, SharedPortServer

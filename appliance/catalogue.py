@@ -12,8 +12,9 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from . import lifecycle
 from .identifiers import normalise_mac, normalise_serial
@@ -31,6 +32,28 @@ class RuleChange:
     before: Rule
     after: Rule | None  # None: removed
     skipped: str | None = None  # why the action did not apply to this rule
+
+
+def rule_json(r: Rule) -> dict[str, Any]:
+    """A rule as `rules --json` and the Control Panel API show it."""
+    return {
+        "id": r.id,
+        **asdict(r.key),
+        "approved_version": r.approved_version,
+        "pending_version": r.pending_version,
+        "restore_version": r.restore_version,
+        "state": r.state.value,
+        "updated_at": r.updated_at,
+    }
+
+
+def change_json(c: RuleChange) -> dict[str, Any]:
+    return {
+        "rule_id": c.before.id,
+        "before": rule_json(c.before),
+        "after": None if c.after is None else rule_json(c.after),
+        "skipped": c.skipped,
+    }
 
 
 @contextmanager

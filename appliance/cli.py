@@ -27,11 +27,13 @@ from .catalogue import (
     add_test_device,
     add_user,
     apply_action,
+    change_json,
     clean_files,
     parse_identifier,
     recover,
     remove_test_device,
     remove_user,
+    rule_json,
     set_password,
 )
 from .config import Config, ConfigError, load_config
@@ -83,18 +85,6 @@ def _rule_row(r: Rule) -> list[object]:
         r.restore_version,
         r.state.value,
     ]
-
-
-def _rule_json(r: Rule) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        **asdict(r.key),
-        "approved_version": r.approved_version,
-        "pending_version": r.pending_version,
-        "restore_version": r.restore_version,
-        "state": r.state.value,
-        "updated_at": r.updated_at,
-    }
 
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
@@ -415,7 +405,7 @@ def _import_json(result: ImportResult) -> dict[str, Any]:
 def _rules(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
     rules = store.rules(_filter(args))
     if args.json:
-        print(json.dumps([_rule_json(r) for r in rules], indent=2))
+        print(json.dumps([rule_json(r) for r in rules], indent=2))
     elif rules:
         _table([_rule_row(r) for r in rules], _RULE_HEADERS, sys.stdout)
     else:
@@ -427,7 +417,7 @@ def _rule_action(action: Action) -> Callable[[argparse.Namespace, Config, Store,
     def run(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
         changes = apply_action(store, action, _filter(args), actor)
         if args.json:
-            print(json.dumps([_change_json(c) for c in changes], indent=2))
+            print(json.dumps([change_json(c) for c in changes], indent=2))
         else:
             for c in changes:
                 print(_change_line(action, c))
@@ -456,14 +446,6 @@ def _change_line(action: Action, c: RuleChange) -> str:
 
 
 _DONE = {Action.APPROVE: "approved", Action.RESET: "reset", Action.RESTORE: "restored"}
-
-
-def _change_json(c: RuleChange) -> dict[str, Any]:
-    return {
-        "before": _rule_json(c.before),
-        "after": None if c.after is None else _rule_json(c.after),
-        "skipped": c.skipped,
-    }
 
 
 def _clean_files(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:

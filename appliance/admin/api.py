@@ -25,12 +25,13 @@ from twisted.web import server
 
 from ..catalogue import (
     CatalogueError,
-    RuleChange,
     add_test_device,
     apply_action,
+    change_json,
     clean_files,
     parse_identifier,
     remove_test_device,
+    rule_json,
 )
 from ..config import Config
 from ..identifiers import InvalidIdentifier
@@ -528,27 +529,6 @@ class Api:
 
 
 # -- JSON shapes (the schemas of openapi.json) ---------------------------------------------------
-
-
-def rule_json(r: Rule) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        **asdict(r.key),
-        "approved_version": r.approved_version,
-        "pending_version": r.pending_version,
-        "restore_version": r.restore_version,
-        "state": r.state.value,
-        "updated_at": r.updated_at,
-    }
-
-
-def change_json(c: RuleChange) -> dict[str, Any]:
-    return {
-        "rule_id": c.before.id,
-        "before": rule_json(c.before),
-        "after": None if c.after is None else rule_json(c.after),
-        "skipped": c.skipped,
-    }
 
 
 def impact_json(impact: Impact) -> dict[str, Any]:

@@ -253,7 +253,7 @@ def recover_locked(store: Store, store_dir: Path, staging_dir: Path) -> tuple[Pa
 
 
 def add_user(store: Store, name: str, password: str, actor: str) -> str:
-    from .auth import hash_password, validate_password, validate_user_name
+    from .passwords import hash_password, validate_password, validate_user_name
 
     name = validate_user_name(name)
     password_hash = hash_password(validate_password(password))
@@ -264,7 +264,7 @@ def add_user(store: Store, name: str, password: str, actor: str) -> str:
 
 
 def set_password(store: Store, name: str, password: str, actor: str) -> None:
-    from .auth import hash_password, validate_password
+    from .passwords import hash_password, validate_password
 
     password_hash = hash_password(validate_password(password))
     with store.transaction():

@@ -20,7 +20,6 @@ from typing import Any, TextIO
 from . import __version__
 from .admin.cli import add_admin_parser, run_admin
 from .admin.remote import RemoteError, add_remote_arguments, credentials, run_remote
-from .auth import AuthError
 from .catalogue import (
     CatalogueError,
     RuleChange,
@@ -43,6 +42,7 @@ from .identifiers import InvalidIdentifier, normalise_mac, normalise_serial
 from .importer import ImportResult, PackageError, import_package
 from .lifecycle import Action
 from .model import DeviceRequest, Rule, RuleState
+from .passwords import AuthError
 from .sample import DEFAULT_IMAGE_SIZE, DEFAULT_VERSION, make_sample_package
 from .serving import reload, serve
 from .store import RuleFilter, Store, StoreError

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from ..auth import AuthError, hash_password, validate_password, verify_password
+from ..passwords import AuthError, hash_password, validate_password, verify_password
 from ..store import AdminAccount, DuplicateError, Store, StoreError
 from .settings import AdminSettings
 

@@ -16,20 +16,22 @@ from twisted.internet import defer
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from appliance.auth import (
-    ARGON2_MEMORY_KIB,
-    ARGON2_TIME_COST,
     Authenticator,
-    AuthError,
     AuthResult,
     LocalDirectory,
     ThreadPoolRunner,
-    hash_password,
     parse_basic,
+)
+from appliance.config import AuthSettings
+from appliance.passwords import (
+    ARGON2_MEMORY_KIB,
+    ARGON2_TIME_COST,
+    AuthError,
+    hash_password,
     validate_password,
     validate_user_name,
     verify_password,
 )
-from appliance.config import AuthSettings
 from appliance.store import DuplicateError, Store, StoreError
 
 SETTINGS = AuthSettings(cache_seconds=60, max_failures=3, failure_window=100, lockout_seconds=300)

@@ -305,6 +305,28 @@ class SyslogSettings:
 
 
 @dataclass(frozen=True)
+class AdminSettings:
+    """The Control Panel (listeners.admin): sessions, lockout and request limits."""
+
+    # A session ends after this long without a request, and in any case this long after login.
+    session_idle_seconds: float = field(default=30 * 60, metadata={"check": _positive})
+    session_max_seconds: float = field(default=12 * 3600, metadata={"check": _positive})
+    # A session's last-seen time is written at most this often (one write, not one a request).
+    session_touch_seconds: float = field(default=60, metadata={"check": _positive})
+    # This many wrong passwords within the window lock the account (and, counted
+    # separately, the client address) for lockout_seconds.
+    max_failures: int = field(default=5, metadata={"check": _positive})
+    failure_window_seconds: float = field(default=15 * 60, metadata={"check": _positive})
+    lockout_seconds: float = field(default=15 * 60, metadata={"check": _positive})
+    # Request bodies: JSON requests, and package uploads (streamed to disk).
+    max_json_bytes: int = field(default=64 * 1024, metadata={"check": _positive})
+    max_upload_bytes: int = field(default=1024 * 1024 * 1024, metadata={"check": _positive})
+    # An upload may take this long to arrive (other requests: service.request_timeout).
+    upload_timeout_seconds: float = field(default=3600, metadata={"check": _positive})
+    max_connections: int = field(default=256, metadata={"check": _positive})
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("var")
     domains: tuple[str, ...] = field(default=("example.com",), metadata={"check": _domain})
@@ -318,6 +340,7 @@ class Config:
     dns: DnsSettings = DnsSettings()
     dhcp: DhcpSettings = DhcpSettings()
     syslog: SyslogSettings = SyslogSettings()
+    admin: AdminSettings = AdminSettings()
     source: Path | None = field(default=None, metadata={"internal": True})
 
     @property

@@ -198,7 +198,7 @@ def make_admin_site(
     """The admin listener's `twisted.web.server.Site` (a protocol factory): the Control
     Panel's pages and JSON API, and `/health` when `appliance.health` provides it. Wrap it in
     TLS with profile `modern`. `service` (the ApplianceService) lets /health report on it."""
-    settings = settings or AdminSettings()
+    settings = settings or config.admin
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from . import __version__
 from .admin.cli import add_admin_parser, run_admin
@@ -39,7 +39,7 @@ from .config import Config, ConfigError, load_config
 from .decision import choose_update
 from .exits import EX_CONFIG, EX_DATAERR, EX_FAILED, EX_USAGE, Failure
 from .identifiers import InvalidIdentifier, normalise_mac, normalise_serial
-from .importer import ImportResult, PackageError, import_package
+from .importer import PackageError, import_json, import_package
 from .lifecycle import Action
 from .model import DeviceRequest, Rule, RuleState
 from .passwords import AuthError
@@ -347,7 +347,7 @@ def _make_sample(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
     result = import_package(store, config, args.package, actor)
     if args.json:
-        print(json.dumps(_import_json(result), indent=2))
+        print(json.dumps(import_json(result), indent=2))
         return 0
     print(
         f"{result.package}: {len(result.updates)} device update(s), "
@@ -378,28 +378,6 @@ def _import(args: argparse.Namespace, config: Config, store: Store, actor: str) 
     else:
         print("nothing changed: this package was imported already")
     return 0
-
-
-def _import_json(result: ImportResult) -> dict[str, Any]:
-    return {
-        "package": result.package,
-        "sha256": result.sha256,
-        "size": result.size,
-        "changed": result.changed,
-        "written_bytes": result.written_bytes,
-        "ignored": list(result.ignored),
-        "updates": [
-            {
-                "rule_id": r.rule_id,
-                **asdict(r.key),
-                "version": r.version,
-                "files": r.files,
-                "bytes": r.bytes,
-                "outcome": r.outcome.value,
-            }
-            for r in result.updates
-        ],
-    }
 
 
 def _rules(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:

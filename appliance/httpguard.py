@@ -116,18 +116,23 @@ class GuardedChannel(http.HTTPChannel):
             self._deadline.cancel()
         self._deadline = None
 
+    def rejection_body(self, rejection: Rejection) -> tuple[bytes, bytes, list[bytes]]:
+        """Content type, body and extra header lines of a refusal (subclasses change it)."""
+        return b"text/plain; charset=utf-8", rejection.reason.encode("utf-8", "replace") + b"\n", []
+
     def reject(self, rejection: Rejection) -> None:
         """Answer now, ignore whatever else the client sends, and close."""
         if self._rejected:
             return
         self._rejected = True
         self._cancel_deadline()
-        body = rejection.reason.encode("utf-8", "replace") + b"\n"
+        content_type, body, extra = self.rejection_body(rejection)
         phrase = http.RESPONSES.get(rejection.status, b"Error")
         head = [
             b"HTTP/1.1 %d %s" % (rejection.status, phrase),
-            b"Content-Type: text/plain; charset=utf-8",
+            b"Content-Type: " + content_type,
             b"Content-Length: %d" % len(body),
+            *extra,
             b"Connection: close",
         ]
         head += [name + b": " + value for name, value in rejection.headers]

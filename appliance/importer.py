@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from . import lifecycle
 from .cab import CabError, Cabinet, CabLimits, ExtractedMember, open_package
@@ -70,6 +71,30 @@ class ImportResult:
     @property
     def changed(self) -> bool:
         return any(u.outcome is not Outcome.UNCHANGED for u in self.updates)
+
+
+def import_json(result: ImportResult) -> dict[str, Any]:
+    """An import's result as `import --json` and the Control Panel API show it."""
+    return {
+        "package": result.package,
+        "sha256": result.sha256,
+        "size": result.size,
+        "changed": result.changed,
+        "written_bytes": result.written_bytes,
+        "ignored": list(result.ignored),
+        "updates": [
+            {
+                "rule_id": u.rule_id,
+                **dataclasses.asdict(u.key),
+                "version": u.version,
+                "files": u.files,
+                "bytes": u.bytes,
+                "outcome": u.outcome.value,
+                "previous_pending": u.previous_pending,
+            }
+            for u in result.updates
+        ],
+    }
 
 
 def _no_checkpoint(_: str) -> None:

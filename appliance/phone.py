@@ -14,7 +14,7 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -29,7 +29,7 @@ from .config import Config
 from .decision import Decision, choose_update, is_test_device
 from .httpguard import GuardedRequest, Rejection
 from .model import Catalog, DeviceRequest, Zone
-from .store import Device, Store, StoredFile
+from .store import Device, Store, StoredFile, iso_utc
 from .upx import CONTENT_TYPE, BaseUrls, CheckError, audit_line, parse_check, render_response
 from .zones import client_address, zone_of
 
@@ -245,7 +245,7 @@ class PhoneService:
         )
         self._write_audit(now, audit_line(now, client, request, decision))
         identity = request.mac or (f"serial:{request.serial}" if request.serial else f"ip:{client}")
-        stamp = now.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        stamp = iso_utc(now)
         self._inventory[identity] = Device(
             identity=identity,
             mac=request.mac,

@@ -49,7 +49,8 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _iso(t: datetime) -> str:
+def iso_utc(t: datetime) -> str:
+    """The stored form of a time: `2013-04-02T09:30:00Z`."""
     return t.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -217,7 +218,7 @@ class Store:
         self._conn.close()
 
     def now(self) -> str:
-        return _iso(self._clock())
+        return iso_utc(self._clock())
 
     # -- schema -------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from ..catalogue import (
 )
 from ..config import Config
 from ..identifiers import InvalidIdentifier
-from ..importer import ImportResult, PackageError, import_package
+from ..importer import ImportResult, PackageError, import_json, import_package
 from ..lifecycle import Action
 from ..model import Rule, RuleState, TestDevice
 from ..store import DuplicateError, Event, RuleFilter, Store, StoreError
@@ -542,29 +542,6 @@ def impact_json(impact: Impact) -> dict[str, Any]:
         "up_to_date_after": impact.up_to_date_after,
         "changed": impact.changed,
         "summary": impact.summary(),
-    }
-
-
-def import_json(result: ImportResult) -> dict[str, Any]:
-    return {
-        "package": result.package,
-        "sha256": result.sha256,
-        "size": result.size,
-        "changed": result.changed,
-        "written_bytes": result.written_bytes,
-        "ignored": list(result.ignored),
-        "updates": [
-            {
-                "rule_id": u.rule_id,
-                **asdict(u.key),
-                "version": u.version,
-                "files": u.files,
-                "bytes": u.bytes,
-                "outcome": u.outcome.value,
-                "previous_pending": u.previous_pending,
-            }
-            for u in result.updates
-        ],
     }
 
 

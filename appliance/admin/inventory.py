@@ -33,21 +33,9 @@ class Status(StrEnum):
 
 
 @dataclass(frozen=True)
-class DeviceRow:
-    identity: str
-    mac: str | None
-    serial: str | None
-    device_type: str | None
-    brand: str | None
-    model: str | None
-    revision: str | None
-    locale: str | None
-    version: str | None
-    zone: str | None
-    address: str | None
-    user_id: str | None
-    first_seen: str
-    last_seen: str
+class DeviceRow(Device):
+    """A device of the inventory, with what the catalogue says of it now."""
+
     approved_version: str | None
     offered_version: str | None  # what the device would be offered now
     status: Status

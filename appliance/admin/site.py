@@ -27,7 +27,7 @@ from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, resource, server
+from twisted.web import resource, server
 
 from ..config import Config
 from ..events import admin_log, emit_store_events, events_after, newest_event_id
@@ -95,29 +95,17 @@ class AdminChannel(GuardedChannel):
             self._deadline.reset(self.site.settings.upload_timeout_seconds)
 
     def reject(self, rejection: Rejection) -> None:
-        """As GuardedChannel.reject, with the API's JSON error body."""
-        if self._rejected:
-            return
-        self._rejected = True
-        self._cancel_deadline()
-        for request in self.requests:
-            if isinstance(request, AdminRequest):
-                request.discard_upload()
+        """As GuardedChannel.reject; a refused upload leaves nothing on disk."""
+        if not self._rejected:
+            for request in self.requests:
+                if isinstance(request, AdminRequest):
+                    request.discard_upload()
+        super().reject(rejection)
+
+    def rejection_body(self, rejection: Rejection) -> tuple[bytes, bytes, list[bytes]]:
+        """The API's JSON error body."""
         body = json.dumps({"error": rejection.reason}).encode() + b"\n"
-        phrase = http.RESPONSES.get(rejection.status, b"Error")
-        head = [
-            b"HTTP/1.1 %d %s" % (rejection.status, phrase),
-            b"Content-Type: application/json",
-            b"Content-Length: %d" % len(body),
-            b"Cache-Control: no-store",
-            b"Connection: close",
-        ]
-        head += [name + b": " + value for name, value in rejection.headers]
-        transport: Any = self.transport
-        transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
-        noop: Callable[..., None] = lambda *args: None  # noqa: E731
-        self.dataReceived = self.lineReceived = self.rawDataReceived = noop  # type: ignore[method-assign]
-        self.loseConnection()
+        return b"application/json", body, [b"Cache-Control: no-store"]
 
 
 class AdminSite(GuardedSite):

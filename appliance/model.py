@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import PurePosixPath
+from typing import Any
 
 RULE_KEY_FIELDS = ("device_type", "brand", "model", "revision", "locale", "update_type")
 
@@ -149,3 +150,102 @@ class Catalog:
 
     def files_for(self, key: RuleKey, version: str) -> tuple[UpdateFile, ...]:
         return self._files_by_update.get((key.folded(), version), ())
+
+
+@dataclass(frozen=True)
+class NewFile:
+    role: str  # 'image' or 'signature'
+    file_name: str
+    signature_name: str | None
+    path: PurePosixPath
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    key: RuleKey
+    version: str
+    role: str
+    file_name: str
+    signature_name: str | None
+    path: PurePosixPath
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    at: str
+    actor: str
+    action: str
+    target: str
+    before: Any
+    after: Any
+
+
+@dataclass(frozen=True)
+class Device:
+    identity: str
+    mac: str | None
+    serial: str | None
+    device_type: str | None
+    brand: str | None
+    model: str | None
+    revision: str | None
+    locale: str | None
+    version: str | None
+    zone: str | None
+    address: str | None
+    user_id: str | None
+    first_seen: str
+    last_seen: str
+
+
+@dataclass(frozen=True)
+class User:
+    """A local phone user (HTTP Basic on the external zone); password_hash is argon2id PHC."""
+
+    id: int
+    name: str
+    password_hash: str
+    created_at: str
+    updated_at: str
+    disabled: bool
+
+
+class Role(StrEnum):
+    """What a Control Panel account may do."""
+
+    ADMIN = "admin"  # may change everything
+    VIEWER = "viewer"  # may read everything, change nothing
+
+
+@dataclass(frozen=True)
+class AdminAccount:
+    """A Control Panel account; password_hash is argon2id."""
+
+    id: int
+    name: str
+    role: Role
+    password_hash: str
+    created_at: str
+    updated_at: str
+    failures: int
+    first_failure_at: str | None
+    locked_until: str | None
+    last_login_at: str | None
+
+
+@dataclass(frozen=True)
+class AdminSession:
+    """A server-side Control Panel session, found by the SHA-256 of its cookie token."""
+
+    token_hash: str
+    account_id: int
+    csrf_token: str
+    created_at: str
+    last_seen_at: str
+    expires_at: str
+    address: str | None

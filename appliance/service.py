@@ -16,18 +16,28 @@ from twisted.application import internet, service
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from .admin.site import make_admin_site
-from .auth import Authenticator, LdapDirectory, LocalDirectory
-from .certs import ServerCredentials, ensure_test_certificates, installed_pair, load_credentials
-from .config import Address, AuthBackend, Config, TlsProfile
-from .dhcp import make_dhcp_service
-from .dns import DnsService, make_dns_service
-from .health import expiry_timer
-from .httpguard import GuardedSite, Limits
-from .phone import PhoneResource, PhoneService, clean_device_logs
-from .store import Store
-from .tls import context_factory
-from .upx import BaseUrls
+from appliance.admin import make_admin_site
+from appliance.config import Address, AuthBackend, Config, TlsProfile
+from appliance.discovery import DnsService, make_dhcp_service, make_dns_service
+from appliance.ops import expiry_timer
+from appliance.phones import (
+    Authenticator,
+    BaseUrls,
+    LdapDirectory,
+    LocalDirectory,
+    PhoneResource,
+    PhoneService,
+    clean_device_logs,
+)
+from appliance.store import Store
+from appliance.tls import (
+    ServerCredentials,
+    context_factory,
+    ensure_test_certificates,
+    installed_pair,
+    load_credentials,
+)
+from appliance.web import GuardedSite, Limits
 
 log = Logger(namespace="ucupdates.service")
 

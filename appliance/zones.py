@@ -12,8 +12,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from .config import Network, ZoneSettings
-from .model import Zone
+from appliance.config import Network, ZoneSettings
+from appliance.model import Zone
 
 EXTERNAL_PREFIXES = (b"/requesthandlerext/", b"/deviceupdatefiles_ext/")
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from twisted.internet import reactor, stdio
 from twisted.protocols.basic import LineReceiver
 from appliance.config import load_config
-from appliance.dns import make_dns_service
+from appliance.discovery.dns import make_dns_service
 
 service = make_dns_service(load_config(Path(sys.argv[1])), reactor)
 service.startService()

@@ -21,9 +21,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from appliance.cabwriter import CabEntry, write_cab  # noqa: E402
-from appliance.package_format import UPDATE_INFO, render_update_info  # noqa: E402
-from appliance.sample import SAMPLE_DEVICES, SAMPLE_TIME, make_sample_package, sample_updates  # noqa: E402
+from appliance.cab.writer import CabEntry, write_cab  # noqa: E402
+from appliance.catalogue.package_format import UPDATE_INFO, render_update_info  # noqa: E402
+from appliance.catalogue.sample import (  # noqa: E402
+    SAMPLE_DEVICES,
+    SAMPLE_TIME,
+    make_sample_package,
+    sample_updates,
+)
 
 
 def _binaries(total: int) -> list[Path]:
@@ -88,8 +93,12 @@ def measure(argv: list[str]) -> tuple[float, int]:
     fork and exec, so a small tool would inherit this interpreter's.)
     """
     proc = subprocess.run(
-        ["/usr/bin/time", "-f", "%e %M", *argv], cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
+        ["/usr/bin/time", "-f", "%e %M", *argv],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise SystemExit(f"{argv[0]} failed: {proc.stderr.strip()}")

@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 sys.path.insert(0, str(REPO))
 
-from appliance.sample import sample_check  # noqa: E402
+from appliance.catalogue.sample import sample_check  # noqa: E402
 
 CHECK_PATH = "/RequestHandler/ucdevice.upx"
 SERVER_CPU, CLIENT_CPU = 1, 0
@@ -188,9 +188,20 @@ class Fleet:
         err = self.work / f"ucupdates-{tag}.err"  # a file, not a pipe: it logs every check
         with out.open("wb") as o, err.open("wb") as e:
             proc = subprocess.Popen(
-                [*_pin(SERVER_CPU), sys.executable, "-m", "appliance", "--config", str(config),
-                 "serve"],
-                cwd=REPO, stdout=o, stderr=e, stdin=subprocess.DEVNULL, start_new_session=True,
+                [
+                    *_pin(SERVER_CPU),
+                    sys.executable,
+                    "-m",
+                    "appliance",
+                    "--config",
+                    str(config),
+                    "serve",
+                ],
+                cwd=REPO,
+                stdout=o,
+                stderr=e,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         server = Server("ucupdates", port, proc, proc.pid)
         self.servers.append(server)
@@ -201,9 +212,22 @@ class Fleet:
         err = self.work / f"nginx-{tag}.err"
         with err.open("wb") as e:
             proc = subprocess.Popen(
-                [*_pin(SERVER_CPU), "nginx", "-p", str(self.work), "-c", str(conf),
-                 "-e", str(self.work / "nginx-error.log"), "-g", "daemon off;"],
-                stdout=e, stderr=e, stdin=subprocess.DEVNULL, start_new_session=True,
+                [
+                    *_pin(SERVER_CPU),
+                    "nginx",
+                    "-p",
+                    str(self.work),
+                    "-c",
+                    str(conf),
+                    "-e",
+                    str(self.work / "nginx-error.log"),
+                    "-g",
+                    "daemon off;",
+                ],
+                stdout=e,
+                stderr=e,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         server = Server("nginx", port, proc, proc.pid, [proc.pid])
         self.servers.append(server)
@@ -303,7 +327,11 @@ def tls_context(ca: Path) -> ssl.SSLContext:
 
 
 def fetch(
-    port: int, ctx: ssl.SSLContext, method: str, path: str, body: bytes | None = None,
+    port: int,
+    ctx: ssl.SSLContext,
+    method: str,
+    path: str,
+    body: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes, str]:
     """Status, headers (lower-case names), body and 'version cipher' of one request."""
@@ -327,9 +355,10 @@ def closes_after(port: int, ctx: ssl.SSLContext, body: bytes) -> dict[str, Any]:
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode() + body
     data, closed = b"", False
-    with socket.create_connection(("127.0.0.1", port), timeout=3) as raw, ctx.wrap_socket(
-        raw, server_hostname="localhost"
-    ) as s:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=3) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as s,
+    ):
         s.sendall(request)
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline and len(data) < 1 << 20:
@@ -380,7 +409,10 @@ def nginx_config(
     if "$" in text:  # nginx would read it as a variable
         raise SystemExit("the check response holds a '$': nginx cannot return it verbatim")
     quoted = (
-        text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r")
+        text.replace("\\", "\\\\")
+        .replace("'", "\\'")
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
         .replace("\t", "\\t")
     )
     user = ""
@@ -411,11 +443,26 @@ def nginx_config(
 
 
 def wrk(
-    server: Server, url_path: str, connections: int, seconds: int, *, body: Path | None = None,
+    server: Server,
+    url_path: str,
+    connections: int,
+    seconds: int,
+    *,
+    body: Path | None = None,
     close: bool = False,
 ) -> dict[str, Any]:
-    argv = [*_pin(CLIENT_CPU), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-            "--timeout", "5s", "-s", str(BENCH / "serve.lua")]
+    argv = [
+        *_pin(CLIENT_CPU),
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        "-s",
+        str(BENCH / "serve.lua"),
+    ]
     if close:
         argv += ["-H", "Connection: close"]
     argv.append(f"https://127.0.0.1:{server.port}{url_path}")
@@ -432,15 +479,14 @@ def wrk(
     line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH ")), None)
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    result: dict[str, Any] = json.loads(line[len("BENCH "):])
+    result: dict[str, Any] = json.loads(line[len("BENCH ") :])
     seconds_run = result["duration_us"] / 1e6
     result["requests_per_s"] = result["requests"] / seconds_run
     result["bytes_per_s"] = result["bytes"] / seconds_run
     result["non_2xx"] = _non_2xx(proc.stdout)
     result["server_cpu_share"] = server_cpu / seconds_run  # of one core
     result["wrk_cpu_share"] = (
-        children.ru_utime + children.ru_stime - children_before.ru_utime
-        - children_before.ru_stime
+        children.ru_utime + children.ru_stime - children_before.ru_utime - children_before.ru_stime
     ) / seconds_run
     # TCP connections accepted on this machine during the run (wrk's, give or take others')
     result["tcp_connections_accepted"] = opens_after["passive"] - opens_before["passive"]
@@ -457,8 +503,15 @@ def _non_2xx(output: str) -> int:
 
 
 async def slow_downloads(
-    servers: list[Server], target: Server, path: str, ctx: ssl.SSLContext, *, clients: int,
-    rate: int, seconds: int, connect_limit: float = 60.0,
+    servers: list[Server],
+    target: Server,
+    path: str,
+    ctx: ssl.SSLContext,
+    *,
+    clients: int,
+    rate: int,
+    seconds: int,
+    connect_limit: float = 60.0,
 ) -> dict[str, Any]:
     """`clients` TLS connections each GET the image and read `rate` bytes a second for
     `seconds`; the RSS of every server is sampled each second before, during and after."""
@@ -477,13 +530,15 @@ async def slow_downloads(
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{target.port}\r\n\r\n".encode()
 
     def sample() -> None:
-        samples.append({
-            "t": round(loop.time() - started, 2),
-            "phase": phase,
-            "established": established(target.port),
-            **{s.name: s.rss() for s in servers},
-            **{f"{s.name}_all": s.rss_all() for s in servers if s.extra_pids},
-        })
+        samples.append(
+            {
+                "t": round(loop.time() - started, 2),
+                "phase": phase,
+                "established": established(target.port),
+                **{s.name: s.rss() for s in servers},
+                **{f"{s.name}_all": s.rss_all() for s in servers if s.extra_pids},
+            }
+        )
 
     def settle() -> None:
         nonlocal settled
@@ -510,7 +565,10 @@ async def slow_downloads(
                 try:
                     await loop.sock_connect(sock, ("127.0.0.1", target.port))
                     reader, writer = await asyncio.open_connection(
-                        sock=sock, ssl=ctx, server_hostname="localhost", limit=rate,
+                        sock=sock,
+                        ssl=ctx,
+                        server_hostname="localhost",
+                        limit=rate,
                         ssl_handshake_timeout=30,
                     )
                     writer.write(request)
@@ -614,9 +672,25 @@ def profile(pid: int, seconds: int, out: Path, load: Callable[[], Any]) -> list[
     if not Path(spy).exists():
         return ["py-spy is not installed: .venv/bin/pip install py-spy"]
     rec = subprocess.Popen(
-        [*_pin(CLIENT_CPU), spy, "record", "--pid", str(pid), "--duration", str(seconds),
-         "--rate", "250", "--nonblocking", "--format", "raw", "--output", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        [
+            *_pin(CLIENT_CPU),
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(seconds),
+            "--rate",
+            "250",
+            "--nonblocking",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         load()
@@ -697,7 +771,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
     parser.add_argument(
-        "--rounds", type=int, default=2,
+        "--rounds",
+        type=int,
+        default=2,
         help="wrk runs per server and measure, alternating servers; the best one counts",
     )
     parser.add_argument("--image-size", type=int, default=40 * 1024 * 1024)
@@ -705,7 +781,8 @@ def main() -> None:
     parser.add_argument("--slow-rate", type=int, default=16 * 1024, help="bytes/s per client")
     parser.add_argument("--slow-seconds", type=int, default=10)
     parser.add_argument(
-        "--profile", action="store_true",
+        "--profile",
+        action="store_true",
         help="afterwards, profile ucupdates under load with py-spy (bench/out/serve-profile-*)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, data)")
@@ -776,7 +853,12 @@ def run(args: argparse.Namespace, work: Path, fleet: Fleet) -> dict[str, Any]:
         raise SystemExit(f"{image_file} does not exist: where does {image_path} point?")
 
     conf = nginx_config(
-        work, nginx_port, tls_dir / "server.pem", tls_dir / "server.key", store, response,
+        work,
+        nginx_port,
+        tls_dir / "server.pem",
+        tls_dir / "server.key",
+        store,
+        response,
         content_type,
     )
     ngx = fleet.start_nginx(conf, nginx_port, "wrk")
@@ -821,9 +903,9 @@ def run(args: argparse.Namespace, work: Path, fleet: Fleet) -> dict[str, Any]:
             "nginx": subprocess.run(
                 ["nginx", "-v"], capture_output=True, text=True, check=False
             ).stderr.strip(),
-            "wrk": subprocess.run(
-                ["wrk", "-v"], capture_output=True, text=True, check=False
-            ).stdout.split("\n")[0].strip(),
+            "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+            .stdout.split("\n")[0]
+            .strip(),
             "client_openssl": ssl.OPENSSL_VERSION,
             "cpu_check": cpu_check() if _pin(SERVER_CPU) else None,
         },
@@ -840,31 +922,42 @@ def run(args: argparse.Namespace, work: Path, fleet: Fleet) -> dict[str, Any]:
         "rounds": rounds,
     }
 
-    print("## ucupdates beside nginx (1 worker each, server on CPU "
-          f"{SERVER_CPU}, wrk on CPU {CLIENT_CPU}; best of {rounds} runs of {seconds} s, "
-          "servers alternating)\n")
-    print(f"image {args.image_size} bytes at {image_path}; check answer {len(response)} bytes "
-          f"({content_type}); TLS: ucupdates {uc_tls}, nginx {parity['nginx']['tls']}")
+    print(
+        "## ucupdates beside nginx (1 worker each, server on CPU "
+        f"{SERVER_CPU}, wrk on CPU {CLIENT_CPU}; best of {rounds} runs of {seconds} s, "
+        "servers alternating)\n"
+    )
+    print(
+        f"image {args.image_size} bytes at {image_path}; check answer {len(response)} bytes "
+        f"({content_type}); TLS: ucupdates {uc_tls}, nginx {parity['nginx']['tls']}"
+    )
     check = report["machine"]["cpu_check"]
     if check:
         pace = check["pace_when_both_busy"]
-        print(f"CPU check: busy loops on CPU {CLIENT_CPU} and CPU {SERVER_CPU} at once keep "
-              f"{pace[0]:.0%} and {pace[1]:.0%} of the pace of one alone (two independent "
-              f"cores: 100%); load average at start {load_at_start[0]:.2f}")
+        print(
+            f"CPU check: busy loops on CPU {CLIENT_CPU} and CPU {SERVER_CPU} at once keep "
+            f"{pace[0]:.0%} and {pace[1]:.0%} of the pace of one alone (two independent "
+            f"cores: 100%); load average at start {load_at_start[0]:.2f}"
+        )
     print()
 
     def compare(key: str, title: str, runs: list[tuple[str, dict[str, Any]]]) -> None:
         results: dict[str, Any] = {}
         print(f"### {title}\n")
-        print("| run | ucupdates req/s | nginx req/s | ratio | ucupdates p50 / p99 "
-              "| nginx p50 / p99 | p99 ratio | errors (uc / nginx) | server CPU (uc / nginx) "
-              "| wrk CPU (uc / nginx) |")
+        print(
+            "| run | ucupdates req/s | nginx req/s | ratio | ucupdates p50 / p99 "
+            "| nginx p50 / p99 | p99 ratio | errors (uc / nginx) | server CPU (uc / nginx) "
+            "| wrk CPU (uc / nginx) |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|")
         for label, kwargs in runs:
             r = best_of(
-                rounds, servers, "requests_per_s",
-                functools.partial(wrk, url_path=CHECK_PATH, body=body_file, seconds=seconds,
-                                  **kwargs),
+                rounds,
+                servers,
+                "requests_per_s",
+                functools.partial(
+                    wrk, url_path=CHECK_PATH, body=body_file, seconds=seconds, **kwargs
+                ),
             )
             u, n = r["ucupdates"], r["nginx"]
             r["ratio_requests_per_s"] = _ratio(u["requests_per_s"], n["requests_per_s"])
@@ -884,32 +977,41 @@ def run(args: argparse.Namespace, work: Path, fleet: Fleet) -> dict[str, Any]:
             print(f"\nreq/s of each round: {_rounds_line(results, 'requests_per_s', '{:,.0f}')}")
         print()
 
-    compare("checks_keepalive", "1. update checks, TLS keep-alive",
-            [(f"{c} connections", {"connections": c}) for c in (16, 256)])
-    compare("checks_new_connection", "2. update checks, a new TLS connection per request",
-            [("16 connections, Connection: close", {"connections": 16, "close": True})])
+    compare(
+        "checks_keepalive",
+        "1. update checks, TLS keep-alive",
+        [(f"{c} connections", {"connections": c}) for c in (16, 256)],
+    )
+    compare(
+        "checks_new_connection",
+        "2. update checks, a new TLS connection per request",
+        [("16 connections, Connection: close", {"connections": 16, "close": True})],
+    )
     fresh = report["checks_new_connection"]["16 connections, Connection: close"]
     for s in servers:
         r, cc = fresh[s.name], parity[s.name]["connection_close"]
-        print(f"- {s.name}: answers `Connection: close` with that header: "
-              f"{cc['says_connection_close']}, closes the connection itself: "
-              f"{cc['server_closed']}; during the run the machine accepted "
-              f"{r['tcp_connections_accepted']:,} TCP connections for {r['requests']:,} "
-              "requests")
+        print(
+            f"- {s.name}: answers `Connection: close` with that header: "
+            f"{cc['says_connection_close']}, closes the connection itself: "
+            f"{cc['server_closed']}; during the run the machine accepted "
+            f"{r['tcp_connections_accepted']:,} TCP connections for {r['requests']:,} "
+            "requests"
+        )
     print()
 
     print("### 3. image download, 4 connections\n")
     print("| | ucupdates | nginx | ratio |")
     print("|---|---|---|---|")
     dl = best_of(
-        rounds, servers, "bytes_per_s", lambda s: wrk(s, image_path, connections=4,
-                                                      seconds=seconds)
+        rounds, servers, "bytes_per_s", lambda s: wrk(s, image_path, connections=4, seconds=seconds)
     )
     u, n = dl["ucupdates"], dl["nginx"]
     dl["ratio_bytes_per_s"] = _ratio(u["bytes_per_s"], n["bytes_per_s"])
     report["download"] = dl
-    print(f"| bytes/s | {u['bytes_per_s'] / 1e6:,.0f} MB/s | {n['bytes_per_s'] / 1e6:,.0f} MB/s "
-          f"| {_fmt_ratio(dl['ratio_bytes_per_s'])} |")
+    print(
+        f"| bytes/s | {u['bytes_per_s'] / 1e6:,.0f} MB/s | {n['bytes_per_s'] / 1e6:,.0f} MB/s "
+        f"| {_fmt_ratio(dl['ratio_bytes_per_s'])} |"
+    )
     print(f"| downloads/s | {u['requests_per_s']:.1f} | {n['requests_per_s']:.1f} | |")
     print(f"| server CPU | {u['server_cpu_share']:.0%} | {n['server_cpu_share']:.0%} | |")
     print(f"| wrk CPU | {u['wrk_cpu_share']:.0%} | {n['wrk_cpu_share']:.0%} | |")
@@ -921,8 +1023,10 @@ def run(args: argparse.Namespace, work: Path, fleet: Fleet) -> dict[str, Any]:
     # 4. fresh servers, one loaded at a time
     fleet.stop(uc)
     fleet.stop(ngx)
-    print(f"### 4. server RSS with {args.slow_clients:,} slow downloads "
-          f"({args.slow_rate // 1024} KiB/s each for {args.slow_seconds} s), fresh servers\n")
+    print(
+        f"### 4. server RSS with {args.slow_clients:,} slow downloads "
+        f"({args.slow_rate // 1024} KiB/s each for {args.slow_seconds} s), fresh servers\n"
+    )
     slow: dict[str, Any] = {}
     for which in ("ucupdates", "nginx"):
         if which == "ucupdates":
@@ -932,8 +1036,13 @@ def run(args: argparse.Namespace, work: Path, fleet: Fleet) -> dict[str, Any]:
         result = asyncio.run(
             asyncio.wait_for(
                 slow_downloads(
-                    [server], server, image_path, ctx, clients=args.slow_clients,
-                    rate=args.slow_rate, seconds=args.slow_seconds,
+                    [server],
+                    server,
+                    image_path,
+                    ctx,
+                    clients=args.slow_clients,
+                    rate=args.slow_rate,
+                    seconds=args.slow_seconds,
                 ),
                 timeout=60 + args.slow_seconds + 45,
             )
@@ -950,22 +1059,30 @@ def run(args: argparse.Namespace, work: Path, fleet: Fleet) -> dict[str, Any]:
     report["slow_downloads"] = slow
     print("| | ucupdates | nginx (worker) | ratio |")
     print("|---|---|---|---|")
-    for label, k in (("baseline RSS", "baseline_bytes"),
-                     ("RSS when all are connected", "all_connected_bytes"),
-                     ("peak RSS", "peak_bytes"),
-                     ("growth while the clients read", "growth_while_reading_bytes"),
-                     ("RSS after they closed", "after_bytes")):
-        print(f"| {label} | {u[k] / 2**20:.1f} MiB | {n[k] / 2**20:.1f} MiB "
-              f"| {_fmt_ratio(_ratio(u[k], n[k]))} |")
-    print(f"| peak - baseline per connection | {u['peak_per_connection_bytes'] / 1024:.1f} KiB "
-          f"| {n['peak_per_connection_bytes'] / 1024:.1f} KiB "
-          f"| {_fmt_ratio(slow['ratio_peak_per_connection'])} |")
-    for label, k in (("connected (200)", "connected_200"), ("connect time", "connect_seconds"),
-                     ("closed early by server", "closed_early_by_server"),
-                     ("bytes the clients read", "bytes_read_by_clients")):
+    for label, k in (
+        ("baseline RSS", "baseline_bytes"),
+        ("RSS when all are connected", "all_connected_bytes"),
+        ("peak RSS", "peak_bytes"),
+        ("growth while the clients read", "growth_while_reading_bytes"),
+        ("RSS after they closed", "after_bytes"),
+    ):
+        print(
+            f"| {label} | {u[k] / 2**20:.1f} MiB | {n[k] / 2**20:.1f} MiB "
+            f"| {_fmt_ratio(_ratio(u[k], n[k]))} |"
+        )
+    print(
+        f"| peak - baseline per connection | {u['peak_per_connection_bytes'] / 1024:.1f} KiB "
+        f"| {n['peak_per_connection_bytes'] / 1024:.1f} KiB "
+        f"| {_fmt_ratio(slow['ratio_peak_per_connection'])} |"
+    )
+    for label, k in (
+        ("connected (200)", "connected_200"),
+        ("connect time", "connect_seconds"),
+        ("closed early by server", "closed_early_by_server"),
+        ("bytes the clients read", "bytes_read_by_clients"),
+    ):
         print(f"| {label} | {slow['ucupdates'][k]} | {slow['nginx'][k]} | |")
-    print(f"| peak established connections | {u['peak_established']} "
-          f"| {n['peak_established']} | |")
+    print(f"| peak established connections | {u['peak_established']} | {n['peak_established']} | |")
     print(f"| statuses | {slow['ucupdates']['statuses']} | {slow['nginx']['statuses']} | |\n")
 
     keep = report["checks_keepalive"]
@@ -978,15 +1095,21 @@ def run(args: argparse.Namespace, work: Path, fleet: Fleet) -> dict[str, Any]:
     }
     a = report["aims"]
     print("### aims (reported, not asserted)\n")
-    print(f"- checks >= 0.15x nginx: {a['checks_ratio_min_0.15']:.3f}x at 16 connections, "
-          f"{a['checks_ratio_min_0.15_at_256']:.3f}x at 256")
-    print(f"- p99 < 25 ms at 256 connections: {a['p99_ms_at_256_under_25']:.1f} ms (wrk keeps 256 "
-          "requests in flight: the mean latency is 256 / rate, so this needs > 10,240 checks/s)")
+    print(
+        f"- checks >= 0.15x nginx: {a['checks_ratio_min_0.15']:.3f}x at 16 connections, "
+        f"{a['checks_ratio_min_0.15_at_256']:.3f}x at 256"
+    )
+    print(
+        f"- p99 < 25 ms at 256 connections: {a['p99_ms_at_256_under_25']:.1f} ms (wrk keeps 256 "
+        "requests in flight: the mean latency is 256 / rate, so this needs > 10,240 checks/s)"
+    )
     print(f"- downloads >= 0.8x nginx: {a['download_ratio_min_0.8']:.2f}x")
     grown = u["peak_bytes"] - u["baseline_bytes"]
-    print(f"- RSS with {args.slow_clients:,} slow downloads: +{grown / 2**20:.1f} MiB at peak"
-          f" over the baseline ({a['rss_per_slow_download_kib']:.1f} KiB per connection; "
-          f"nginx {n['peak_per_connection_bytes'] / 1024:.1f} KiB)")
+    print(
+        f"- RSS with {args.slow_clients:,} slow downloads: +{grown / 2**20:.1f} MiB at peak"
+        f" over the baseline ({a['rss_per_slow_download_kib']:.1f} KiB per connection; "
+        f"nginx {n['peak_per_connection_bytes'] / 1024:.1f} KiB)"
+    )
     log_bytes = sum(p.stat().st_size for p in work.glob("ucupdates-wrk.err"))
     report["ucupdates_stderr_bytes"] = log_bytes
 
@@ -1011,9 +1134,7 @@ def best_of(
     }
 
 
-def _rounds_line(
-    results: dict[str, Any], key: str, form: str, scale: float = 1.0
-) -> str:
+def _rounds_line(results: dict[str, Any], key: str, form: str, scale: float = 1.0) -> str:
     parts = []
     for label, r in results.items():
         each = "; ".join(
@@ -1025,14 +1146,18 @@ def _rounds_line(
 
 
 def _errors(r: dict[str, Any]) -> str:
-    n = (r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"]
-         + r["non_2xx"])
+    n = r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"] + r["non_2xx"]
     return str(n)
 
 
 def run_profile(
-    fleet: Fleet, config: Path, ports: dict[str, int], ctx: ssl.SSLContext, body: Path,
-    image_path: str, seconds: int,
+    fleet: Fleet,
+    config: Path,
+    ports: dict[str, int],
+    ctx: ssl.SSLContext,
+    body: Path,
+    image_path: str,
+    seconds: int,
 ) -> dict[str, list[str]]:
     out_dir = BENCH / "out"
     server = fleet.start_ucupdates(config, ports["internal_https"], "profile")
@@ -1040,8 +1165,7 @@ def run_profile(
     try:
         for label, load in {
             "check-keepalive-16": lambda: wrk(server, CHECK_PATH, 16, seconds, body=body),
-            "check-close-16": lambda: wrk(server, CHECK_PATH, 16, seconds, body=body,
-                                          close=True),
+            "check-close-16": lambda: wrk(server, CHECK_PATH, 16, seconds, body=body, close=True),
             "download-4": lambda: wrk(server, image_path, 4, seconds),
         }.items():
             lines = profile(server.pid, seconds, out_dir / f"serve-profile-{label}.txt", load)

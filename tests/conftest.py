@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from appliance.catalogue.sample import make_sample_package
 from appliance.config import Config, load_config
-from appliance.sample import make_sample_package
-from appliance.store import Store
+from appliance.store.database import Store
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -83,22 +83,38 @@ def build_cab(
     coff_files = head_size + len(folders) * (8 + folder_reserve)
     file_table = b"".join(
         struct.pack("<IIHHHH", f.size, f.offset, f.folder, f.date, f.time, f.attribs)
-        + f.name + b"\0"
+        + f.name
+        + b"\0"
         for f in files
     )
     pos = coff_files + len(file_table)
     folder_table = b""
     data = b""
     for folder in folders:
-        folder_table += struct.pack("<IHH", pos + len(data), len(folder.blocks),
-                                    folder.type_compress) + bytes(folder_reserve)
+        folder_table += struct.pack(
+            "<IHH", pos + len(data), len(folder.blocks), folder.type_compress
+        ) + bytes(folder_reserve)
         for payload, uncomp in folder.blocks:
             sizes = struct.pack("<HH", len(payload), uncomp)
             csum = reference_checksum(sizes, reference_checksum(payload)) if checksums else 0
             data += struct.pack("<I", csum) + sizes + bytes(data_reserve) + payload
     total = coff_files + len(file_table) + len(data)
-    header = struct.pack("<4sIIIIIBBHHHHH", b"MSCF", 0, total, 0, coff_files, 0, 3, 1,
-                         len(folders), len(files), flags, 0x1234, 0)
+    header = struct.pack(
+        "<4sIIIIIBBHHHHH",
+        b"MSCF",
+        0,
+        total,
+        0,
+        coff_files,
+        0,
+        3,
+        1,
+        len(folders),
+        len(files),
+        flags,
+        0x1234,
+        0,
+    )
     if reserve:
         header += struct.pack("<HBB", len(header_reserve), folder_reserve, data_reserve)
         header += header_reserve

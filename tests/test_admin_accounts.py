@@ -15,12 +15,11 @@ import pytest
 
 from appliance.admin import accounts, sessions
 from appliance.admin.accounts import AccountError
-from appliance.admin.cli import add_admin_parser, run_admin
-from appliance.admin.settings import AdminSettings
-from appliance.auth import verify_password
-from appliance.cli import build_parser
-from appliance.config import Config
-from appliance.store import Store
+from appliance.cli.admin import add_admin_parser, run_admin
+from appliance.cli.main import build_parser
+from appliance.config import AdminSettings, Config
+from appliance.phones.auth import verify_password
+from appliance.store.database import Store
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SETTINGS = AdminSettings(

@@ -26,9 +26,9 @@ from conftest import state
 from openapi_spec_validator import validate
 
 from appliance.admin.accounts import add_account
+from appliance.catalogue.sample import make_sample_package
 from appliance.config import Config, load_config
-from appliance.sample import make_sample_package
-from appliance.store import Store
+from appliance.store.database import Store
 
 ADMIN, VIEWER, PASSWORD = "alice", "victor", "correct horse battery"
 MAX_UPLOAD = 400_000

@@ -18,9 +18,9 @@ from browser import chromium
 from browser.panel import REPO, Panel, simulate_check
 
 from appliance.admin.accounts import add_account
+from appliance.catalogue.sample import make_sample_package
 from appliance.config import load_config
-from appliance.sample import make_sample_package
-from appliance.store import Store
+from appliance.store.database import Store
 
 pytestmark = pytest.mark.skipif(chromium.available() is not None, reason=str(chromium.available()))
 

@@ -13,16 +13,16 @@ import pytest
 from browser.panel import Panel
 
 from appliance.admin.accounts import add_account
-from appliance.admin.remote import (
+from appliance.catalogue.sample import make_sample_package
+from appliance.cli.main import build_parser
+from appliance.cli.remote import (
     PASSWORD_VARIABLE,
     RemoteError,
     credentials,
     run_remote,
 )
-from appliance.cli import build_parser
 from appliance.config import load_config
-from appliance.sample import make_sample_package
-from appliance.store import Store
+from appliance.store.database import Store
 
 PASSWORD = "remote password"
 

@@ -13,9 +13,8 @@ import pytest
 
 from appliance.admin import charts, inventory
 from appliance.admin.impact import preview
-from appliance.lifecycle import Action
-from appliance.model import Catalog, Rule, RuleKey, RuleState, UpdateFile
-from appliance.store import Device
+from appliance.catalogue.lifecycle import Action
+from appliance.model import Catalog, Device, Rule, RuleKey, RuleState, UpdateFile
 
 KEY = RuleKey("UCPhone", "Polycom", "CX600", "A", "ENU", "CPE")
 OLD, NEW, NEWER = "4.0.1", "4.0.2", "4.0.3"

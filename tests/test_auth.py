@@ -15,13 +15,6 @@ import pytest
 from twisted.internet import defer
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
-from appliance.auth import (
-    Authenticator,
-    AuthResult,
-    LocalDirectory,
-    ThreadPoolRunner,
-    parse_basic,
-)
 from appliance.config import AuthSettings
 from appliance.passwords import (
     ARGON2_MEMORY_KIB,
@@ -32,7 +25,14 @@ from appliance.passwords import (
     validate_user_name,
     verify_password,
 )
-from appliance.store import DuplicateError, Store, StoreError
+from appliance.phones.auth import (
+    Authenticator,
+    AuthResult,
+    LocalDirectory,
+    ThreadPoolRunner,
+    parse_basic,
+)
+from appliance.store.database import DuplicateError, Store, StoreError
 
 SETTINGS = AuthSettings(cache_seconds=60, max_failures=3, failure_window=100, lockout_seconds=300)
 KEY = b"k" * 32

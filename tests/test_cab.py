@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from cabarchive import CabArchive, CabFile
 
-from appliance.cab import CabError, CabLimits, checksum, open_package
-from appliance.cabwriter import CabEntry, CabWriteError, write_cab
+from appliance.cab.reader import CabError, CabLimits, checksum, open_package
+from appliance.cab.writer import CabEntry, CabWriteError, write_cab
 
 try:
     from tests.lzx_writer import (
@@ -55,9 +55,11 @@ def sha(data: bytes) -> str:
 
 def entries(files: dict[str, bytes], chunk: int = 7777) -> list[CabEntry]:
     """Entries whose producers hand out odd-sized chunks."""
+
     def producer(data: bytes) -> Iterator[bytes]:
         for i in range(0, len(data), chunk):
             yield data[i : i + chunk]
+
     return [CabEntry(n, len(d), lambda d=d: producer(d), T) for n, d in files.items()]
 
 
@@ -70,15 +72,18 @@ def tree(root: Path) -> dict[str, bytes]:
     """Every file below `root`, as a user listing the folder would find it."""
     if not root.exists():
         return {}
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def sample_files() -> dict[str, bytes]:
     r = random.Random(7)
     files = {
         "updateInfo.xml": b'<Updates><Updates><Update version="4.0.7577.4387"/></Updates>'
-                          b"</Updates>",
+        b"</Updates>",
         "UCPhone/Polycom/CX600/A/ENU/CPE/CPE.nbt": r.randbytes(70_000) + b"firmware " * 30_000,
         "UCPhone/Polycom/CX600/A/ENU/CPE/CPE.cat": b"0\x82" + r.randbytes(3000),
         "empty.txt": b"",
@@ -95,16 +100,20 @@ def files() -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module", params=["mszip", "none"])
-def our_cab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-            files: dict[str, bytes]) -> Path:
+def our_cab(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    files: dict[str, bytes],
+) -> Path:
     return make_cab(tmp_path_factory.mktemp("ours") / "UCUpdates.cab", files, request.param)
 
 
 # --- round trip ------------------------------------------------------------------------
 
 
-def test_round_trip_gives_the_same_bytes(our_cab: Path, files: dict[str, bytes],
-                                         tmp_path: Path) -> None:
+def test_round_trip_gives_the_same_bytes(
+    our_cab: Path, files: dict[str, bytes], tmp_path: Path
+) -> None:
     cab = open_package(our_cab, LIMITS)
     assert [m.name for m in cab.members] == list(files)
     assert all(m.mtime == T for m in cab.members)
@@ -126,8 +135,9 @@ def test_compression_is_what_was_asked(tmp_path: Path) -> None:
     assert sizes["mszip"] < len(text) / 3 < len(text) < sizes["none"]
 
 
-def test_extracting_some_members_writes_only_those(our_cab: Path, files: dict[str, bytes],
-                                                   tmp_path: Path) -> None:
+def test_extracting_some_members_writes_only_those(
+    our_cab: Path, files: dict[str, bytes], tmp_path: Path
+) -> None:
     cab = open_package(our_cab, LIMITS)
     wanted = ["small/file020.txt", "UCPHONE/polycom/CX600/A/ENU/CPE/cpe.NBT", "empty.txt"]
     got = cab.extract(wanted, tmp_path / "out")
@@ -136,8 +146,9 @@ def test_extracting_some_members_writes_only_those(our_cab: Path, files: dict[st
     assert tree(tmp_path / "out") == {n: files[n] for n in names}
 
 
-def test_hashing_only_writes_nothing(our_cab: Path, files: dict[str, bytes],
-                                     tmp_path: Path) -> None:
+def test_hashing_only_writes_nothing(
+    our_cab: Path, files: dict[str, bytes], tmp_path: Path
+) -> None:
     cab = open_package(our_cab, LIMITS)
     tmp_path.joinpath("out").mkdir()
     got = cab.extract(files, tmp_path / "out", write=False)
@@ -147,14 +158,18 @@ def test_hashing_only_writes_nothing(our_cab: Path, files: dict[str, bytes],
     assert list(tmp_path.joinpath("out").iterdir()) == []
 
 
-def test_lookup_ignores_case_and_missing_members_raise_key_error(our_cab: Path,
-                                                                tmp_path: Path) -> None:
+def test_lookup_ignores_case_and_missing_members_raise_key_error(
+    our_cab: Path, tmp_path: Path
+) -> None:
     cab = open_package(our_cab, LIMITS)
     assert cab.member("UPDATEINFO.XML").name == "updateInfo.xml"
     assert cab.member("ucphone\\polycom\\cx600\\a\\enu\\cpe\\cpe.cat").size == 3002
     assert cab.read_small("UpdateInfo.xml", 1000).startswith(b"<Updates>")
-    for call in (lambda: cab.member("nope.xml"), lambda: cab.read_small("nope.xml", 10),
-                 lambda: cab.extract(["updateInfo.xml", "nope"], tmp_path / "out")):
+    for call in (
+        lambda: cab.member("nope.xml"),
+        lambda: cab.read_small("nope.xml", 10),
+        lambda: cab.extract(["updateInfo.xml", "nope"], tmp_path / "out"),
+    ):
         with pytest.raises(KeyError):
             call()
     assert not tmp_path.joinpath("out").exists()
@@ -178,14 +193,12 @@ def test_an_existing_file_is_not_overwritten_and_partial_output_is_removed(
     assert tree(dest) == {"small/file039.txt": b"keep me"}
 
 
-def test_a_write_error_propagates_as_oserror_and_removes_the_partial_file(
-    tmp_path: Path
-) -> None:
+def test_a_write_error_propagates_as_oserror_and_removes_the_partial_file(tmp_path: Path) -> None:
     cab = make_cab(tmp_path / "big.cab", {"a.txt": b"a", "big.bin": random.randbytes(300_000)})
     script = textwrap.dedent("""
         import resource, signal, sys
         from pathlib import Path
-        from appliance.cab import CabLimits, open_package
+        from appliance.cab.reader import CabLimits, open_package
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
         cab = open_package(Path(sys.argv[1]), CabLimits())
@@ -195,8 +208,13 @@ def test_a_write_error_propagates_as_oserror_and_removes_the_partial_file(
             print("OSError", e.errno)
     """)
     dest = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", script, str(cab), str(dest)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(cab), str(dest)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.stdout.split() == ["OSError", "27"], proc.stderr  # EFBIG
     assert tree(dest) == {}
 
@@ -206,8 +224,10 @@ def test_writer_refuses_a_producer_that_lies_about_the_size(tmp_path: Path) -> N
     out.write_bytes(b"previous")
     for produced in (b"abc", b"abcdefg"):
         bad = [CabEntry("a", 5, lambda p=produced: [p], T)]
-        with pytest.raises(CabWriteError, match="'a' produced (3 bytes, but its size is 5|"
-                                                "more than its size of 5 bytes)"):
+        with pytest.raises(
+            CabWriteError,
+            match="'a' produced (3 bytes, but its size is 5|more than its size of 5 bytes)",
+        ):
             write_cab(out, bad)
     assert out.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["x.cab"]
@@ -233,8 +253,9 @@ def test_checksum_matches_the_word_by_word_definition() -> None:
 # --- independent tools read what we write -------------------------------------------------
 
 
-def test_cabextract_verifies_and_extracts_our_cab(our_cab: Path, files: dict[str, bytes],
-                                                  tmp_path: Path) -> None:
+def test_cabextract_verifies_and_extracts_our_cab(
+    our_cab: Path, files: dict[str, bytes], tmp_path: Path
+) -> None:
     test = subprocess.run(["cabextract", "-t", str(our_cab)], capture_output=True, text=True)
     assert test.returncode == 0, test.stdout + test.stderr
     assert "All done, no errors." in test.stdout
@@ -244,8 +265,9 @@ def test_cabextract_verifies_and_extracts_our_cab(our_cab: Path, files: dict[str
 
 
 def test_gcab_lists_our_cab(our_cab: Path, files: dict[str, bytes]) -> None:
-    listing = subprocess.run(["gcab", "-t", str(our_cab)], capture_output=True, text=True,
-                             check=True).stdout.splitlines()
+    listing = subprocess.run(
+        ["gcab", "-t", str(our_cab)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert listing == [n.replace("/", "\\") for n in files]
 
 
@@ -273,8 +295,9 @@ def test_reads_cabs_made_by_gcab(zip_flag: list[str], tmp_path: Path) -> None:
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_bytes(data)
     cab_path = tmp_path / "g.cab"
-    subprocess.run(["gcab", "-c", *zip_flag, str(cab_path), *files], cwd=src,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["gcab", "-c", *zip_flag, str(cab_path), *files], cwd=src, check=True, capture_output=True
+    )
     cab = open_package(cab_path, LIMITS)
     assert cab.compression == ("mszip" if zip_flag else "none",)
     got = cab.extract(files, tmp_path / "out")
@@ -284,8 +307,11 @@ def test_reads_cabs_made_by_gcab(zip_flag: list[str], tmp_path: Path) -> None:
 
 def test_reads_cabs_made_by_cabarchive(tmp_path: Path) -> None:
     r = random.Random(12)
-    files = {"updateInfo.xml": b"<Updates/>", "a\\b\\big.bin": r.randbytes(90_000),
-             "a\\zeros.bin": bytes(70_000)}
+    files = {
+        "updateInfo.xml": b"<Updates/>",
+        "a\\b\\big.bin": r.randbytes(90_000),
+        "a\\zeros.bin": bytes(70_000),
+    }
     arc = CabArchive()
     for name, data in files.items():
         arc[name] = CabFile(data, mtime=T)
@@ -301,8 +327,11 @@ def history_blocks(data: bytes) -> list[tuple[bytes, int]]:
     blocks, previous = [], b""
     for i in range(0, len(data), 32768):
         block = data[i : i + 32768]
-        deflate = (zlib.compressobj(6, zlib.DEFLATED, -15, zdict=previous) if previous
-                   else zlib.compressobj(6, zlib.DEFLATED, -15))
+        deflate = (
+            zlib.compressobj(6, zlib.DEFLATED, -15, zdict=previous)
+            if previous
+            else zlib.compressobj(6, zlib.DEFLATED, -15)
+        )
         blocks.append((b"CK" + deflate.compress(block) + deflate.flush(), len(block)))
         previous = block
     return blocks
@@ -315,8 +344,9 @@ def test_mszip_blocks_may_refer_to_the_previous_block(tmp_path: Path) -> None:
     with pytest.raises(zlib.error):  # the fixture really needs the history
         zlib.decompressobj(-15).decompress(blocks[1][0][2:])
     path = tmp_path / "history.cab"
-    path.write_bytes(build_cab([RawFile(b"fw\\image.bin", len(data))],
-                               [RawFolder(TYPE_MSZIP, blocks)]))
+    path.write_bytes(
+        build_cab([RawFile(b"fw\\image.bin", len(data))], [RawFolder(TYPE_MSZIP, blocks)])
+    )
     subprocess.run(["cabextract", "-q", "-d", str(tmp_path / "ce"), str(path)], check=True)
     assert tree(tmp_path / "ce") == {"fw/image.bin": data}
     got = open_package(path, LIMITS).extract(["fw/image.bin"], tmp_path / "out")
@@ -327,10 +357,15 @@ def test_mszip_blocks_may_refer_to_the_previous_block(tmp_path: Path) -> None:
 def test_reserved_areas_are_skipped(tmp_path: Path) -> None:
     data = random.Random(6).randbytes(40_000) + bytes(50_000)
     path = tmp_path / "signed.cab"
-    path.write_bytes(build_cab(
-        [RawFile(b"a.bin", len(data))], [RawFolder(TYPE_MSZIP, history_blocks(data))],
-        header_reserve=b"\x00\x00\x10\x00" + bytes(16), folder_reserve=4, data_reserve=8,
-    ))
+    path.write_bytes(
+        build_cab(
+            [RawFile(b"a.bin", len(data))],
+            [RawFolder(TYPE_MSZIP, history_blocks(data))],
+            header_reserve=b"\x00\x00\x10\x00" + bytes(16),
+            folder_reserve=4,
+            data_reserve=8,
+        )
+    )
     assert subprocess.run(["cabextract", "-t", str(path)], capture_output=True).returncode == 0
     open_package(path, LIMITS).extract(["a.bin"], tmp_path / "out")
     assert tree(tmp_path / "out") == {"a.bin": data}
@@ -342,10 +377,17 @@ def test_reserved_areas_are_skipped(tmp_path: Path) -> None:
 def fake_exe(cab: bytes, head: int = (1 << 20) - 2) -> tuple[bytes, int]:
     """PE-looking bytes, stray 'MSCF' strings, the cabinet straddling the 1 MiB read
     boundary, then trailing bytes (e.g. an Authenticode signature)."""
-    stray_plausible = struct.pack("<4sIIIIIBBHHHHH", b"MSCF", 0, 1 << 30, 0, 44, 0, 3, 1,
-                                  1, 1, 0, 0, 0)
-    prefix = (b"MZ\x90\x00" + bytes(60) + b"This program cannot be run in DOS mode.\r\n"
-              + b"PE\0\0" + b"MSCF is a string here" + stray_plausible)
+    stray_plausible = struct.pack(
+        "<4sIIIIIBBHHHHH", b"MSCF", 0, 1 << 30, 0, 44, 0, 3, 1, 1, 1, 0, 0, 0
+    )
+    prefix = (
+        b"MZ\x90\x00"
+        + bytes(60)
+        + b"This program cannot be run in DOS mode.\r\n"
+        + b"PE\0\0"
+        + b"MSCF is a string here"
+        + stray_plausible
+    )
     prefix += random.Random(1).randbytes(head - len(prefix))
     return prefix + cab + b"\x30\x82" + bytes(5000), len(prefix)
 
@@ -381,25 +423,28 @@ def raw_cab(tmp_path: Path, names: list[bytes], attribs: int = 0x20) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("name", "problem"), [
-    (b"..\\..\\evil.txt", "'..' component"),
-    (b"a\\..\\..\\x", "'..' component"),
-    (b"a/../x", "'..' component"),
-    (b"a\\.\\b", "'.' component"),
-    (b".", "'.' component"),
-    (b"/etc/passwd", "absolute path"),
-    (b"\\x", "absolute path"),
-    (b"C:x", "':'"),
-    (b"C:\\Windows\\x", "':'"),
-    (b"file.txt:stream", "':'"),
-    (b"a\x01b", "control"),
-    (b"a\x7fb", "control"),
-    (b"a\nb", "control"),
-    (b"a\\\\b", "empty path component"),
-    (b"dir\\", "empty path component"),
-    (b"", "empty"),
-    (b"d\\" + b"x" * 256, "longer than 255 bytes"),
-])
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        (b"..\\..\\evil.txt", "'..' component"),
+        (b"a\\..\\..\\x", "'..' component"),
+        (b"a/../x", "'..' component"),
+        (b"a\\.\\b", "'.' component"),
+        (b".", "'.' component"),
+        (b"/etc/passwd", "absolute path"),
+        (b"\\x", "absolute path"),
+        (b"C:x", "':'"),
+        (b"C:\\Windows\\x", "':'"),
+        (b"file.txt:stream", "':'"),
+        (b"a\x01b", "control"),
+        (b"a\x7fb", "control"),
+        (b"a\nb", "control"),
+        (b"a\\\\b", "empty path component"),
+        (b"dir\\", "empty path component"),
+        (b"", "empty"),
+        (b"d\\" + b"x" * 256, "longer than 255 bytes"),
+    ],
+)
 def test_unsafe_names_are_refused(name: bytes, problem: str, tmp_path: Path) -> None:
     path = raw_cab(tmp_path, [b"ok.txt", name])
     with pytest.raises(CabError, match=f"unsafe member name .*{problem}") as e:
@@ -424,12 +469,15 @@ def test_names_without_the_utf8_flag_are_cp1252(tmp_path: Path) -> None:
     assert [m.name for m in cab.members] == ["café/€.txt"]
 
 
-@pytest.mark.parametrize(("names", "message"), [
-    ([b"Readme.txt", b"README.TXT"], "'Readme.txt' and 'README.TXT' differ only by case"),
-    ([b"a\\b.txt", b"A/B.TXT"], "'a/b.txt' and 'A/B.TXT' differ only by case"),
-    ([b"same.txt", b"same.txt"], "'same.txt' appears twice"),
-    ([b"fw", b"FW\\image.bin"], "'fw' is also the folder of 'FW/image.bin'"),
-])
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        ([b"Readme.txt", b"README.TXT"], "'Readme.txt' and 'README.TXT' differ only by case"),
+        ([b"a\\b.txt", b"A/B.TXT"], "'a/b.txt' and 'A/B.TXT' differ only by case"),
+        ([b"same.txt", b"same.txt"], "'same.txt' appears twice"),
+        ([b"fw", b"FW\\image.bin"], "'fw' is also the folder of 'FW/image.bin'"),
+    ],
+)
 def test_duplicate_names_are_refused(names: list[bytes], message: str, tmp_path: Path) -> None:
     with pytest.raises(CabError, match=message):
         open_package(raw_cab(tmp_path, names), LIMITS)
@@ -451,14 +499,16 @@ def test_more_bytes_than_the_limit_are_refused(tmp_path: Path) -> None:
 
 def test_sizes_that_lie_are_refused_before_decompressing(tmp_path: Path) -> None:
     path = tmp_path / "lie.cab"
-    path.write_bytes(build_cab([RawFile(b"a", 4_000_000_000)],
-                               [RawFolder(TYPE_NONE, [(b"0123456789", 10)])]))
+    path.write_bytes(
+        build_cab([RawFile(b"a", 4_000_000_000)], [RawFolder(TYPE_NONE, [(b"0123456789", 10)])])
+    )
     with pytest.raises(CabError, match="too large: 4000000000 bytes"):
         open_package(path, CabLimits(max_total_bytes=1 << 30))
     with pytest.raises(CabError, match="compression ratio"):
         open_package(path, LIMITS)
-    with pytest.raises(CabError, match="'a' ends at byte 4000000000 of folder 0, which holds "
-                                       "only 10 bytes"):
+    with pytest.raises(
+        CabError, match="'a' ends at byte 4000000000 of folder 0, which holds only 10 bytes"
+    ):
         open_package(path, CabLimits(max_ratio=1e12))
 
 
@@ -468,10 +518,28 @@ def test_folders_sharing_their_data_are_refused(tmp_path: Path) -> None:
     coff_files = 36 + 8 * n_folders
     data_at = coff_files + 16 + 2
     blocks = b"".join(struct.pack("<IHH", 0, 10, 10) + b"0123456789" for _ in range(n_blocks))
-    cab = (struct.pack("<4sIIIIIBBHHHHH", b"MSCF", 0, data_at + len(blocks), 0, coff_files, 0,
-                       3, 1, n_folders, 1, 0, 0, 0)
-           + struct.pack("<IHH", data_at, n_blocks, TYPE_NONE) * n_folders
-           + struct.pack("<IIHHHH", 10, 0, 0, 0, 0, 0x20) + b"a\0" + blocks)
+    cab = (
+        struct.pack(
+            "<4sIIIIIBBHHHHH",
+            b"MSCF",
+            0,
+            data_at + len(blocks),
+            0,
+            coff_files,
+            0,
+            3,
+            1,
+            n_folders,
+            1,
+            0,
+            0,
+            0,
+        )
+        + struct.pack("<IHH", data_at, n_blocks, TYPE_NONE) * n_folders
+        + struct.pack("<IIHHHH", 10, 0, 0, 0, 0, 0x20)
+        + b"a\0"
+        + blocks
+    )
     (tmp_path / "shared.cab").write_bytes(cab)
     with pytest.raises(CabError, match="folders declare more data blocks than fit"):
         open_package(tmp_path / "shared.cab", LIMITS)
@@ -523,8 +591,11 @@ def test_a_bad_checksum_is_refused_and_nothing_is_left(compression: str, tmp_pat
     assert subprocess.run(["cabextract", "-t", str(path)], capture_output=True).returncode != 0
     cab = open_package(path, LIMITS)  # the tables are fine
     assert cab.read_small("first.bin", 100_000) == files["first.bin"]
-    with pytest.raises(CabError, match=r"^corrupt archive: bad checksum in data block 3 of "
-                                       r"folder 0$"):
+    with pytest.raises(
+        CabError,
+        match=r"^corrupt archive: bad checksum in data block 3 of "
+        r"folder 0$",
+    ):
         cab.extract(files, tmp_path / "out")
     assert tree(tmp_path / "out") == {}
     assert not (tmp_path / "out").exists()
@@ -532,8 +603,9 @@ def test_a_bad_checksum_is_refused_and_nothing_is_left(compression: str, tmp_pat
 
 def test_truncated_archives_are_refused(files: dict[str, bytes], tmp_path: Path) -> None:
     whole = make_cab(tmp_path / "whole.cab", files).read_bytes()
-    cuts = sorted({*range(0, 120, 7), *range(120, len(whole), max(1, len(whole) // 40)),
-                   len(whole) - 1})
+    cuts = sorted(
+        {*range(0, 120, 7), *range(120, len(whole), max(1, len(whole) // 40)), len(whole) - 1}
+    )
     assert len(cuts) >= 55
     path = tmp_path / "cut.cab"
     for cut in cuts:
@@ -551,11 +623,16 @@ def test_truncated_archives_are_refused(files: dict[str, bytes], tmp_path: Path)
 def test_corrupted_archives_fail_cleanly_or_extract_correctly(tmp_path: Path) -> None:
     r = random.Random(2026)
     stream = r.randbytes(20_000) * 3 + b"tail"
-    files = {"updateInfo.xml": b"<Updates/>", "a\\image.bin": stream[:50_000],
-             "b.bin": stream[50_000:]}
+    files = {
+        "updateInfo.xml": b"<Updates/>",
+        "a\\image.bin": stream[:50_000],
+        "b.bin": stream[50_000:],
+    }
     pristine = build_cab(
-        [RawFile(n.encode(), len(d), o) for (n, d), o in
-         zip(files.items(), (0, 10, 50_010), strict=True)],
+        [
+            RawFile(n.encode(), len(d), o)
+            for (n, d), o in zip(files.items(), (0, 10, 50_010), strict=True)
+        ],
         [RawFolder(TYPE_MSZIP, history_blocks(b"".join(files.values())))],
     )
     folder_stream = b"".join(files.values())
@@ -591,12 +668,18 @@ def test_corrupted_archives_fail_cleanly_or_extract_correctly(tmp_path: Path) ->
 @pytest.fixture
 def lzx_files() -> dict[str, bytes]:
     r = random.Random(4)
-    return {"updateInfo.xml": b"<Updates/>", "fw/CPE.nbt": r.randbytes(100_001),
-            "fw/odd.bin": b"xyz" * 12_345, "fw/empty": b"", "last.txt": b"last"}
+    return {
+        "updateInfo.xml": b"<Updates/>",
+        "fw/CPE.nbt": r.randbytes(100_001),
+        "fw/odd.bin": b"xyz" * 12_345,
+        "fw/empty": b"",
+        "last.txt": b"last",
+    }
 
 
-def test_our_lzx_test_cabs_are_valid_for_cabextract(lzx_files: dict[str, bytes],
-                                                    tmp_path: Path) -> None:
+def test_our_lzx_test_cabs_are_valid_for_cabextract(
+    lzx_files: dict[str, bytes], tmp_path: Path
+) -> None:
     path = tmp_path / "lzx.cab"
     write_lzx_cab(path, lzx_files)
     test = subprocess.run(["cabextract", "-t", str(path)], capture_output=True, text=True)
@@ -605,8 +688,9 @@ def test_our_lzx_test_cabs_are_valid_for_cabextract(lzx_files: dict[str, bytes],
     assert tree(tmp_path / "ce") == lzx_files
 
 
-def test_lzx_members_are_extracted_through_cabextract(lzx_files: dict[str, bytes],
-                                                      tmp_path: Path) -> None:
+def test_lzx_members_are_extracted_through_cabextract(
+    lzx_files: dict[str, bytes], tmp_path: Path
+) -> None:
     path = tmp_path / "lzx.cab"
     write_lzx_cab(path, lzx_files)
     cab = open_package(path, LIMITS)
@@ -637,16 +721,21 @@ def test_lzx_cab_inside_an_exe(lzx_files: dict[str, bytes], tmp_path: Path) -> N
 def test_garbage_lzx_data_is_a_clean_error(tmp_path: Path) -> None:
     garbage = random.Random(8).randbytes(5000)
     path = tmp_path / "bad.cab"
-    path.write_bytes(build_cab([RawFile(b"a.txt", 10), RawFile(b"b.bin", 30_000, 10)],
-                               [RawFolder(LZX_TYPE, [(garbage, 30_010)])]))
+    path.write_bytes(
+        build_cab(
+            [RawFile(b"a.txt", 10), RawFile(b"b.bin", 30_000, 10)],
+            [RawFolder(LZX_TYPE, [(garbage, 30_010)])],
+        )
+    )
     cab = open_package(path, LIMITS)
     with pytest.raises(CabError, match="^cabextract failed: .+"):
         cab.extract(["a.txt", "b.bin"], tmp_path / "out")
     assert tree(tmp_path / "out") == {}
 
 
-def test_lzx_needs_cabextract(lzx_files: dict[str, bytes], tmp_path: Path,
-                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lzx_needs_cabextract(
+    lzx_files: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_lzx_cab(tmp_path / "lzx.cab", lzx_files)
     cab = open_package(tmp_path / "lzx.cab", LIMITS)
     monkeypatch.setenv("PATH", str(tmp_path / "no-programs-here"))
@@ -665,20 +754,23 @@ def test_memory_stays_flat_while_extracting_a_large_cab(tmp_path: Path) -> None:
     def text() -> Iterator[bytes]:
         line = 0
         for _ in range(size // (1 << 20)):
-            chunk = b"".join(b"%08d firmware record %08x\n" % (line + i, (line + i) * 2654435761
-                                                             & 0xFFFFFFFF) for i in range(34_953))
+            chunk = b"".join(
+                b"%08d firmware record %08x\n" % (line + i, (line + i) * 2654435761 & 0xFFFFFFFF)
+                for i in range(34_953)
+            )
             line += 34_953
             yield chunk[: 1 << 20].ljust(1 << 20, b"\n")
 
     path = tmp_path / "big.cab"
-    write_cab(path, [CabEntry("fw/big.nbt", size, text, T),
-                     CabEntry("b.txt", 1, lambda: [b"b"], T)])
+    write_cab(
+        path, [CabEntry("fw/big.nbt", size, text, T), CabEntry("b.txt", 1, lambda: [b"b"], T)]
+    )
     # Peak RSS from VmHWM: ru_maxrss would start at pytest's own size, as Linux carries
     # it across fork and exec, and hide anything smaller.
     script = textwrap.dedent("""
         import sys
         from pathlib import Path
-        from appliance.cab import CabLimits, open_package
+        from appliance.cab.reader import CabLimits, open_package
         def peak_kib():
             with open("/proc/self/status") as f:
                 return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
@@ -692,10 +784,17 @@ def test_memory_stays_flat_while_extracting_a_large_cab(tmp_path: Path) -> None:
         else:
             print(before, after, got["fw/big.nbt"].size)
     """)
+
     def peak_growth(*check: str) -> int:
         out = tmp_path / f"out{len(check)}"
-        proc = subprocess.run([sys.executable, "-c", script, str(path), str(out), *check],
-                              cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", script, str(path), str(out), *check],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         before, after, extracted = map(int, proc.stdout.split())
         assert extracted == size == (out / "fw" / "big.nbt").stat().st_size
         return (after - before) * 1024

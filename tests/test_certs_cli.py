@@ -20,7 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from appliance.certs import (
+from appliance.cli.certs import add_certs_parser, certs_command
+from appliance.config import Config, TlsSettings
+from appliance.tls.certificates import (
     LEAF_DAYS,
     ServerCredentials,
     check_expiry,
@@ -28,8 +30,6 @@ from appliance.certs import (
     existing_credentials,
     load_credentials,
 )
-from appliance.certs_cli import add_certs_parser, certs_command
-from appliance.config import Config, TlsSettings
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 NAMES = ("ucupdates-r2.example.com",)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run_cli, tree
 
-from appliance.sample import SAMPLE_DEVICES, make_sample_package
+from appliance.catalogue.sample import SAMPLE_DEVICES, make_sample_package
 
 V1, V2, V3 = "4.0.7577.4366", "4.0.7577.4387", "4.0.7577.4400"
 

@@ -6,7 +6,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from appliance.decision import Decision, Reason, choose_update, is_test_device
+from appliance.catalogue.decision import Decision, Reason, choose_update, is_test_device
 from appliance.model import (
     Catalog,
     DeviceRequest,

@@ -26,7 +26,7 @@ import dnslib
 import pytest
 from deploy import netns, playbook, rootfs
 
-from appliance.sample import make_sample_package, sample_check
+from appliance.catalogue.sample import make_sample_package, sample_check
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"

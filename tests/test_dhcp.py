@@ -27,7 +27,7 @@ from conftest import REPO
 from twisted.logger import LogLevel, capturedLogs, eventsFromJSONLogFile
 
 from appliance.config import Config, ConfigError, load_config
-from appliance.dhcp import (
+from appliance.discovery.dhcp import (
     InformAnswers,
     InformProtocol,
     Outcome,
@@ -38,7 +38,7 @@ from appliance.dhcp import (
     make_dhcp_service,
     parse_packet,
 )
-from appliance.dhcp_options import option43, option120, vlan_option43
+from appliance.discovery.dhcp_options import option43, option120, vlan_option43
 
 SIP = "sip.contoso.com"
 MAC = "00:04:f2:aa:bb:cc"
@@ -423,7 +423,7 @@ from pathlib import Path
 from twisted.internet import reactor
 from twisted.logger import globalLogBeginner, jsonFileLogObserver
 from appliance.config import load_config
-from appliance.dhcp import make_dhcp_service
+from appliance.discovery.dhcp import make_dhcp_service
 
 config_path, relay_port, client_port, log_path = sys.argv[1:5]
 globalLogBeginner.beginLoggingTo(

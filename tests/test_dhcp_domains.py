@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.dhcp_domains import DhcpDomainsError, parse_domains, read_domains
+from appliance.discovery.dhcp_domains import DhcpDomainsError, parse_domains, read_domains
 
 ISC_SCOPES = """\
 # dhcpd.conf of a small site; "quotes" in comments are not strings

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.dhcp_options import (
+from appliance.discovery.dhcp_options import (
     DhcpOptionError,
     LyncOptions,
     decode,

@@ -20,8 +20,8 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
 from appliance.config import Address, Config, ConfigError, DnsSettings, Listeners, load_config
-from appliance.dns import DnsResponder, Forwarder, internal_addresses, make_responder
-from appliance.dns_answer import (
+from appliance.discovery.dns import DnsResponder, Forwarder, internal_addresses, make_responder
+from appliance.discovery.dns_answer import (
     OUR_UDP_SIZE,
     Action,
     Addresses,

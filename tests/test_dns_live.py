@@ -54,7 +54,7 @@ from twisted.internet import reactor, stdio
 from twisted.logger import globalLogBeginner, jsonFileLogObserver
 from twisted.protocols.basic import LineReceiver
 from appliance.config import load_config
-from appliance.dns import make_dns_service
+from appliance.discovery.dns import make_dns_service
 
 globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stderr)], redirectStandardIO=False)
 service = make_dns_service(load_config(Path(sys.argv[1])), reactor)

@@ -22,9 +22,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.web.test.requesthelper import DummyRequest
 
-from appliance.certs import LEAF_DAYS, ServerCredentials, ensure_test_certificates
+from appliance.catalogue.importer import import_package
 from appliance.config import Address, Config, Listeners
-from appliance.health import (
+from appliance.ops.health import (
     CheckResult,
     HealthResource,
     check_certificate,
@@ -36,11 +36,11 @@ from appliance.health import (
     check_store,
     expiry_timer,
     log_certificate_expiry,
-    newest_schema_version,
     run_check,
 )
-from appliance.importer import import_package
-from appliance.store import Store
+from appliance.store import newest_schema_version
+from appliance.store.database import Store
+from appliance.tls.certificates import LEAF_DAYS, ServerCredentials, ensure_test_certificates
 
 HOST = "127.0.0.1"
 NOW = datetime.now(UTC)

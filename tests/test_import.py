@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, state, tree
 
-from appliance.catalogue import data_lock
+from appliance.catalogue.actions import data_lock
+from appliance.catalogue.importer import Outcome, PackageError, import_package
+from appliance.catalogue.sample import SAMPLE_DEVICES, make_sample_package
 from appliance.config import Config, load_config
-from appliance.importer import Outcome, PackageError, import_package
 from appliance.model import RuleState
-from appliance.sample import SAMPLE_DEVICES, make_sample_package
-from appliance.store import Store
+from appliance.store.database import Store
 
 VERSION = "4.0.7577.4387"
 

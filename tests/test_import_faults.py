@@ -15,9 +15,9 @@ import pytest
 from cabarchive import CabArchive, CabFile
 from conftest import REPO, run_cli, state, tree
 
-from appliance.cabwriter import CabEntry, write_cab
+from appliance.cab.writer import CabEntry, write_cab
+from appliance.catalogue.sample import SAMPLE_DEVICES, make_sample_package
 from appliance.config import Config
-from appliance.sample import SAMPLE_DEVICES, make_sample_package
 
 MTIME = datetime(2013, 4, 2, tzinfo=UTC)
 GOOD_XML = (
@@ -162,8 +162,8 @@ _KILLER = """
 import os, signal, sys
 from pathlib import Path
 from appliance.config import load_config
-from appliance.importer import import_package
-from appliance.store import Store
+from appliance.catalogue.importer import import_package
+from appliance.store.database import Store
 
 data, package, phase = sys.argv[1:]
 config = load_config(None, Path(data))
@@ -186,7 +186,7 @@ def _assert_consistent(config: Config) -> int:
     on_disk = tree(config.store_dir)
     assert len(rules) in (0, len(SAMPLE_DEVICES))
     if rules:
-        from appliance.store import Store
+        from appliance.store.database import Store
 
         store = Store.open(config.db_path)
         try:

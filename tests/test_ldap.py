@@ -25,8 +25,8 @@ from ldap3 import Connection, Server
 from twisted.internet import defer
 from twisted.logger import LogEvent, globalLogPublisher
 
-from appliance.auth import Authenticator, AuthError, AuthResult, LdapDirectory
 from appliance.config import AuthSettings, LdapSettings
+from appliance.phones.auth import Authenticator, AuthError, AuthResult, LdapDirectory
 
 SLAPD = Path("/usr/sbin/slapd")
 SLAPADD = Path("/usr/sbin/slapadd")

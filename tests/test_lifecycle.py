@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.lifecycle import (
+from appliance.catalogue.lifecycle import (
     Action,
     LifecycleError,
     apply,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.model import RuleKey
-from appliance.package_format import (
+from appliance.catalogue.package_format import (
     PackageFormatError,
     PackageModule,
     PackageUpdate,
     parse_update_info,
     render_update_info,
 )
+from appliance.model import RuleKey
 
 CU8 = "4.0.7577.4387"
 CX600 = RuleKey("UCPhone", "Polycom", "CX600", "A", "ENU", "CPE")

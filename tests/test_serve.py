@@ -36,8 +36,9 @@ from urllib.parse import urlsplit
 import pytest
 from conftest import REPO, run_cli
 
-from appliance.sample import SAMPLE_PHONE_MAC, sample_check
-from appliance.store import Device, Store
+from appliance.catalogue.sample import SAMPLE_PHONE_MAC, sample_check
+from appliance.model import Device
+from appliance.store.database import Store
 
 FQDN = "ucupdates-r2.example.com"
 HOST = "127.0.0.1"
@@ -184,7 +185,7 @@ def add_user(data: Path, name: str, password: str) -> None:
     if re.search(r"^\s+user\s", usage, re.MULTILINE):
         cli(data, "user", "add", name, "--password-stdin", stdin=password + "\n")
         return
-    from appliance.auth import hash_password
+    from appliance.phones.auth import hash_password
 
     store = Store.open(data / "ucupdates.sqlite3")
     try:

@@ -10,16 +10,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from appliance.model import IdentifierKind, RuleKey, RuleState
-from appliance.store import (
-    Device,
-    DuplicateError,
-    NewFile,
-    RuleFilter,
-    SchemaError,
-    Store,
-    StoreError,
-)
+from appliance.model import Device, IdentifierKind, NewFile, RuleKey, RuleState
+from appliance.store.database import DuplicateError, RuleFilter, SchemaError, Store, StoreError
 
 CX600 = RuleKey("UCPhone", "Polycom", "CX600", "A", "ENU", "CPE")
 CX600_DEU = RuleKey("UCPhone", "Polycom", "CX600", "A", "DEU", "CPE")
@@ -109,7 +101,7 @@ def device(identity: str, version: str, first: str, last: str) -> Device:
 # -- schema -----------------------------------------------------------------------------
 
 
-LATEST = len(list((Path(__file__).parent.parent / "appliance" / "schema").glob("*.sql")))
+LATEST = len(list((Path(__file__).parent.parent / "appliance" / "store" / "schema").glob("*.sql")))
 
 
 def test_memory_store_has_the_schema_applied(db: Store) -> None:

@@ -26,17 +26,16 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from appliance.catalogue import add_test_device
+from appliance.catalogue.actions import add_test_device
 from appliance.config import Config, SyslogSettings
-from appliance.events import (
+from appliance.model import IdentifierKind
+from appliance.ops.events import (
     emit_admin_event,
     events_after,
     forward_new_events,
     newest_event_id,
 )
-from appliance.model import IdentifierKind
-from appliance.store import Store
-from appliance.syslog import (
+from appliance.ops.syslog import (
     SD_ID,
     UDP_MAX_BYTES,
     BlockingSender,
@@ -49,6 +48,7 @@ from appliance.syslog import (
     make_syslog_observer,
     parse_target,
 )
+from appliance.store.database import Store
 
 T = datetime(2026, 11, 27, 8, 0, 0, 250000, tzinfo=UTC).timestamp()
 HOST = "127.0.0.1"
@@ -737,7 +737,7 @@ import dataclasses, sys
 from twisted.internet import reactor, task
 from twisted.logger import Logger
 from appliance.config import Config, SyslogSettings
-from appliance.syslog import make_syslog_observer
+from appliance.ops.syslog import make_syslog_observer
 
 target, tag = sys.argv[1], sys.argv[2]
 settings = SyslogSettings(enabled=True, target=target, hostname="appliance.test", facility=17)

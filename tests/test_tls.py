@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.certs import CertError, ensure_test_certificates
 from appliance.config import TlsProfile
-from appliance.tls import context_factory
+from appliance.tls.certificates import CertError, ensure_test_certificates
+from appliance.tls.contexts import context_factory
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "ucupdates-r2.example.com"
@@ -38,9 +38,9 @@ from twisted.internet import reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
-from appliance.certs import ensure_test_certificates
+from appliance.tls.certificates import ensure_test_certificates
 from appliance.config import TlsProfile
-from appliance.tls import context_factory
+from appliance.tls.contexts import context_factory
 
 creds = ensure_test_certificates(Path(sys.argv[1]), sys.argv[2:])
 root = Resource()

@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from appliance.decision import Decision, Offer, Reason
+from appliance.catalogue.decision import Decision, Offer, Reason
 from appliance.model import (
     DeviceRequest,
     ReportedModule,
@@ -19,7 +19,7 @@ from appliance.model import (
     UpdateFile,
     Zone,
 )
-from appliance.upx import BaseUrls, CheckError, audit_line, parse_check, render_response
+from appliance.phones.codec import BaseUrls, CheckError, audit_line, parse_check, render_response
 
 MAC = "00-04-F2-A1-B2-C3"
 CU7 = "4.0.7577.4366"

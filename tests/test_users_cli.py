@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from appliance.auth import verify_password
-from appliance.catalogue import add_user
+from appliance.catalogue.actions import add_user
 from appliance.config import load_config
-from appliance.store import Store, User
+from appliance.model import User
+from appliance.phones.auth import verify_password
+from appliance.store.database import Store
 
 PASSWORD = "correct horse battery staple"
 NEW_PASSWORD = "Tr0ub4dor&3 with spaces"

@@ -1,9 +1,14 @@
-"""The Control Panel: the admin listener's web UI and JSON API (issue 5).
+"""The Control Panel: the admin listener's web UI and JSON API.
 
 `make_admin_site(config, store, clock, reactor)` builds the listener's site; the
-composition root wraps it in TLS (profile `modern`). `cli` has the `admin` command and
-`remote` drives a remote appliance through the API (`--server URL`).
+composition root wraps it in TLS (profile `modern`). The `admin` command group and remote
+driving (`--server URL`) live in `appliance.cli`.
 """
 
-# Nothing is imported here: `ucupdates` commands import `admin.cli` and `admin.remote`
-# without loading the web site (`admin.site`), which only `serve` needs.
+from appliance.admin.accounts import AccountError
+from appliance.admin.site import make_admin_site
+
+__all__ = [
+    "AccountError",
+    "make_admin_site",
+]

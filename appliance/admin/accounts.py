@@ -10,11 +10,11 @@ import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 
-from ..passwords import AuthError, hash_password, validate_password, verify_password
-from ..store import AdminAccount, DuplicateError, Store, StoreError
-from .settings import AdminSettings
+from appliance.config import AdminSettings
+from appliance.model import AdminAccount, Role
+from appliance.passwords import AuthError, hash_password, validate_password, verify_password
+from appliance.store import DuplicateError, Store, StoreError
 
 MIN_PASSWORD = 8
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -34,11 +34,6 @@ def iso(t: datetime) -> str:
 
 class AccountError(Exception):
     """An account change that cannot be made; str() is the line to show."""
-
-
-class Role(StrEnum):
-    ADMIN = "admin"  # may change everything
-    VIEWER = "viewer"  # may read everything, change nothing
 
 
 def validate_name(name: str) -> str:
@@ -73,7 +68,7 @@ def add_account(store: Store, name: str, role: str, password: str, actor: str) -
     password_hash = hash_password(validate_admin_password(password))
     try:
         with store.transaction():
-            account = store.add_admin_account(name, checked_role.value, password_hash)
+            account = store.add_admin_account(name, checked_role, password_hash)
             store.append_event(
                 actor, "admin.add", f"admin {name}", None, {"name": name, "role": role}
             )
@@ -96,7 +91,7 @@ def set_role(store: Store, name: str, role: str, actor: str) -> None:
     checked = parse_role(role)
     account = _existing(store, name)
     with store.transaction():
-        store.set_admin_role(account.name, checked.value)
+        store.set_admin_role(account.name, checked)
         store.append_event(
             actor,
             "admin.role",

@@ -23,26 +23,10 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web import server
 
-from ..catalogue import (
-    CatalogueError,
-    add_test_device,
-    apply_action,
-    change_json,
-    clean_files,
-    parse_identifier,
-    remove_test_device,
-    rule_json,
-)
-from ..config import Config
-from ..identifiers import InvalidIdentifier
-from ..importer import ImportResult, PackageError, import_json, import_package
-from ..lifecycle import Action
-from ..model import Rule, RuleState, TestDevice
-from ..store import DuplicateError, Event, RuleFilter, Store, StoreError
-from . import charts, inventory
-from .accounts import AddressFailures, locked_until, password_matches, record_failure
-from .impact import Impact, preview
-from .sessions import (
+from appliance.admin import charts, inventory
+from appliance.admin.accounts import AddressFailures, locked_until, password_matches, record_failure
+from appliance.admin.impact import Impact, preview
+from appliance.admin.sessions import (
     CSRF_HEADER,
     Login,
     clearing_cookie,
@@ -54,8 +38,26 @@ from .sessions import (
     open_session,
     session_cookie,
 )
-from .settings import AdminSettings
-from .web import ApiError, Reply
+from appliance.admin.web import ApiError, Reply
+from appliance.catalogue import (
+    Action,
+    CatalogueError,
+    ImportResult,
+    PackageError,
+    add_test_device,
+    apply_action,
+    change_json,
+    clean_files,
+    import_json,
+    import_package,
+    parse_identifier,
+    remove_test_device,
+    rule_json,
+)
+from appliance.config import AdminSettings, Config
+from appliance.identifiers import InvalidIdentifier
+from appliance.model import Event, Role, Rule, RuleState, TestDevice
+from appliance.store import DuplicateError, RuleFilter, Store, StoreError
 
 log = Logger(namespace="ucupdates.admin")
 
@@ -183,7 +185,7 @@ class Api:
                 return login, ApiError(403, "the request comes from another origin")
             if not csrf_matches(login.session, request.getHeader(CSRF_HEADER)):
                 return login, ApiError(403, "missing or wrong CSRF token (X-CSRF-Token header)")
-        if access == CHANGE and login.account.role != "admin":
+        if access == CHANGE and login.account.role is not Role.ADMIN:
             return login, ApiError(403, "a viewer cannot change anything; ask an admin")
         return login, None
 
@@ -354,7 +356,7 @@ class Api:
     # -- packages -----------------------------------------------------------------------------
 
     def upload_package(self, call: Call) -> defer.Deferred[Reply]:
-        from .site import AdminRequest
+        from appliance.admin.site import AdminRequest
 
         request = call.request
         assert isinstance(request, AdminRequest)

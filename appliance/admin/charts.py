@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import date
 from html import escape
 
-from .inventory import ModelVersions, version_key
+from appliance.admin.inventory import ModelVersions, version_key
 
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#555555")
 TEXT = "#1f1f1f"

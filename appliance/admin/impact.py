@@ -11,11 +11,15 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .. import lifecycle
-from ..decision import Reason, choose_update, matching_rules
-from ..lifecycle import Action, LifecycleError
-from ..model import Catalog, DeviceRequest, Rule
-from ..store import Device
+from appliance.catalogue import (
+    Action,
+    LifecycleError,
+    Reason,
+    choose_update,
+    lifecycle,
+    matching_rules,
+)
+from appliance.model import Catalog, Device, DeviceRequest, Rule
 
 
 @dataclass(frozen=True)

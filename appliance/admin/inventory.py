@@ -17,11 +17,10 @@ from datetime import date, timedelta
 from enum import StrEnum
 from pathlib import Path
 
-from ..decision import choose_update, matching_rules
-from ..identifiers import is_version, same_version, version_tuple
-from ..model import Catalog
-from ..store import Device
-from .impact import device_request
+from appliance.admin.impact import device_request
+from appliance.catalogue import choose_update, matching_rules
+from appliance.identifiers import is_version, same_version, version_tuple
+from appliance.model import Catalog, Device
 
 
 class Status(StrEnum):

@@ -15,10 +15,11 @@ from urllib.parse import quote
 
 from twisted.web import server
 
-from . import charts, inventory
-from .api import Api
-from .sessions import Login
-from .web import ApiError, Reply
+from appliance.admin import charts, inventory
+from appliance.admin.api import Api
+from appliance.admin.sessions import Login
+from appliance.admin.web import ApiError, Reply
+from appliance.model import Role
 
 NAV = (
     ("/updates", "Updates"),
@@ -143,7 +144,7 @@ def _layout(title: str, path: str, login: Login | None, body: str) -> str:
 
 
 def _viewer_note(login: Login) -> str:
-    if login.account.role == "admin":
+    if login.account.role is Role.ADMIN:
         return ""
     return (
         '<p class="note">You are signed in as a viewer: you can look at everything, '
@@ -173,7 +174,7 @@ def _select(ident: str, label: str, name: str) -> str:
 
 
 def _updates(login: Login) -> str:
-    admin = login.account.role == "admin"
+    admin = login.account.role is Role.ADMIN
     disabled = "" if admin else " hidden"
     states = "".join(
         f'<option value="{s}">{s}</option>' for s in ("pending", "approved", "restored", "reset")
@@ -216,7 +217,7 @@ def _updates(login: Login) -> str:
 
 
 def _upload(login: Login) -> str:
-    if login.account.role != "admin":
+    if login.account.role is not Role.ADMIN:
         return _viewer_note(login)
     return (
         '<form id="upload-form" class="card" novalidate>'
@@ -245,7 +246,7 @@ def _upload(login: Login) -> str:
 
 def _test_devices(login: Login) -> str:
     form = ""
-    if login.account.role == "admin":
+    if login.account.role is Role.ADMIN:
         form = (
             '<form id="add-test-device" class="card" novalidate>'
             "<h2>Add a test device</h2>"

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ..store import AdminAccount, AdminSession, Store
-from .accounts import iso
-from .settings import AdminSettings
+from appliance.admin.accounts import iso
+from appliance.config import AdminSettings
+from appliance.model import AdminAccount, AdminSession
+from appliance.store import Store
 
 # `__Host-`: the browser accepts the cookie only when Secure, with Path=/ and no Domain,
 # so no other host or path (nor plain HTTP) can set or shadow it.

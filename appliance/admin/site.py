@@ -29,14 +29,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 
-from ..config import Config
-from ..events import admin_log, emit_store_events, events_after, newest_event_id
-from ..httpguard import GuardedChannel, GuardedRequest, GuardedSite, Limits, Rejection
-from ..store import Store
-from . import pages
-from .api import UPLOAD_PATH, Api, staged_name
-from .settings import AdminSettings
-from .web import ApiError, Reply, error_reply, finish, send
+from appliance.admin import pages
+from appliance.admin.api import UPLOAD_PATH, Api, staged_name
+from appliance.admin.web import ApiError, Reply, error_reply, finish, send
+from appliance.config import AdminSettings, Config
+from appliance.ops import admin_log, emit_store_events, events_after, newest_event_id
+from appliance.store import Store
+from appliance.web import GuardedChannel, GuardedRequest, GuardedSite, Limits, Rejection
 
 log = Logger(namespace="ucupdates.admin")
 
@@ -214,7 +213,7 @@ def _health_resource(
     config: Config, store: Store, clock: Callable[[], datetime], service: Any
 ) -> Any:
     try:
-        from ..health import HealthResource
+        from appliance.ops import HealthResource
     except ImportError:  # pragma: no cover - a tree without the health work
         return None
     return HealthResource(config, store, clock, service)

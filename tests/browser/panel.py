@@ -233,11 +233,11 @@ def simulate_check(
     inventory and a line in the day's audit file (the decision made as it would be now)."""
     from datetime import UTC, datetime
 
+    from appliance.catalogue.decision import choose_update
     from appliance.config import load_config
-    from appliance.decision import choose_update
-    from appliance.model import DeviceRequest, ReportedModule, Zone
-    from appliance.store import Device, Store
-    from appliance.upx import audit_line
+    from appliance.model import Device, DeviceRequest, ReportedModule, Zone
+    from appliance.phones.codec import audit_line
+    from appliance.store.database import Store
 
     config = load_config(None, data_dir)
     now = datetime.now(UTC)

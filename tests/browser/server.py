@@ -19,13 +19,12 @@ from twisted.internet import reactor as default_reactor
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from appliance.admin.settings import AdminSettings
 from appliance.admin.site import make_admin_site
-from appliance.certs import ensure_test_certificates
-from appliance.config import Address, TlsProfile, load_config
+from appliance.config import Address, AdminSettings, TlsProfile, load_config
 from appliance.service import Listener, SharedPortServer
-from appliance.store import Store
-from appliance.tls import context_factory
+from appliance.store.database import Store
+from appliance.tls.certificates import ensure_test_certificates
+from appliance.tls.contexts import context_factory
 
 
 def main() -> None:

@@ -1,0 +1,381 @@
+"""`ucupdates import`: a vendor package into the DeviceUpdateStore, whole or not at all.
+
+The import runs under the data folder's lock: members are extracted into a staging
+folder (each file fsynced), renamed into `DeviceUpdateStore/<DeviceType>/<Brand>/
+<Model>/<Revision>/<Locale>/<Version>/<UpdateType>/`, the folders fsynced, and then one
+store transaction records the files, the rules and the event. The transaction is the
+commit point: a process killed before it leaves only files the catalogue does not list,
+which `catalogue.recover` sweeps at the next start, together with the staging folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from appliance.cab import CabError, Cabinet, CabLimits, ExtractedMember, open_package
+from appliance.catalogue import lifecycle
+from appliance.catalogue.actions import data_lock, recover_locked
+from appliance.catalogue.package_format import (
+    UPDATE_INFO,
+    PackageFormatError,
+    PackageUpdate,
+    parse_update_info,
+)
+from appliance.config import Config
+from appliance.model import NewFile, RuleKey
+from appliance.store import Store
+
+Checkpoint = Callable[[str], None]
+
+
+class PackageError(Exception):
+    """A package that cannot be imported; str() names the package and the problem."""
+
+
+class Outcome(StrEnum):
+    NEW_RULE = "new rule"
+    PENDING = "now pending"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class UpdateReport:
+    key: RuleKey
+    version: str
+    outcome: Outcome
+    rule_id: int | None
+    files: int
+    bytes: int
+    previous_pending: str | None = None
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    package: str
+    sha256: str
+    size: int
+    updates: tuple[UpdateReport, ...]
+    ignored: tuple[str, ...]  # members no update refers to
+    written_bytes: int
+
+    @property
+    def changed(self) -> bool:
+        return any(u.outcome is not Outcome.UNCHANGED for u in self.updates)
+
+
+def import_json(result: ImportResult) -> dict[str, Any]:
+    """An import's result as `import --json` and the Control Panel API show it."""
+    return {
+        "package": result.package,
+        "sha256": result.sha256,
+        "size": result.size,
+        "changed": result.changed,
+        "written_bytes": result.written_bytes,
+        "ignored": list(result.ignored),
+        "updates": [
+            {
+                "rule_id": u.rule_id,
+                **dataclasses.asdict(u.key),
+                "version": u.version,
+                "files": u.files,
+                "bytes": u.bytes,
+                "outcome": u.outcome.value,
+                "previous_pending": u.previous_pending,
+            }
+            for u in result.updates
+        ],
+    }
+
+
+def _no_checkpoint(_: str) -> None:
+    pass
+
+
+def import_package(
+    store: Store, config: Config, path: Path, actor: str, checkpoint: Checkpoint = _no_checkpoint
+) -> ImportResult:
+    """Import the package at `path`; raise PackageError and change nothing when it can't.
+
+    `checkpoint(phase)` is called between phases (tests use it to kill the process there).
+    """
+    try:
+        with data_lock(config.lock_path, "import"):
+            recover_locked(store, config.store_dir, config.staging_dir)
+            return _Import(store, config, path, actor, checkpoint).run()
+    except (CabError, PackageFormatError) as e:
+        raise PackageError(f"{path.name}: {e}") from e
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise PackageError(f"{path.name}: {e.strerror or e}{where}") from e
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A member and where it goes in the store, with the record the store keeps."""
+
+    member: str
+    record: NewFile
+
+
+class _Import:
+    def __init__(
+        self, store: Store, config: Config, path: Path, actor: str, checkpoint: Checkpoint
+    ) -> None:
+        self.store, self.config, self.path = store, config, path
+        self.actor, self.checkpoint = actor, checkpoint
+
+    def run(self) -> ImportResult:
+        # The package's own digest is computed beside the extraction (hashlib releases
+        # the GIL); it is awaited only where it is needed.
+        with ThreadPoolExecutor(1, thread_name_prefix="package-sha256") as pool:
+            digest = pool.submit(_hash_file, self.path)
+            return self._run(digest.result)
+
+    def _run(self, package_digest: Callable[[], tuple[str, int]]) -> ImportResult:
+        limits = self.config.imports
+        cab = open_package(
+            self.path,
+            CabLimits(limits.max_entries, limits.max_total_bytes, limits.max_ratio),
+        )
+        try:
+            xml = cab.read_small(UPDATE_INFO, limits.max_xml_bytes)
+        except KeyError:
+            raise PackageFormatError(f"no {UPDATE_INFO} at the package root") from None
+        updates = parse_update_info(xml, [m.name for m in cab.members])
+        used = {m.casefold() for u in updates for m in u.members()}
+        ignored = tuple(
+            m.name
+            for m in cab.members
+            if m.name.casefold() not in used and m.name.casefold() != UPDATE_INFO.casefold()
+        )
+        placed = {u: self._place(u, cab) for u in updates}
+        new = [u for u in updates if not self.store.has_update(u.key, u.version)]
+        old = [u for u in updates if u not in new]
+        if old and not self.store.has_package(package_digest()[0]):
+            self._verify_existing(cab, old, placed)
+
+        reports = self._plan(updates, placed)
+        if not new and all(r.outcome is Outcome.UNCHANGED for r in reports):
+            sha256, size = package_digest()
+            return ImportResult(self.path.name, sha256, size, tuple(reports), ignored, 0)
+
+        to_write = [p for u in new for p in placed[u]]
+        written = sum(p.record.size for p in to_write)
+        free = shutil.disk_usage(self.config.data_dir).free
+        needed = written + limits.min_free_bytes
+        if needed > free:
+            raise PackageFormatError(
+                f"not enough free space in {self.config.data_dir}: the import needs "
+                f"{_mib(written)} and keeps {_mib(limits.min_free_bytes)} free; "
+                f"{_mib(free)} free"
+            )
+        staging = self.config.staging_dir / f"import-{os.getpid()}-{secrets.token_hex(4)}"
+        staging.mkdir(parents=True)
+        moved: list[Path] = []
+        committed = False
+        try:
+            self.checkpoint("staged")
+            extracted = cab.extract({p.member for p in to_write}, staging / "members")
+            self.checkpoint("extracted")
+            records = self._records(to_write, extracted)
+            moved = self._move(to_write, staging / "members")
+            self.checkpoint("moved")
+            sha256, size = package_digest()
+            reports = self._commit(reports, new, records, sha256, size, ignored)
+            committed = True
+            self.checkpoint("committed")
+        finally:
+            if not committed:
+                for target in moved:
+                    target.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+        return ImportResult(self.path.name, sha256, size, tuple(reports), ignored, written)
+
+    def _place(self, update: PackageUpdate, cab: Cabinet) -> list[_Placed]:
+        """Where each member of `update` goes; the sizes come from the cabinet's tables."""
+        folder = update.key.store_dir(update.version)
+        placed: dict[PurePosixPath, _Placed] = {}
+        for module in update.modules:
+            entries = [(module.member, "image", module.file_name)]
+            if module.signature_member:
+                sig_name = PurePosixPath(module.signature_member).name
+                entries.append((module.signature_member, "signature", sig_name))
+            for member, role, name in entries:
+                target = folder / name
+                signature = (
+                    PurePosixPath(module.signature_member).name
+                    if role == "image" and module.signature_member
+                    else None
+                )
+                record = NewFile(role, name, signature, target, cab.member(member).size, "")
+                known = placed.get(target)
+                if known is not None and known.member != member:
+                    raise PackageFormatError(
+                        f"{update.key} {update.version}: {known.member} and {member} "
+                        f"would both be stored as {name}"
+                    )
+                placed[target] = _Placed(cab.member(member).name, record)
+        return list(placed.values())
+
+    def _verify_existing(
+        self, cab: Cabinet, updates: list[PackageUpdate], placed: dict[PackageUpdate, list[_Placed]]
+    ) -> None:
+        """A version already in the store must come with the same bytes."""
+        members = {p.member for u in updates for p in placed[u]}
+        digests = cab.extract(members, self.config.staging_dir, write=False)
+        for update in updates:
+            stored = {f.path: f.sha256 for f in self.store.update_files(update.key, update.version)}
+            for p in placed[update]:
+                if stored.get(p.record.path) != digests[p.member].sha256:
+                    raise PackageFormatError(
+                        f"{update.key} {update.version}: {p.record.file_name} differs from the "
+                        "copy already in the store (remove the rule and run clean-files first)"
+                    )
+
+    def _plan(
+        self, updates: Iterable[PackageUpdate], placed: dict[PackageUpdate, list[_Placed]]
+    ) -> list[UpdateReport]:
+        reports = []
+        for u in updates:
+            files = placed[u]
+            count, total = len(files), sum(p.record.size for p in files)
+            rule = self.store.rule_by_key(u.key)
+            if rule is None:
+                reports.append(UpdateReport(u.key, u.version, Outcome.NEW_RULE, None, count, total))
+            elif lifecycle.with_pending(rule, u.version) is None:
+                reports.append(
+                    UpdateReport(u.key, u.version, Outcome.UNCHANGED, rule.id, count, total)
+                )
+            else:
+                reports.append(
+                    UpdateReport(
+                        u.key,
+                        u.version,
+                        Outcome.PENDING,
+                        rule.id,
+                        count,
+                        total,
+                        previous_pending=rule.pending_version,
+                    )
+                )
+        return reports
+
+    @staticmethod
+    def _records(
+        to_write: list[_Placed], extracted: dict[str, ExtractedMember]
+    ) -> dict[PurePosixPath, NewFile]:
+        records = {}
+        for p in to_write:
+            got = extracted[p.member]
+            r = p.record
+            records[r.path] = NewFile(
+                r.role, r.file_name, r.signature_name, r.path, got.size, got.sha256
+            )
+        return records
+
+    def _move(self, to_write: list[_Placed], members_dir: Path) -> list[Path]:
+        """Rename the extracted members into the store; fsync every folder touched."""
+        store_dir = self.config.store_dir
+        moved: list[Path] = []
+        touched: set[Path] = set()
+        for p in to_write:
+            target = store_dir / p.record.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(members_dir / p.member, target)
+            moved.append(target)
+            parent = target.parent
+            while parent != store_dir.parent and parent not in touched:
+                touched.add(parent)
+                parent = parent.parent
+        for folder in sorted(touched, key=lambda d: len(d.parts), reverse=True):
+            _fsync_dir(folder)
+        return moved
+
+    def _commit(
+        self,
+        reports: list[UpdateReport],
+        new: list[PackageUpdate],
+        records: dict[PurePosixPath, NewFile],
+        sha256: str,
+        size: int,
+        ignored: tuple[str, ...],
+    ) -> list[UpdateReport]:
+        """One transaction: the package, its updates and files, the rules, the events."""
+        store, actor = self.store, self.actor
+        with store.transaction():
+            package_id = store.add_package(self.path.name, sha256, size, actor)
+            for u in new:
+                folder = u.key.store_dir(u.version)
+                files = [r for path, r in records.items() if path.parent == folder]
+                store.add_update(u.key, u.version, u.timestamp, package_id, files)
+            done = []
+            for report in reports:
+                before = store.rule_by_key(report.key)
+                if before is None:
+                    after = store.insert_rule(report.key, report.version)
+                    done.append(dataclasses.replace(report, rule_id=after.id))
+                    store.append_event(
+                        actor,
+                        "rule.create",
+                        f"rule {after.id} {after.key}",
+                        None,
+                        lifecycle.rule_summary(after),
+                    )
+                    continue
+                done.append(report)
+                pending = lifecycle.with_pending(before, report.version)
+                if pending is not None:
+                    after = store.save_rule(pending)
+                    store.append_event(
+                        actor,
+                        "rule.pending",
+                        f"rule {before.id} {before.key}",
+                        lifecycle.rule_summary(before),
+                        lifecycle.rule_summary(after),
+                    )
+            store.append_event(
+                actor,
+                "import",
+                self.path.name,
+                None,
+                {
+                    "sha256": sha256,
+                    "size": size,
+                    "updates": [f"{r.key} {r.version}: {r.outcome.value}" for r in done],
+                    "ignored": list(ignored),
+                },
+            )
+            self.checkpoint("committing")
+        return done
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB"

@@ -1,0 +1,5 @@
+"""The `ucupdates` command line: one module per command group."""
+
+from appliance.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,137 @@
+"""`ucupdates admin ...`: the Control Panel's accounts, from the command line.
+
+    ucupdates admin add NAME --role admin|viewer [--password-stdin]
+    ucupdates admin passwd NAME [--password-stdin]
+    ucupdates admin role NAME admin|viewer
+    ucupdates admin unlock NAME
+    ucupdates admin remove NAME
+    ucupdates admin list [--json]
+
+`add_admin_parser(sub)` adds the command to the `ucupdates` parser; `run_admin` runs it
+(the signature of the other commands: args, config, store, actor -> exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from typing import Any, TextIO
+
+from appliance.admin import AccountError, accounts
+from appliance.config import Config
+from appliance.model import Role
+from appliance.store import Store
+
+EX_FAILED, EX_USAGE = 1, 2
+
+
+def add_admin_parser(sub: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "admin", help="Control Panel accounts (admins change, viewers only look)"
+    )
+    asub = parser.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    a = asub.add_parser("add", help="add an account")
+    a.add_argument("name")
+    a.add_argument("--role", required=True, choices=[r.value for r in Role])
+    _password_option(a)
+    a = asub.add_parser("passwd", help="set an account's password (ends its sessions)")
+    a.add_argument("name")
+    _password_option(a)
+    a = asub.add_parser("role", help="change an account's role")
+    a.add_argument("name")
+    a.add_argument("role", choices=[r.value for r in Role])
+    a = asub.add_parser("unlock", help="lift a lockout after wrong passwords")
+    a.add_argument("name")
+    a = asub.add_parser("remove", help="remove an account (and its sessions)")
+    a.add_argument("name")
+    a = asub.add_parser("list", help="list the accounts")
+    a.add_argument("--json", action="store_true")
+    return parser
+
+
+def _password_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
+
+
+def run_admin(
+    args: argparse.Namespace,
+    config: Config,
+    store: Store,
+    actor: str,
+    stdin: TextIO | None = None,
+    out: TextIO | None = None,
+) -> int:
+    stdin = stdin or sys.stdin
+    out = out or sys.stdout
+    try:
+        return _run(args, store, actor, stdin, out)
+    except AccountError as e:
+        print(f"ucupdates: {e}", file=sys.stderr)
+        return EX_FAILED
+    except _Usage as e:
+        print(f"ucupdates: {e}", file=sys.stderr)
+        return EX_USAGE
+
+
+class _Usage(Exception):
+    pass
+
+
+def _run(args: argparse.Namespace, store: Store, actor: str, stdin: TextIO, out: TextIO) -> int:
+    command = args.admin_command
+    if command == "add":
+        account = accounts.add_account(store, args.name, args.role, _password(args, stdin), actor)
+        print(f"admin account {account.name} added ({account.role})", file=out)
+    elif command == "passwd":
+        if store.admin_account(args.name) is None:
+            raise AccountError(f"no admin account {args.name!r}")
+        accounts.set_password(store, args.name, _password(args, stdin), actor)
+        print(f"password of {args.name} changed; its sessions have ended", file=out)
+    elif command == "role":
+        accounts.set_role(store, args.name, args.role, actor)
+        print(f"{args.name} is now {args.role}", file=out)
+    elif command == "unlock":
+        accounts.unlock(store, args.name, actor)
+        print(f"{args.name} unlocked", file=out)
+    elif command == "remove":
+        accounts.remove_account(store, args.name, actor)
+        print(f"admin account {args.name} removed", file=out)
+    else:
+        rows = [
+            {
+                "name": a.name,
+                "role": a.role,
+                "created_at": a.created_at,
+                "last_login_at": a.last_login_at,
+                "locked_until": a.locked_until,
+            }
+            for a in store.admin_accounts()
+        ]
+        if args.json:
+            print(json.dumps(rows, indent=2), file=out)
+        elif not rows:
+            print("no admin accounts (add one: ucupdates admin add NAME --role admin)", file=out)
+        else:
+            for r in rows:
+                extra = f", locked until {r['locked_until']}" if r["locked_until"] else ""
+                last = r["last_login_at"] or "never"
+                print(f"{r['name']}  {r['role']}  last login {last}{extra}", file=out)
+    return 0
+
+
+def _password(args: argparse.Namespace, stdin: TextIO) -> str:
+    if args.password_stdin:
+        line = stdin.readline()
+        return line.removesuffix("\n").removesuffix("\r")
+    if not stdin.isatty():
+        raise _Usage("no terminal to ask for the password: use --password-stdin")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise AccountError("the passwords differ; nothing changed")
+    return first

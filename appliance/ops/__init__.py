@@ -1,0 +1,24 @@
+"""Operations: syslog, admin actions as events, health checks and `/health`."""
+
+from appliance.ops.events import (
+    admin_log,
+    emit_store_events,
+    events_after,
+    forward_new_events,
+    newest_event_id,
+)
+from appliance.ops.health import HealthResource, expiry_timer, run_check
+from appliance.ops.syslog import SyslogError, make_syslog_observer
+
+__all__ = [
+    "HealthResource",
+    "SyslogError",
+    "admin_log",
+    "emit_store_events",
+    "events_after",
+    "expiry_timer",
+    "forward_new_events",
+    "make_syslog_observer",
+    "newest_event_id",
+    "run_check",
+]

@@ -1,0 +1,425 @@
+"""Health: checks an admin or a monitoring system runs, `ucupdates check` and `/health`.
+
+`checks` runs them all: the config, the server certificate (present, valid, not expiring
+within `syslog.cert_warn_days`, carrying every configured name), the store (SQLite's
+integrity check, the schema version, every file of a referenced update on disk with its
+recorded size), each listener accepting a TCP connection, a TLS handshake on the internal
+HTTPS listener that presents the certificate in use, and the DNS listener answering for
+`ucupdates-r2.<first domain>`. `ucupdates check` prints them like a Nagios plugin (exit 0
+all well, 2 CRITICAL). `HealthResource` (GET /health on the admin listener) runs only the
+ones about the process itself: it cannot usefully connect to its own listeners.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import ssl
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any, TextIO
+
+from twisted.application import internet
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from appliance.config import Address, Config
+from appliance.store import Store, StoreError, newest_schema_version
+from appliance.tls import (
+    CertError,
+    ServerCredentials,
+    certificate_problems,
+    check_expiry,
+    days_left,
+    describe_certificate,
+    existing_credentials,
+)
+
+log = Logger(namespace="ucupdates.health")
+
+EX_OK, EX_CRITICAL = 0, 2
+TIMEOUT = 2.0  # seconds, for each connection, handshake and DNS query
+CACHE_SECONDS = 10.0  # /health answers from results this fresh
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _guarded(name: str, check: Callable[[], CheckResult]) -> CheckResult:
+    """A check that raises has failed; its error is the detail."""
+    try:
+        return check()
+    except Exception as e:
+        return CheckResult(name, False, f"{type(e).__name__}: {e}")
+
+
+# -- the process's own state -----------------------------------------------------------------
+
+
+def check_config(config: Config) -> CheckResult:
+    where = str(config.source) if config.source else "the embedded defaults"
+    return CheckResult("config", True, f"loaded from {where}; data in {config.data_dir}")
+
+
+def check_certificate(config: Config, now: datetime) -> CheckResult:
+    found = existing_credentials(config.tls.cert_file, config.tls.key_file, config.tls_dir)
+    if found is None:
+        return CheckResult("certificate", False, f"none yet in {config.tls_dir}")
+    source, creds = found
+    info = describe_certificate(creds.cert_file)
+    problems = certificate_problems(config, creds.names, days_left(creds, now))
+    if info.not_before > now:
+        problems.append(f"is not valid before {info.not_before:%Y-%m-%d %H:%M} UTC")
+    summary = (
+        f"{creds.cert_file} ({source}) valid until {creds.not_after:%Y-%m-%d} "
+        f"({days_left(creds, now):.0f} days)"
+    )
+    if problems:
+        return CheckResult("certificate", False, f"{summary}: " + "; ".join(problems))
+    return CheckResult("certificate", True, summary)
+
+
+def check_store(store: Store) -> CheckResult:
+    errors = store.integrity_errors()
+    version, newest = store.schema_version, newest_schema_version()
+    if errors:
+        shown = "; ".join(errors[:3]) + (
+            f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        )
+        return CheckResult("store", False, f"integrity check: {shown}")
+    if version != newest:
+        return CheckResult("store", False, f"schema version {version}, expected {newest}")
+    return CheckResult("store", True, f"integrity ok, schema version {version}")
+
+
+def check_files(config: Config, store: Store) -> CheckResult:
+    """Every file of an update a rule references is in the store folder, at its size."""
+    referenced = {(r.key.folded(), v) for r in store.rules() for v in r.versions()}
+    files = [f for f in store.stored_files() if (f.key.folded(), f.version) in referenced]
+    problems = []
+    for f in files:
+        path = config.store_dir / PurePosixPath(f.path)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            problems.append(f"{f.path} is missing")
+            continue
+        if not path.is_file():
+            problems.append(f"{f.path} is not a file")
+        elif size != f.size:
+            problems.append(f"{f.path} has {size} bytes, {f.size} recorded")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        return CheckResult("files", False, "; ".join(problems[:3]) + more)
+    return CheckResult("files", True, f"{len(files)} file(s) of {len(referenced)} update(s)")
+
+
+# -- from outside: the listeners and the DNS answer ------------------------------------------
+
+
+def _probe_host(address: Address) -> str:
+    """Where to connect to reach a listener: its address, loopback for a wildcard."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(  # noqa: S104
+        address.host, address.host
+    )
+
+
+def listener_addresses(config: Config) -> list[tuple[str, Address]]:
+    """Every configured TCP listener, by name (DNS listens on TCP as well as UDP)."""
+    found = [
+        ("dns", config.listeners.dns),
+        ("internal-https", config.listeners.internal_https),
+        ("external-https", config.listeners.external_https),
+        ("admin", config.listeners.admin),
+    ]
+    if config.listeners.internal_http is not None:
+        found.insert(2, ("internal-http", config.listeners.internal_http))
+    return found
+
+
+def check_listener(name: str, address: Address, timeout: float = TIMEOUT) -> CheckResult:
+    host = _probe_host(address)
+    try:
+        with socket.create_connection((host, address.port), timeout=timeout):
+            pass
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        return CheckResult(f"listener {name}", False, f"{address}: {reason}")
+    return CheckResult(f"listener {name}", True, f"{address} accepts connections")
+
+
+def check_https(
+    address: Address,
+    server_name: str,
+    creds: ServerCredentials | None,
+    timeout: float = TIMEOUT,
+) -> CheckResult:
+    """A TLS handshake (with SNI `server_name`) that presents the certificate in use."""
+    host = _probe_host(address)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # compared with the certificate in use instead
+    try:
+        with (
+            socket.create_connection((host, address.port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=server_name) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True) or b""
+            version, cipher = tls.version(), tls.cipher()
+    except (OSError, ssl.SSLError) as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else str(e)
+        return CheckResult("https", False, f"{address}: {reason}")
+    detail = f"{address}: {version} {cipher[0] if cipher else ''}".rstrip()
+    if creds is not None:
+        expected = describe_certificate(creds.cert_file).sha256.replace(":", "").lower()
+        if hashlib.sha256(der).hexdigest() != expected:
+            return CheckResult("https", False, f"{detail}, but not the certificate in use")
+        detail += f", presents {creds.cert_file.name}"
+    return CheckResult("https", True, detail)
+
+
+def check_dns(address: Address, name: str, timeout: float = TIMEOUT) -> CheckResult:
+    """An A (else AAAA) answer for `name` from the DNS listener, over UDP."""
+    from dnslib import QTYPE, RCODE, DNSRecord
+
+    host = _probe_host(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    answers: list[str] = []
+    for qtype in ("A", "AAAA"):
+        question = DNSRecord.question(name, qtype)
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect((host, address.port))
+                sock.send(question.pack())
+                reply = DNSRecord.parse(sock.recv(4096))
+        except TimeoutError:
+            return CheckResult("dns", False, f"{address}: no answer for {name} in {timeout:g} s")
+        except OSError as e:
+            return CheckResult("dns", False, f"{address}: no answer for {name} ({e.strerror})")
+        except Exception as e:  # dnslib's parse errors
+            return CheckResult("dns", False, f"{address}: unreadable answer for {name}: {e}")
+        if reply.header.id != question.header.id:
+            return CheckResult("dns", False, f"{address}: an answer to another question")
+        if reply.header.rcode != RCODE.NOERROR:
+            rcode = RCODE.get(reply.header.rcode)
+            return CheckResult("dns", False, f"{address}: {rcode} for {name} {qtype}")
+        answers = [
+            f"{QTYPE.get(rr.rtype)} {rr.rdata}"
+            for rr in reply.rr
+            if rr.rtype == getattr(QTYPE, qtype)
+        ]
+        if answers:
+            break
+    if not answers:
+        return CheckResult("dns", False, f"{address}: no address for {name}")
+    return CheckResult("dns", True, f"{name} " + ", ".join(answers))
+
+
+# -- putting them together -------------------------------------------------------------------
+
+
+def store_checks(
+    config: Config, store: Store | None, problem: str | None = None
+) -> list[CheckResult]:
+    if store is None:
+        why = problem or f"no database at {config.db_path}"
+        return [CheckResult("store", False, why), CheckResult("files", False, "no store")]
+    return [
+        _guarded("store", lambda: check_store(store)),
+        _guarded("files", lambda: check_files(config, store)),
+    ]
+
+
+def process_checks(
+    config: Config, store: Store | None, now: datetime, problem: str | None = None
+) -> list[CheckResult]:
+    """What the process can say of itself: config, certificate, store."""
+    return [
+        check_config(config),
+        _guarded("certificate", lambda: check_certificate(config, now)),
+        *store_checks(config, store, problem),
+    ]
+
+
+def checks(
+    config: Config,
+    store: Store | None,
+    now: datetime,
+    timeout: float = TIMEOUT,
+    store_problem: str | None = None,
+) -> list[CheckResult]:
+    """Every check, in a fixed order; the network ones go to the configured listeners."""
+    results = process_checks(config, store, now, store_problem)
+    for name, address in listener_addresses(config):
+        results.append(_guarded(f"listener {name}", _listener_probe(name, address, timeout)))
+    try:
+        found = existing_credentials(config.tls.cert_file, config.tls.key_file, config.tls_dir)
+    except CertError:
+        found = None  # the certificate check says why
+    creds = found[1] if found else None
+    results.append(
+        _guarded(
+            "https",
+            lambda: check_https(
+                config.listeners.internal_https, config.internal_fqdn, creds, timeout
+            ),
+        )
+    )
+    dns_name = f"ucupdates-r2.{config.domains[0]}"
+    results.append(_guarded("dns", lambda: check_dns(config.listeners.dns, dns_name, timeout)))
+    return results
+
+
+def _listener_probe(name: str, address: Address, timeout: float) -> Callable[[], CheckResult]:
+    return lambda: check_listener(name, address, timeout)
+
+
+def report(results: Sequence[CheckResult]) -> dict[str, Any]:
+    return {
+        "status": "ok" if all(r.ok for r in results) else "fail",
+        "checks": [asdict(r) for r in results],
+    }
+
+
+def check_command(
+    config: Config,
+    store: Store | None,
+    json_output: bool,
+    out: TextIO | None = None,
+    now: datetime | None = None,
+    timeout: float = TIMEOUT,
+    store_problem: str | None = None,
+) -> int:
+    """`ucupdates check`: one `OK name: detail` / `FAIL name: detail` line per check, or
+    JSON; exit 0 when all pass, 2 (CRITICAL, as a Nagios plugin) when any fails."""
+    out = out or sys.stdout
+    results = checks(config, store, now or datetime.now(UTC), timeout, store_problem)
+    if json_output:
+        print(json.dumps(report(results), indent=2), file=out)
+    else:
+        for r in results:
+            print(f"{'OK' if r.ok else 'FAIL'} {r.name}: {r.detail}", file=out)
+    return EX_OK if all(r.ok for r in results) else EX_CRITICAL
+
+
+def run_check(config: Config, json_output: bool, out: TextIO | None = None) -> int:
+    """`check_command` with the store opened here: a missing or unreadable database is a
+    failed check, not an error of the command (and no database is created)."""
+    store: Store | None = None
+    problem = None
+    if config.db_path.exists():
+        try:
+            store = Store.open(config.db_path)
+        except StoreError as e:
+            problem = str(e)
+    try:
+        return check_command(config, store, json_output, out, store_problem=problem)
+    finally:
+        if store is not None:
+            store.close()
+
+
+# -- in serve: /health and the daily expiry warning ----------------------------------------
+
+
+class HealthResource(resource.Resource):
+    """GET /health: `{"status": "ok"|"fail", "checks": [...]}`, 200 or 503.
+
+    The config, the certificate, the store and its files, and, given the service (an
+    `ApplianceService`), that it is running with its listeners. Results are kept for
+    `cache_seconds`, so a busy monitor does not run SQLite's integrity check each time.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        clock: Callable[[], datetime],
+        service: Any = None,
+        cache_seconds: float = CACHE_SECONDS,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted: unannotated
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.service = service
+        self.cache_seconds = cache_seconds
+        self._cached: tuple[datetime, list[CheckResult]] | None = None
+
+    def results(self) -> list[CheckResult]:
+        now = self.clock()
+        if self._cached is not None:
+            at, results = self._cached
+            if 0 <= (now - at).total_seconds() < self.cache_seconds:
+                return results
+        results = [*process_checks(self.config, self.store, now), self._serving()]
+        self._cached = (now, results)
+        return results
+
+    def _serving(self) -> CheckResult:
+        if self.service is None:
+            return CheckResult("serving", True, "answering /health")
+        if not getattr(self.service, "running", False):
+            return CheckResult("serving", False, "the service is not running")
+        ports = getattr(self.service, "ports", {}) or {}
+        listening = ", ".join(f"{n} {h}:{p}" for n, (h, p) in sorted(ports.items()))
+        return CheckResult("serving", True, f"listening: {listening or 'nothing'}")
+
+    def render_GET(self, request: server.Request) -> bytes:  # noqa: N802
+        body = report(self.results())
+        http_request: Any = request  # Twisted's setHeader is unannotated
+        http_request.setResponseCode(200 if body["status"] == "ok" else 503)
+        http_request.setHeader(b"content-type", b"application/json")
+        http_request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body, indent=2).encode() + b"\n"
+
+
+def log_certificate_expiry(creds: ServerCredentials, now: datetime, warn_days: int) -> str | None:
+    """Log `cert.expiry` (warn) when the certificate expires within `warn_days`."""
+    warning = check_expiry(creds, now, warn_days)
+    if warning is not None:
+        log.warn(
+            "{warning}",
+            warning=warning,
+            path=str(creds.cert_file),
+            not_after=f"{creds.not_after:%Y-%m-%dT%H:%M:%SZ}",
+            days_left=round(days_left(creds, now)),
+            event="cert.expiry",
+        )
+    return warning
+
+
+def expiry_timer(
+    creds: ServerCredentials, warn_days: int, clock: Callable[[], datetime], reactor: Any
+) -> internet.TimerService:
+    """A service that runs `log_certificate_expiry` when it starts, then once a day."""
+    timer = internet.TimerService(  # type: ignore[no-untyped-call]  # Twisted: unannotated
+        86400.0, lambda: log_certificate_expiry(creds, clock(), warn_days)
+    )
+    timer.clock = reactor
+    return timer
+
+
+def make_admin_site(
+    config: Config, store: Store, clock: Callable[[], datetime], service: Any = None
+) -> Any:
+    """The admin listener's `twisted.web.server.Site` (a protocol factory): `/health`,
+    everything else 404. Wrap it in TLS (profile modern)."""
+    root = resource.Resource()  # type: ignore[no-untyped-call]  # Twisted: unannotated
+    health: Any = HealthResource(config, store, clock, service)  # an IResource
+    root.putChild(b"health", health)
+    site = server.Site(root)  # type: ignore[no-untyped-call]  # Twisted: unannotated
+    site.noisy = False
+    site.displayTracebacks = False
+    return site

@@ -1,0 +1,544 @@
+"""The phones' side: update checks, image downloads, device log uploads (Twisted).
+
+`PhoneService` holds what every listener shares (the catalogue cache, the audit file, the
+inventory buffer, the download slots); `PhoneResource` answers one listener's requests;
+`admit` runs when a request's headers are in (see httpguard) and decides zone, body
+limit and credentials before any body is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server, static
+
+from appliance.catalogue import Decision, choose_update, is_test_device
+from appliance.config import Config
+from appliance.model import Catalog, Device, DeviceRequest, StoredFile, Zone
+from appliance.phones.auth import Authenticator, AuthResult
+from appliance.phones.codec import (
+    CONTENT_TYPE,
+    BaseUrls,
+    CheckError,
+    audit_line,
+    parse_check,
+    render_response,
+)
+from appliance.store import Store, iso_utc
+from appliance.web import GuardedRequest, Rejection
+from appliance.zones import client_address, zone_of
+
+log = Logger(namespace="ucupdates.phone")
+
+ANSWER_CACHE_SIZE = 4096  # distinct (model, locale, reported versions, test?) answers
+
+CHECK, UPLOAD, FILES = "check", "upload", "files"
+_ROUTES: tuple[tuple[bytes, str], ...] = (
+    (b"/requesthandler/ucdevice.upx", CHECK),
+    (b"/requesthandlerext/ucdevice.upx", CHECK),
+    (b"/requesthandler/files", UPLOAD),
+    (b"/requesthandlerext/files", UPLOAD),
+)
+_FILE_PREFIXES = (b"/deviceupdatefiles_int/", b"/deviceupdatefiles_ext/")
+_LOG_TYPE_BY_EXTENSION = {
+    ".dmp": "Watson",
+    ".kdmp": "Watson",
+    ".clg": "CELog",
+    ".clg2": "CELog",
+    ".xml": "Config",
+}
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def route(path: bytes) -> str | None:
+    lower = path.split(b"?", 1)[0].lower()
+    for prefix, kind in _ROUTES:
+        if lower == prefix:
+            return kind
+    if lower.startswith(_FILE_PREFIXES):
+        return FILES
+    return None
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What was decided when the headers came in."""
+
+    kind: str | None
+    zone: Zone
+    client: str
+    auth: defer.Deferred[AuthResult] | None  # None: no credentials needed
+
+
+def _fired(d: defer.Deferred[AuthResult]) -> AuthResult | None:
+    box: list[AuthResult] = []
+
+    def keep(result: AuthResult) -> AuthResult:
+        box.append(result)
+        return result
+
+    d.addCallback(keep)
+    return box[0] if box else None
+
+
+def auth_headers(result: AuthResult, realm: str) -> list[tuple[bytes, bytes]]:
+    if result.status == 429 and result.retry_after is not None:
+        return [(b"Retry-After", str(result.retry_after).encode())]
+    return [(b"WWW-Authenticate", f'Basic realm="{realm}", charset="UTF-8"'.encode())]
+
+
+class PhoneService:
+    """State the phone-facing listeners share. Use from the reactor thread."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        authenticator: Authenticator,
+        now: Callable[[], datetime],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.authenticator = authenticator
+        self.now = now
+        self.urls = BaseUrls.of(
+            config.internal_fqdn, config.internal_port, config.external_fqdn, config.external_port
+        )
+        self.active_downloads = 0
+        self._catalog_version: int | None = None
+        self._catalog = Catalog()
+        self._files: dict[str, StoredFile] = {}
+        self._inventory: dict[str, Device] = {}
+        self._audit: tuple[str, Any] | None = None
+        self._server = config.service.server_name or os.uname().nodename
+        self._capture_count = 0
+        self._answers: dict[tuple[object, ...], tuple[Decision, bytes]] = {}
+
+    # -- the catalogue, reloaded when another process changed the database ---------------
+
+    def _refresh(self) -> None:
+        version = self.store.data_version()
+        if version == self._catalog_version:
+            return
+        self._catalog = self.store.catalog()
+        self._answers.clear()
+        referenced = {(r.key.folded(), v) for r in self._catalog.rules for v in r.versions()}
+        self._files = {
+            f.path.as_posix().casefold(): f
+            for f in self.store.stored_files()
+            if (f.key.folded(), f.version) in referenced
+        }
+        self._catalog_version = version
+
+    def catalog(self) -> Catalog:
+        self._refresh()
+        return self._catalog
+
+    def set_urls(self, urls: BaseUrls) -> None:
+        """The base URLs answers carry (known once the listeners have their ports)."""
+        self.urls = urls
+        self._answers.clear()
+
+    def answer(self, device: DeviceRequest) -> tuple[Decision, bytes]:
+        """The decision and the response bytes for a check.
+
+        Devices that say the same things get the same answer until the catalogue changes,
+        so answers are remembered by what the decision reads (the MAC and serial only as
+        "is it a test device").
+        """
+        catalog = self.catalog()
+        key = (
+            device.device_type.casefold(),
+            device.brand.casefold(),
+            device.model.casefold(),
+            device.revision.casefold(),
+            device.locale.casefold(),
+            device.modules,
+            device.version,
+            is_test_device(device, catalog),
+        )
+        cached = self._answers.get(key)
+        if cached is None:
+            decision = choose_update(device, catalog)
+            cached = (decision, render_response(decision, self.urls))
+            if len(self._answers) >= ANSWER_CACHE_SIZE:
+                self._answers.clear()
+            self._answers[key] = cached
+        return cached
+
+    def referenced_file(self, relative: str) -> StoredFile | None:
+        """The stored file at `relative` if some rule references it now (case-insensitive)."""
+        self._refresh()
+        return self._files.get(relative.casefold())
+
+    # -- admission: when the headers are in -----------------------------------------------
+
+    def admitter(self, external_listener: bool) -> Callable[..., Rejection | None]:
+        def admit(
+            request: GuardedRequest, method: bytes, path: bytes, length: int | None
+        ) -> Rejection | None:
+            kind = route(path)
+            transport: Any = request.channel.transport
+            peer = transport.getPeer()
+            forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
+            client = client_address(getattr(peer, "host", "?"), forwarded, self.config.zones)
+            zone = zone_of(client, external_listener, path, self.config.zones)
+            limit = (
+                self.config.device_logs.max_file_bytes
+                if kind == UPLOAD
+                else self.config.service.max_check_bytes
+            )
+            if length is not None and length > limit:
+                log.info(
+                    "request from {client} refused: body of {length} bytes",
+                    client=client,
+                    length=length,
+                )
+                return Rejection(413, f"request body over {limit} bytes")
+            request.max_body = limit
+            auth = None
+            if zone is Zone.EXTERNAL and kind is not None:
+                auth = self.authenticator.authenticate(
+                    request.requestHeaders.getRawHeaders(b"authorization", [None])[0], client
+                )
+                result = _fired(auth)
+                if result is not None and not result.ok:
+                    return Rejection(
+                        result.status,
+                        result.reason,
+                        auth_headers(result, self.config.auth.realm),
+                    )
+            request.admission = Admission(kind, zone, client, auth)
+            return None
+
+        return admit
+
+    # -- record keeping --------------------------------------------------------------------
+
+    def record_check(self, request: DeviceRequest, decision: Decision, client: str) -> None:
+        now = self.now()
+        offer = decision.offers[0] if decision.offers else None
+        reported = (
+            offer.reported
+            if offer
+            else (request.version or (request.modules[0].version if request.modules else None))
+        )
+        log.info(
+            "update check {client} {zone} {mac} {serial} {brand} {model} {locale} reported "
+            "{reported}: {reason} {version}",
+            client=client,
+            zone=request.zone.value,
+            mac=request.mac,
+            serial=request.serial,
+            brand=request.brand,
+            model=request.model,
+            locale=request.locale,
+            reported=reported,
+            reason=decision.reason.value,
+            version=offer.version if offer else None,
+            event="update.check",
+        )
+        self._write_audit(now, audit_line(now, client, request, decision))
+        identity = request.mac or (f"serial:{request.serial}" if request.serial else f"ip:{client}")
+        stamp = iso_utc(now)
+        self._inventory[identity] = Device(
+            identity=identity,
+            mac=request.mac,
+            serial=request.serial,
+            device_type=request.device_type,
+            brand=request.brand,
+            model=request.model,
+            revision=request.revision,
+            locale=request.locale,
+            version=reported,
+            zone=request.zone.value,
+            address=client,
+            user_id=request.user_id,
+            first_seen=stamp,
+            last_seen=stamp,
+        )
+
+    def flush_inventory(self) -> int:
+        """Write the buffered sightings in one transaction (called every second)."""
+        if not self._inventory:
+            return 0
+        pending, self._inventory = self._inventory, {}
+        try:
+            with self.store.transaction():
+                for device in pending.values():
+                    self.store.record_device(device)
+        except Exception:
+            log.failure("could not record {count} device sightings", count=len(pending))
+            for identity, device in pending.items():
+                self._inventory.setdefault(identity, device)
+            return 0
+        return len(pending)
+
+    def _write_audit(self, now: datetime, line: str) -> None:
+        name = f"RequestHandlerAuditLog_{self._server}_{now.strftime('%Y%m%d')}.log"
+        try:
+            if self._audit is None or self._audit[0] != name:
+                if self._audit is not None:
+                    self._audit[1].close()
+                folder = self.config.logs_dir / "Audit"
+                folder.mkdir(parents=True, exist_ok=True)
+                self._audit = (name, (folder / name).open("a", encoding="utf-8"))
+            self._audit[1].write(line + "\n")
+            self._audit[1].flush()
+        except OSError as e:
+            log.error("cannot write the audit file {name}: {error}", name=name, error=e.strerror)
+
+    def capture(self, request: server.Request, body: bytes, why: str) -> None:
+        """Keep a raw check an admin may want to read (config: service.capture)."""
+        settings = self.config.service
+        if not settings.capture:
+            return
+        folder = self.config.capture_dir
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            existing = sorted(folder.iterdir())
+            for old in existing[: max(0, len(existing) - settings.capture_max_files + 1)]:
+                old.unlink()
+            head = [
+                f"{request.method.decode('latin-1')} {request.uri.decode('latin-1')}",
+                f"X-Capture-Reason: {why}",
+            ]
+            for name, values in request.requestHeaders.getAllRawHeaders():
+                for value in values:
+                    shown = b"(redacted)" if name.lower() == b"authorization" else value
+                    head.append(f"{name.decode('latin-1')}: {shown.decode('latin-1')}")
+            stamp = self.now().strftime("%Y%m%dT%H%M%S")
+            self._capture_count += 1
+            path = folder / f"{stamp}-{os.getpid()}-{self._capture_count:06d}.txt"
+            path.write_bytes("\n".join(head).encode() + b"\n\n" + body)
+        except OSError as e:
+            log.error("cannot write a capture: {error}", error=e.strerror)
+
+    def close(self) -> None:
+        self.flush_inventory()
+        if self._audit is not None:
+            self._audit[1].close()
+            self._audit = None
+
+
+class PhoneResource(resource.Resource):
+    """Every path of one phone-facing listener."""
+
+    isLeaf = True
+
+    def __init__(self, service: PhoneService) -> None:
+        super().__init__()
+        self.service = service
+
+    def render(self, request: server.Request) -> bytes | int:
+        assert isinstance(request, GuardedRequest)
+        admission: Admission = request.admission
+        request.setHeader(b"server", b"ucupdates")
+        if admission.kind is None:
+            return _plain(request, 404, "not found")
+        allowed = {CHECK: (b"POST",), UPLOAD: (b"PUT", b"POST"), FILES: (b"GET", b"HEAD")}
+        if request.method not in allowed[admission.kind]:
+            request.setHeader(b"allow", b", ".join(allowed[admission.kind]))
+            return _plain(request, 405, "method not allowed")
+        handler = {CHECK: self._check, UPLOAD: self._upload, FILES: self._file}[admission.kind]
+        if admission.auth is None:
+            return handler(request, admission)
+        done = _fired(admission.auth)
+        if done is not None:
+            return self._authorised(request, admission, handler, done)
+
+        def later(result: AuthResult) -> None:
+            if request.finished or request._disconnected:
+                return
+            out = self._authorised(request, admission, handler, result)
+            if isinstance(out, bytes):
+                request.write(out)
+                request.finish()
+
+        def failed(failure: Failure) -> None:
+            log.failure("authentication failed unexpectedly", failure)
+            if not request.finished and not request._disconnected:
+                request.write(_plain(request, 500, "internal error"))
+                request.finish()
+
+        admission.auth.addCallbacks(later, failed)
+        return server.NOT_DONE_YET
+
+    def _authorised(
+        self,
+        request: server.Request,
+        admission: Admission,
+        handler: Callable[[server.Request, Admission], bytes | int],
+        result: AuthResult,
+    ) -> bytes | int:
+        if not result.ok:
+            for name, value in auth_headers(result, self.service.config.auth.realm):
+                request.setHeader(name, value)
+            return _plain(request, result.status, result.reason)
+        return handler(request, admission)
+
+    # -- POST ucdevice.upx ------------------------------------------------------------------
+
+    def _check(self, request: server.Request, admission: Admission) -> bytes | int:
+        assert request.content is not None
+        body = request.content.read()
+        try:
+            device = parse_check(body, admission.zone, admission.client)
+        except CheckError as e:
+            log.info(
+                "bad update check from {client}: {reason}", client=admission.client, reason=e.reason
+            )
+            self.service.capture(request, body, e.reason)
+            return _plain(request, e.status, e.reason)
+        decision, response = self.service.answer(device)
+        if decision.reason.value == "no-rule":
+            self.service.capture(request, body, decision.detail)
+        self.service.record_check(device, decision, admission.client)
+        request.setHeader(b"content-type", CONTENT_TYPE)
+        request.setHeader(b"cache-control", b"no-store")
+        return response
+
+    # -- GET /DeviceUpdateFiles_*/ --------------------------------------------------------
+
+    def _file(self, request: server.Request, admission: Admission) -> bytes | int:
+        raw = request.path.split(b"/", 2)[2] if request.path.count(b"/") >= 2 else b""
+        relative = unquote_to_bytes(raw).decode("utf-8", "replace")
+        parts = PurePosixPath(relative).parts
+        if not parts or any(p in ("..", ".") or "\\" in p or "\0" in p for p in parts):
+            return _plain(request, 404, "not found")
+        stored = self.service.referenced_file("/".join(parts))
+        if stored is None:
+            return _plain(request, 404, "not found")
+        store_dir = self.service.config.store_dir
+        path = store_dir / stored.path
+        if not os.path.realpath(path).startswith(os.path.realpath(store_dir) + os.sep):
+            return _plain(request, 404, "not found")
+        settings = self.service.config.service
+        if self.service.active_downloads >= settings.max_downloads:
+            request.setHeader(b"retry-after", str(settings.retry_after).encode())
+            return _plain(request, 503, "too many downloads at once; retry later")
+        if request.setETag(f'"{stored.sha256}"'.encode()) == http.CACHED:
+            return b""
+        self.service.active_downloads += 1
+        request.notifyFinish().addBoth(self._download_done, request, stored, admission)
+        request.setHeader(b"x-content-sha256", stored.sha256.encode())
+        image = static.File(str(path), defaultType="application/octet-stream")
+        out: bytes | int = image.render(request)
+        return out
+
+    def _download_done(
+        self, outcome: object, request: server.Request, stored: StoredFile, admission: Admission
+    ) -> None:
+        self.service.active_downloads -= 1
+        complete = not isinstance(outcome, Failure)
+        log.info(
+            "image download {path} to {client} ({zone}): {status}{partial}",
+            path=stored.path.as_posix(),
+            client=admission.client,
+            zone=admission.zone.value,
+            status=request.code,
+            partial="" if complete else " (interrupted)",
+            event="image.download",
+        )
+
+    # -- PUT/POST Files -------------------------------------------------------------------
+
+    def _upload(self, request: server.Request, admission: Admission) -> bytes | int:
+        settings = self.service.config.device_logs
+        assert request.content is not None
+        body = request.content.read()
+        args = request.args or {}
+        name = _arg(args, b"filename", b"name", b"file") or _disposition_name(request)
+        if not name:
+            return _plain(request, 400, "no file name (query parameter 'filename')")
+        base = _SAFE_NAME.sub("_", PurePosixPath(name.replace("\\", "/")).name).strip("._")[:96]
+        extension = os.path.splitext(base)[1].lower()
+        if extension not in settings.valid_extensions:
+            return _plain(request, 415, f"file extension {extension or '(none)'} is not accepted")
+        log_type = _arg(args, b"type", b"logtype") or _LOG_TYPE_BY_EXTENSION.get(
+            extension, "Diaglog"
+        )
+        valid = {t.casefold(): t for t in settings.valid_types}
+        if log_type.casefold() not in valid:
+            return _plain(request, 400, f"log type {log_type!r} is not accepted")
+        if not body:
+            return _plain(request, 400, "empty upload")
+        device = _arg(args, b"mac", b"serial", b"device") or admission.client
+        stamp = self.service.now().strftime("%Y%m%dT%H%M%S")
+        safe_device = _SAFE_NAME.sub("_", device)[:64]
+        folder = self.service.config.logs_dir / "Client" / valid[log_type.casefold()]
+        target = folder / f"{safe_device}_{stamp}_{secrets.token_hex(3)}_{base}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name("." + target.name + ".part")
+            try:
+                with temporary.open("xb") as f:
+                    f.write(body)
+                os.replace(temporary, target)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    temporary.unlink()
+        except OSError as e:
+            log.error("cannot store device log {name}: {error}", name=target.name, error=e.strerror)
+            return _plain(request, 507, "cannot store the log now")
+        log.info(
+            "device log {name} ({type}, {size} bytes) from {client}",
+            name=target.name,
+            type=valid[log_type.casefold()],
+            size=len(body),
+            client=admission.client,
+            event="device.log",
+        )
+        request.setResponseCode(201)
+        return b""
+
+
+def clean_device_logs(logs_dir: Path, retention_days: float, now: float) -> int:
+    """Delete device logs older than the retention period; returns how many."""
+    removed = 0
+    cutoff = now - retention_days * 86400
+    for path in (logs_dir / "Client").glob("*/*"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def _arg(args: dict[bytes, list[bytes]], *names: bytes) -> str | None:
+    lowered = {k.lower(): v for k, v in args.items()}
+    for name in names:
+        values = lowered.get(name)
+        if values and values[0].strip():
+            return values[0].decode("utf-8", "replace").strip()
+    return None
+
+
+def _disposition_name(request: server.Request) -> str | None:
+    header = request.getHeader(b"content-disposition")
+    if not header:
+        return None
+    m = re.search(
+        r'filename="?([^";]+)"?', header.decode("latin-1") if isinstance(header, bytes) else header
+    )
+    return m.group(1) if m else None
+
+
+def _plain(request: server.Request, status: int, text: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return text.encode() + b"\n"

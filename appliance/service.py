@@ -93,7 +93,7 @@ class SharedPortServer(service.Service):
         self._reactor = reactor
         self._port: Any = None
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         host, port = self._address.host, self._address.port
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -114,7 +114,7 @@ class SharedPortServer(service.Service):
             sock.close()  # the reactor holds its own duplicate
         super().startService()
 
-    def stopService(self) -> Any:  # noqa: N802
+    def stopService(self) -> Any:
         super().stopService()
         if self._port is not None:
             return self._port.stopListening()
@@ -142,7 +142,7 @@ class ApplianceService(service.MultiService):
                 event="config.reload",
             )
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         for child in self:
             port = getattr(child, "_port", None)
@@ -166,7 +166,7 @@ class ApplianceService(service.MultiService):
             )
         )
 
-    def stopService(self) -> Any:  # noqa: N802
+    def stopService(self) -> Any:
         for name in self.ports:
             log.info("listener {name} stopping", name=name, event="listener.stop")
         result = super().stopService()

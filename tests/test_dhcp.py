@@ -385,7 +385,7 @@ class RecordingTransport:
     def write(self, packet: bytes, addr: tuple[str, int]) -> None:
         self.written.append((packet, addr))
 
-    def setBroadcastAllowed(self, enabled: bool) -> None:  # noqa: N802
+    def setBroadcastAllowed(self, enabled: bool) -> None:
         self.broadcast = enabled
 
 

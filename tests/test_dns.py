@@ -560,7 +560,7 @@ class FakePort:
     def write(self, data: bytes, addr: tuple[str, int]) -> None:
         self.sent.append((self.index, data, addr))
 
-    def stopListening(self) -> None:  # noqa: N802
+    def stopListening(self) -> None:
         pass
 
 
@@ -571,12 +571,12 @@ class FakeReactor(Clock):
         self.sent: list[tuple[int, bytes, tuple[str, int]]] = []  # (socket, data, upstream)
         self.connected: list[tuple[str, int]] = []
 
-    def listenUDP(self, port: int, protocol: Any, interface: str = "") -> FakePort:  # noqa: N802
+    def listenUDP(self, port: int, protocol: Any, interface: str = "") -> FakePort:
         self.ports.append(FakePort(len(self.ports), self.sent))
         protocol.transport = self.ports[-1]
         return self.ports[-1]
 
-    def connectTCP(self, host: str, port: int, factory: Any, timeout: float) -> Any:  # noqa: N802
+    def connectTCP(self, host: str, port: int, factory: Any, timeout: float) -> Any:
         self.connected.append((host, port))
         return FakeConnector()
 

@@ -418,7 +418,7 @@ class FakeUdpReactor:
         self.interfaces: list[str] = []
         self.resolving: list[defer.Deferred[str]] = []
 
-    def listenUDP(self, port: int, proto: Any, interface: str = "") -> Any:  # noqa: N802
+    def listenUDP(self, port: int, proto: Any, interface: str = "") -> Any:
         self.interfaces.append(interface)
         reactor = self
 
@@ -426,7 +426,7 @@ class FakeUdpReactor:
             def write(self, data: bytes, addr: tuple[str, int]) -> None:
                 reactor.written.append((data, addr))
 
-            def stopListening(self) -> None:  # noqa: N802
+            def stopListening(self) -> None:
                 pass
 
         return Port()

@@ -5,10 +5,22 @@ composition root wraps it in TLS (profile `modern`). The `admin` command group a
 driving (`--server URL`) live in `appliance.cli`.
 """
 
-from appliance.admin.accounts import AccountError
+from appliance.admin.accounts import (
+    AccountError,
+    add_account,
+    remove_account,
+)
+from appliance.admin.accounts import set_password as set_account_password
+from appliance.admin.accounts import set_role as set_account_role
+from appliance.admin.accounts import unlock as unlock_account
 from appliance.admin.site import make_admin_site
 
 __all__ = [
+    "add_account",
+    "remove_account",
+    "set_account_password",
+    "set_account_role",
+    "unlock_account",
     "AccountError",
     "make_admin_site",
 ]

@@ -47,7 +47,7 @@ class AdminRequest(GuardedRequest):
 
     upload_path: Path | None = None
 
-    def gotLength(self, length: int | None) -> None:  # noqa: N802 - Twisted's hook
+    def gotLength(self, length: int | None) -> None:
         if self.upload_path is None:
             super().gotLength(length)
             return
@@ -72,7 +72,7 @@ class AdminRequest(GuardedRequest):
         path.rename(target)
         return target
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
         self.discard_upload()
 
@@ -85,7 +85,7 @@ class AdminRequest(GuardedRequest):
 class AdminChannel(GuardedChannel):
     site: AdminSite
 
-    def allHeadersReceived(self) -> None:  # noqa: N802
+    def allHeadersReceived(self) -> None:
         super().allHeadersReceived()
         request = self.requests[-1] if self.requests else None
         uploading = isinstance(request, AdminRequest) and request.upload_path is not None
@@ -169,7 +169,7 @@ class _Root(resource.Resource):
         super().__init__()
         self.panel = panel
 
-    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:  # noqa: N802
+    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
         return self.panel
 
 

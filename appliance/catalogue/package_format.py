@@ -9,7 +9,7 @@ the XML lacks them. `render_update_info` writes the canonical form.
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET  # noqa: S405 - only to build XML; parsing uses defusedxml
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath

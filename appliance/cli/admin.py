@@ -19,7 +19,6 @@ import json
 import sys
 from typing import Any, TextIO
 
-from appliance.admin import AccountError, accounts
 from appliance.config import Config
 from appliance.model import Role
 from appliance.store import Store
@@ -67,6 +66,8 @@ def run_admin(
     stdin: TextIO | None = None,
     out: TextIO | None = None,
 ) -> int:
+    from appliance.admin import AccountError  # the Control Panel loads only when asked for
+
     stdin = stdin or sys.stdin
     out = out or sys.stdout
     try:
@@ -84,23 +85,32 @@ class _Usage(Exception):
 
 
 def _run(args: argparse.Namespace, store: Store, actor: str, stdin: TextIO, out: TextIO) -> int:
+    from appliance.admin import (
+        AccountError,
+        add_account,
+        remove_account,
+        set_account_password,
+        set_account_role,
+        unlock_account,
+    )
+
     command = args.admin_command
     if command == "add":
-        account = accounts.add_account(store, args.name, args.role, _password(args, stdin), actor)
+        account = add_account(store, args.name, args.role, _password(args, stdin), actor)
         print(f"admin account {account.name} added ({account.role})", file=out)
     elif command == "passwd":
         if store.admin_account(args.name) is None:
             raise AccountError(f"no admin account {args.name!r}")
-        accounts.set_password(store, args.name, _password(args, stdin), actor)
+        set_account_password(store, args.name, _password(args, stdin), actor)
         print(f"password of {args.name} changed; its sessions have ended", file=out)
     elif command == "role":
-        accounts.set_role(store, args.name, args.role, actor)
+        set_account_role(store, args.name, args.role, actor)
         print(f"{args.name} is now {args.role}", file=out)
     elif command == "unlock":
-        accounts.unlock(store, args.name, actor)
+        unlock_account(store, args.name, actor)
         print(f"{args.name} unlocked", file=out)
     elif command == "remove":
-        accounts.remove_account(store, args.name, actor)
+        remove_account(store, args.name, actor)
         print(f"admin account {args.name} removed", file=out)
     else:
         rows = [
@@ -133,5 +143,7 @@ def _password(args: argparse.Namespace, stdin: TextIO) -> str:
         raise _Usage("no terminal to ask for the password: use --password-stdin")
     first = getpass.getpass("password: ")
     if getpass.getpass("again: ") != first:
+        from appliance.admin import AccountError
+
         raise AccountError("the passwords differ; nothing changed")
     return first

@@ -470,11 +470,11 @@ class InformProtocol(DatagramProtocol):
         self.ports = ports
         self.counts: Counter[Outcome] = Counter()
 
-    def startProtocol(self) -> None:  # noqa: N802
+    def startProtocol(self) -> None:
         transport: Any = self.transport  # zope interfaces do not type-check as protocols
         transport.setBroadcastAllowed(True)
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         d = decide(datagram, self.answers, self.server_ip, addr[0], self.ports)
         self.counts[d.outcome] += 1
         count = self.counts[d.outcome]
@@ -538,7 +538,7 @@ class DhcpService(service.Service):
         """The bound UDP port (the real one when the config says 0), while listening."""
         return None if self._udp is None else int(self._udp.getHost().port)
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         if self.protocol is not None:
             try:
                 self._udp = self._reactor.listenUDP(
@@ -556,7 +556,7 @@ class DhcpService(service.Service):
             )
         super().startService()  # type: ignore[no-untyped-call]  # Twisted: unannotated
 
-    def stopService(self) -> Any:  # noqa: N802
+    def stopService(self) -> Any:
         super().stopService()  # type: ignore[no-untyped-call]
         udp, self._udp = self._udp, None
         if udp is not None:

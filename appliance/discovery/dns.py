@@ -288,12 +288,12 @@ class DnsDatagramProtocol(DatagramProtocol):
         self.responder = responder
         self._sendto: Callable[[bytes, Any], int] = lambda data, addr: 0
 
-    def startProtocol(self) -> None:  # noqa: N802
+    def startProtocol(self) -> None:
         # The socket's own sendto: Twisted's write() checks the address text on every
         # datagram, which costs a tenth of the time of a cached answer.
         self._sendto = self.transport.socket.sendto
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         self.responder.handle(datagram, addr[0], False, partial(self._write, addr=addr))
 
     def _write(self, reply: bytes, addr: Any) -> None:
@@ -316,7 +316,7 @@ class DnsStreamProtocol(Protocol, TimeoutMixin):
         self.owner, self.buffer = factory, b""
         self.admitted = self.closing = False
 
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
         self.admitted = self.owner.admit(self)
         if not self.admitted:
             self.closing = True
@@ -325,16 +325,16 @@ class DnsStreamProtocol(Protocol, TimeoutMixin):
         self.transport.registerProducer(self, True)
         self.setTimeout(self.owner.idle_timeout)  # type: ignore[no-untyped-call]
 
-    def pauseProducing(self) -> None:  # noqa: N802
+    def pauseProducing(self) -> None:
         self.transport.pauseProducing()  # stop reading queries
 
-    def resumeProducing(self) -> None:  # noqa: N802
+    def resumeProducing(self) -> None:
         self.transport.resumeProducing()
 
-    def stopProducing(self) -> None:  # noqa: N802
+    def stopProducing(self) -> None:
         pass
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
         self.resetTimeout()  # type: ignore[no-untyped-call]
@@ -352,7 +352,7 @@ class DnsStreamProtocol(Protocol, TimeoutMixin):
         if not self.closing and self.transport.connected:
             self.transport.write(FRAME.pack(len(reply)) + reply)
 
-    def timeoutConnection(self) -> None:  # noqa: N802
+    def timeoutConnection(self) -> None:
         """Idle: close; if the peer does not let us (unread answers), cut it off next time."""
         if self.closing:
             self.transport.abortConnection()
@@ -362,7 +362,7 @@ class DnsStreamProtocol(Protocol, TimeoutMixin):
         self.transport.loseConnection()
         self.setTimeout(self.owner.idle_timeout)  # type: ignore[no-untyped-call]
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)  # type: ignore[no-untyped-call]
         if self.admitted:
             self.admitted = False
@@ -378,7 +378,7 @@ class DnsStreamFactory(ServerFactory):
         self.max_connections = settings.max_tcp_connections
         self.connections: set[DnsStreamProtocol] = set()
 
-    def buildProtocol(self, addr: Any) -> DnsStreamProtocol:  # noqa: N802
+    def buildProtocol(self, addr: Any) -> DnsStreamProtocol:
         protocol = DnsStreamProtocol(self)
         protocol.callLater = self.reactor.callLater  # type: ignore[method-assign]
         return protocol
@@ -413,7 +413,7 @@ class DnsService(service.MultiService):
         self.ports: dict[str, tuple[str, int]] = {}
         self._listening: list[Any] = []
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         udp, tcp = self._bind()
         self._listening = [udp, tcp]
         if self.responder.forwarder is not None:
@@ -469,7 +469,7 @@ class DnsService(service.MultiService):
                 event="dns.no_external_address",
             )
 
-    def stopService(self) -> Any:  # noqa: N802
+    def stopService(self) -> Any:
         super().stopService()  # type: ignore[no-untyped-call]
         stopped = [defer.maybeDeferred(port.stopListening) for port in self._listening]
         self._listening = []

@@ -185,7 +185,7 @@ class _UpstreamSocket(DatagramProtocol):
     def __init__(self, forwarder: Forwarder, socket: int) -> None:
         self.forwarder, self.socket = forwarder, socket
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         self.forwarder.datagram(datagram, addr, self.socket)
 
 
@@ -197,14 +197,14 @@ class _StreamClient(Protocol):
     def __init__(self, forwarder: Forwarder, ident: int) -> None:
         self.forwarder, self.ident, self.buffer, self.answered = forwarder, ident, b"", False
 
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
         query = self.forwarder.stream_query(self.ident)
         if query is None:
             self.transport.abortConnection()
             return
         self.transport.write(FRAME.pack(len(query)) + query)
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         self.buffer += data
         if len(self.buffer) >= 2 and len(self.buffer) >= 2 + FRAME.unpack_from(self.buffer)[0]:
             self.answered = True
@@ -212,7 +212,7 @@ class _StreamClient(Protocol):
             self.transport.loseConnection()
             self.forwarder.stream_answer(self.ident, frame)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.answered:
             self.answered = True
             self.forwarder.stream_answer(self.ident, None)
@@ -224,8 +224,8 @@ class _StreamFactory(ClientFactory):
     def __init__(self, forwarder: Forwarder, ident: int) -> None:
         self.forwarder, self.ident = forwarder, ident
 
-    def buildProtocol(self, addr: Any) -> Protocol:  # noqa: N802
+    def buildProtocol(self, addr: Any) -> Protocol:
         return _StreamClient(self.forwarder, self.ident)
 
-    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:  # noqa: N802
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.forwarder.stream_answer(self.ident, None)

@@ -376,7 +376,7 @@ class HealthResource(resource.Resource):
         listening = ", ".join(f"{n} {h}:{p}" for n, (h, p) in sorted(ports.items()))
         return CheckResult("serving", True, f"listening: {listening or 'nothing'}")
 
-    def render_GET(self, request: server.Request) -> bytes:  # noqa: N802
+    def render_GET(self, request: server.Request) -> bytes:
         body = report(self.results())
         http_request: Any = request  # Twisted's setHeader is unannotated
         http_request.setResponseCode(200 if body["status"] == "ok" else 503)

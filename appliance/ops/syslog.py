@@ -291,7 +291,7 @@ class _FramedProtocol(protocol.Protocol):
         self.sender = sender
         self.paused = False
 
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
         transport: Any = self.transport
         transport.registerProducer(self, True)
         self.sender.connected(self)
@@ -304,20 +304,20 @@ class _FramedProtocol(protocol.Protocol):
         transport: Any = self.transport
         transport.loseConnection()
 
-    def pauseProducing(self) -> None:  # noqa: N802
+    def pauseProducing(self) -> None:
         self.paused = True
 
-    def resumeProducing(self) -> None:  # noqa: N802
+    def resumeProducing(self) -> None:
         self.paused = False
         self.sender.flush()
 
-    def stopProducing(self) -> None:  # noqa: N802
+    def stopProducing(self) -> None:
         self.paused = True
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         pass  # syslog receivers send nothing back
 
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any = None) -> None:
         self.sender.disconnected(self)
 
 
@@ -327,13 +327,13 @@ class _Factory(protocol.ClientFactory):
     def __init__(self, sender: TcpSender) -> None:
         self.sender = sender
 
-    def buildProtocol(self, addr: Any) -> _FramedProtocol:  # noqa: N802
+    def buildProtocol(self, addr: Any) -> _FramedProtocol:
         return _FramedProtocol(self.sender)
 
-    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:  # noqa: N802
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
         self.sender.retry_later()
 
-    def clientConnectionLost(self, connector: Any, reason: Any) -> None:  # noqa: N802
+    def clientConnectionLost(self, connector: Any, reason: Any) -> None:
         self.sender.retry_later()
 
 

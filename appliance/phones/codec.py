@@ -8,7 +8,7 @@ correct the spelling here and nowhere else.
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET  # noqa: S405 - only to build XML; parsing uses defusedxml
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime

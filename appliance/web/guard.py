@@ -55,7 +55,7 @@ class GuardedRequest(server.Request):
         super().__init__(*args, **kwargs)
         self._body_bytes = 0
 
-    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802 - Twisted's hook
+    def handleContentChunk(self, data: bytes) -> None:
         self._body_bytes += len(data)
         if self._body_bytes > self.max_body:
             channel = self.channel
@@ -73,12 +73,12 @@ class GuardedChannel(http.HTTPChannel):
         self._deadline: Any = None  # an IDelayedCall while a request is arriving
         self._rejected = False
 
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
         super().connectionMade()
         self.totalHeadersSize = self.site.limits.max_header_bytes
         self.setTimeout(self.site.limits.idle_timeout)
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         # The clock starts with a request's first byte, not its first whole line: a client
         # that trickles a request line without its CRLF is a slowloris too. Bytes of a
         # pipelined request that arrive while one is being answered are only buffered;
@@ -87,7 +87,7 @@ class GuardedChannel(http.HTTPChannel):
             self._deadline = self.callLater(self.site.limits.request_timeout, self._too_slow)
         super().dataReceived(data)
 
-    def allHeadersReceived(self) -> None:  # noqa: N802
+    def allHeadersReceived(self) -> None:
         request = self.requests[-1]
         assert isinstance(request, GuardedRequest)
         path: Any = self._path  # bytes (Twisted annotates it loosely)
@@ -97,7 +97,7 @@ class GuardedChannel(http.HTTPChannel):
             return
         super().allHeadersReceived()
 
-    def allContentReceived(self) -> None:  # noqa: N802
+    def allContentReceived(self) -> None:
         self._cancel_deadline()
         if not self._rejected:
             super().allContentReceived()
@@ -142,7 +142,7 @@ class GuardedChannel(http.HTTPChannel):
         self.dataReceived = self.lineReceived = self.rawDataReceived = noop  # type: ignore[method-assign]
         self.loseConnection()
 
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+    def connectionLost(self, reason: Any = None) -> None:
         self._cancel_deadline()
         self.site.open_connections -= 1
         super().connectionLost(reason)
@@ -160,7 +160,7 @@ class GuardedSite(server.Site):
         self.displayTracebacks = False
         self.noisy = False
 
-    def buildProtocol(self, addr: IAddress | None) -> Any:  # noqa: N802
+    def buildProtocol(self, addr: IAddress | None) -> Any:
         if self.open_connections >= self.limits.max_connections:
             log.warn(
                 "connection from {peer} refused: {count} open",
@@ -181,7 +181,7 @@ class _Refused(Protocol):
     would do for plain TCP, but the TLS wrapper then fails with an unhandled error and
     completes the handshake anyway.)"""
 
-    def connectionMade(self) -> None:  # noqa: N802
+    def connectionMade(self) -> None:
         transport: Any = self.transport
         transport.abortConnection()
 

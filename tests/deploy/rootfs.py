@@ -83,7 +83,7 @@ def mirror_reachable(mirror: str, timeout: float = 20) -> str | None:
     """None when the mirror serves the suite's Release file, else the reason it does not."""
     url = f"{mirror}/dists/{SUITE}/Release"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply:  # noqa: S310 - apt's URL
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
             reply.read(64)
     except (urllib.error.URLError, OSError) as e:
         return f"{url}: {e}"

@@ -27,17 +27,15 @@ from conftest import REPO
 from twisted.logger import LogLevel, capturedLogs, eventsFromJSONLogFile
 
 from appliance.config import Config, ConfigError, load_config
-from appliance.discovery.dhcp import (
+from appliance.discovery.dhcp import InformProtocol, local_address_towards, make_dhcp_service
+from appliance.discovery.dhcp_answer import (
     InformAnswers,
-    InformProtocol,
     Outcome,
     ReplyPorts,
     answer_inform,
     decide,
-    local_address_towards,
-    make_dhcp_service,
-    parse_packet,
 )
+from appliance.discovery.dhcp_codec import parse_packet
 from appliance.discovery.dhcp_options import option43, option120, vlan_option43
 
 SIP = "sip.contoso.com"

@@ -410,16 +410,3 @@ def expiry_timer(
     timer.clock = reactor
     return timer
 
-
-def make_admin_site(
-    config: Config, store: Store, clock: Callable[[], datetime], service: Any = None
-) -> Any:
-    """The admin listener's `twisted.web.server.Site` (a protocol factory): `/health`,
-    everything else 404. Wrap it in TLS (profile modern)."""
-    root = resource.Resource()  # type: ignore[no-untyped-call]  # Twisted: unannotated
-    health: Any = HealthResource(config, store, clock, service)  # an IResource
-    root.putChild(b"health", health)
-    site = server.Site(root)  # type: ignore[no-untyped-call]  # Twisted: unannotated
-    site.noisy = False
-    site.displayTracebacks = False
-    return site

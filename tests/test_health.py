@@ -24,7 +24,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from appliance.catalogue.importer import import_package
 from appliance.config import Address, Config, Listeners
-from appliance.ops.health import (
+from appliance.ops.checks import (
     CheckResult,
     HealthResource,
     check_certificate,

@@ -7,7 +7,7 @@ from appliance.ops.events import (
     forward_new_events,
     newest_event_id,
 )
-from appliance.ops.health import HealthResource, expiry_timer, run_check
+from appliance.ops.checks import HealthResource, expiry_timer, run_check
 from appliance.ops.syslog import SyslogError, make_syslog_observer
 
 __all__ = [

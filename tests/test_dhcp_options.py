@@ -22,21 +22,23 @@ import pytest
 
 from appliance.discovery.dhcp_options import (
     DhcpOptionError,
-    LyncOptions,
     decode,
-    dhcp_options_command,
-    dnsmasq_snippet,
-    isc_snippet,
-    kea_snippet,
-    netsh_snippet,
     option43,
     option120,
     parse_option43,
     parse_option120,
     vlan_option43,
 )
+from appliance.discovery.dhcp_snippets import (
+    LyncOptions,
+    dhcp_options_command,
+    dnsmasq_snippet,
+    isc_snippet,
+    kea_snippet,
+    netsh_snippet,
+)
 
-# protocol-reference.md §4, for sip.contoso.com
+# docs/protocol.md §4, for sip.contoso.com
 REF_43 = (
     "010c4d532d55432d436c69656e7402056874747073030f7369702e636f6e746f736f2e636f6d"
     "040334343305252f4365727450726f762f4365727450726f766973696f6e696e67536572766963652e737663"

@@ -1,7 +1,8 @@
 """How phones find the appliance: the DNS responder (ucupdates-r2) and the DHCPINFORM responder."""
 
 from appliance.discovery.dhcp import make_dhcp_service
-from appliance.discovery.dhcp_options import DhcpOptionError, dhcp_options_command
+from appliance.discovery.dhcp_options import DhcpOptionError
+from appliance.discovery.dhcp_snippets import dhcp_options_command
 from appliance.discovery.dns import DnsService, make_dns_service
 
 __all__ = [

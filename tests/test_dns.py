@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
 from appliance.config import Address, Config, ConfigError, DnsSettings, Listeners, load_config
-from appliance.discovery.dns import DnsResponder, Forwarder, internal_addresses, make_responder
+from appliance.discovery.dns import internal_addresses, make_responder
 from appliance.discovery.dns_answer import (
     OUR_UDP_SIZE,
     Action,
@@ -36,6 +36,8 @@ from appliance.discovery.dns_answer import (
     respond,
     truncate,
 )
+from appliance.discovery.dns_forward import Forwarder
+from appliance.discovery.dns_responder import DnsResponder
 
 INTERNAL_V4, INTERNAL_V6, EXTERNAL_V4 = "10.0.0.5", "fd00::5", "203.0.113.5"
 FULL = AnswerTable.build(

@@ -1,0 +1,145 @@
+"""The DNS responder's listeners: UDP datagrams and TCP streams to and from DnsResponder.
+
+Over UDP each datagram is one query, answered with the socket's own sendto. Over TCP
+queries are framed by a 2-byte length and may be pipelined; connections are limited in
+number (`dns.max_tcp_connections`) and closed when idle (`dns.tcp_idle_timeout`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from twisted.internet.protocol import (
+    DatagramProtocol,
+    Protocol,
+    ServerFactory,
+    connectionDone,
+)
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from appliance.config import DnsSettings
+from appliance.discovery.dns_forward import FRAME
+from appliance.discovery.dns_responder import DnsResponder
+
+
+class DnsDatagramProtocol(DatagramProtocol):
+    transport: Any
+    noisy = False
+
+    def __init__(self, responder: DnsResponder) -> None:
+        self.responder = responder
+        self._sendto: Callable[[bytes, Any], int] = lambda data, addr: 0
+
+    def startProtocol(self) -> None:
+        # The socket's own sendto: Twisted's write() checks the address text on every
+        # datagram, which costs a tenth of the time of a cached answer.
+        self._sendto = self.transport.socket.sendto
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.responder.handle(datagram, addr[0], False, partial(self._write, addr=addr))
+
+    def _write(self, reply: bytes, addr: Any) -> None:
+        try:
+            self._sendto(reply, addr)
+        except OSError:  # the socket's buffer is full: like a datagram lost on the way
+            self.responder.counters["send_errors"] += 1
+
+
+class DnsStreamProtocol(Protocol, TimeoutMixin):
+    """Queries framed by a 2-byte length, pipelined; answers in the order they are ready.
+
+    It is the (streaming) producer of its own answers: when the client does not read them
+    and the transport's buffer fills, reading its queries pauses until the buffer drains.
+    """
+
+    transport: Any
+
+    def __init__(self, factory: DnsStreamFactory) -> None:
+        self.owner, self.buffer = factory, b""
+        self.admitted = self.closing = False
+
+    def connectionMade(self) -> None:
+        self.admitted = self.owner.admit(self)
+        if not self.admitted:
+            self.closing = True
+            self.transport.loseConnection()
+            return
+        self.transport.registerProducer(self, True)
+        self.setTimeout(self.owner.idle_timeout)  # type: ignore[no-untyped-call]
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()  # stop reading queries
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.resetTimeout()  # type: ignore[no-untyped-call]
+        buffer, start = self.buffer + data, 0
+        host = self.transport.getPeer().host
+        while len(buffer) - start >= 2:  # each turn takes one frame
+            end = start + 2 + FRAME.unpack_from(buffer, start)[0]
+            if len(buffer) < end:
+                break
+            self.owner.responder.handle(buffer[start + 2 : end], host, True, self._write)
+            start = end
+        self.buffer = buffer[start:]
+
+    def _write(self, reply: bytes) -> None:
+        if not self.closing and self.transport.connected:
+            self.transport.write(FRAME.pack(len(reply)) + reply)
+
+    def timeoutConnection(self) -> None:
+        """Idle: close; if the peer does not let us (unread answers), cut it off next time."""
+        if self.closing:
+            self.transport.abortConnection()
+            return
+        self.closing = True
+        self.owner.responder.counters["tcp_idle_closed"] += 1
+        self.transport.loseConnection()
+        self.setTimeout(self.owner.idle_timeout)  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.setTimeout(None)  # type: ignore[no-untyped-call]
+        if self.admitted:
+            self.admitted = False
+            self.owner.release(self)
+
+
+class DnsStreamFactory(ServerFactory):
+    noisy = False
+
+    def __init__(self, responder: DnsResponder, settings: DnsSettings, reactor: Any) -> None:
+        self.responder, self.reactor = responder, reactor
+        self.idle_timeout = settings.tcp_idle_timeout
+        self.max_connections = settings.max_tcp_connections
+        self.connections: set[DnsStreamProtocol] = set()
+
+    def buildProtocol(self, addr: Any) -> DnsStreamProtocol:
+        protocol = DnsStreamProtocol(self)
+        protocol.callLater = self.reactor.callLater  # type: ignore[method-assign]
+        return protocol
+
+    def admit(self, protocol: DnsStreamProtocol) -> bool:
+        if len(self.connections) >= self.max_connections:
+            self.responder.counters["tcp_refused"] += 1
+            return False
+        self.responder.counters["tcp_connections"] += 1
+        self.connections.add(protocol)
+        return True
+
+    def release(self, protocol: DnsStreamProtocol) -> None:
+        self.connections.discard(protocol)
+
+    def close_all(self) -> None:
+        for protocol in list(self.connections):
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()

@@ -1,0 +1,212 @@
+"""The DNS responder's state between the listeners and dns_answer: one query at a time.
+
+`DnsResponder.handle` takes a query's bytes and the client's address and calls `send`
+with the reply, now or later, or never: it classifies the client (internal/external
+zone), answers from the packed-reply cache, decides with dns_answer, limits UDP
+responses per client prefix (RRL, with slip), and hands other names to the forwarder.
+It owns the answer table (swapped whole on reload) and the counters. No sockets: the
+listeners (dns_listeners) only move bytes to and from it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+from appliance.config import DnsSettings, ZoneSettings
+from appliance.discovery.dhcp_domains import DhcpDomainsError, read_domains
+from appliance.discovery.dns_answer import (
+    Action,
+    Addresses,
+    AnswerTable,
+    Client,
+    Outcome,
+    RateLimiter,
+    ReplyCache,
+    Verdict,
+    classify,
+    question_end,
+    relay,
+    respond,
+    truncate,
+)
+from appliance.discovery.dns_forward import Forwarder
+
+log = Logger(namespace="ucupdates.dns")
+
+Send = Callable[[bytes], None]
+MAX_CLIENTS = 65_536  # remembered client classifications
+
+COUNTERS = (
+    "udp_queries",  # datagrams received
+    "tcp_queries",  # framed queries received
+    "malformed",  # dropped: unparsable, or not a query
+    "cache_hits",  # answered from a packed reply
+    "local_replies",  # decided and packed (not from the cache)
+    "forwarded",  # sent to an upstream
+    "upstream_answers",  # relayed from an upstream
+    "upstream_timeouts",  # every upstream tried, none answered: SERVFAIL
+    "upstream_errors",  # TCP fallback failed, or the table was full: SERVFAIL
+    "rrl_dropped",  # limited and not sent
+    "rrl_slipped",  # limited and sent as an empty TC answer
+    "send_errors",  # the kernel would not take a datagram
+    "tcp_connections",  # accepted
+    "tcp_refused",  # over max_tcp_connections: closed at once
+    "tcp_idle_closed",  # closed after tcp_idle_timeout without a query
+)
+
+
+class DnsResponder:
+    """Decides, caches, limits and forwards; the listeners only move bytes to and from it."""
+
+    def __init__(
+        self,
+        settings: DnsSettings,
+        base_domains: tuple[str, ...],
+        zones: ZoneSettings,
+        internal: Addresses,
+        clock: Callable[[], float],
+        forwarder: Forwarder | None = None,
+    ) -> None:
+        self.settings, self.zones = settings, zones
+        self.base_domains = base_domains
+        self.internal = internal
+        self.external = Addresses(settings.external_address, settings.external_address6)
+        self.clock = clock
+        self.forwarder = forwarder
+        self.counters: Counter[str] = Counter({name: 0 for name in COUNTERS})
+        self.last_reload_error: str | None = None
+        self.limiter = RateLimiter(settings.rrl_responses_per_second, settings.rrl_slip)
+        self._clients: dict[str, Client] = {}
+        self._serial = 0
+        self._rrl_logged = -1.0
+        self._timeouts_logged, self._timeouts_quiet = -1.0, 0
+        self._install(self._read_domains())
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return self._table.domains
+
+    @property
+    def table(self) -> AnswerTable:
+        return self._table
+
+    def _read_domains(self) -> tuple[str, ...]:
+        found = read_domains(self.settings.domains_from) if self.settings.domains_from else ()
+        return tuple(dict.fromkeys(self.base_domains + found))
+
+    def _install(self, domains: tuple[str, ...]) -> None:
+        self._serial = max(self._serial + 1, int(self.clock()) & 0xFFFFFFFF)
+        table = AnswerTable.build(
+            domains,
+            self.internal,
+            self.external,
+            self.settings.ttl,
+            self._serial,
+            forwarding=self.forwarder is not None,
+        )
+        self._table, self._cache = table, ReplyCache(self.settings.cache_entries)
+
+    def reload(self) -> tuple[str, ...]:
+        """Read the domains again and swap the answer table; on error keep the old one."""
+        try:
+            domains = self._read_domains()
+        except DhcpDomainsError as e:
+            self.last_reload_error = str(e)
+            log.error(
+                "dns reload failed, still serving {domains}: {error}",
+                domains=self.domains,
+                error=str(e),
+                event="dns.reload_failed",
+            )
+            return self.domains
+        self.last_reload_error = None
+        self._install(domains)
+        log.info("dns reloaded: serving {domains}", domains=domains, event="dns.reload")
+        return domains
+
+    def handle(self, data: bytes, host: str, tcp: bool, send: Send) -> None:
+        """One query from `host`; `send` is called with the reply, now or later, or never."""
+        self.counters["tcp_queries" if tcp else "udp_queries"] += 1
+        client = self._clients.get(host) or self._classify(host)
+        cached = self._cache.get(data, client.internal, tcp)
+        if cached is not None:
+            self.counters["cache_hits"] += 1
+            self._send(cached, client, tcp, send)
+            return
+        outcome = respond(data, client.internal, tcp, self._table)
+        if outcome.action is Action.DROP:
+            self.counters["malformed"] += 1
+        elif outcome.action is Action.FORWARD:
+            self._forward(data, outcome, client, tcp, send)
+        else:
+            self.counters["local_replies"] += 1
+            if outcome.cacheable:
+                self._cache.put(data, client.internal, tcp, outcome.reply)
+            self._send(outcome.reply, client, tcp, send)
+
+    def _classify(self, host: str) -> Client:
+        if len(self._clients) >= MAX_CLIENTS:
+            self._clients.clear()
+        client = self._clients[host] = classify(host, self.zones)
+        return client
+
+    def _send(self, reply: bytes, client: Client, tcp: bool, send: Send) -> None:
+        if not tcp:
+            verdict = self.limiter.check(client.prefix, self.clock())
+            if verdict:  # SEND is 0
+                self._limited(verdict, reply, send)
+                return
+        send(reply)
+
+    def _limited(self, verdict: Verdict, reply: bytes, send: Send) -> None:
+        if verdict is Verdict.SLIP:
+            self.counters["rrl_slipped"] += 1
+            send(truncate(reply, question_end(reply), False))
+        else:
+            self.counters["rrl_dropped"] += 1
+        now = self.clock()
+        if self.limiter.engaged and now - self._rrl_logged >= 1.0:  # at most 32 lines a second
+            self._rrl_logged = now
+            for prefix, _ in self.limiter.engaged:
+                log.warn(
+                    "dns rate limit engaged for {prefix}: over {rate} responses/s",
+                    prefix=prefix,
+                    rate=self.settings.rrl_responses_per_second,
+                    event="dns.rrl",
+                )
+            self.limiter.engaged.clear()
+
+    def _forward(
+        self, data: bytes, outcome: Outcome, client: Client, tcp: bool, send: Send
+    ) -> None:
+        def done(answer: bytes | None) -> None:
+            if answer is None:
+                self._send(outcome.reply, client, tcp, send)  # SERVFAIL
+            else:
+                self.counters["upstream_answers"] += 1
+                self._send(relay(answer, data, outcome, tcp), client, tcp, send)
+
+        assert self.forwarder is not None  # respond() forwards only when there is one
+        self.counters["forwarded"] += 1
+        if not self.forwarder.forward(data, outcome.question_end, done):
+            self.counters["upstream_errors"] += 1
+            done(None)
+
+    def upstream_timed_out(self, name: str) -> None:
+        """Count and log (at most once in 5 s, with how many were not logged)."""
+        self.counters["upstream_timeouts"] += 1
+        now = self.clock()
+        if now - self._timeouts_logged < 5.0:
+            self._timeouts_quiet += 1
+            return
+        log.warn(
+            "dns upstreams did not answer for {name} ({unlogged} more since the last report)",
+            name=name,
+            unlogged=self._timeouts_quiet,
+            upstreams=[str(u) for u in self.settings.upstreams],
+            event="dns.upstream_timeout",
+        )
+        self._timeouts_logged, self._timeouts_quiet = now, 0

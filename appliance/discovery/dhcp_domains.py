@@ -1,7 +1,7 @@
 """The DNS domains a DHCP server hands out (option 15), read from its configuration file.
 
 Phones that never signed in look up `ucupdates-r2.<the domain DHCP gave them>`
-(protocol-reference §3), so the responder serves every domain the DHCP server announces.
+(docs/protocol.md §3), so the responder serves every domain the DHCP server announces.
 Two formats, told apart by the first character that is not blank or a comment (`{`: Kea):
 
 - ISC dhcpd.conf: every `option domain-name "a.com";` in any scope (global, shared-network,

@@ -1,4 +1,4 @@
-"""The DNS responder's decisions (protocol-reference §3): bytes in, bytes out, no I/O.
+"""The DNS responder's decisions (docs/protocol.md §3): bytes in, bytes out, no I/O.
 
 `respond(query, internal, tcp, table)` parses a query with dnslib, decides and packs the
 reply, the shape of dnslib's `DNSHandler.get_reply`. The appliance is authoritative for

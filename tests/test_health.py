@@ -26,7 +26,6 @@ from appliance.catalogue.importer import import_package
 from appliance.config import Address, Config, Listeners
 from appliance.ops.checks import (
     CheckResult,
-    HealthResource,
     check_certificate,
     check_command,
     check_dns,
@@ -34,10 +33,9 @@ from appliance.ops.checks import (
     check_https,
     check_listener,
     check_store,
-    expiry_timer,
-    log_certificate_expiry,
     run_check,
 )
+from appliance.ops.health import HealthResource, expiry_timer, log_certificate_expiry
 from appliance.store import newest_schema_version
 from appliance.store.database import Store
 from appliance.tls.certificates import LEAF_DAYS, ServerCredentials, ensure_test_certificates

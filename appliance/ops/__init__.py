@@ -1,5 +1,6 @@
 """Operations: syslog, admin actions as events, health checks and `/health`."""
 
+from appliance.ops.checks import run_check
 from appliance.ops.events import (
     admin_log,
     emit_store_events,
@@ -7,7 +8,7 @@ from appliance.ops.events import (
     forward_new_events,
     newest_event_id,
 )
-from appliance.ops.checks import HealthResource, expiry_timer, run_check
+from appliance.ops.health import HealthResource, expiry_timer
 from appliance.ops.syslog import SyslogError, make_syslog_observer
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Health: checks an admin or a monitoring system runs, `ucupdates check` and `/health`.
+"""Health checks an admin or a monitoring system runs, and `ucupdates check`.
 
 `checks` runs them all: the config, the server certificate (present, valid, not expiring
 within `syslog.cert_warn_days`, carrying every configured name), the store (SQLite's
@@ -6,8 +6,8 @@ integrity check, the schema version, every file of a referenced update on disk w
 recorded size), each listener accepting a TCP connection, a TLS handshake on the internal
 HTTPS listener that presents the certificate in use, and the DNS listener answering for
 `ucupdates-r2.<first domain>`. `ucupdates check` prints them like a Nagios plugin (exit 0
-all well, 2 CRITICAL). `HealthResource` (GET /health on the admin listener) runs only the
-ones about the process itself: it cannot usefully connect to its own listeners.
+all well, 2 CRITICAL). `/health` (in `health`) runs only `process_checks`, the ones about
+the process itself: it cannot usefully connect to its own listeners.
 """
 
 from __future__ import annotations
@@ -23,27 +23,19 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, TextIO
 
-from twisted.application import internet
-from twisted.logger import Logger
-from twisted.web import resource, server
-
 from appliance.config import Address, Config
 from appliance.store import Store, StoreError, newest_schema_version
 from appliance.tls import (
     CertError,
     ServerCredentials,
     certificate_problems,
-    check_expiry,
     days_left,
     describe_certificate,
     existing_credentials,
 )
 
-log = Logger(namespace="ucupdates.health")
-
 EX_OK, EX_CRITICAL = 0, 2
 TIMEOUT = 2.0  # seconds, for each connection, handshake and DNS query
-CACHE_SECONDS = 10.0  # /health answers from results this fresh
 
 
 @dataclass(frozen=True)
@@ -326,87 +318,3 @@ def run_check(config: Config, json_output: bool, out: TextIO | None = None) -> i
     finally:
         if store is not None:
             store.close()
-
-
-# -- in serve: /health and the daily expiry warning ----------------------------------------
-
-
-class HealthResource(resource.Resource):
-    """GET /health: `{"status": "ok"|"fail", "checks": [...]}`, 200 or 503.
-
-    The config, the certificate, the store and its files, and, given the service (an
-    `ApplianceService`), that it is running with its listeners. Results are kept for
-    `cache_seconds`, so a busy monitor does not run SQLite's integrity check each time.
-    """
-
-    isLeaf = True
-
-    def __init__(
-        self,
-        config: Config,
-        store: Store,
-        clock: Callable[[], datetime],
-        service: Any = None,
-        cache_seconds: float = CACHE_SECONDS,
-    ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]  # Twisted: unannotated
-        self.config = config
-        self.store = store
-        self.clock = clock
-        self.service = service
-        self.cache_seconds = cache_seconds
-        self._cached: tuple[datetime, list[CheckResult]] | None = None
-
-    def results(self) -> list[CheckResult]:
-        now = self.clock()
-        if self._cached is not None:
-            at, results = self._cached
-            if 0 <= (now - at).total_seconds() < self.cache_seconds:
-                return results
-        results = [*process_checks(self.config, self.store, now), self._serving()]
-        self._cached = (now, results)
-        return results
-
-    def _serving(self) -> CheckResult:
-        if self.service is None:
-            return CheckResult("serving", True, "answering /health")
-        if not getattr(self.service, "running", False):
-            return CheckResult("serving", False, "the service is not running")
-        ports = getattr(self.service, "ports", {}) or {}
-        listening = ", ".join(f"{n} {h}:{p}" for n, (h, p) in sorted(ports.items()))
-        return CheckResult("serving", True, f"listening: {listening or 'nothing'}")
-
-    def render_GET(self, request: server.Request) -> bytes:
-        body = report(self.results())
-        http_request: Any = request  # Twisted's setHeader is unannotated
-        http_request.setResponseCode(200 if body["status"] == "ok" else 503)
-        http_request.setHeader(b"content-type", b"application/json")
-        http_request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(body, indent=2).encode() + b"\n"
-
-
-def log_certificate_expiry(creds: ServerCredentials, now: datetime, warn_days: int) -> str | None:
-    """Log `cert.expiry` (warn) when the certificate expires within `warn_days`."""
-    warning = check_expiry(creds, now, warn_days)
-    if warning is not None:
-        log.warn(
-            "{warning}",
-            warning=warning,
-            path=str(creds.cert_file),
-            not_after=f"{creds.not_after:%Y-%m-%dT%H:%M:%SZ}",
-            days_left=round(days_left(creds, now)),
-            event="cert.expiry",
-        )
-    return warning
-
-
-def expiry_timer(
-    creds: ServerCredentials, warn_days: int, clock: Callable[[], datetime], reactor: Any
-) -> internet.TimerService:
-    """A service that runs `log_certificate_expiry` when it starts, then once a day."""
-    timer = internet.TimerService(  # type: ignore[no-untyped-call]  # Twisted: unannotated
-        86400.0, lambda: log_certificate_expiry(creds, clock(), warn_days)
-    )
-    timer.clock = reactor
-    return timer
-

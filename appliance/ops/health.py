@@ -1,0 +1,106 @@
+"""In `serve`: GET /health on the admin listener, and the daily certificate-expiry warning.
+
+`/health` runs the checks about the process itself (`checks.process_checks`: config,
+certificate, store and files) and says whether the service is running with its
+listeners; `ucupdates check` (in `checks`) also goes to the listeners from outside.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from twisted.application import internet
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from appliance.config import Config
+from appliance.ops.checks import CheckResult, process_checks, report
+from appliance.store import Store
+from appliance.tls import ServerCredentials, check_expiry, days_left
+
+log = Logger(namespace="ucupdates.health")
+
+CACHE_SECONDS = 10.0  # /health answers from results this fresh
+
+
+class HealthResource(resource.Resource):
+    """GET /health: `{"status": "ok"|"fail", "checks": [...]}`, 200 or 503.
+
+    The config, the certificate, the store and its files, and, given the service (an
+    `ApplianceService`), that it is running with its listeners. Results are kept for
+    `cache_seconds`, so a busy monitor does not run SQLite's integrity check each time.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        clock: Callable[[], datetime],
+        service: Any = None,
+        cache_seconds: float = CACHE_SECONDS,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted: unannotated
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.service = service
+        self.cache_seconds = cache_seconds
+        self._cached: tuple[datetime, list[CheckResult]] | None = None
+
+    def results(self) -> list[CheckResult]:
+        now = self.clock()
+        if self._cached is not None:
+            at, results = self._cached
+            if 0 <= (now - at).total_seconds() < self.cache_seconds:
+                return results
+        results = [*process_checks(self.config, self.store, now), self._serving()]
+        self._cached = (now, results)
+        return results
+
+    def _serving(self) -> CheckResult:
+        if self.service is None:
+            return CheckResult("serving", True, "answering /health")
+        if not getattr(self.service, "running", False):
+            return CheckResult("serving", False, "the service is not running")
+        ports = getattr(self.service, "ports", {}) or {}
+        listening = ", ".join(f"{n} {h}:{p}" for n, (h, p) in sorted(ports.items()))
+        return CheckResult("serving", True, f"listening: {listening or 'nothing'}")
+
+    def render_GET(self, request: server.Request) -> bytes:
+        body = report(self.results())
+        http_request: Any = request  # Twisted's setHeader is unannotated
+        http_request.setResponseCode(200 if body["status"] == "ok" else 503)
+        http_request.setHeader(b"content-type", b"application/json")
+        http_request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body, indent=2).encode() + b"\n"
+
+
+def log_certificate_expiry(creds: ServerCredentials, now: datetime, warn_days: int) -> str | None:
+    """Log `cert.expiry` (warn) when the certificate expires within `warn_days`."""
+    warning = check_expiry(creds, now, warn_days)
+    if warning is not None:
+        log.warn(
+            "{warning}",
+            warning=warning,
+            path=str(creds.cert_file),
+            not_after=f"{creds.not_after:%Y-%m-%dT%H:%M:%SZ}",
+            days_left=round(days_left(creds, now)),
+            event="cert.expiry",
+        )
+    return warning
+
+
+def expiry_timer(
+    creds: ServerCredentials, warn_days: int, clock: Callable[[], datetime], reactor: Any
+) -> internet.TimerService:
+    """A service that runs `log_certificate_expiry` when it starts, then once a day."""
+    timer = internet.TimerService(  # type: ignore[no-untyped-call]  # Twisted: unannotated
+        86400.0, lambda: log_certificate_expiry(creds, clock(), warn_days)
+    )
+    timer.clock = reactor
+    return timer

@@ -35,7 +35,7 @@ from appliance.ops.events import (
     forward_new_events,
     newest_event_id,
 )
-from appliance.ops.syslog import (
+from appliance.ops.syslog_transport import (
     SD_ID,
     UDP_MAX_BYTES,
     BlockingSender,
@@ -737,7 +737,7 @@ import dataclasses, sys
 from twisted.internet import reactor, task
 from twisted.logger import Logger
 from appliance.config import Config, SyslogSettings
-from appliance.ops.syslog import make_syslog_observer
+from appliance.ops.syslog_transport import make_syslog_observer
 
 target, tag = sys.argv[1], sys.argv[2]
 settings = SyslogSettings(enabled=True, target=target, hostname="appliance.test", facility=17)

@@ -9,7 +9,7 @@ from appliance.ops.events import (
     newest_event_id,
 )
 from appliance.ops.health import HealthResource, expiry_timer
-from appliance.ops.syslog import SyslogError, make_syslog_observer
+from appliance.ops.syslog_transport import SyslogError, make_syslog_observer
 
 __all__ = [
     "HealthResource",

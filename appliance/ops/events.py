@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from appliance.config import Config
 from appliance.model import Event
-from appliance.ops.syslog import SyslogError, make_syslog_observer
+from appliance.ops.syslog_transport import SyslogError, make_syslog_observer
 from appliance.store import Store
 
 admin_log = Logger(namespace="ucupdates.admin")

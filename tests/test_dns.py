@@ -27,16 +27,13 @@ from appliance.discovery.dns_answer import (
     Addresses,
     AnswerTable,
     Outcome,
-    RateLimiter,
-    ReplyCache,
-    Verdict,
-    classify,
     question_end,
     relay,
     respond,
     truncate,
 )
 from appliance.discovery.dns_forward import Forwarder
+from appliance.discovery.dns_limits import RateLimiter, ReplyCache, Verdict, classify
 from appliance.discovery.dns_responder import DnsResponder
 
 INTERNAL_V4, INTERNAL_V6, EXTERNAL_V4 = "10.0.0.5", "fd00::5", "203.0.113.5"

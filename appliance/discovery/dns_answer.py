@@ -14,17 +14,15 @@ Replies that are not answers (FORMERR, REFUSED, NOTIMP, BADVERS) echo at most th
 and an OPT record, so they are never larger than the query plus a few bytes. Queries that
 cannot be parsed, and responses sent to us, are dropped (action DROP).
 
-Beside it: `truncate` (UDP size limits), `ReplyCache` (packed replies reused with only the
-ID patched), `RateLimiter` (response rate limiting per client prefix) and `classify`
-(internal or external client, and its RRL prefix).
+Beside it: `truncate` (UDP size limits) and `relay` (an upstream's answer for the
+client). The reply cache, rate limiter and client classification are in dns_limits.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from dataclasses import dataclass
-from enum import Enum, IntEnum
+from enum import Enum
 
 from dnslib import (
     AAAA,
@@ -39,10 +37,6 @@ from dnslib import (
     DNSLabelError,
     DNSRecord,
 )
-
-from appliance.config import ZoneSettings
-from appliance.model import Zone
-from appliance.zones import zone_of
 
 OUR_UDP_SIZE = 1232  # what we advertise in OPT, and the most we send over UDP
 PLAIN_UDP_SIZE = 512  # the limit for a query without EDNS
@@ -318,106 +312,3 @@ def same_question(query: bytes, answer: bytes, end: int) -> bool:
     return (
         len(answer) >= end and answer[HEADER.size : end].lower() == query[HEADER.size : end].lower()
     )
-
-
-# -- caches and limits ----------------------------------------------------------------------
-
-
-class ReplyCache:
-    """Packed replies for repeated questions, at most `size` of them, oldest evicted first.
-
-    The key is the query without its ID (flags, question, OPT), the view and the
-    transport; the value is the reply without its ID, so a hit costs a dict look-up and
-    one concatenation.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._replies: dict[tuple[bytes, bool, bool], bytes] = {}
-
-    def __len__(self) -> int:
-        return len(self._replies)
-
-    def get(self, query: bytes, internal: bool, tcp: bool) -> bytes | None:
-        tail = self._replies.get((query[2:], internal, tcp))
-        return None if tail is None else query[:2] + tail
-
-    def put(self, query: bytes, internal: bool, tcp: bool, reply: bytes) -> None:
-        if len(self._replies) >= self.size:
-            del self._replies[next(iter(self._replies))]
-        self._replies[(query[2:], internal, tcp)] = reply[2:]
-
-
-class Verdict(IntEnum):
-    SEND = 0
-    DROP = 1
-    SLIP = 2  # send an empty truncated answer instead, so a real client retries over TCP
-
-
-_SEND = Verdict.SEND  # a global is found faster than an Enum's member
-
-
-class RateLimiter:
-    """Responses per second per client prefix (a token bucket of one second's worth).
-
-    Every `slip`-th limited response slips out truncated (0: none do). `engaged` collects
-    prefixes that started to be limited (each at most once per `log_interval`), for a
-    rate-limited log; at most 32 wait there.
-    """
-
-    def __init__(
-        self, rate: int, slip: int, max_prefixes: int = 65_536, log_interval: float = 10.0
-    ) -> None:
-        self.rate, self.slip = float(rate), slip
-        self.max_prefixes, self.log_interval = max_prefixes, log_interval
-        # prefix -> [tokens, last update, limited responses, last logged]
-        self._buckets: dict[str, list[float]] = {}
-        self.engaged: list[tuple[str, float]] = []
-
-    def check(self, prefix: str, now: float) -> Verdict:
-        bucket = self._buckets.get(prefix)
-        if bucket is None:
-            if len(self._buckets) >= self.max_prefixes:
-                self._prune(now)
-            bucket = self._buckets[prefix] = [self.rate, now, 0.0, -self.log_interval]
-        rate = self.rate
-        tokens = bucket[0] + (now - bucket[1]) * rate  # written out: on every datagram
-        bucket[1] = now
-        if tokens >= 1.0:
-            bucket[0] = (rate if tokens > rate else tokens) - 1.0
-            return _SEND
-        bucket[0] = tokens
-        bucket[2] += 1
-        if now - bucket[3] >= self.log_interval and len(self.engaged) < 32:
-            bucket[3] = now
-            self.engaged.append((prefix, now))
-        if self.slip and bucket[2] % self.slip == 0:
-            return Verdict.SLIP
-        return Verdict.DROP
-
-    def _prune(self, now: float) -> None:
-        """Forget prefixes whose bucket is full again; if too few, forget everyone."""
-        idle = [p for p, b in self._buckets.items() if now - b[1] >= 1.0]
-        for prefix in idle:
-            del self._buckets[prefix]
-        if len(self._buckets) > self.max_prefixes * 3 // 4:
-            self._buckets.clear()
-
-
-@dataclass(frozen=True)
-class Client:
-    internal: bool
-    prefix: str  # the /24 (IPv4) or /56 (IPv6) that RRL counts against
-
-
-def classify(host: str, zones: ZoneSettings) -> Client:
-    """Whether `host` is an internal client (zones.zone_of), and its RRL prefix."""
-    internal = zone_of(host, False, b"", zones) is Zone.INTERNAL
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return Client(internal, host)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    bits = 24 if address.version == 4 else 56
-    return Client(internal, str(ipaddress.ip_network(f"{address}/{bits}", strict=False)))

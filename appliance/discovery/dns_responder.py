@@ -3,7 +3,8 @@
 `DnsResponder.handle` takes a query's bytes and the client's address and calls `send`
 with the reply, now or later, or never: it classifies the client (internal/external
 zone), answers from the packed-reply cache, decides with dns_answer, limits UDP
-responses per client prefix (RRL, with slip), and hands other names to the forwarder.
+responses per client prefix (RRL, with slip; these three in dns_limits), and hands
+other names to the forwarder (dns_forward).
 It owns the answer table (swapped whole on reload) and the counters. No sockets: the
 listeners (dns_listeners) only move bytes to and from it.
 """
@@ -21,18 +22,14 @@ from appliance.discovery.dns_answer import (
     Action,
     Addresses,
     AnswerTable,
-    Client,
     Outcome,
-    RateLimiter,
-    ReplyCache,
-    Verdict,
-    classify,
     question_end,
     relay,
     respond,
     truncate,
 )
 from appliance.discovery.dns_forward import Forwarder
+from appliance.discovery.dns_limits import Client, RateLimiter, ReplyCache, Verdict, classify
 
 log = Logger(namespace="ucupdates.dns")
 

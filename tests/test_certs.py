@@ -19,9 +19,9 @@ from appliance.tls.certificates import (
     CertError,
     ServerCredentials,
     days_left,
-    ensure_test_certificates,
     load_credentials,
 )
+from appliance.tls.generated import ensure_test_certificates
 
 NAMES = ("ucupdates-r2.example.com", "ucupdates-r2.contoso.com", "updates.contoso.com")
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

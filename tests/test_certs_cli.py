@@ -23,13 +23,12 @@ from cryptography.x509.verification import PolicyBuilder, Store
 from appliance.cli.certs import add_certs_parser, certs_command
 from appliance.config import Config, TlsSettings
 from appliance.tls.certificates import (
-    LEAF_DAYS,
     ServerCredentials,
     check_expiry,
-    ensure_test_certificates,
     existing_credentials,
     load_credentials,
 )
+from appliance.tls.generated import LEAF_DAYS, ensure_test_certificates
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 NAMES = ("ucupdates-r2.example.com",)

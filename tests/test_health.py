@@ -38,7 +38,8 @@ from appliance.ops.checks import (
 from appliance.ops.health import HealthResource, expiry_timer, log_certificate_expiry
 from appliance.store import newest_schema_version
 from appliance.store.database import Store
-from appliance.tls.certificates import LEAF_DAYS, ServerCredentials, ensure_test_certificates
+from appliance.tls.certificates import ServerCredentials
+from appliance.tls.generated import LEAF_DAYS, ensure_test_certificates
 
 HOST = "127.0.0.1"
 NOW = datetime.now(UTC)

@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from appliance.config import TlsProfile
-from appliance.tls.certificates import CertError, ensure_test_certificates
+from appliance.tls.certificates import CertError
 from appliance.tls.contexts import context_factory
+from appliance.tls.generated import ensure_test_certificates
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "ucupdates-r2.example.com"
@@ -38,7 +39,7 @@ from twisted.internet import reactor
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
-from appliance.tls.certificates import ensure_test_certificates
+from appliance.tls.generated import ensure_test_certificates
 from appliance.config import TlsProfile
 from appliance.tls.contexts import context_factory
 

@@ -8,16 +8,15 @@ from appliance.tls.certificates import (
     ServerCredentials,
     certificate_problems,
     check_expiry,
-    create_csr,
     days_left,
     describe_certificate,
-    ensure_test_certificates,
     existing_credentials,
-    install_certificate,
     installed_pair,
     load_credentials,
 )
 from appliance.tls.contexts import context_factory
+from appliance.tls.generated import ensure_test_certificates
+from appliance.tls.install import create_csr, install_certificate
 
 __all__ = [
     "CertError",

@@ -23,8 +23,8 @@ from appliance.admin.site import make_admin_site
 from appliance.config import Address, AdminSettings, TlsProfile, load_config
 from appliance.service import Listener, SharedPortServer
 from appliance.store.database import Store
-from appliance.tls.certificates import ensure_test_certificates
 from appliance.tls.contexts import context_factory
+from appliance.tls.generated import ensure_test_certificates
 
 
 def main() -> None:

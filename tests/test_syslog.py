@@ -35,17 +35,16 @@ from appliance.ops.events import (
     forward_new_events,
     newest_event_id,
 )
+from appliance.ops.syslog import Rfc5424Observer, make_syslog_observer
+from appliance.ops.syslog_format import SD_ID, SyslogError
+from appliance.ops.syslog_tcp import TcpSender
 from appliance.ops.syslog_transport import (
-    SD_ID,
     UDP_MAX_BYTES,
     BlockingSender,
     LocalSender,
     MemorySender,
-    Rfc5424Observer,
-    SyslogError,
-    TcpSender,
+    Scheme,
     UdpSender,
-    make_syslog_observer,
     parse_target,
 )
 from appliance.store.database import Store
@@ -331,12 +330,12 @@ def test_make_syslog_observer_is_none_when_disabled(config: Config) -> None:
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
-        ("udp://127.0.0.1:514", ("udp", "127.0.0.1", 514)),
-        ("tcp://logs.example.com:6514", ("tcp", "logs.example.com", 6514)),
-        ("udp://[::1]:514", ("udp", "::1", 514)),
+        ("udp://127.0.0.1:514", (Scheme.UDP, "127.0.0.1", 514)),
+        ("tcp://logs.example.com:6514", (Scheme.TCP, "logs.example.com", 6514)),
+        ("udp://[::1]:514", (Scheme.UDP, "::1", 514)),
     ],
 )
-def test_targets_are_parsed(target: str, expected: tuple[str, str, int]) -> None:
+def test_targets_are_parsed(target: str, expected: tuple[Scheme, str, int]) -> None:
     assert parse_target(target) == expected
 
 
@@ -543,10 +542,10 @@ def test_blocking_udp_and_tcp_senders_reach_loopback_receivers() -> None:
     tcp.listen(1)
     tcp.settimeout(WAIT_SECONDS)
     try:
-        to_udp = BlockingSender("udp", HOST, udp.getsockname()[1])
+        to_udp = BlockingSender(Scheme.UDP, HOST, udp.getsockname()[1])
         to_udp.send(b"<134>1 over udp")
         assert udp.recv(4096) == b"<134>1 over udp"
-        to_tcp = BlockingSender("tcp", HOST, tcp.getsockname()[1])
+        to_tcp = BlockingSender(Scheme.TCP, HOST, tcp.getsockname()[1])
         to_tcp.send(b"<134>1 over tcp")
         to_tcp.close()
         conn, _ = tcp.accept()
@@ -559,7 +558,7 @@ def test_blocking_udp_and_tcp_senders_reach_loopback_receivers() -> None:
     with socket.socket() as s:
         s.bind((HOST, 0))
         free = s.getsockname()[1]
-    nobody = BlockingSender("tcp", HOST, free)
+    nobody = BlockingSender(Scheme.TCP, HOST, free)
     nobody.send(b"x")
     with socket.socket() as late:  # a receiver that comes up later is not tried again
         late.bind((HOST, free))
@@ -737,7 +736,7 @@ import dataclasses, sys
 from twisted.internet import reactor, task
 from twisted.logger import Logger
 from appliance.config import Config, SyslogSettings
-from appliance.ops.syslog_transport import make_syslog_observer
+from appliance.ops.syslog import make_syslog_observer
 
 target, tag = sys.argv[1], sys.argv[2]
 settings = SyslogSettings(enabled=True, target=target, hostname="appliance.test", facility=17)

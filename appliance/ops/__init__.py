@@ -9,7 +9,8 @@ from appliance.ops.events import (
     newest_event_id,
 )
 from appliance.ops.health import HealthResource, expiry_timer
-from appliance.ops.syslog_transport import SyslogError, make_syslog_observer
+from appliance.ops.syslog import make_syslog_observer
+from appliance.ops.syslog_format import SyslogError
 
 __all__ = [
     "HealthResource",

@@ -16,7 +16,8 @@ from twisted.logger import Logger
 
 from appliance.config import Config
 from appliance.model import Event
-from appliance.ops.syslog_transport import SyslogError, make_syslog_observer
+from appliance.ops.syslog import make_syslog_observer
+from appliance.ops.syslog_format import SyslogError
 from appliance.store import Store
 
 admin_log = Logger(namespace="ucupdates.admin")

@@ -6,7 +6,7 @@ PRI is `facility * 8 + severity` (debug 7, info 6, warn 4, error 3, critical 2);
 the event's `event` field (`update.check`, `image.download`, ...) or `-`; the structured
 data carries the event's named fields whose values are scalars (str, int, float, bool),
 escaped as RFC 5424 §6.3.3 says; MSG is the text `twisted.logger.formatEvent` makes.
-The transports and the observer are in `syslog`.
+The observer is in `syslog`, the transports in `syslog_transport` and `syslog_tcp`.
 """
 
 from __future__ import annotations

@@ -72,12 +72,12 @@ class HealthResource(resource.Resource):
         return CheckResult("serving", True, f"listening: {listening or 'nothing'}")
 
     def render_GET(self, request: server.Request) -> bytes:
-        body = report(self.results())
+        results = self.results()
         http_request: Any = request  # Twisted's setHeader is unannotated
-        http_request.setResponseCode(200 if body["status"] == "ok" else 503)
+        http_request.setResponseCode(200 if all(r.ok for r in results) else 503)
         http_request.setHeader(b"content-type", b"application/json")
         http_request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(body, indent=2).encode() + b"\n"
+        return json.dumps(report(results), indent=2).encode() + b"\n"
 
 
 def log_certificate_expiry(creds: ServerCredentials, now: datetime, warn_days: int) -> str | None:

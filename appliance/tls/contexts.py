@@ -8,11 +8,12 @@ modern suites, the server's order deciding. Twisted's `CertificateOptions` canno
 this (it drops `@SECLEVEL=0`), so the context is built here directly.
 
 Both profiles refuse SSLv3, compression and client-initiated renegotiation, and need no
-SNI: the one certificate carries every name.
+SNI: the one certificate carries every name (docs/protocol.md §10).
 """
 
 from __future__ import annotations
 
+from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
 from twisted.internet.ssl import ContextFactory
 
@@ -105,19 +106,17 @@ def _build_context(creds: ServerCredentials, profile: TlsProfile) -> SSL.Context
 
 def _set_groups(ctx: SSL.Context) -> None:
     """Prefer X25519 (and its post-quantum hybrid where OpenSSL has it), then P-256, which
-    TLS 1.0 clients that do ECDHE at all support, then P-384. pyOpenSSL only offers one
-    fixed curve, so the list goes through the OpenSSL binding pyOpenSSL itself uses; without
-    it OpenSSL's own default list (similar) applies."""
-    try:
-        from OpenSSL._util import lib
-    except ImportError:  # pragma: no cover - a pyOpenSSL without its private binding
-        return
-    setter = getattr(lib, "SSL_CTX_set1_curves_list", None)
-    raw = getattr(ctx, "_context", None)
-    if setter is None or raw is None:  # pragma: no cover - depends on the pyOpenSSL build
-        return
+    TLS 1.0 clients that do ECDHE at all support, then P-384; refuse every other group.
+
+    pyOpenSSL's public API sets one curve only (`set_tmp_ecdh`, which cannot name X25519),
+    so the list goes to OpenSSL through cryptography's documented binding (`Binding.lib`,
+    the one pyOpenSSL is built on). The context's OpenSSL handle is pyOpenSSL's
+    `Context._context`: no public accessor exists. A pyOpenSSL without it fails here, at
+    start-up, rather than serving other groups unnoticed.
+    """
+    lib = Binding().lib
     for groups in GROUPS:
-        if setter(raw, groups) == 1:
+        if lib.SSL_CTX_set1_curves_list(ctx._context, groups) == 1:
             break
     lib.ERR_clear_error()  # a refused list leaves errors queued
 

@@ -15,7 +15,7 @@ RULE_KEY_FIELDS = ("device_type", "brand", "model", "revision", "locale", "updat
 
 @dataclass(frozen=True, order=True)
 class RuleKey:
-    """What a rule is keyed by (protocol-reference §6). Matching ignores case."""
+    """What a rule is keyed by (docs/protocol.md §6). Matching ignores case."""
 
     device_type: str
     brand: str
@@ -113,7 +113,7 @@ class ReportedModule:
 
 @dataclass(frozen=True)
 class DeviceRequest:
-    """What a phone says about itself in an update check (protocol-reference §5)."""
+    """What a phone says about itself in an update check (docs/protocol.md §5)."""
 
     device_type: str
     brand: str
@@ -152,9 +152,16 @@ class Catalog:
         return self._files_by_update.get((key.folded(), version), ())
 
 
+class FileRole(StrEnum):
+    """What a stored file is to its update (the `files.role` column)."""
+
+    IMAGE = "image"  # what a phone fetches; names its signature file
+    SIGNATURE = "signature"  # the signature file of an image
+
+
 @dataclass(frozen=True)
 class NewFile:
-    role: str  # 'image' or 'signature'
+    role: FileRole
     file_name: str
     signature_name: str | None
     path: PurePosixPath
@@ -166,7 +173,7 @@ class NewFile:
 class StoredFile:
     key: RuleKey
     version: str
-    role: str
+    role: FileRole
     file_name: str
     signature_name: str | None
     path: PurePosixPath

@@ -32,7 +32,7 @@ from appliance.phones.auth import (
     ThreadPoolRunner,
     parse_basic,
 )
-from appliance.store.database import DuplicateError, Store, StoreError
+from appliance.store import DuplicateError, Store, StoreError
 
 SETTINGS = AuthSettings(cache_seconds=60, max_failures=3, failure_window=100, lockout_seconds=300)
 KEY = b"k" * 32

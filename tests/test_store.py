@@ -10,8 +10,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from appliance.model import Device, IdentifierKind, NewFile, RuleKey, RuleState
-from appliance.store.database import DuplicateError, RuleFilter, SchemaError, Store, StoreError
+from appliance.model import Device, FileRole, IdentifierKind, NewFile, RuleKey, RuleState
+from appliance.store import DuplicateError, RuleFilter, SchemaError, Store, StoreError
 
 CX600 = RuleKey("UCPhone", "Polycom", "CX600", "A", "ENU", "CPE")
 CX600_DEU = RuleKey("UCPhone", "Polycom", "CX600", "A", "DEU", "CPE")
@@ -50,7 +50,7 @@ def db(clock: Clock) -> Iterator[Store]:
 def image(key: RuleKey, version: str, name: str = "CPE.nbt", size: int = 1024) -> NewFile:
     stem = name.rsplit(".", 1)[0]
     return NewFile(
-        role="image",
+        role=FileRole.IMAGE,
         file_name=name,
         signature_name=f"{stem}.cat",
         path=key.store_dir(version) / name,
@@ -61,7 +61,7 @@ def image(key: RuleKey, version: str, name: str = "CPE.nbt", size: int = 1024) -
 
 def signature(key: RuleKey, version: str, name: str = "CPE.cat") -> NewFile:
     return NewFile(
-        role="signature",
+        role=FileRole.SIGNATURE,
         file_name=name,
         signature_name=None,
         path=key.store_dir(version) / name,

@@ -32,7 +32,7 @@ from appliance.catalogue.package_format import (
     parse_update_info,
 )
 from appliance.config import Config
-from appliance.model import NewFile, RuleKey
+from appliance.model import FileRole, NewFile, RuleKey
 from appliance.store import Store
 
 Checkpoint = Callable[[str], None]
@@ -224,15 +224,15 @@ class _Import:
         folder = update.key.store_dir(update.version)
         placed: dict[PurePosixPath, _Placed] = {}
         for module in update.modules:
-            entries = [(module.member, "image", module.file_name)]
+            entries = [(module.member, FileRole.IMAGE, module.file_name)]
             if module.signature_member:
                 sig_name = PurePosixPath(module.signature_member).name
-                entries.append((module.signature_member, "signature", sig_name))
+                entries.append((module.signature_member, FileRole.SIGNATURE, sig_name))
             for member, role, name in entries:
                 target = folder / name
                 signature = (
                     PurePosixPath(module.signature_member).name
-                    if role == "image" and module.signature_member
+                    if role is FileRole.IMAGE and module.signature_member
                     else None
                 )
                 record = NewFile(role, name, signature, target, cab.member(member).size, "")

@@ -1,15 +1,9 @@
 """The store: every SQL statement, the schema and its upgrades; records are in `appliance.model`."""
 
-from appliance.store.database import (
-    DuplicateError,
-    RuleFilter,
-    SchemaError,
-    Store,
-    StoreError,
-    iso_utc,
-    newest_schema_version,
-    utc_now,
-)
+from appliance.store.catalogue import RuleFilter
+from appliance.store.connection import iso_utc, utc_now
+from appliance.store.database import Store, newest_schema_version
+from appliance.store.errors import DuplicateError, SchemaError, StoreError
 
 __all__ = [
     "DuplicateError",

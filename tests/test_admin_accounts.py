@@ -18,7 +18,7 @@ from appliance.admin.accounts import AccountError
 from appliance.cli.admin import add_admin_parser, run_admin
 from appliance.cli.main import build_parser
 from appliance.config import AdminSettings, Config
-from appliance.phones.auth import verify_password
+from appliance.passwords import verify_password
 from appliance.store.database import Store
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

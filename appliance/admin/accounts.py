@@ -1,7 +1,7 @@
 """Control Panel accounts: roles, names, passwords, and the lockout after wrong passwords.
 
 Accounts live in the store (schema 003), separate from the phone users. Passwords are
-argon2id hashes (`appliance.auth`). Changes go to the event log like every admin action.
+argon2id hashes (`appliance.passwords`). Changes go to the event log like every admin action.
 """
 
 from __future__ import annotations
@@ -70,7 +70,11 @@ def add_account(store: Store, name: str, role: str, password: str, actor: str) -
         with store.transaction():
             account = store.add_admin_account(name, checked_role, password_hash)
             store.append_event(
-                actor, "admin.add", f"admin {name}", None, {"name": name, "role": role}
+                actor,
+                "admin.add",
+                f"admin {name}",
+                None,
+                {"name": name, "role": checked_role.value},
             )
     except DuplicateError as e:
         raise AccountError(str(e)) from e

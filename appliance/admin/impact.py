@@ -16,8 +16,8 @@ from appliance.catalogue import (
     LifecycleError,
     Reason,
     choose_update,
-    lifecycle,
     matching_rules,
+    rule_after,
 )
 from appliance.model import Catalog, Device, DeviceRequest, Rule
 
@@ -81,7 +81,7 @@ def catalog_after(
     skipped: list[tuple[int, str]] = []
     for rule in selected:
         try:
-            replaced[rule.id] = lifecycle.apply(action, rule)
+            replaced[rule.id] = rule_after(action, rule)
             changed.append(rule.id)
         except LifecycleError as e:
             skipped.append((rule.id, str(e)))

@@ -19,7 +19,7 @@ from appliance.admin import charts, inventory
 from appliance.admin.api import Api
 from appliance.admin.sessions import Login
 from appliance.admin.web import ApiError, Reply
-from appliance.model import Role
+from appliance.model import Role, RuleState
 
 NAV = (
     ("/updates", "Updates"),
@@ -74,9 +74,9 @@ class Pages:
         return _html(_layout(title, path, login, body(login)))
 
     def _devices(self, login: Login) -> str:
-        rows = self.api._device_rows()
+        rows = self.api.devices.device_rows()
         versions = charts.versions_chart(inventory.versions_per_model(rows))
-        checkins = charts.checkins_chart(self.api._checkins())
+        checkins = charts.checkins_chart(self.api.devices.checkins())
         return _devices(login) + (
             '<section class="charts" aria-labelledby="charts-title">'
             '<h2 id="charts-title">Charts</h2>'
@@ -111,7 +111,7 @@ def _layout(title: str, path: str, login: Login | None, body: str) -> str:
         account = login.account
         meta = (
             f'<meta name="csrf-token" content="{escape(login.session.csrf_token)}">'
-            f'<meta name="role" content="{escape(account.role)}">'
+            f'<meta name="role" content="{escape(account.role.value)}">'
         )
         current = ' aria-current="page"'
         links = "".join(
@@ -121,7 +121,7 @@ def _layout(title: str, path: str, login: Login | None, body: str) -> str:
         nav = f'<nav aria-label="Main"><ul>{links}</ul></nav>'
         header_right = (
             f'<div class="who"><span id="who">{escape(account.name)} '
-            f'<span class="role">({escape(account.role)})</span></span>'
+            f'<span class="role">({escape(account.role.value)})</span></span>'
             '<button type="button" id="logout">Log out</button></div>'
         )
     page = path.strip("/") or "home"
@@ -176,9 +176,7 @@ def _select(ident: str, label: str, name: str) -> str:
 def _updates(login: Login) -> str:
     admin = login.account.role is Role.ADMIN
     disabled = "" if admin else " hidden"
-    states = "".join(
-        f'<option value="{s}">{s}</option>' for s in ("pending", "approved", "restored", "reset")
-    )
+    states = "".join(f'<option value="{s.value}">{s.value}</option>' for s in RuleState)
     return (
         _viewer_note(login)
         + '<form id="rule-filters" class="filters" role="search" aria-label="Filter the rules">'

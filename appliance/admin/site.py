@@ -1,9 +1,9 @@
 """The admin listener's site: guarded requests, package uploads streamed to disk, routing.
 
 `make_admin_site(config, store, clock, reactor)` is what the composition root wraps in
-TLS (profile `modern`). Requests go through `httpguard` like the phones' (header size,
-slowloris deadline, connection cap), and are admitted when their headers are in: a JSON
-request may carry `AdminSettings.max_json_bytes`; a package upload
+TLS (profile `modern`). Requests go through `appliance.web`'s guard like the phones'
+(header size, slowloris deadline, connection cap), and are admitted when their headers
+are in: a JSON request may carry `AdminSettings.max_json_bytes`; a package upload
 (`POST /api/packages`) must come from an admin's session with the CSRF token *before* a
 byte of its body is read, may carry `max_upload_bytes`, and is written straight into
 `<data_dir>/uploads/` as it arrives (never a temporary copy, never whole in memory). The
@@ -20,7 +20,7 @@ import json
 import os
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,56 +30,24 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from appliance.admin import pages
-from appliance.admin.api import UPLOAD_PATH, Api, staged_name
+from appliance.admin.api import Access, Api
+from appliance.admin.api_packages import UPLOAD_PATH
+from appliance.admin.request import AdminRequest
 from appliance.admin.web import ApiError, Reply, error_reply, finish, send
 from appliance.config import AdminSettings, Config
-from appliance.ops import admin_log, emit_store_events, events_after, newest_event_id
+from appliance.ops import (
+    HealthResource,
+    admin_log,
+    emit_store_events,
+    events_after,
+    newest_event_id,
+)
 from appliance.store import Store
 from appliance.web import GuardedChannel, GuardedRequest, GuardedSite, Limits, Rejection
 
 log = Logger(namespace="ucupdates.admin")
 
 UPLOADS = "uploads"
-
-
-class AdminRequest(GuardedRequest):
-    """A request whose body, for an admitted upload, is written to `upload_path`."""
-
-    upload_path: Path | None = None
-
-    def gotLength(self, length: int | None) -> None:
-        if self.upload_path is None:
-            super().gotLength(length)
-            return
-        self.upload_path.parent.mkdir(parents=True, exist_ok=True)
-        self.content = self.upload_path.open("x+b")
-
-    def take_upload(self, name: str | None) -> Path | None:
-        """Move the received upload to a folder of its own under its (safe) name; the caller
-        owns it from now on. None when nothing arrived."""
-        path, self.upload_path = self.upload_path, None
-        if path is None:
-            return None
-        content: Any = self.content
-        if content is not None:
-            content.close()
-        if path.stat().st_size == 0:
-            path.unlink(missing_ok=True)
-            return None
-        folder = path.with_suffix("")
-        folder.mkdir()
-        target = folder / staged_name(name)
-        path.rename(target)
-        return target
-
-    def connectionLost(self, reason: Any) -> None:
-        super().connectionLost(reason)
-        self.discard_upload()
-
-    def discard_upload(self) -> None:
-        if self.upload_path is not None:
-            self.upload_path.unlink(missing_ok=True)
-            self.upload_path = None
 
 
 class AdminChannel(GuardedChannel):
@@ -176,27 +144,22 @@ class _Root(resource.Resource):
 def make_admin_site(
     config: Config,
     store: Store,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    reactor: Any = None,
+    clock: Callable[[], datetime],
+    reactor: Any,
     *,
     settings: AdminSettings | None = None,
     service: Any = None,
 ) -> AdminSite:
     """The admin listener's `twisted.web.server.Site` (a protocol factory): the Control
-    Panel's pages and JSON API, and `/health` when `appliance.health` provides it. Wrap it in
-    TLS with profile `modern`. `service` (the ApplianceService) lets /health report on it."""
+    Panel's pages and JSON API, and `/health`. Wrap it in TLS with profile `modern`.
+    `service` (the ApplianceService) lets /health report on it."""
     settings = settings or config.admin
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor
     openapi = resources.files(__package__).joinpath("openapi.json").read_bytes()
     api = Api(config, store, clock, reactor, settings, openapi)
     panel = ControlPanel(api, pages.Pages(api))
     root = _Root(panel)
-    health = _health_resource(config, store, clock, service)
-    if health is not None:
-        root.putChild(b"health", health)
+    health: Any = HealthResource(config, store, clock, service)  # an IResource
+    root.putChild(b"health", health)
     uploads = config.data_dir / UPLOADS
     _sweep_uploads(uploads)
     limits = Limits(
@@ -207,16 +170,6 @@ def make_admin_site(
     )
     site = AdminSite(root, _admitter(api, settings, uploads), limits, settings, reactor=reactor)
     return site
-
-
-def _health_resource(
-    config: Config, store: Store, clock: Callable[[], datetime], service: Any
-) -> Any:
-    try:
-        from appliance.ops import HealthResource
-    except ImportError:  # pragma: no cover - a tree without the health work
-        return None
-    return HealthResource(config, store, clock, service)
 
 
 def _sweep_uploads(folder: Path) -> None:
@@ -255,7 +208,7 @@ def _admitter(api: Api, settings: AdminSettings, uploads: Path) -> Any:
         if method == b"POST" and path.split(b"?", 1)[0] == UPLOAD_PATH:
             # Authorised before any of the body is read: a stranger's upload costs nothing.
             request.method = method  # authorise() reads it
-            login, problem = api.authorise(request, "change")
+            login, problem = api.authorise(request, Access.CHANGE)
             if problem is not None:
                 return Rejection(problem.status, problem.message)
             limit = settings.max_upload_bytes

@@ -7,6 +7,7 @@ change the store, each with its event-log entries.
 from appliance.catalogue.actions import (
     CatalogueError,
     RuleChange,
+    UnknownRule,
     add_test_device,
     add_user,
     apply_action,
@@ -29,6 +30,7 @@ from appliance.catalogue.decision import (
 )
 from appliance.catalogue.importer import ImportResult, PackageError, import_json, import_package
 from appliance.catalogue.lifecycle import Action, LifecycleError
+from appliance.catalogue.lifecycle import apply as rule_after
 from appliance.catalogue.sample import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_VERSION,
@@ -48,6 +50,7 @@ __all__ = [
     "PackageError",
     "Reason",
     "RuleChange",
+    "UnknownRule",
     "add_test_device",
     "add_user",
     "apply_action",
@@ -63,6 +66,7 @@ __all__ = [
     "recover",
     "remove_test_device",
     "remove_user",
+    "rule_after",
     "rule_json",
     "sample_check",
     "set_password",

@@ -27,6 +27,10 @@ class CatalogueError(Exception):
     """An admin action that cannot be carried out; str() is the line to show."""
 
 
+class UnknownRule(CatalogueError):
+    """The rules an action names do not exist (an id unknown, or a filter matching none)."""
+
+
 @dataclass(frozen=True)
 class RuleChange:
     before: Rule
@@ -86,9 +90,9 @@ def apply_action(store: Store, action: Action, flt: RuleFilter, actor: str) -> l
         rules = store.rules(flt)
         missing = sorted(set(flt.ids) - {r.id for r in rules})
         if missing:
-            raise CatalogueError(f"no rule with id {', '.join(map(str, missing))}")
+            raise UnknownRule(f"no rule with id {', '.join(map(str, missing))}")
         if not rules:
-            raise CatalogueError("no rule matches the filter")
+            raise UnknownRule("no rule matches the filter")
         for rule in rules:
             try:
                 after = lifecycle.apply(action, rule)

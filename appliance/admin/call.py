@@ -1,0 +1,60 @@
+"""One API request as a handler sees it: the request, who asks, the path's parameters.
+
+Below the API's area modules (`api_*`) and the router (`api`), which all speak `Call`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.web import server
+
+from appliance.admin.sessions import Login
+from appliance.admin.web import ApiError, Reply
+
+
+@dataclass
+class Call:
+    """One API request as a handler sees it."""
+
+    request: server.Request
+    login: Login | None
+    params: dict[str, str]
+    max_json_bytes: int
+    args: dict[bytes, list[bytes]] = field(default_factory=dict)
+
+    @property
+    def actor(self) -> str:
+        assert self.login is not None
+        return f"web:{self.login.account.name}"
+
+    def query(self, name: str) -> str | None:
+        values = self.args.get(name.encode())
+        if not values:
+            return None
+        text = values[0].decode("utf-8", "replace").strip()
+        return text or None
+
+    def queries(self, name: str) -> list[str]:
+        return [v.decode("utf-8", "replace") for v in self.args.get(name.encode(), [])]
+
+    def json(self) -> dict[str, Any]:
+        ctype = (self.request.getHeader(b"content-type") or b"").split(b";")[0].strip()
+        if ctype.lower() != b"application/json":
+            raise ApiError(400, "send the request body as JSON (Content-Type: application/json)")
+        content: Any = self.request.content
+        raw = content.read(self.max_json_bytes + 1) if content is not None else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        return body
+
+
+Handler = Callable[[Call], "Reply | defer.Deferred[Reply]"]

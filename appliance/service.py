@@ -27,6 +27,7 @@ from appliance.phones import (
     LocalDirectory,
     PhoneResource,
     PhoneService,
+    ThreadPoolRunner,
     clean_device_logs,
 )
 from appliance.store import Store
@@ -187,7 +188,9 @@ def make_service(
         directory: Any = LdapDirectory(config.auth.ldap)
     else:
         directory = LocalDirectory.at(config.db_path)
-    authenticator = Authenticator(directory, config.auth, reactor.seconds)
+    authenticator = Authenticator(
+        directory, config.auth, reactor.seconds, run_blocking=ThreadPoolRunner(reactor)
+    )
     phone = PhoneService(config, store, authenticator, clock)
     root = ApplianceService(phone, config)
     root.credentials = credentials

@@ -28,10 +28,10 @@ from appliance.passwords import (
 from appliance.phones.auth import (
     Authenticator,
     AuthResult,
-    LocalDirectory,
     ThreadPoolRunner,
     parse_basic,
 )
+from appliance.phones.directories import LocalDirectory
 from appliance.store import DuplicateError, Store, StoreError
 
 SETTINGS = AuthSettings(cache_seconds=60, max_failures=3, failure_window=100, lockout_seconds=300)

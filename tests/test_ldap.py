@@ -26,7 +26,9 @@ from twisted.internet import defer
 from twisted.logger import LogEvent, globalLogPublisher
 
 from appliance.config import AuthSettings, LdapSettings
-from appliance.phones.auth import Authenticator, AuthError, AuthResult, LdapDirectory
+from appliance.passwords import AuthError
+from appliance.phones.auth import Authenticator, AuthResult
+from appliance.phones.directories import LdapDirectory
 
 SLAPD = Path("/usr/sbin/slapd")
 SLAPADD = Path("/usr/sbin/slapadd")

@@ -185,7 +185,7 @@ def add_user(data: Path, name: str, password: str) -> None:
     if re.search(r"^\s+user\s", usage, re.MULTILINE):
         cli(data, "user", "add", name, "--password-stdin", stdin=password + "\n")
         return
-    from appliance.phones.auth import hash_password
+    from appliance.passwords import hash_password
 
     store = Store.open(data / "ucupdates.sqlite3")
     try:

@@ -11,7 +11,7 @@ from conftest import run_cli
 from appliance.catalogue.actions import add_user
 from appliance.config import load_config
 from appliance.model import User
-from appliance.phones.auth import verify_password
+from appliance.passwords import verify_password
 from appliance.store.database import Store
 
 PASSWORD = "correct horse battery staple"

@@ -1,8 +1,10 @@
 """The phones' HTTP service: update checks, image downloads, log uploads, external auth."""
 
-from appliance.phones.auth import Authenticator, LdapDirectory, LocalDirectory
+from appliance.phones.auth import Authenticator, ThreadPoolRunner
 from appliance.phones.codec import BaseUrls
-from appliance.phones.resource import PhoneResource, PhoneService, clean_device_logs
+from appliance.phones.directories import LdapDirectory, LocalDirectory
+from appliance.phones.records import clean_device_logs
+from appliance.phones.resource import PhoneResource, PhoneService
 
 __all__ = [
     "Authenticator",
@@ -11,5 +13,6 @@ __all__ = [
     "LocalDirectory",
     "PhoneResource",
     "PhoneService",
+    "ThreadPoolRunner",
     "clean_device_logs",
 ]

@@ -1,30 +1,27 @@
-"""HTTP Basic for external phones: password hashes, user directories, and the authenticator.
+"""HTTP Basic for external phones (docs/protocol.md §2): the authenticator.
 
-Checking a password is slow on purpose (argon2id here, a network round trip for LDAP), so
-the authenticator remembers a success for `auth.cache_seconds` under a keyed HMAC of the
-credentials, runs every real check off the reactor thread, and refuses guessing: more than
-`auth.max_failures` failures within `auth.failure_window` seconds, per user name and per
-client address, lock that name or address out for `auth.lockout_seconds`.
+Checking a password is slow on purpose (argon2id, or a network round trip for LDAP: see
+`appliance.phones.directories`), so the authenticator remembers a success for
+`auth.cache_seconds` under a keyed HMAC of the credentials, runs every real check off the
+reactor thread, and refuses guessing: more than `auth.max_failures` failures within
+`auth.failure_window` seconds, per user name and per client address, lock that name or
+address out for `auth.lockout_seconds`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import math
 import re
 import secrets
-import ssl
-import threading
-import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -32,16 +29,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from appliance.config import AuthSettings, LdapSettings
-from appliance.passwords import (
-    MAX_USER_NAME,
-    AuthError,
-    hash_password,
-    validate_password,
-    validate_user_name,
-    verify_password,
-)
-from appliance.store import Store
+from appliance.config import AuthSettings
+from appliance.passwords import AuthError, validate_password, validate_user_name
+from appliance.phones.directories import Directory, loggable_name
 
 log = Logger()
 
@@ -53,166 +43,6 @@ def _acceptable(username: str, password: str) -> bool:
     except AuthError:
         return False
     return True
-
-
-def _printable(text: str) -> str:
-    """A user-supplied name made safe for a log line."""
-    text = text[:MAX_USER_NAME]
-    return text if text.isprintable() else repr(text)
-
-
-# -- directories ------------------------------------------------------------------------
-
-
-class Directory(Protocol):
-    def verify(self, username: str, password: str) -> bool:
-        """Whether the credentials are good. Blocking, maybe slow: run it off the reactor."""
-        ...
-
-
-class LocalDirectory:
-    """Phone users from the store's `users` table, checked against their argon2id hashes.
-
-    verify() runs on pool threads, and an SQLite connection may only be used by the thread
-    that opened it: each thread gets its own Store from `open_store`, opened on first use
-    (`LocalDirectory.at(config.db_path)`). Tests that verify inline may hand in one Store.
-    """
-
-    def __init__(self, open_store: Callable[[], Store]) -> None:
-        self._open_store = open_store
-        self._local = threading.local()
-        self._dummy: str | None = None
-
-    @classmethod
-    def at(cls, path: Path) -> LocalDirectory:
-        return cls(lambda: Store.open(path))
-
-    def _store(self) -> Store:
-        store: Store | None = getattr(self._local, "store", None)
-        if store is None:
-            store = self._local.store = self._open_store()
-        return store
-
-    def verify(self, username: str, password: str) -> bool:
-        user = self._store().user(username)
-        if user is None:
-            # Spend the same time as for a real user, so timing does not tell who exists.
-            if self._dummy is None:
-                self._dummy = hash_password(secrets.token_urlsafe(24))
-            verify_password(self._dummy, password)
-            return False
-        matches = verify_password(user.password_hash, password)
-        return matches and not user.disabled
-
-
-class LdapDirectory:
-    """A simple bind as the user: `bind_template` with `{user}` replaced.
-
-    When the template is a DN (`uid={user},ou=people,...`) the name is escaped as an RDN
-    value (RFC 4514), so a name cannot add DN components; otherwise (`{user}@contoso.com`,
-    `{user}` for DOMAIN\\user) it is used as given. Empty passwords never reach the server
-    (a simple bind with one is an anonymous bind, which many servers accept). Any LDAP or
-    network error is logged and answers False.
-    """
-
-    def __init__(self, settings: LdapSettings) -> None:
-        url = urllib.parse.urlsplit(settings.url)
-        if url.scheme not in ("ldap", "ldaps") or not url.hostname:
-            raise AuthError(f"auth.ldap.url {settings.url!r} is not ldap://host or ldaps://host")
-        if url.path not in ("", "/") or url.query or url.fragment or url.username:
-            raise AuthError(f"auth.ldap.url {settings.url!r}: give only scheme, host and port")
-        try:
-            port = url.port
-        except ValueError as e:
-            raise AuthError(f"auth.ldap.url {settings.url!r}: {e}") from None
-        if settings.start_tls and url.scheme == "ldaps":
-            raise AuthError("auth.ldap.start_tls is for ldap:// URLs; ldaps:// is TLS already")
-        if settings.bind_template.count("{user}") != 1:
-            raise AuthError("auth.ldap.bind_template must contain {user} exactly once")
-        self._host = url.hostname
-        self._use_ssl = url.scheme == "ldaps"
-        self._port = port or (636 if self._use_ssl else 389)
-        self._template = settings.bind_template
-        self._dn = bool(re.search(r"=\s*\{user\}", settings.bind_template))
-        self._start_tls = settings.start_tls
-        self._timeout = settings.timeout
-        self._tls: Any = None
-        if self._use_ssl or self._start_tls:
-            ca_file = settings.ca_file
-            if ca_file is not None and not ca_file.is_file():
-                raise AuthError(f"auth.ldap.ca_file {str(ca_file)!r} is not a file")
-            from ldap3 import Tls  # ldap3 loads only where LDAP is configured
-
-            self._tls = Tls(
-                validate=ssl.CERT_REQUIRED,
-                ca_certs_file=str(ca_file) if ca_file else None,
-                sni=self._host,
-            )
-        else:
-            log.warn(
-                "LDAP at {url} without TLS: passwords cross the network in clear",
-                url=settings.url,
-            )
-
-    def bind_name(self, username: str) -> str:
-        from ldap3.utils.dn import escape_rdn
-
-        return self._template.replace("{user}", escape_rdn(username) if self._dn else username)
-
-    def verify(self, username: str, password: str) -> bool:
-        if not username or not password:
-            return False
-        try:
-            return self._bind(username, password)
-        except Exception as e:
-            log.warn(
-                "LDAP error for {user} at {host}:{port}: {error}",
-                user=_printable(username),
-                host=self._host,
-                port=self._port,
-                error=f"{type(e).__name__}: {e}",
-            )
-            return False
-
-    def _bind(self, username: str, password: str) -> bool:
-        from ldap3 import NONE, SIMPLE, Connection, Server
-
-        server = Server(
-            self._host,
-            port=self._port,
-            use_ssl=self._use_ssl,
-            tls=self._tls,
-            get_info=NONE,
-            connect_timeout=self._timeout,
-        )
-        conn = Connection(
-            server,
-            user=self.bind_name(username),
-            password=password,
-            authentication=SIMPLE,
-            read_only=True,
-            # ldap3 packs this into SO_RCVTIMEO as whole seconds: a float raises.
-            receive_timeout=max(1, math.ceil(self._timeout)),
-            raise_exceptions=False,
-        )
-        try:
-            conn.open()
-            if self._start_tls and not conn.start_tls(read_server_info=False):
-                raise ConnectionError(f"StartTLS refused: {conn.result}")
-            if conn.bind():
-                return True
-            result = conn.result or {}
-            log.info(
-                "LDAP bind refused for {user}: {description}",
-                user=_printable(username),
-                description=result.get("description"),
-            )
-            return False
-        finally:
-            # After a failed TLS handshake the socket is gone and unbind() raises: that
-            # error must not hide the one that matters.
-            with contextlib.suppress(Exception):
-                conn.unbind()
 
 
 # -- HTTP Basic -------------------------------------------------------------------------
@@ -247,17 +77,31 @@ def _is_basic(header: bytes | None) -> bool:
     return bool(parts) and parts[0].lower() == b"basic"
 
 
+class AuthReason(StrEnum):
+    """Why a request was let in or refused; the value is the text logs and bodies show."""
+
+    OK = "ok"
+    CACHED = "cached"
+    NO_CREDENTIALS = "no credentials"
+    MALFORMED = "malformed credentials"
+    BAD_CREDENTIALS = "bad credentials"
+    LOCKED_OUT = "locked out"
+    THROTTLED = "throttled"
+    BUSY = "busy"
+    DIRECTORY_ERROR = "directory error"
+
+
 @dataclass(frozen=True)
 class AuthResult:
     ok: bool
     status: int  # 200 ok, 401 bad or no credentials, 429 throttled or locked out, 503
-    reason: str  # for logs: "ok", "cached", "bad credentials", "locked out", ...
+    reason: AuthReason
     retry_after: int | None = None  # seconds, for a Retry-After header
     user: str | None = None  # the name as the client sent it, when ok
 
 
-NO_CREDENTIALS = AuthResult(False, 401, "no credentials")
-MALFORMED = AuthResult(False, 401, "malformed credentials")
+NO_CREDENTIALS = AuthResult(False, 401, AuthReason.NO_CREDENTIALS)
+MALFORMED = AuthResult(False, 401, AuthReason.MALFORMED)
 
 RunBlocking = Callable[[Callable[[], bool]], "defer.Deferred[bool]"]
 
@@ -265,18 +109,14 @@ RunBlocking = Callable[[Callable[[], bool]], "defer.Deferred[bool]"]
 class ThreadPoolRunner:
     """Runs blocking checks in a small dedicated thread pool (argon2 or LDAP must not stall
     the reactor, nor take every thread of the reactor's shared pool). The pool starts on
-    first use and stops when the reactor shuts down."""
+    first use and stops when `reactor` shuts down."""
 
-    def __init__(self, reactor: Any = None, threads: int = 2) -> None:
+    def __init__(self, reactor: Any, threads: int = 2) -> None:
         self._reactor = reactor
         self._threads = threads
         self._pool: ThreadPool | None = None
 
     def __call__(self, work: Callable[[], bool]) -> defer.Deferred[bool]:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
         if self._pool is None:
             self._pool = ThreadPool(minthreads=0, maxthreads=self._threads, name="auth")
             self._pool.start()
@@ -352,7 +192,7 @@ class Authenticator:
     """Decides HTTP Basic requests. Use it from the reactor thread only.
 
     `clock` gives seconds (reactor.seconds). `run_blocking` runs a directory check and
-    returns a Deferred of its bool; the default is a ThreadPoolRunner on the global reactor,
+    returns a Deferred of its bool: the service passes a ThreadPoolRunner on its reactor,
     tests pass `defer.maybeDeferred` to run checks inline.
 
     Order of decisions: a locked-out address, then missing or malformed credentials, then a
@@ -369,8 +209,8 @@ class Authenticator:
         settings: AuthSettings,
         clock: Callable[[], float],
         key: bytes | None = None,
-        run_blocking: RunBlocking | None = None,
         *,
+        run_blocking: RunBlocking,
         cache_size: int = CACHE_SIZE,
         tracked_keys: int = TRACKED_KEYS,
         max_pending: int = MAX_PENDING,
@@ -379,7 +219,7 @@ class Authenticator:
         self._settings = settings
         self._clock = clock
         self._key = key if key is not None else secrets.token_bytes(32)
-        self._run_blocking: RunBlocking = run_blocking or ThreadPoolRunner()
+        self._run_blocking = run_blocking
         self._cache_size = cache_size
         self._max_pending = max_pending
         self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
@@ -420,7 +260,7 @@ class Authenticator:
         digest = self._digest(username, password)
         if self._cached(username, digest, now):
             self._users.clear(user_key)
-            return defer.succeed(AuthResult(True, 200, "cached", user=username))
+            return defer.succeed(AuthResult(True, 200, AuthReason.CACHED, user=username))
 
         waiter: defer.Deferred[AuthResult] = defer.Deferred()
         check = self._checks.get(digest)
@@ -429,10 +269,10 @@ class Authenticator:
             return waiter
         if len(self._checks) >= self._max_pending:
             log.warn("auth busy: {count} checks pending", count=len(self._checks))
-            return defer.succeed(AuthResult(False, 429, "busy", BUSY_RETRY_AFTER))
+            return defer.succeed(AuthResult(False, 429, AuthReason.BUSY, BUSY_RETRY_AFTER))
         running = self._user_checks.get(user_key, 0)
         if self._users.recent(user_key, now) + running > self._settings.max_failures:
-            return defer.succeed(AuthResult(False, 429, "throttled", 1))
+            return defer.succeed(AuthResult(False, 429, AuthReason.THROTTLED, 1))
         self._checks[digest] = _Check(username, user_key, [(waiter, source)])
         self._user_checks[user_key] = running + 1
         directory = self._directory
@@ -448,13 +288,13 @@ class Authenticator:
         now = self._clock()
         sources = [source for _, source in check.waiters]
         if isinstance(outcome, Failure):
-            log.failure("auth directory error for {user}", outcome, user=_printable(username))
-            error = AuthResult(False, 503, "directory error", BUSY_RETRY_AFTER)
+            log.failure("auth directory error for {user}", outcome, user=loggable_name(username))
+            error = AuthResult(False, 503, AuthReason.DIRECTORY_ERROR, BUSY_RETRY_AFTER)
             results = dict.fromkeys(sources, error)
         elif outcome is True:
             self._remember(username, digest, now)
             self._users.clear(check.user_key)
-            results = dict.fromkeys(sources, AuthResult(True, 200, "ok", user=username))
+            results = dict.fromkeys(sources, AuthResult(True, 200, AuthReason.OK, user=username))
         else:
             results = self._failed(username, sources, now)
         for waiter, source in check.waiters:
@@ -466,7 +306,7 @@ class Authenticator:
         if user_until is not None:
             log.warn(
                 "auth lockout of user {user} for {seconds} s",
-                user=_printable(username),
+                user=loggable_name(username),
                 until=user_until,
                 seconds=self._settings.lockout_seconds,
                 event="auth.lockout",
@@ -475,9 +315,9 @@ class Authenticator:
         for source in dict.fromkeys(sources):
             log.info(
                 "auth failure for {user} from {source}: {reason}",
-                user=_printable(username),
+                user=loggable_name(username),
                 source=source,
-                reason="bad credentials",
+                reason=AuthReason.BAD_CREDENTIALS,
                 event="auth.failure",
             )
             source_until = self._sources.fail(source, now)
@@ -491,7 +331,9 @@ class Authenticator:
                 )
             untils = [u for u in (user_until, source_until) if u is not None]
             results[source] = (
-                _locked(max(untils), now) if untils else AuthResult(False, 401, "bad credentials")
+                _locked(max(untils), now)
+                if untils
+                else AuthResult(False, 401, AuthReason.BAD_CREDENTIALS)
             )
         return results
 
@@ -537,4 +379,4 @@ class Authenticator:
 
 
 def _locked(until: float, now: float) -> AuthResult:
-    return AuthResult(False, 429, "locked out", max(1, math.ceil(until - now)))
+    return AuthResult(False, 429, AuthReason.LOCKED_OUT, max(1, math.ceil(until - now)))

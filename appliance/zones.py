@@ -1,4 +1,4 @@
-"""Who is inside the firewall (protocol-reference §2): a pure decision.
+"""Who is inside the firewall (docs/protocol.md §2): a pure decision.
 
 A request is external when it arrives on the external listener or on an `*Ext` path, or
 when its client address is outside the internal networks. The client address is the

@@ -3,7 +3,7 @@
 Both run on the same machine in the same run, on the same file, each as a fresh process
 (the import includes the interpreter's start, as an admin would see it). Reports wall
 time and peak RSS (from wait4) of each, the ratios, and writes bench/out/import.json.
-Aims (issue 2): at most 1.5x cabextract's time, peak memory under 2x the package size.
+Aims: at most 1.5x cabextract's time, peak memory under 2x the package size.
 """
 
 from __future__ import annotations

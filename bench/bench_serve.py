@@ -17,7 +17,7 @@ loops on both CPUs at once): on a VM whose two vCPUs do not give two cores' wort
 load generator takes CPU from the server, which costs nginx (the faster one) the most.
 `--profile` afterwards samples ucupdates under the same loads with py-spy (install it
 into .venv yourself; it is not a project dependency): bench/out/serve-profile-*.txt.
-Aims (issue): checks >= 0.15x nginx, p99 < 25 ms at 256 connections, downloads >= 0.8x
+Aims: checks >= 0.15x nginx, p99 < 25 ms at 256 connections, downloads >= 0.8x
 nginx, RSS flat with 1,000 slow downloads.
 
 The bench config sets `service.max_downloads = 2000` and `max_connections = 4000`: the

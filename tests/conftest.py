@@ -78,3 +78,56 @@ def state(config: Config) -> tuple[object, ...]:
         )
     finally:
         s.close()
+
+
+# -- test tiers ---------------------------------------------------------------------------
+# `make check` runs the fast tier (`-m "not slow"`): pure logic, codecs, the store and the
+# web resources in process. The slow tier starts processes and real peers (the CLI as a
+# process, slapd, rsyslogd, dnsmasq, Chromium, debootstrap, a serving appliance) or spends
+# seconds on purpose (faults, memory, lockout timing). `make test` runs both.
+SLOW_FILES = {
+    "test_admin_browser.py",  # Chromium
+    "test_admin_remote.py",  # a serving appliance driven by the CLI
+    "test_cli.py",  # the CLI as a process
+    "test_deploy.py",  # ansible-lint, ansible-playbook, debootstrap
+    "test_dns_live.py",  # dig and kdig against a serving appliance
+    "test_import_faults.py",  # hostile packages and kill -9 through the CLI
+    "test_ldap.py",  # slapd
+    "test_serve.py",  # a serving appliance with curl and openssl
+    "test_tls.py",  # openssl s_client against each TLS profile
+    "test_users_cli.py",  # the CLI as a process
+}
+SLOW_TESTS = {
+    "test_a_disk_that_fills_during_the_import_fails_cleanly",
+    "test_a_second_import_waits_for_none_and_says_why",
+    "test_a_removed_rule_comes_back_on_reimport_without_rewriting_files",
+    "test_not_enough_free_space_is_refused_before_writing",
+    "test_a_newer_package_refreshes_pending_and_keeps_approved",
+    "test_memory_stays_flat_while_extracting_a_large_cab",
+    "test_rsyslogd_receives_events_over_udp",
+    "test_rsyslogd_receives_events_over_tcp",
+    "test_check_command_exits_2_naming_what_failed",
+    "test_check_command_passes_on_a_healthy_appliance",
+    "test_health_is_200_when_the_process_is_well",
+    "test_health_is_503_with_what_failed_after_its_cache_expires",
+    "test_health_reports_the_certificate_and_the_service_state",
+    "test_https_check_completes_a_handshake_with_the_certificate_in_use",
+    "test_dnsmasq_with_the_snippet_answers_with_our_bytes",
+    "test_local_directory_spends_as_long_on_unknown_users",
+    "test_authenticator_over_local_users_in_a_real_thread_pool",
+    "test_local_directory_checks_store_users",
+    "test_accepted_handshakes",
+    "test_refused_handshakes",
+    "test_openapi_document_is_valid_and_served",
+    "test_dns_check_gives_up_after_its_timeout",
+    "test_account_lockout_after_repeated_failures",
+    "test_address_lockout_after_repeated_failures",
+}
+SLOW_PREFIXES = ("test_live_",)  # real sockets towards a running responder
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        if item.path.name in SLOW_FILES or name in SLOW_TESTS or name.startswith(SLOW_PREFIXES):
+            item.add_marker(pytest.mark.slow)

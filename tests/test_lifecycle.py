@@ -1,4 +1,4 @@
-"""Rule transitions (protocol-reference §7) from every interesting starting state."""
+"""Rule transitions (docs/protocol.md §7) from every interesting starting state."""
 
 from __future__ import annotations
 

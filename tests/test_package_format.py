@@ -1,4 +1,4 @@
-"""updateInfo.xml (protocol-reference §8): the lenient reader and the canonical writer."""
+"""updateInfo.xml (docs/protocol.md §8): the lenient reader and the canonical writer."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ NBT = f"{PREFIX}/CPE.nbt"
 CAT = f"{PREFIX}/CPE.cat"
 MEMBERS = [NBT, CAT]
 
-# The reconstruction in protocol-reference §8, verbatim.
+# The reconstruction in docs/protocol.md §8, verbatim.
 CANONICAL = b"""\
 <Updates>
   <Updates>

@@ -1,4 +1,4 @@
-"""Who is inside the firewall (protocol-reference §2): client address and zone, as tables."""
+"""Who is inside the firewall (docs/protocol.md §2): client address and zone, as tables."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rule transitions with the semantics of the Lync cmdlets (protocol-reference §7).
+"""Rule transitions with the semantics of the Lync cmdlets (docs/protocol.md §7).
 
 Pure functions from a rule to the rule after the action; a transition that does not
 apply raises LifecycleError with the reason, and changes nothing.

@@ -1,4 +1,4 @@
-"""The codec of a package's `updateInfo.xml` (protocol-reference §8), in one place.
+"""The codec of a package's `updateInfo.xml` (docs/protocol.md §8), in one place.
 
 The schema is not public; this reads our reconstruction leniently: fields as attributes
 or child elements in any case, vendor-style aliases, and device fields derived from the

@@ -1,6 +1,6 @@
 """`ucupdates make-sample-package`: a realistic vendor-style package to try things with.
 
-Several brands, models and locales as `UCUpdates.cab` carries them (protocol-reference
+Several brands, models and locales as `UCUpdates.cab` carries them (docs/protocol.md
 §8): `updateInfo.xml` at the root, then one image (`CPE.nbt`) and its signature file
 (`CPE.cat`) per device. The image bytes are deterministic (seeded by path and version)
 and about half compressible, like real firmware images.

@@ -1,7 +1,8 @@
 """The composition root of `ucupdates serve`: every listener and timer, from the config.
 
-`make_service` only wires: it receives the config, the reactor, the store and the clock,
-and returns a MultiService. Nothing below it reads files or the environment for settings.
+`make_service` only wires: it receives the config, the reactor, the store, the server
+certificate (loaded by `ucupdates serve`) and the clock, and returns a MultiService.
+Nothing below it reads files or the environment for settings.
 """
 
 from __future__ import annotations
@@ -31,13 +32,7 @@ from appliance.phones import (
     clean_device_logs,
 )
 from appliance.store import Store
-from appliance.tls import (
-    ServerCredentials,
-    context_factory,
-    ensure_test_certificates,
-    installed_pair,
-    load_credentials,
-)
+from appliance.tls import ServerCredentials, context_factory
 from appliance.web import GuardedSite, Limits
 
 log = Logger(namespace="ucupdates.service")
@@ -72,15 +67,6 @@ def listeners(config: Config) -> list[Listener]:
     if config.listeners.internal_http is not None:
         found.append(Listener("internal-http", config.listeners.internal_http, "http", None, False))
     return found
-
-
-def server_credentials(config: Config) -> ServerCredentials:
-    if config.tls.cert_file is not None and config.tls.key_file is not None:
-        return load_credentials(config.tls.cert_file, config.tls.key_file)
-    installed = installed_pair(config.tls_dir)  # `ucupdates certs install`
-    if installed is not None:
-        return load_credentials(*installed)
-    return ensure_test_certificates(config.tls_dir, config.server_names())
 
 
 class SharedPortServer(service.Service):
@@ -130,7 +116,6 @@ class ApplianceService(service.MultiService):
         self.phone = phone
         self.config = config
         self.ports: dict[str, tuple[str, int]] = {}  # the phone-facing HTTP(S) listeners
-        self.credentials: ServerCredentials | None = None
         self.dns: DnsService | None = None
 
     def reload(self) -> None:
@@ -179,11 +164,10 @@ def make_service(
     config: Config,
     reactor: Any,
     store: Store,
+    credentials: ServerCredentials,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    credentials: ServerCredentials | None = None,
     first_worker: bool = True,
 ) -> ApplianceService:
-    credentials = credentials or server_credentials(config)
     if config.auth.backend is AuthBackend.LDAP:
         directory: Any = LdapDirectory(config.auth.ldap)
     else:
@@ -193,7 +177,6 @@ def make_service(
     )
     phone = PhoneService(config, store, authenticator, clock)
     root = ApplianceService(phone, config)
-    root.credentials = credentials
     limits = Limits(
         max_header_bytes=config.service.max_header_bytes,
         request_timeout=config.service.request_timeout,

@@ -19,11 +19,10 @@ import json
 import sys
 from typing import Any, TextIO
 
+from appliance.cli.exits import EX_FAILED, EX_USAGE
 from appliance.config import Config
 from appliance.model import Role
 from appliance.store import Store
-
-EX_FAILED, EX_USAGE = 1, 2
 
 
 def add_admin_parser(sub: Any) -> argparse.ArgumentParser:

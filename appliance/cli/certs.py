@@ -6,6 +6,7 @@
     certs install CERT [--chain F]  install the certificate the CA sent back
 
 Exit status: 0 done (show: all is well); 1 the action failed or show found a problem.
+The TLS area (cryptography, Twisted's TLS) loads only when the command runs.
 """
 
 from __future__ import annotations
@@ -16,23 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from appliance.cli.exits import EX_FAILED
 from appliance.config import Config
-from appliance.tls import (
-    INSTALLED_CERT,
-    INSTALLED_KEY,
-    PENDING_KEY,
-    CertError,
-    certificate_problems,
-    check_expiry,
-    create_csr,
-    days_left,
-    describe_certificate,
-    ensure_test_certificates,
-    existing_credentials,
-    install_certificate,
-)
 
-EX_FAILED = 1
+PENDING_KEY_NAME = "pending.key"  # tls.PENDING_KEY, named here so the parser loads no TLS
 
 
 def add_certs_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -49,7 +37,7 @@ def add_certs_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--key-out",
         type=Path,
         metavar="FILE",
-        help=f"where the new private key goes (default: <data_dir>/tls/{PENDING_KEY})",
+        help=f"where the new private key goes (default: <data_dir>/tls/{PENDING_KEY_NAME})",
     )
     c.add_argument(
         "--extra-name",
@@ -66,7 +54,7 @@ def add_certs_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--key",
         type=Path,
         metavar="FILE",
-        help=f"the key of the CSR (default: <data_dir>/tls/{PENDING_KEY})",
+        help=f"the key of the CSR (default: <data_dir>/tls/{PENDING_KEY_NAME})",
     )
     return p
 
@@ -78,6 +66,8 @@ def certs_command(
     out: TextIO | None = None,
 ) -> int:
     """Run `certs <action>`; messages go to `out` (stdout), errors to stderr."""
+    from appliance.tls import CertError
+
     out = out or sys.stdout
     now = now or datetime.now(UTC)
     action = {"show": _show, "init": _init, "csr": _csr, "install": _install}
@@ -92,6 +82,13 @@ def certs_command(
 
 
 def _show(config: Config, args: argparse.Namespace, now: datetime, out: TextIO) -> int:
+    from appliance.tls import (
+        certificate_problems,
+        days_left,
+        describe_certificate,
+        existing_credentials,
+    )
+
     found = existing_credentials(config.tls.cert_file, config.tls.key_file, config.tls_dir)
     if found is None:
         print(
@@ -124,6 +121,8 @@ def _show(config: Config, args: argparse.Namespace, now: datetime, out: TextIO) 
 
 
 def _init(config: Config, args: argparse.Namespace, now: datetime, out: TextIO) -> int:
+    from appliance.tls import ensure_test_certificates, existing_credentials
+
     found = existing_credentials(config.tls.cert_file, config.tls.key_file, config.tls_dir)
     if found is not None and found[0] != "generated":
         source, creds = found
@@ -140,6 +139,8 @@ def _init(config: Config, args: argparse.Namespace, now: datetime, out: TextIO) 
 
 
 def _csr(config: Config, args: argparse.Namespace, now: datetime, out: TextIO) -> int:
+    from appliance.tls import PENDING_KEY, CertError, create_csr
+
     names = tuple(dict.fromkeys([*config.server_names(), *args.extra_name]))
     key_file: Path = args.key_out or config.tls_dir / PENDING_KEY
     if args.out.resolve() == key_file.resolve():
@@ -159,6 +160,16 @@ def _csr(config: Config, args: argparse.Namespace, now: datetime, out: TextIO) -
 
 
 def _install(config: Config, args: argparse.Namespace, now: datetime, out: TextIO) -> int:
+    from appliance.tls import (
+        INSTALLED_CERT,
+        INSTALLED_KEY,
+        PENDING_KEY,
+        CertError,
+        check_expiry,
+        describe_certificate,
+        install_certificate,
+    )
+
     key_file: Path = args.key or config.tls_dir / PENDING_KEY
     if not key_file.exists():
         raise CertError(

@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import http.client
 import json
-import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote, urlencode, urlsplit
 
+from appliance.cli.exits import EX_DATAERR, EX_FAILED, EX_USAGE
 from appliance.identifiers import InvalidIdentifier, normalise_mac, normalise_serial
 
-EX_FAILED, EX_USAGE, EX_DATAERR = 1, 2, 65
+if TYPE_CHECKING:
+    import http.client
+
 COOKIE = "__Host-ucupdates-session"
 PASSWORD_VARIABLE = "UCUPDATES_ADMIN_PASSWORD"  # noqa: S105 - its name, not a password
 REMOTE_COMMANDS = (
@@ -76,6 +77,9 @@ class RemoteClient:
             raise RemoteError(f"--server takes an https:// URL, not {self.url!r}")
 
     def _connection(self) -> http.client.HTTPSConnection:
+        import http.client  # HTTPS loads only when an appliance is driven: a faster start
+        import ssl
+
         context = ssl.create_default_context(
             cafile=str(self.ca_file) if self.ca_file is not None else None
         )
@@ -91,6 +95,8 @@ class RemoteClient:
         *,
         upload: Path | None = None,
     ) -> Any:
+        import http.client
+
         headers = {"Accept": "application/json"}
         if self.cookie:
             headers["Cookie"] = f"{COOKIE}={self.cookie}"

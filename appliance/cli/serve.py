@@ -1,8 +1,10 @@
-"""`ucupdates serve` and `ucupdates reload`: starting the service from the command line.
+"""`ucupdates serve` and `ucupdates reload`: the composition root of the running service.
 
-`serve` sets up logging (standard error, and syslog when configured), builds everything
-with `service.make_service`, prints where to point a phone, and runs the reactor; with
-`--workers N` it starts N-1 more processes that share the listening ports.
+`serve` sets up logging (standard error, and syslog when configured), loads the server
+certificate (the configured pair, the one `certs install` put in place, or a generated
+test CA), builds everything with `service.make_service`, prints where to point a phone,
+and runs the reactor; with `--workers N` it starts N-1 more processes that share the
+listening ports. `reload` asks the running service to re-read its DNS domains (SIGHUP).
 """
 
 from __future__ import annotations
@@ -13,47 +15,58 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.cli.exits import EX_CONFIG, EX_USAGE, Failure
+from appliance.cli.packages import SAMPLE_CHECK
 from appliance.config import Address, Config, ConfigError
 from appliance.store import Store
+
+if TYPE_CHECKING:
+    from appliance.service import ApplianceService
+    from appliance.tls import ServerCredentials
+
+
+def add_serve_parsers(sub: Any) -> None:
+    """`serve` and `reload`."""
+    p = sub.add_parser("serve", help="run the phone-facing service in the foreground")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the listening ports (default 1)",
+    )
+    p.add_argument("--bind", action="append", default=[], help=argparse.SUPPRESS)
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="how events are written to standard error",
+    )
+    sub.add_parser("reload", help="make the running service re-read the DNS domains (SIGHUP)")
+
+
+def server_credentials(config: Config) -> ServerCredentials:
+    """The configured certificate, else the installed one, else the test CA's (made once)."""
+    from appliance.tls import ensure_test_certificates, installed_pair, load_credentials
+
+    if config.tls.cert_file is not None and config.tls.key_file is not None:
+        return load_credentials(config.tls.cert_file, config.tls.key_file)
+    installed = installed_pair(config.tls_dir)  # `ucupdates certs install`
+    if installed is not None:
+        return load_credentials(*installed)
+    return ensure_test_certificates(config.tls_dir, config.server_names())
 
 
 def serve(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
     from twisted.internet import reactor as default_reactor
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        jsonFileLogObserver,
-        textFileLogObserver,
-    )
 
-    from appliance.catalogue import sample_check
     from appliance.service import make_service
     from appliance.tls import CertError
 
     reactor: Any = default_reactor
-    observer: Any = (
-        jsonFileLogObserver(sys.stderr)
-        if args.log_format == "json"
-        else textFileLogObserver(sys.stderr)
-    )
-    predicate: Any = LogLevelFilterPredicate(LogLevel.info)
-    filtered: Any = FilteringLogObserver(observer, [predicate])
-    from appliance.ops import SyslogError, make_syslog_observer
-
-    try:
-        syslog_observer = make_syslog_observer(config, reactor)
-    except SyslogError as e:
-        raise Failure(str(e), EX_CONFIG) from e
-    observers: list[Any] = [filtered]
-    if syslog_observer is not None:
-        observers.append(syslog_observer)
-        reactor.addSystemEventTrigger("after", "shutdown", syslog_observer.close)
-    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
+    _begin_logging(config, reactor, args.log_format)
     if args.workers < 1:
         raise Failure("--workers must be at least 1", EX_USAGE)
     for bind in args.bind:  # a worker started by the first process: the same ports
@@ -65,7 +78,8 @@ def serve(args: argparse.Namespace, config: Config, store: Store, actor: str) ->
             ),
         )
     try:
-        root = make_service(config, reactor, store, first_worker=not args.bind)
+        creds = server_credentials(config)
+        root = make_service(config, reactor, store, creds, first_worker=not args.bind)
         root.startService()
     except CertError as e:
         raise Failure(f"certificate: {e}", EX_CONFIG) from e
@@ -81,33 +95,65 @@ def serve(args: argparse.Namespace, config: Config, store: Store, actor: str) ->
         return 0
     if args.workers > 1:
         _start_workers(reactor, config, args, root.ports)
-    check = config.data_dir / "sample" / "check.xml"
-    check.parent.mkdir(parents=True, exist_ok=True)
-    check.write_bytes(sample_check())
-    host, port = root.ports["internal-https"]
-    fqdn = config.internal_fqdn
-    creds = root.credentials
     pid_file = config.data_dir / "ucupdates.pid"
     pid_file.write_text(f"{os.getpid()}\n")
     reactor.addSystemEventTrigger("after", "shutdown", pid_file.unlink, missing_ok=True)
+    _print_banner(config, root, creds)
+    reactor.run()
+    return 0
+
+
+def _begin_logging(config: Config, reactor: Any, log_format: str) -> None:
+    """Events at info and above to standard error (text or JSON), and to syslog if set."""
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        jsonFileLogObserver,
+        textFileLogObserver,
+    )
+
+    from appliance.ops import SyslogError, make_syslog_observer
+
+    observer: Any = (
+        jsonFileLogObserver(sys.stderr) if log_format == "json" else textFileLogObserver(sys.stderr)
+    )
+    predicate: Any = LogLevelFilterPredicate(LogLevel.info)
+    filtered: Any = FilteringLogObserver(observer, [predicate])
+    try:
+        syslog_observer = make_syslog_observer(config, reactor)
+    except SyslogError as e:
+        raise Failure(str(e), EX_CONFIG) from e
+    observers: list[Any] = [filtered]
+    if syslog_observer is not None:
+        observers.append(syslog_observer)
+        reactor.addSystemEventTrigger("after", "shutdown", syslog_observer.close)
+    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
+
+
+def _print_banner(config: Config, root: ApplianceService, creds: ServerCredentials) -> None:
+    """The listeners, the CA phones must trust, and (after `make run`) a curl line to try."""
+    host, port = root.ports["internal-https"]
+    fqdn = config.internal_fqdn
     print("ucupdates is serving:")
     listening = dict(root.ports)
     if root.dns is not None:
         listening.update(root.dns.ports)
     for name, (bound_host, bound_port) in listening.items():
         print(f"  {name:15} {bound_host}:{bound_port}")
-    if creds is not None and creds.ca_file is not None:
+    if creds.ca_file is not None:
         print(f"phones must trust the CA certificate {creds.ca_file}")
     print(f"point a phone at https://{fqdn}:{port}/ (DNS name {fqdn} -> this host)")
-    print("try an update check as a Polycom CX600 would send it:")
-    ca = f"--cacert {creds.ca_file} " if creds is not None and creds.ca_file else "-k "
-    print(
-        f"  curl {ca}--resolve {fqdn}:{port}:{host} -H 'Content-Type: text/xml' "
-        f"--data-binary @{check} https://{fqdn}:{port}/RequestHandler/ucdevice.upx"
-    )
+    check = config.data_dir / SAMPLE_CHECK  # `make-sample-package --sample-check` writes it
+    if check.is_file():
+        print("try an update check as a Polycom CX600 would send it:")
+        ca = f"--cacert {creds.ca_file} " if creds.ca_file else "-k "
+        print(
+            f"  curl {ca}--resolve {fqdn}:{port}:{host} -H 'Content-Type: text/xml' "
+            f"--data-binary @{check} https://{fqdn}:{port}/RequestHandler/ucdevice.upx"
+        )
     sys.stdout.flush()
-    reactor.run()
-    return 0
 
 
 def reload(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:

@@ -42,7 +42,7 @@ $(STAMP): pyproject.toml $(STAMP_SYS)
 UC := $(PY) -m appliance --data-dir $(DATA_DIR)
 
 run: $(STAMP)
-	$(UC) make-sample-package $(DATA_DIR)/sample/UCUpdates.cab
+	$(UC) make-sample-package $(DATA_DIR)/sample/UCUpdates.cab --sample-check
 	$(UC) import $(DATA_DIR)/sample/UCUpdates.cab
 	@# the sample check's phone is a test device, so it is offered the pending version
 	@$(UC) test-device list | grep -q 00-04-F2-00-00-01 || \

@@ -1,12 +1,21 @@
-"""Which update a device gets (protocol-reference §6), as parameter tables."""
+"""Which update a device gets (docs/protocol.md §6), as parameter tables."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import PurePosixPath
+from typing import Any
 
 import pytest
 
-from appliance.catalogue.decision import Decision, Reason, choose_update, is_test_device
+from appliance.catalogue.decision import (
+    Decision,
+    Reason,
+    answer_key,
+    choose_update,
+    is_test_device,
+)
 from appliance.model import (
     Catalog,
     DeviceRequest,
@@ -15,6 +24,7 @@ from appliance.model import (
     RuleKey,
     RuleState,
     UpdateFile,
+    Zone,
 )
 
 MAC = "00-04-F2-A1-B2-C3"
@@ -521,3 +531,111 @@ def test_paths_follow_store_layout() -> None:
     # Guard for the helpers: the files built here look like the store's.
     (f,) = files(CU8)
     assert f.path == PurePosixPath("UCPhone/Polycom/CX600/A/ENU") / CU8 / "CPE" / "CPE.nbt"
+
+
+# -- the key answers are remembered by (phones/answers.py) ----------------------------------
+# PhoneService remembers an answer under `answer_key`. A field that choose_update reads but
+# the key lacks would hand one device another's answer, so both tests below go over every
+# field of DeviceRequest: a new field needs values in KEY_VARIANTS before they pass.
+
+TEST_MAC = "00-04-F2-00-00-99"
+TEST_SERIAL = "64167F9999"
+CU9 = "4.0.7577.4400"
+REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceRequest))
+
+# Approved CU8 for everyone, pending CU9 for the test devices, each with its files.
+KEY_CATALOG = catalog(rule(CU8, pending=CU9), test_macs=(TEST_MAC,), test_serials=(TEST_SERIAL,))
+KEY_BASES = (
+    request(CU7),  # the top-level version decides
+    request(modules=(("CPE.nbt", CU7),)),  # the module list decides
+    request(CU8, mac=TEST_MAC),  # a test device
+    request(CU9, mac=None, serial=TEST_SERIAL),  # a test device by serial, up to date
+    request(mac=None, serial=None),  # anonymous, nothing reported
+)
+# Other values for each field: some change the answer, some (spelling) must not.
+KEY_VARIANTS: dict[str, tuple[object, ...]] = {
+    "device_type": ("UCPhone", "ucphone", " UCPhone ", "Other"),
+    "brand": ("Polycom", "POLYCOM", "Aastra"),
+    "model": ("CX600", "cx600", "CX3000"),
+    "revision": ("A", "a", "B"),
+    "locale": ("ENU", "enu", "DEU"),
+    "mac": (None, MAC, TEST_MAC, "00-04-F2-00-00-01"),
+    "serial": (None, SERIAL, TEST_SERIAL),
+    "modules": (
+        (),
+        (ReportedModule("CPE.nbt", CU7),),
+        (ReportedModule("cpe.NBT", CU8),),
+        (ReportedModule("CPE.nbt", CU9),),
+        (ReportedModule("Other.nbt", CU8),),
+        (ReportedModule("Other.nbt", CU8), ReportedModule("CPE.nbt", CU7)),
+    ),
+    "version": (None, "", CU7, CU8, CU9),
+    "user_id": (None, "alice@example.com", "bob@example.com"),
+    "zone": (Zone.INTERNAL, Zone.EXTERNAL),
+    "address": (None, "192.0.2.1", "198.51.100.7"),
+}
+
+
+def key_requests() -> list[tuple[tuple[str, int] | None, DeviceRequest]]:
+    """Each base, and each base with one field changed (with that field and the base)."""
+    out: list[tuple[tuple[str, int] | None, DeviceRequest]] = [(None, b) for b in KEY_BASES]
+    for name in REQUEST_FIELDS:
+        for i, base in enumerate(KEY_BASES):
+            out.extend(
+                ((name, i), dataclasses.replace(base, **{name: value}))
+                for value in KEY_VARIANTS[name]
+            )
+    return out
+
+
+def answer_of(req: DeviceRequest) -> tuple[object, ...]:
+    """What a remembered answer holds for the phone: the offers and the reason."""
+    decision = choose_update(req, KEY_CATALOG)
+    return (tuple(offered(decision)), decision.reason)
+
+
+def fields_read(call: Callable[[DeviceRequest], object], req: DeviceRequest) -> set[str]:
+    """The DeviceRequest fields `call` reads of `req` (through a recording subclass)."""
+    seen: set[str] = set()
+
+    class Recording(DeviceRequest):
+        def __getattribute__(self, name: str) -> Any:
+            if name in REQUEST_FIELDS:
+                seen.add(name)
+            return super().__getattribute__(name)
+
+    call(Recording(**{name: getattr(req, name) for name in REQUEST_FIELDS}))
+    return seen
+
+
+def test_every_request_field_has_variants() -> None:
+    assert sorted(KEY_VARIANTS) == sorted(REQUEST_FIELDS)
+
+
+def test_answer_key_reads_every_field_choose_update_reads() -> None:
+    # MAC and serial are read by the key through is_test_device: that is all the decision
+    # may use them for (besides naming the device in the detail line).
+    by_decision: set[str] = set()
+    by_key: set[str] = set()
+    for _, req in key_requests():
+        by_decision |= fields_read(lambda r: choose_update(r, KEY_CATALOG), req)
+        by_key |= fields_read(lambda r: answer_key(r, KEY_CATALOG), req)
+    assert by_decision - by_key == set()
+    assert by_decision >= {"device_type", "brand", "model", "revision", "locale", "modules"}
+
+
+def test_requests_with_equal_answer_keys_get_equal_answers() -> None:
+    answers: dict[tuple[object, ...], tuple[object, ...]] = {}
+    varied: dict[tuple[str, int], set[tuple[object, ...]]] = {}
+    read: set[str] = set()
+    for changed, req in key_requests():
+        answer = answer_of(req)
+        remembered = answers.setdefault(answer_key(req, KEY_CATALOG), answer)
+        assert remembered == answer, (changed, req)
+        if changed is not None:
+            varied.setdefault(changed, set()).add(answer)
+        read |= fields_read(lambda r: choose_update(r, KEY_CATALOG), req)
+    # The table has teeth: for every field the decision reads, two requests that differ
+    # only in that field get different answers, so a key without it fails the assert above.
+    for name in read:
+        assert any(len(varied[name, i]) > 1 for i in range(len(KEY_BASES))), name

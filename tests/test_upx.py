@@ -1,4 +1,4 @@
-"""The update-check codec (protocol-reference §5, §9): requests in, responses and audit out."""
+"""The update-check codec (docs/protocol.md §5, §9): requests in, responses and audit out."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ MAC = "00-04-F2-A1-B2-C3"
 CU7 = "4.0.7577.4366"
 CU8 = "4.0.7577.4387"
 
-# The request of protocol-reference §5, byte for byte.
+# The request of docs/protocol.md §5, byte for byte.
 CANONICAL = b"""<?xml version="1.0" encoding="utf-8"?>
 <Request>
   <DeviceType>UCPhone</DeviceType>

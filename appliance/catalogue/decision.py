@@ -1,6 +1,6 @@
 """Which update a device gets: a pure function of its request and a catalogue snapshot.
 
-Protocol-reference §6. Ordinary devices get a rule's ApprovedVersion; test devices (by MAC
+docs/protocol.md §6. Ordinary devices get a rule's ApprovedVersion; test devices (by MAC
 or serial) get its PendingVersion when there is one, else the approved one. The chosen
 version is offered whenever it differs from what the device reports, even when it is older
 (that is how a restore rolls devices back). No I/O, no clock: callers pass everything in.
@@ -96,6 +96,26 @@ def reported_version(request: DeviceRequest, image_names: frozenset[str]) -> str
     if len(request.modules) == 1 and _given(request.modules[0].version):
         return request.modules[0].version
     return None
+
+
+def answer_key(request: DeviceRequest, catalog: Catalog) -> tuple[object, ...]:
+    """Everything of `request` that `choose_update` reads, for remembering answers.
+
+    Requests with equal keys get the same offers and reason from the same catalogue; the
+    MAC and serial count only as "is it a test device" (they, and the fields' spelling,
+    show only in the `detail` line). A field the decision starts to read must join the key:
+    tests/test_decision.py checks it.
+    """
+    return (
+        request.device_type.casefold(),
+        request.brand.casefold(),
+        request.model.casefold(),
+        request.revision.casefold(),
+        request.locale.casefold(),
+        request.modules,
+        request.version,
+        is_test_device(request, catalog),
+    )
 
 
 def choose_update(request: DeviceRequest, catalog: Catalog) -> Decision:

@@ -1,4 +1,4 @@
-"""The update-check dialect (protocol-reference §5), in one place: bytes in, bytes out.
+"""The update-check dialect (docs/protocol.md §5), in one place: bytes in, bytes out.
 
 The request's literal spelling is our reconstruction [R], so parsing is lenient: element
 names in any case and without namespaces, vendor-style aliases, MACs in any of their
@@ -194,7 +194,7 @@ def _xml(root: ET.Element) -> bytes:
 
 
 def audit_line(at: datetime, client: str, request: DeviceRequest, decision: Decision) -> str:
-    """One line of Lync's `;`-separated audit file (protocol-reference §9)."""
+    """One line of Lync's `;`-separated audit file (docs/protocol.md §9)."""
     asked = "#".join(
         f"{m.file_name};{m.version or ''};{m.timestamp or ''}" for m in request.modules
     )

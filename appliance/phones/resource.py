@@ -1,7 +1,7 @@
-"""The phones' side: update checks, image downloads, device log uploads (Twisted).
+"""The phones' HTTP side (Twisted): update checks, image downloads, device log uploads.
 
-`PhoneService` holds what every listener shares (the catalogue cache, the audit file, the
-inventory buffer, the download slots); `PhoneResource` answers one listener's requests;
+`PhoneService` holds what every listener shares: the answers (`answers.py`), the records
+(`records.py`) and the download slots. `PhoneResource` answers one listener's requests;
 `admit` runs when a request's headers are in (see httpguard) and decides zone, body
 limit and credentials before any body is read.
 """
@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -24,34 +24,24 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server, static
 
-from appliance.catalogue import Decision, choose_update, is_test_device
+from appliance.catalogue import Reason
 from appliance.config import Config
-from appliance.model import Catalog, Device, DeviceRequest, StoredFile, Zone
+from appliance.model import StoredFile, Zone
+from appliance.phones.answers import Answers, RouteKind, route
 from appliance.phones.auth import Authenticator, AuthResult
-from appliance.phones.codec import (
-    CONTENT_TYPE,
-    BaseUrls,
-    CheckError,
-    audit_line,
-    parse_check,
-    render_response,
-)
-from appliance.store import Store, iso_utc
+from appliance.phones.codec import CONTENT_TYPE, BaseUrls, CheckError, parse_check
+from appliance.phones.records import Records
+from appliance.store import Store
 from appliance.web import GuardedRequest, Rejection
 from appliance.zones import client_address, zone_of
 
 log = Logger(namespace="ucupdates.phone")
 
-ANSWER_CACHE_SIZE = 4096  # distinct (model, locale, reported versions, test?) answers
-
-CHECK, UPLOAD, FILES = "check", "upload", "files"
-_ROUTES: tuple[tuple[bytes, str], ...] = (
-    (b"/requesthandler/ucdevice.upx", CHECK),
-    (b"/requesthandlerext/ucdevice.upx", CHECK),
-    (b"/requesthandler/files", UPLOAD),
-    (b"/requesthandlerext/files", UPLOAD),
-)
-_FILE_PREFIXES = (b"/deviceupdatefiles_int/", b"/deviceupdatefiles_ext/")
+_METHODS: dict[RouteKind, tuple[bytes, ...]] = {
+    RouteKind.CHECK: (b"POST",),
+    RouteKind.UPLOAD: (b"PUT", b"POST"),
+    RouteKind.FILES: (b"GET", b"HEAD"),
+}
 _LOG_TYPE_BY_EXTENSION = {
     ".dmp": "Watson",
     ".kdmp": "Watson",
@@ -62,21 +52,11 @@ _LOG_TYPE_BY_EXTENSION = {
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def route(path: bytes) -> str | None:
-    lower = path.split(b"?", 1)[0].lower()
-    for prefix, kind in _ROUTES:
-        if lower == prefix:
-            return kind
-    if lower.startswith(_FILE_PREFIXES):
-        return FILES
-    return None
-
-
 @dataclass(frozen=True)
 class Admission:
     """What was decided when the headers came in."""
 
-    kind: str | None
+    kind: RouteKind | None
     zone: Zone
     client: str
     auth: defer.Deferred[AuthResult] | None  # None: no credentials needed
@@ -113,75 +93,23 @@ class PhoneService:
         self.store = store
         self.authenticator = authenticator
         self.now = now
-        self.urls = BaseUrls.of(
+        urls = BaseUrls.of(
             config.internal_fqdn, config.internal_port, config.external_fqdn, config.external_port
         )
+        self.answers = Answers(store, urls)
+        self.records = Records(config, store, now)
         self.active_downloads = 0
-        self._catalog_version: int | None = None
-        self._catalog = Catalog()
-        self._files: dict[str, StoredFile] = {}
-        self._inventory: dict[str, Device] = {}
-        self._audit: tuple[str, Any] | None = None
-        self._server = config.service.server_name or os.uname().nodename
-        self._capture_count = 0
-        self._answers: dict[tuple[object, ...], tuple[Decision, bytes]] = {}
-
-    # -- the catalogue, reloaded when another process changed the database ---------------
-
-    def _refresh(self) -> None:
-        version = self.store.data_version()
-        if version == self._catalog_version:
-            return
-        self._catalog = self.store.catalog()
-        self._answers.clear()
-        referenced = {(r.key.folded(), v) for r in self._catalog.rules for v in r.versions()}
-        self._files = {
-            f.path.as_posix().casefold(): f
-            for f in self.store.stored_files()
-            if (f.key.folded(), f.version) in referenced
-        }
-        self._catalog_version = version
-
-    def catalog(self) -> Catalog:
-        self._refresh()
-        return self._catalog
 
     def set_urls(self, urls: BaseUrls) -> None:
         """The base URLs answers carry (known once the listeners have their ports)."""
-        self.urls = urls
-        self._answers.clear()
+        self.answers.set_urls(urls)
 
-    def answer(self, device: DeviceRequest) -> tuple[Decision, bytes]:
-        """The decision and the response bytes for a check.
+    def flush_inventory(self) -> int:
+        """Write the buffered sightings in one transaction (called every second)."""
+        return self.records.flush_inventory()
 
-        Devices that say the same things get the same answer until the catalogue changes,
-        so answers are remembered by what the decision reads (the MAC and serial only as
-        "is it a test device").
-        """
-        catalog = self.catalog()
-        key = (
-            device.device_type.casefold(),
-            device.brand.casefold(),
-            device.model.casefold(),
-            device.revision.casefold(),
-            device.locale.casefold(),
-            device.modules,
-            device.version,
-            is_test_device(device, catalog),
-        )
-        cached = self._answers.get(key)
-        if cached is None:
-            decision = choose_update(device, catalog)
-            cached = (decision, render_response(decision, self.urls))
-            if len(self._answers) >= ANSWER_CACHE_SIZE:
-                self._answers.clear()
-            self._answers[key] = cached
-        return cached
-
-    def referenced_file(self, relative: str) -> StoredFile | None:
-        """The stored file at `relative` if some rule references it now (case-insensitive)."""
-        self._refresh()
-        return self._files.get(relative.casefold())
+    def close(self) -> None:
+        self.records.close()
 
     # -- admission: when the headers are in -----------------------------------------------
 
@@ -197,7 +125,7 @@ class PhoneService:
             zone = zone_of(client, external_listener, path, self.config.zones)
             limit = (
                 self.config.device_logs.max_file_bytes
-                if kind == UPLOAD
+                if kind is RouteKind.UPLOAD
                 else self.config.service.max_check_bytes
             )
             if length is not None and length > limit:
@@ -225,113 +153,6 @@ class PhoneService:
 
         return admit
 
-    # -- record keeping --------------------------------------------------------------------
-
-    def record_check(self, request: DeviceRequest, decision: Decision, client: str) -> None:
-        now = self.now()
-        offer = decision.offers[0] if decision.offers else None
-        reported = (
-            offer.reported
-            if offer
-            else (request.version or (request.modules[0].version if request.modules else None))
-        )
-        log.info(
-            "update check {client} {zone} {mac} {serial} {brand} {model} {locale} reported "
-            "{reported}: {reason} {version}",
-            client=client,
-            zone=request.zone.value,
-            mac=request.mac,
-            serial=request.serial,
-            brand=request.brand,
-            model=request.model,
-            locale=request.locale,
-            reported=reported,
-            reason=decision.reason.value,
-            version=offer.version if offer else None,
-            event="update.check",
-        )
-        self._write_audit(now, audit_line(now, client, request, decision))
-        identity = request.mac or (f"serial:{request.serial}" if request.serial else f"ip:{client}")
-        stamp = iso_utc(now)
-        self._inventory[identity] = Device(
-            identity=identity,
-            mac=request.mac,
-            serial=request.serial,
-            device_type=request.device_type,
-            brand=request.brand,
-            model=request.model,
-            revision=request.revision,
-            locale=request.locale,
-            version=reported,
-            zone=request.zone.value,
-            address=client,
-            user_id=request.user_id,
-            first_seen=stamp,
-            last_seen=stamp,
-        )
-
-    def flush_inventory(self) -> int:
-        """Write the buffered sightings in one transaction (called every second)."""
-        if not self._inventory:
-            return 0
-        pending, self._inventory = self._inventory, {}
-        try:
-            with self.store.transaction():
-                for device in pending.values():
-                    self.store.record_device(device)
-        except Exception:
-            log.failure("could not record {count} device sightings", count=len(pending))
-            for identity, device in pending.items():
-                self._inventory.setdefault(identity, device)
-            return 0
-        return len(pending)
-
-    def _write_audit(self, now: datetime, line: str) -> None:
-        name = f"RequestHandlerAuditLog_{self._server}_{now.strftime('%Y%m%d')}.log"
-        try:
-            if self._audit is None or self._audit[0] != name:
-                if self._audit is not None:
-                    self._audit[1].close()
-                folder = self.config.logs_dir / "Audit"
-                folder.mkdir(parents=True, exist_ok=True)
-                self._audit = (name, (folder / name).open("a", encoding="utf-8"))
-            self._audit[1].write(line + "\n")
-            self._audit[1].flush()
-        except OSError as e:
-            log.error("cannot write the audit file {name}: {error}", name=name, error=e.strerror)
-
-    def capture(self, request: server.Request, body: bytes, why: str) -> None:
-        """Keep a raw check an admin may want to read (config: service.capture)."""
-        settings = self.config.service
-        if not settings.capture:
-            return
-        folder = self.config.capture_dir
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            existing = sorted(folder.iterdir())
-            for old in existing[: max(0, len(existing) - settings.capture_max_files + 1)]:
-                old.unlink()
-            head = [
-                f"{request.method.decode('latin-1')} {request.uri.decode('latin-1')}",
-                f"X-Capture-Reason: {why}",
-            ]
-            for name, values in request.requestHeaders.getAllRawHeaders():
-                for value in values:
-                    shown = b"(redacted)" if name.lower() == b"authorization" else value
-                    head.append(f"{name.decode('latin-1')}: {shown.decode('latin-1')}")
-            stamp = self.now().strftime("%Y%m%dT%H%M%S")
-            self._capture_count += 1
-            path = folder / f"{stamp}-{os.getpid()}-{self._capture_count:06d}.txt"
-            path.write_bytes("\n".join(head).encode() + b"\n\n" + body)
-        except OSError as e:
-            log.error("cannot write a capture: {error}", error=e.strerror)
-
-    def close(self) -> None:
-        self.flush_inventory()
-        if self._audit is not None:
-            self._audit[1].close()
-            self._audit = None
-
 
 class PhoneResource(resource.Resource):
     """Every path of one phone-facing listener."""
@@ -348,11 +169,16 @@ class PhoneResource(resource.Resource):
         request.setHeader(b"server", b"ucupdates")
         if admission.kind is None:
             return _plain(request, 404, "not found")
-        allowed = {CHECK: (b"POST",), UPLOAD: (b"PUT", b"POST"), FILES: (b"GET", b"HEAD")}
-        if request.method not in allowed[admission.kind]:
-            request.setHeader(b"allow", b", ".join(allowed[admission.kind]))
+        allowed = _METHODS[admission.kind]
+        if request.method not in allowed:
+            request.setHeader(b"allow", b", ".join(allowed))
             return _plain(request, 405, "method not allowed")
-        handler = {CHECK: self._check, UPLOAD: self._upload, FILES: self._file}[admission.kind]
+        handlers = {
+            RouteKind.CHECK: self._check,
+            RouteKind.UPLOAD: self._upload,
+            RouteKind.FILES: self._file,
+        }
+        handler = handlers[admission.kind]
         if admission.auth is None:
             return handler(request, admission)
         done = _fired(admission.auth)
@@ -400,12 +226,12 @@ class PhoneResource(resource.Resource):
             log.info(
                 "bad update check from {client}: {reason}", client=admission.client, reason=e.reason
             )
-            self.service.capture(request, body, e.reason)
+            self.service.records.capture(request, body, e.reason)
             return _plain(request, e.status, e.reason)
-        decision, response = self.service.answer(device)
-        if decision.reason.value == "no-rule":
-            self.service.capture(request, body, decision.detail)
-        self.service.record_check(device, decision, admission.client)
+        decision, response = self.service.answers.answer(device)
+        if decision.reason is Reason.NO_RULE:
+            self.service.records.capture(request, body, decision.detail)
+        self.service.records.record_check(device, decision, admission.client)
         request.setHeader(b"content-type", CONTENT_TYPE)
         request.setHeader(b"cache-control", b"no-store")
         return response
@@ -418,7 +244,7 @@ class PhoneResource(resource.Resource):
         parts = PurePosixPath(relative).parts
         if not parts or any(p in ("..", ".") or "\\" in p or "\0" in p for p in parts):
             return _plain(request, 404, "not found")
-        stored = self.service.referenced_file("/".join(parts))
+        stored = self.service.answers.referenced_file("/".join(parts))
         if stored is None:
             return _plain(request, 404, "not found")
         store_dir = self.service.config.store_dir
@@ -503,20 +329,6 @@ class PhoneResource(resource.Resource):
         )
         request.setResponseCode(201)
         return b""
-
-
-def clean_device_logs(logs_dir: Path, retention_days: float, now: float) -> int:
-    """Delete device logs older than the retention period; returns how many."""
-    removed = 0
-    cutoff = now - retention_days * 86400
-    for path in (logs_dir / "Client").glob("*/*"):
-        try:
-            if path.is_file() and path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed += 1
-        except OSError:
-            continue
-    return removed
 
 
 def _arg(args: dict[bytes, list[bytes]], *names: bytes) -> str | None:

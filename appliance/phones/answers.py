@@ -1,0 +1,101 @@
+"""What the phones are answered: the routes, the catalogue snapshot and remembered answers.
+
+The catalogue is reloaded when another process changed the database (the store's
+`data_version`); until then devices that say the same things get the same answer.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from appliance.catalogue import Decision, answer_key, choose_update
+from appliance.model import Catalog, DeviceRequest, StoredFile
+from appliance.phones.codec import BaseUrls, render_response
+from appliance.store import Store
+
+ANSWER_CACHE_SIZE = 4096  # distinct (model, locale, reported versions, test?) answers
+
+
+class RouteKind(StrEnum):
+    """What a phone-facing path is for."""
+
+    CHECK = "check"  # POST ucdevice.upx: an update check
+    UPLOAD = "upload"  # PUT/POST Files: a device log
+    FILES = "files"  # GET /DeviceUpdateFiles_*/: an image or signature file
+
+
+_ROUTES: tuple[tuple[bytes, RouteKind], ...] = (
+    (b"/requesthandler/ucdevice.upx", RouteKind.CHECK),
+    (b"/requesthandlerext/ucdevice.upx", RouteKind.CHECK),
+    (b"/requesthandler/files", RouteKind.UPLOAD),
+    (b"/requesthandlerext/files", RouteKind.UPLOAD),
+)
+_FILE_PREFIXES = (b"/deviceupdatefiles_int/", b"/deviceupdatefiles_ext/")
+
+
+def route(path: bytes) -> RouteKind | None:
+    """The kind of a request path (any case, query ignored); None for an unknown path."""
+    lower = path.split(b"?", 1)[0].lower()
+    for prefix, kind in _ROUTES:
+        if lower == prefix:
+            return kind
+    if lower.startswith(_FILE_PREFIXES):
+        return RouteKind.FILES
+    return None
+
+
+class Answers:
+    """The catalogue snapshot, the files it references and the answers given from it."""
+
+    def __init__(self, store: Store, urls: BaseUrls) -> None:
+        self.store = store
+        self.urls = urls
+        self._catalog_version: int | None = None
+        self._catalog = Catalog()
+        self._files: dict[str, StoredFile] = {}
+        self._answers: dict[tuple[object, ...], tuple[Decision, bytes]] = {}
+
+    def _refresh(self) -> None:
+        version = self.store.data_version()
+        if version == self._catalog_version:
+            return
+        self._catalog = self.store.catalog()
+        self._answers.clear()
+        referenced = {(r.key.folded(), v) for r in self._catalog.rules for v in r.versions()}
+        self._files = {
+            f.path.as_posix().casefold(): f
+            for f in self.store.stored_files()
+            if (f.key.folded(), f.version) in referenced
+        }
+        self._catalog_version = version
+
+    def catalog(self) -> Catalog:
+        self._refresh()
+        return self._catalog
+
+    def set_urls(self, urls: BaseUrls) -> None:
+        """The base URLs answers carry (known once the listeners have their ports)."""
+        self.urls = urls
+        self._answers.clear()
+
+    def answer(self, device: DeviceRequest) -> tuple[Decision, bytes]:
+        """The decision and the response bytes for a check.
+
+        Devices that say the same things get the same answer until the catalogue changes,
+        so answers are remembered by what the decision reads (`answer_key`).
+        """
+        catalog = self.catalog()
+        key = answer_key(device, catalog)
+        cached = self._answers.get(key)
+        if cached is None:
+            decision = choose_update(device, catalog)
+            cached = (decision, render_response(decision, self.urls))
+            if len(self._answers) >= ANSWER_CACHE_SIZE:
+                self._answers.clear()
+            self._answers[key] = cached
+        return cached
+
+    def referenced_file(self, relative: str) -> StoredFile | None:
+        """The stored file at `relative` if some rule references it now (case-insensitive)."""
+        self._refresh()
+        return self._files.get(relative.casefold())

@@ -2,8 +2,8 @@
 
 `PhoneService` holds what every listener shares: the answers (`answers.py`), the records
 (`records.py`) and the download slots. `PhoneResource` answers one listener's requests;
-`admit` runs when a request's headers are in (see httpguard) and decides zone, body
-limit and credentials before any body is read.
+`admit` runs when a request's headers are in (`appliance.web`'s `GuardedSite`) and
+decides zone, body limit and credentials before any body is read.
 """
 
 from __future__ import annotations

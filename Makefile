@@ -12,7 +12,7 @@ SYSTEM_PACKAGES := cabextract gcab openssl curl slapd ldap-utils rsyslog dnsutil
 STAMP_SYS := $(VENV)/.system-packages
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-import bench-serve bench-dns setup clean sample
+.PHONY: run test check lint typecheck bench bench-import bench-serve bench-dns setup clean sample
 
 setup: $(STAMP)
 
@@ -52,6 +52,10 @@ run: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q
+
+# the fast tier: lint, types and every test not marked slow (tests/conftest.py), in seconds
+check: $(STAMP) lint
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check appliance tests bench

@@ -1,26 +1,28 @@
-"""The one typed configuration object, read once from TOML (moving into a package)."""
+"""The one typed, frozen configuration, read once from TOML; every key is checked.
 
+An unknown key, a value of the wrong type, a bad address or a missing file is a
+ConfigError whose one line names the key and the file; the command line turns it into
+exit status 78 (EX_CONFIG). With no file, the embedded defaults apply.
+"""
+
+from appliance.config.loader import Config, load_config
 from appliance.config.tables import (
-    Address,
     AdminSettings,
     AuthBackend,
     AuthSettings,
-    Config,
-    ConfigError,
     DeviceLogSettings,
     DhcpSettings,
     DnsSettings,
     ImportSettings,
     LdapSettings,
     Listeners,
-    Network,
     ServiceSettings,
     SyslogSettings,
     TlsProfile,
     TlsSettings,
     ZoneSettings,
-    load_config,
 )
+from appliance.config.values import Address, ConfigError, Network
 
 __all__ = [
     "Address",

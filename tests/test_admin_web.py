@@ -1,0 +1,195 @@
+"""The Control Panel's site in process: login, sessions, CSRF, roles and rule actions.
+
+The admin listener's real Site (`make_admin_site`) receives real HTTP over treq's
+in-memory transport: no process, no port, milliseconds a test. test_admin_api.py keeps
+the same API end to end against a serving process over TLS.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+
+from appliance.admin import add_account, make_admin_site
+from appliance.catalogue import import_package, make_sample_package
+from appliance.config import load_config
+from appliance.model import RuleState
+from appliance.store import Store
+
+NOW = datetime(2026, 12, 6, 9, 30, tzinfo=UTC)
+COOKIE = "__Host-ucupdates-session"
+PASSWORD = "correct horse battery"
+BASE = "https://ucupdates.test:9443"
+
+
+@dataclass
+class Reply:
+    code: int
+    headers: Any
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Browser:
+    """One client of the in-memory site, keeping its session cookie and CSRF token."""
+
+    stub: StubTreq
+    cookie: str | None = None
+    csrf: str | None = None
+
+    def request(self, method: str, path: str, body: Any = None, csrf: bool = True) -> Reply:
+        headers = {"Accept": ["application/json"], "Origin": [BASE]}
+        if self.cookie:
+            headers["Cookie"] = [f"{COOKIE}={self.cookie}"]
+        if csrf and self.csrf and method == "POST":
+            headers["X-CSRF-Token"] = [self.csrf]
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = ["application/json"]
+        response = settle(
+            self.stub, self.stub.request(method, BASE + path, data=data, headers=headers)
+        )
+        reply = Reply(response.code, response.headers, settle(self.stub, response.content()))
+        for value in response.headers.getRawHeaders("Set-Cookie") or []:
+            name, _, rest = value.partition("=")
+            if name == COOKIE:
+                self.cookie = rest.split(";", 1)[0] or None
+        return reply
+
+    def login(self, name: str, password: str) -> Reply:
+        reply = self.request("POST", "/api/login", {"name": name, "password": password})
+        if reply.code == 200:
+            self.csrf = reply.json()["csrf_token"]
+        return reply
+
+
+def settle(stub: StubTreq, d: defer.Deferred[Any]) -> Any:
+    """Pump the in-memory connection until `d` fires (bounded)."""
+    box: list[Any] = []
+    d.addBoth(box.append)
+    for _ in range(1_000):
+        if box:
+            break
+        stub.flush()
+    assert box, "the in-memory request did not complete"
+    if isinstance(box[0], Failure):
+        box[0].raiseException()
+    return box[0]
+
+
+class InlinePool:
+    """A thread pool that runs the work at once, on the calling thread."""
+
+    def callInThreadWithCallback(
+        self, on_result: Callable[[bool, Any], None], work: Callable[..., Any], *args: Any
+    ) -> None:
+        try:
+            result = work(*args)
+        except Exception:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+
+class InlineReactor(MemoryReactorClock):
+    """A memory reactor whose thread pool work (password checks, imports) runs inline."""
+
+    def getThreadPool(self) -> InlinePool:
+        return InlinePool()
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
+@dataclass
+class Panel:
+    store: Store
+    stub: StubTreq
+
+    def browser(self) -> Browser:
+        return Browser(self.stub)
+
+
+@pytest.fixture
+def panel(tmp_path: Path) -> Iterator[Panel]:
+    config = load_config(None, tmp_path / "data")
+    config.data_dir.mkdir(parents=True)
+    store = Store.open(config.db_path, clock=lambda: NOW)
+    package = tmp_path / "UCUpdates.cab"
+    make_sample_package(package, image_size=3000)
+    import_package(store, config, package, "test")
+    add_account(store, "alice", "admin", PASSWORD, "test")
+    add_account(store, "victor", "viewer", PASSWORD, "test")
+    stub = StubTreq(Resource())
+    agent = stub._agent
+    agent._serverFactory = make_admin_site(config, store, lambda: NOW, InlineReactor())
+    yield Panel(store, stub)
+    store.close()
+
+
+def test_a_wrong_password_gets_401_and_no_session(panel: Panel) -> None:
+    browser = panel.browser()
+    reply = browser.login("alice", "not the password")
+    assert reply.code == 401
+    assert browser.cookie is None
+    assert browser.request("GET", "/api/rules").code == 401
+
+
+def test_an_admin_logs_in_lists_and_approves_a_rule(panel: Panel) -> None:
+    browser = panel.browser()
+    assert browser.login("alice", PASSWORD).code == 200
+    rules = browser.request("GET", "/api/rules").json()["rules"]
+    assert len(rules) == len(panel.store.rules()) > 0
+    first = rules[0]["id"]
+    reply = browser.request("POST", "/api/rules/approve", {"ids": [first]})
+    assert reply.code == 200, reply.body
+    assert panel.store.rule(first).state is RuleState.APPROVED  # type: ignore[union-attr]
+
+
+def test_a_change_without_the_csrf_token_is_refused_and_changes_nothing(panel: Panel) -> None:
+    browser = panel.browser()
+    browser.login("alice", PASSWORD)
+    before = panel.store.rules()
+    reply = browser.request("POST", "/api/rules/approve", {"ids": [before[0].id]}, csrf=False)
+    assert reply.code == 403
+    assert panel.store.rules() == before
+
+
+def test_a_viewer_reads_but_cannot_change(panel: Panel) -> None:
+    browser = panel.browser()
+    assert browser.login("victor", PASSWORD).code == 200
+    assert browser.request("GET", "/api/rules").code == 200
+    before = panel.store.rules()
+    reply = browser.request("POST", "/api/rules/approve", {"ids": [before[0].id]})
+    assert reply.code == 403
+    assert panel.store.rules() == before
+
+
+def test_an_unknown_rule_is_404(panel: Panel) -> None:
+    browser = panel.browser()
+    browser.login("alice", PASSWORD)
+    assert browser.request("POST", "/api/rules/approve", {"ids": [99_999]}).code == 404
+
+
+def test_logout_ends_the_session(panel: Panel) -> None:
+    browser = panel.browser()
+    browser.login("alice", PASSWORD)
+    cookie = browser.cookie
+    assert browser.request("POST", "/api/logout").code in (200, 204)
+    browser.cookie = cookie  # a stolen cookie is no use once its session ended
+    assert browser.request("GET", "/api/rules").code == 401

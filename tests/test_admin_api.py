@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 from browser.panel import OPENAPI, OPENAPI_FILE, Client, Panel, simulate_check
-from conftest import state
 from openapi_spec_validator import validate
 
 from appliance.admin.accounts import add_account
 from appliance.catalogue.sample import make_sample_package
 from appliance.config import Config, load_config
 from appliance.store.database import Store
+from appliance.testing import catalogue_state
 
 ADMIN, VIEWER, PASSWORD = "alice", "victor", "correct horse battery"
 MAX_UPLOAD = 400_000
@@ -97,7 +97,7 @@ def snapshot(config: Config) -> tuple[object, ...]:
     """Everything an admin could see change: rules, files, test devices, events, disk."""
     uploads = config.data_dir / "uploads"
     left = sorted(p.name for p in uploads.iterdir()) if uploads.exists() else []
-    return (*state(config), left)
+    return (*catalogue_state(config), left)
 
 
 # -- the OpenAPI document ----------------------------------------------------------------

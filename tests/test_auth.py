@@ -7,13 +7,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.internet import defer
-from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import LogEvent, formatEvent
 
 from appliance.config import AuthSettings
 from appliance.passwords import (
@@ -33,33 +33,12 @@ from appliance.phones.auth import (
 )
 from appliance.phones.directories import LocalDirectory
 from appliance.store import DuplicateError, Store, StoreError
+from appliance.testing import FixedClock, MemoryDirectory, SecondsClock, memory_store
+from appliance.testing import basic_credentials as basic
+from appliance.testing import fired as result
 
 SETTINGS = AuthSettings(cache_seconds=60, max_failures=3, failure_window=100, lockout_seconds=300)
 KEY = b"k" * 32
-
-
-def basic(user: str, password: str, encoding: str = "utf-8") -> bytes:
-    return b"Basic " + base64.b64encode(f"{user}:{password}".encode(encoding))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Directory:
-    """Users and passwords in a dict; records every check."""
-
-    def __init__(self, **users: str) -> None:
-        self.users = users
-        self.calls: list[tuple[str, str]] = []
-
-    def verify(self, username: str, password: str) -> bool:
-        self.calls.append((username, password))
-        return self.users.get(username) == password
 
 
 class HeldRunner:
@@ -79,27 +58,11 @@ class HeldRunner:
             d.callback(work())
 
 
-def result(d: defer.Deferred[AuthResult]) -> AuthResult:
-    """The result of a Deferred that has fired already."""
-    got: list[AuthResult] = []
-    d.addCallback(got.append)
-    assert got, "the Deferred has not fired"
-    return got[0]
-
-
 def make(
-    directory: Any, clock: Clock, settings: AuthSettings = SETTINGS, **kw: Any
+    directory: Any, clock: SecondsClock, settings: AuthSettings = SETTINGS, **kw: Any
 ) -> Authenticator:
     kw.setdefault("run_blocking", defer.maybeDeferred)
     return Authenticator(directory, settings, clock, key=KEY, **kw)
-
-
-@pytest.fixture
-def log_events() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 # -- password hashes --------------------------------------------------------------------
@@ -209,8 +172,8 @@ def test_parse_basic(header: bytes | None, expected: tuple[str, str] | None) -> 
 
 
 def test_a_success_is_remembered_for_cache_seconds_only() -> None:
-    clock = Clock()
-    directory = Directory(alice="secret")
+    clock = SecondsClock()
+    directory = MemoryDirectory(alice="secret")
     auth = make(directory, clock)
     assert result(auth.authenticate(basic("alice", "secret"), "192.0.2.1")) == AuthResult(
         True, 200, "ok", user="alice"
@@ -226,8 +189,8 @@ def test_a_success_is_remembered_for_cache_seconds_only() -> None:
 
 
 def test_the_cache_is_per_password_and_wrong_passwords_are_not_cached() -> None:
-    clock = Clock()
-    directory = Directory(alice="secret")
+    clock = SecondsClock()
+    directory = MemoryDirectory(alice="secret")
     auth = make(directory, clock)
     assert result(auth.authenticate(basic("alice", "wrong"), "192.0.2.1")).status == 401
     assert result(auth.authenticate(basic("alice", "wrong"), "192.0.2.1")).status == 401
@@ -240,8 +203,8 @@ def test_the_cache_is_per_password_and_wrong_passwords_are_not_cached() -> None:
 
 
 def test_the_cache_is_bounded_and_drops_the_oldest() -> None:
-    clock = Clock()
-    directory = Directory(**{f"u{i}": "pw" for i in range(5)})
+    clock = SecondsClock()
+    directory = MemoryDirectory(**{f"u{i}": "pw" for i in range(5)})
     auth = make(directory, clock, cache_size=3)
     for i in range(5):
         assert result(auth.authenticate(basic(f"u{i}", "pw"), "192.0.2.1")).ok
@@ -253,8 +216,8 @@ def test_the_cache_is_bounded_and_drops_the_oldest() -> None:
 
 
 def test_forget_drops_remembered_successes() -> None:
-    clock = Clock()
-    directory = Directory(alice="secret", bob="pw")
+    clock = SecondsClock()
+    directory = MemoryDirectory(alice="secret", bob="pw")
     auth = make(directory, clock)
     result(auth.authenticate(basic("alice", "secret"), "192.0.2.1"))
     result(auth.authenticate(basic("bob", "pw"), "192.0.2.1"))
@@ -279,8 +242,8 @@ def test_forget_drops_remembered_successes() -> None:
 def test_missing_or_malformed_credentials_are_401_without_the_directory(
     header: bytes | None, reason: str
 ) -> None:
-    directory = Directory(alice="secret")
-    auth = make(directory, Clock())
+    directory = MemoryDirectory(alice="secret")
+    auth = make(directory, SecondsClock())
     for _ in range(10):  # and they do not lock the address out
         assert result(auth.authenticate(header, "192.0.2.1")) == AuthResult(False, 401, reason)
     assert directory.calls == []
@@ -291,8 +254,8 @@ def test_missing_or_malformed_credentials_are_401_without_the_directory(
     [basic("alice", ""), basic("", "secret"), basic("al\nice", "secret"), basic("a", "x" * 1025)],
 )
 def test_unacceptable_credentials_fail_without_the_directory(header: bytes) -> None:
-    directory = Directory(alice="secret")
-    auth = make(directory, Clock())
+    directory = MemoryDirectory(alice="secret")
+    auth = make(directory, SecondsClock())
     assert result(auth.authenticate(header, "192.0.2.1")) == AuthResult(
         False, 401, "bad credentials"
     )
@@ -304,8 +267,8 @@ def test_unacceptable_credentials_fail_without_the_directory(header: bytes) -> N
 
 
 def test_a_user_is_locked_out_after_more_than_max_failures_even_with_the_right_password() -> None:
-    clock = Clock()
-    directory = Directory(alice="secret")
+    clock = SecondsClock()
+    directory = MemoryDirectory(alice="secret")
     auth = make(directory, clock)  # max_failures=3, failure_window=100, lockout_seconds=300
     for i in range(3):
         got = result(auth.authenticate(basic("alice", f"guess{i}"), f"192.0.2.{i}"))
@@ -326,8 +289,8 @@ def test_a_user_is_locked_out_after_more_than_max_failures_even_with_the_right_p
 
 
 def test_a_locked_out_user_is_refused_even_with_remembered_credentials() -> None:
-    clock = Clock()
-    directory = Directory(alice="secret")
+    clock = SecondsClock()
+    directory = MemoryDirectory(alice="secret")
     auth = make(directory, clock)
     assert result(auth.authenticate(basic("alice", "secret"), "192.0.2.1")).ok
     for i in range(4):
@@ -339,8 +302,8 @@ def test_a_locked_out_user_is_refused_even_with_remembered_credentials() -> None
 
 
 def test_a_source_is_locked_out_after_more_than_max_failures_across_user_names() -> None:
-    clock = Clock()
-    directory = Directory(alice="secret", bob="pw")
+    clock = SecondsClock()
+    directory = MemoryDirectory(alice="secret", bob="pw")
     auth = make(directory, clock)
     for i in range(3):
         got = result(auth.authenticate(basic(f"user{i}", "guess"), "203.0.113.9"))
@@ -360,8 +323,8 @@ def test_a_source_is_locked_out_after_more_than_max_failures_across_user_names()
 
 
 def test_failures_older_than_the_window_do_not_count() -> None:
-    clock = Clock()
-    auth = make(Directory(alice="secret"), clock)
+    clock = SecondsClock()
+    auth = make(MemoryDirectory(alice="secret"), clock)
     for _ in range(3):
         assert result(auth.authenticate(basic("alice", "guess"), "192.0.2.1")).status == 401
     clock.now += 100
@@ -371,8 +334,8 @@ def test_failures_older_than_the_window_do_not_count() -> None:
 
 
 def test_a_success_clears_the_users_failures_but_not_the_sources() -> None:
-    clock = Clock()
-    auth = make(Directory(alice="secret"), clock)
+    clock = SecondsClock()
+    auth = make(MemoryDirectory(alice="secret"), clock)
     for i in range(3):
         assert result(auth.authenticate(basic("alice", "guess"), f"192.0.2.{i}")).status == 401
     assert result(auth.authenticate(basic("alice", "secret"), "192.0.2.50")).ok
@@ -383,7 +346,7 @@ def test_a_success_clears_the_users_failures_but_not_the_sources() -> None:
 
 
 def test_a_success_does_not_clear_the_sources_failures() -> None:
-    auth = make(Directory(alice="secret"), Clock())
+    auth = make(MemoryDirectory(alice="secret"), SecondsClock())
     for i in range(3):
         assert result(auth.authenticate(basic(f"x{i}", "guess"), "203.0.113.1")).status == 401
     assert result(auth.authenticate(basic("alice", "secret"), "203.0.113.1")).ok
@@ -392,8 +355,8 @@ def test_a_success_does_not_clear_the_sources_failures() -> None:
 
 
 def test_tracked_failures_are_bounded() -> None:
-    clock = Clock()
-    auth = make(Directory(), clock, tracked_keys=10)
+    clock = SecondsClock()
+    auth = make(MemoryDirectory(), clock, tracked_keys=10)
     for i in range(50):
         result(auth.authenticate(basic(f"user{i}", "guess"), f"10.0.0.{i}"))
     assert auth.tracked_counts == (10, 10)
@@ -403,9 +366,9 @@ def test_tracked_failures_are_bounded() -> None:
 
 
 def test_concurrent_requests_with_the_same_credentials_share_one_check() -> None:
-    directory = Directory(alice="secret")
+    directory = MemoryDirectory(alice="secret")
     runner = HeldRunner()
-    auth = make(directory, Clock(), run_blocking=runner)
+    auth = make(directory, SecondsClock(), run_blocking=runner)
     waiting = [auth.authenticate(basic("alice", "secret"), f"192.0.2.{i}") for i in range(3)]
     assert len(runner.held) == 1
     assert not any(d.called for d in waiting)
@@ -415,9 +378,9 @@ def test_concurrent_requests_with_the_same_credentials_share_one_check() -> None
 
 
 def test_a_shared_failed_check_counts_once_per_user_and_once_per_address() -> None:
-    directory = Directory(alice="secret")
+    directory = MemoryDirectory(alice="secret")
     runner = HeldRunner()
-    auth = make(directory, Clock(), run_blocking=runner)
+    auth = make(directory, SecondsClock(), run_blocking=runner)
     waiting = [auth.authenticate(basic("alice", "guess"), "192.0.2.1") for _ in range(5)]
     runner.release()
     assert {result(d).status for d in waiting} == {401}
@@ -433,9 +396,9 @@ def test_a_shared_failed_check_counts_once_per_user_and_once_per_address() -> No
 
 
 def test_parallel_guesses_cannot_outrun_the_lockout() -> None:
-    directory = Directory(alice="secret")
+    directory = MemoryDirectory(alice="secret")
     runner = HeldRunner()
-    auth = make(directory, Clock(), run_blocking=runner)  # max_failures=3
+    auth = make(directory, SecondsClock(), run_blocking=runner)  # max_failures=3
     waiting = [auth.authenticate(basic("alice", f"g{i}"), f"192.0.2.{i}") for i in range(4)]
     assert len(runner.held) == 4
     got = result(auth.authenticate(basic("alice", "secret"), "192.0.2.99"))
@@ -447,7 +410,7 @@ def test_parallel_guesses_cannot_outrun_the_lockout() -> None:
 
 def test_at_most_max_pending_checks_wait_for_the_pool() -> None:
     runner = HeldRunner()
-    auth = make(Directory(), Clock(), run_blocking=runner, max_pending=2)
+    auth = make(MemoryDirectory(), SecondsClock(), run_blocking=runner, max_pending=2)
     auth.authenticate(basic("a", "x"), "192.0.2.1")
     auth.authenticate(basic("b", "x"), "192.0.2.1")
     got = result(auth.authenticate(basic("c", "x"), "192.0.2.2"))
@@ -463,7 +426,7 @@ def test_a_directory_error_is_503_and_not_a_failure() -> None:
         def verify(self, username: str, password: str) -> bool:
             raise OSError("database is locked")
 
-    auth = make(Broken(), Clock())
+    auth = make(Broken(), SecondsClock())
     for _ in range(10):
         got = result(auth.authenticate(basic("alice", "secret"), "192.0.2.1"))
         assert (got.ok, got.status, got.reason) == (False, 503, "directory error")
@@ -476,7 +439,7 @@ def test_a_directory_error_is_503_and_not_a_failure() -> None:
 def test_failures_and_lockouts_are_logged_with_fields_and_never_the_password(
     log_events: list[LogEvent],
 ) -> None:
-    auth = make(Directory(alice="secret"), Clock())
+    auth = make(MemoryDirectory(alice="secret"), SecondsClock())
     for _ in range(4):
         result(auth.authenticate(basic("alice", "hunter2-guess"), "192.0.2.7"))
     result(auth.authenticate(basic("alice", "secret"), "192.0.2.8"))
@@ -496,7 +459,7 @@ def test_failures_and_lockouts_are_logged_with_fields_and_never_the_password(
 
 @pytest.fixture
 def store() -> Iterator[Store]:
-    s = Store.open(":memory:")
+    s = memory_store()
     yield s
     s.close()
 
@@ -557,7 +520,7 @@ def test_authenticator_over_local_users_in_a_real_thread_pool(tmp_path: Path) ->
 
     reactor = Reactor()
     auth = Authenticator(
-        LocalDirectory.at(path), SETTINGS, Clock(), run_blocking=ThreadPoolRunner(reactor)
+        LocalDirectory.at(path), SETTINGS, SecondsClock(), run_blocking=ThreadPoolRunner(reactor)
     )
     try:
         pending = [
@@ -581,9 +544,8 @@ def test_authenticator_over_local_users_in_a_real_thread_pool(tmp_path: Path) ->
 
 
 def test_store_users() -> None:
-    start = datetime(2013, 4, 2, 9, 30, tzinfo=UTC)
-    now = [start]
-    store = Store.open(":memory:", clock=lambda: now[0])
+    clock = FixedClock(datetime(2013, 4, 2, 9, 30, tzinfo=UTC))
+    store = memory_store(clock)
     alice = store.add_user("Alice", "$argon2id$one")
     assert (alice.name, alice.password_hash, alice.disabled) == ("Alice", "$argon2id$one", False)
     assert alice.created_at == alice.updated_at == "2013-04-02T09:30:00Z"
@@ -594,7 +556,7 @@ def test_store_users() -> None:
     assert store.user("alice") == alice
     assert store.user("nobody") is None
 
-    now[0] = start + timedelta(hours=1)
+    clock.advance(hours=1)
     store.set_user_password("aLiCe", "$argon2id$three")
     changed = store.user("alice")
     assert changed is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import stat
 import subprocess
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from appliance.testing import NOW as T0
 from appliance.tls.certificates import (
     CertError,
     ServerCredentials,
@@ -24,7 +25,6 @@ from appliance.tls.certificates import (
 from appliance.tls.generated import ensure_test_certificates
 
 NAMES = ("ucupdates-r2.example.com", "ucupdates-r2.contoso.com", "updates.contoso.com")
-T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 FILES = ["ca.key", "ca.pem", "server.key", "server.pem"]
 
 

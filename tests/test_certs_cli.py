@@ -9,11 +9,10 @@ import io
 import re
 import stat
 import subprocess
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -22,6 +21,8 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 from appliance.cli.certs import add_certs_parser, certs_command
 from appliance.config import Config, TlsSettings
+from appliance.testing import NOW as T0
+from appliance.testing import REPO
 from appliance.tls.certificates import (
     ServerCredentials,
     check_expiry,
@@ -30,7 +31,6 @@ from appliance.tls.certificates import (
 )
 from appliance.tls.generated import LEAF_DAYS, ensure_test_certificates
 
-T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 NAMES = ("ucupdates-r2.example.com",)
 
 

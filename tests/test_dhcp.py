@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import REPO
 from twisted.logger import LogLevel, capturedLogs, eventsFromJSONLogFile
 
 from appliance.config import Config, ConfigError, load_config
@@ -37,6 +36,7 @@ from appliance.discovery.dhcp_answer import (
 )
 from appliance.discovery.dhcp_codec import parse_packet
 from appliance.discovery.dhcp_options import option43, option120, vlan_option43
+from appliance.testing import REPO
 
 SIP = "sip.contoso.com"
 MAC = "00:04:f2:aa:bb:cc"

@@ -37,6 +37,7 @@ from appliance.discovery.dhcp_snippets import (
     kea_snippet,
     netsh_snippet,
 )
+from appliance.testing import free_port
 
 # docs/protocol.md §4, for sip.contoso.com
 REF_43 = (
@@ -338,13 +339,6 @@ def test_dnsmasq_accepts_the_snippet(tmp_path: Path, vlan: int | None) -> None:
 # -- the servers answering with these snippets, on loopback ------------------------------
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 def inform(vendor_class: str, xid: int) -> bytes:
     header = struct.pack(
         "!BBBBIHH4s4s4s4s16s64s128s",
@@ -414,7 +408,7 @@ def test_dnsmasq_with_the_snippet_answers_with_our_bytes(
     conf = tmp_path / "dnsmasq.conf"
     options = lync(100, (SIP, "sip2.contoso.com"))
     conf.write_text(dnsmasq_snippet(options))
-    server_port, client_port = free_udp_port(), client.getsockname()[1]
+    server_port, client_port = free_port(socket.SOCK_DGRAM), client.getsockname()[1]
     proc = live_server(
         [
             dnsmasq, "--keep-in-foreground", "--port=0", "--interface=lo", "--bind-interfaces",
@@ -439,7 +433,7 @@ def test_kea_with_the_snippet_answers_with_our_bytes(tmp_path: Path, client: soc
     options = lync(100, (SIP, "sip2.contoso.com"))
     conf = tmp_path / "kea.json"
     conf.write_text(kea_config(kea_snippet(options), live=True))
-    server_port, client_port = free_udp_port(), client.getsockname()[1]
+    server_port, client_port = free_port(socket.SOCK_DGRAM), client.getsockname()[1]
     proc = live_server(
         [kea, "-c", str(conf), "-p", str(server_port), "-P", str(client_port)], tmp_path
     )

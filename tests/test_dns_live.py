@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from dnslib import EDNS0, DNSRecord
+
+from appliance.testing import REPO, free_port
 
 # dig (dnsutils) and dnsmasq (dnsmasq-base) are in the Makefile's system packages: a
 # missing one fails these tests rather than skipping them.
@@ -80,12 +81,6 @@ print(json.dumps(service.ports), flush=True)
 stdio.StandardIO(Control())
 reactor.run()
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 # -- dig --------------------------------------------------------------------------------------
@@ -198,7 +193,7 @@ def stop(responder: Responder) -> None:
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """dnsmasq on loopback: example.org is 192.0.2.7, big.example.net a large TXT."""
-    port = free_port()
+    port = free_port(socket.SOCK_DGRAM)
     argv = [
         DNSMASQ,
         "--conf-file=/dev/null",

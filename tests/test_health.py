@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogEvent, LogLevel
 from twisted.web.test.requesthelper import DummyRequest
 
 from appliance.catalogue.importer import import_package
@@ -38,18 +38,13 @@ from appliance.ops.checks import (
 from appliance.ops.health import HealthResource, expiry_timer, log_certificate_expiry
 from appliance.store import newest_schema_version
 from appliance.store.database import Store
+from appliance.testing import FixedClock, free_port
 from appliance.tls.certificates import ServerCredentials
 from appliance.tls.generated import LEAF_DAYS, ensure_test_certificates
 
 HOST = "127.0.0.1"
 NOW = datetime.now(UTC)
 TIMEOUT = 1.0  # for the network checks in these tests: loopback answers at once
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 # -- loopback servers in threads -----------------------------------------------------------------
@@ -431,14 +426,6 @@ def test_check_command_exits_2_naming_what_failed(appliance: Appliance) -> None:
 # -- /health -------------------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 def get(health: HealthResource) -> tuple[int, dict[str, Any], list[bytes]]:
     request = DummyRequest([b""])
     request.method = b"GET"
@@ -450,7 +437,7 @@ def get(health: HealthResource) -> tuple[int, dict[str, Any], list[bytes]]:
 def test_health_is_200_when_the_process_is_well(
     config: Config, imported: Store, creds: ServerCredentials
 ) -> None:
-    status, body, content_type = get(HealthResource(config, imported, Clock()))
+    status, body, content_type = get(HealthResource(config, imported, FixedClock(NOW)))
     assert status == 200 and content_type == [b"application/json"]
     assert body["status"] == "ok"
     assert [c["name"] for c in body["checks"]] == [
@@ -466,7 +453,7 @@ def test_health_is_200_when_the_process_is_well(
 def test_health_is_503_with_what_failed_after_its_cache_expires(
     config: Config, imported: Store, creds: ServerCredentials
 ) -> None:
-    clock = Clock()
+    clock = FixedClock(NOW)
     health = HealthResource(config, imported, clock, cache_seconds=10)
     assert get(health)[0] == 200
     (config.store_dir / imported.stored_files()[0].path).unlink()
@@ -485,7 +472,7 @@ def test_health_reports_the_certificate_and_the_service_state(
         running = 1
         ports = {"internal-https": (HOST, 8443), "admin": (HOST, 9443)}
 
-    clock = Clock()
+    clock = FixedClock(NOW)
     clock.now += timedelta(days=LEAF_DAYS - 5)
     status, body, _ = get(HealthResource(config, imported, clock, Service()))
     assert status == 503
@@ -497,7 +484,7 @@ def test_health_reports_the_certificate_and_the_service_state(
         "detail": f"listening: admin {HOST}:9443, internal-https {HOST}:8443",
     }
     Service.running = 0
-    status, body, _ = get(HealthResource(config, imported, Clock(), Service()))
+    status, body, _ = get(HealthResource(config, imported, FixedClock(NOW), Service()))
     assert status == 503
     assert [c["name"] for c in body["checks"] if not c["ok"]] == ["serving"]
 
@@ -505,30 +492,22 @@ def test_health_reports_the_certificate_and_the_service_state(
 # -- the expiry warning in serve ---------------------------------------------------------------
 
 
-@pytest.fixture
-def logged() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
-
-
 def test_expiry_is_logged_at_start_and_daily_once_within_the_window(
-    creds: ServerCredentials, logged: list[dict[str, Any]]
+    creds: ServerCredentials, log_events: list[LogEvent]
 ) -> None:
-    clock = Clock()
+    clock = FixedClock(NOW)
     reactor = MemoryReactorClock()
     timer = expiry_timer(creds, 30, clock, reactor)
     timer.startService()
     try:
-        assert [e for e in logged if e.get("event") == "cert.expiry"] == []
+        assert [e for e in log_events if e.get("event") == "cert.expiry"] == []
         clock.now = creds.not_after - timedelta(days=12)
         reactor.advance(86400)
         clock.now += timedelta(days=1)
         reactor.advance(86400)
     finally:
         timer.stopService()
-    warnings = [e for e in logged if e.get("event") == "cert.expiry"]
+    warnings = [e for e in log_events if e.get("event") == "cert.expiry"]
     assert [e["days_left"] for e in warnings] == [12, 11]
     assert all(e["log_level"] is LogLevel.warn for e in warnings)
     assert warnings[0]["path"] == str(creds.cert_file)

@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, state, tree
 
 from appliance.catalogue.actions import data_lock
 from appliance.catalogue.importer import Outcome, PackageError, import_package
@@ -17,6 +16,7 @@ from appliance.catalogue.sample import SAMPLE_DEVICES, make_sample_package
 from appliance.config import Config, load_config
 from appliance.model import RuleState
 from appliance.store.database import Store
+from appliance.testing import catalogue_state, file_tree, run_cli
 
 VERSION = "4.0.7577.4387"
 
@@ -36,8 +36,8 @@ def test_import_creates_one_pending_rule_per_device_update(
     # Every file is where the protocol says, with the bytes cabextract finds in the package.
     out = tmp_path / "cabextract"
     subprocess.run(["cabextract", "-q", "-d", str(out), str(sample_cab)], check=True)
-    expected = tree(out)
-    stored = tree(config.store_dir)
+    expected = file_tree(out)
+    stored = file_tree(config.store_dir)
     assert (
         stored["UCPhone/Polycom/CX600/A/ENU/4.0.7577.4387/CPE/CPE.nbt"]
         == (expected["UCPhone/Polycom/CX600/A/ENU/CPE/CPE.nbt"])
@@ -58,13 +58,13 @@ def test_importing_the_same_package_again_changes_nothing(
     config: Config, store: Store, sample_cab: Path
 ) -> None:
     import_package(store, config, sample_cab, "alice")
-    before = state(config)
+    before = catalogue_state(config)
 
     again = import_package(store, config, sample_cab, "alice")
 
     assert not again.changed
     assert {u.outcome for u in again.updates} == {Outcome.UNCHANGED}
-    assert state(config) == before
+    assert catalogue_state(config) == before
 
 
 def test_a_newer_package_refreshes_pending_and_keeps_approved(
@@ -82,27 +82,27 @@ def test_a_newer_package_refreshes_pending_and_keeps_approved(
         assert (rule.approved_version, rule.pending_version) == (VERSION, "4.0.7577.4400")
         assert rule.state is RuleState.PENDING
     # both versions are on disk: the approved one is still served
-    assert len(tree(config.store_dir)) == 4 * len(SAMPLE_DEVICES)
+    assert len(file_tree(config.store_dir)) == 4 * len(SAMPLE_DEVICES)
 
 
 def test_same_version_with_different_bytes_is_refused(
     config: Config, store: Store, sample_cab: Path, tmp_path: Path
 ) -> None:
     import_package(store, config, sample_cab, "alice")
-    before = state(config)
+    before = catalogue_state(config)
     forged = tmp_path / "forged.cab"
     make_sample_package(forged, version=VERSION, image_size=1000)
 
     with pytest.raises(PackageError, match=r"forged\.cab: .*differs from the copy already"):
         import_package(store, config, forged, "alice")
-    assert state(config) == before
+    assert catalogue_state(config) == before
 
 
 def test_a_removed_rule_comes_back_on_reimport_without_rewriting_files(
     config: Config, store: Store, sample_cab: Path
 ) -> None:
     import_package(store, config, sample_cab, "alice")
-    files_before = tree(config.store_dir)
+    files_before = file_tree(config.store_dir)
     run_cli(config.data_dir, "remove", "--model", "CX600").check_returncode()
     assert len(store.rules()) == len(SAMPLE_DEVICES) - 2
 
@@ -113,7 +113,7 @@ def test_a_removed_rule_comes_back_on_reimport_without_rewriting_files(
         "new rule",
     ]
     assert len(store.rules()) == len(SAMPLE_DEVICES)
-    assert tree(config.store_dir) == files_before
+    assert file_tree(config.store_dir) == files_before
 
 
 def test_an_exe_that_embeds_the_cab_imports_like_the_cab(
@@ -156,10 +156,10 @@ def test_a_package_built_by_gcab_imports(config: Config, store: Store, tmp_path:
     assert [(str(u.key), u.version) for u in result.updates] == [
         ("UCPhone/Polycom/CX600/A/ENU/CPE", "4.0.7577.4366")
     ]
-    stored = tree(config.store_dir)
+    stored = file_tree(config.store_dir)
     assert (
         stored["UCPhone/Polycom/CX600/A/ENU/4.0.7577.4366/CPE/CPE.nbt"]
-        == tree(layout)["UCPhone/Polycom/CX600/A/ENU/CPE/CPE.nbt"]
+        == file_tree(layout)["UCPhone/Polycom/CX600/A/ENU/CPE/CPE.nbt"]
     )
 
 
@@ -178,7 +178,7 @@ def test_not_enough_free_space_is_refused_before_writing(tmp_path: Path, sample_
     result = run_cli(tmp_path / "data", "--config", str(cfg), "import", str(sample_cab))
     assert result.returncode == 65
     assert "not enough free space" in result.stderr
-    assert tree(tmp_path / "data" / "DeviceUpdateStore") == {}
+    assert file_tree(tmp_path / "data" / "DeviceUpdateStore") == {}
 
 
 needs_root = pytest.mark.skipif(
@@ -201,7 +201,7 @@ def test_a_disk_that_fills_during_the_import_fails_cleanly(
         tiny = tmp_path / "tiny.cab"
         make_sample_package(tiny, version="4.0.7577.4300", image_size=1024)
         assert run_cli(data, "--config", str(cfg), "import", str(tiny)).returncode == 0
-        before = tree(data / "DeviceUpdateStore")
+        before = file_tree(data / "DeviceUpdateStore")
         config = load_config(cfg)
         filler = small / "filler"
 
@@ -218,7 +218,7 @@ def test_a_disk_that_fills_during_the_import_fails_cleanly(
         store.close()
         filler.unlink()
 
-        assert tree(data / "DeviceUpdateStore") == before
+        assert file_tree(data / "DeviceUpdateStore") == before
         assert not any((data / "staging").iterdir())
         rules = run_cli(data, "--config", str(cfg), "rules", "--json")
         assert rules.returncode == 0

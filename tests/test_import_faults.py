@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 from cabarchive import CabArchive, CabFile
-from conftest import REPO, run_cli, state, tree
 
 from appliance.cab.writer import CabEntry, write_cab
 from appliance.catalogue.sample import SAMPLE_DEVICES, make_sample_package
 from appliance.config import Config
+from appliance.testing import REPO, catalogue_state, file_tree, run_cli
 
 MTIME = datetime(2013, 4, 2, tzinfo=UTC)
 GOOD_XML = (
@@ -123,7 +123,7 @@ def test_a_hostile_package_gets_one_clear_error_and_changes_nothing(
     case: str, config: Config, sample_cab: Path, tmp_path: Path
 ) -> None:
     assert run_cli(config.data_dir, "import", str(sample_cab)).returncode == 0
-    before = state(config)
+    before = catalogue_state(config)
     build, expected = HOSTILE[case]
     package = tmp_path / f"{case}.cab"
     build(package, sample_cab)
@@ -136,7 +136,7 @@ def test_a_hostile_package_gets_one_clear_error_and_changes_nothing(
     assert lines[0].startswith(f"ucupdates: {case}.cab: ")
     assert expected in lines[0]
     assert "Traceback" not in result.stderr
-    assert state(config) == before
+    assert catalogue_state(config) == before
     assert run_cli(config.data_dir, "rules").returncode == 0
 
 
@@ -153,7 +153,7 @@ def test_limits_from_the_config_are_enforced(
         result = run_cli(config.data_dir, "--config", str(cfg), "import", str(sample_cab))
         assert result.returncode == 65, result.stderr
         assert expected in result.stderr
-        assert tree(config.store_dir) == {}
+        assert file_tree(config.store_dir) == {}
 
 
 # -- kill -9 during an import ------------------------------------------------------------
@@ -183,7 +183,7 @@ def _assert_consistent(config: Config) -> int:
     listing = run_cli(config.data_dir, "rules", "--json")
     assert listing.returncode == 0, listing.stderr
     rules = json.loads(listing.stdout)
-    on_disk = tree(config.store_dir)
+    on_disk = file_tree(config.store_dir)
     assert len(rules) in (0, len(SAMPLE_DEVICES))
     if rules:
         from appliance.store.database import Store

@@ -23,12 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from ldap3 import Connection, Server
 from twisted.internet import defer
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import LogEvent
 
 from appliance.config import AuthSettings, LdapSettings
 from appliance.passwords import AuthError
 from appliance.phones.auth import Authenticator, AuthResult
 from appliance.phones.directories import LdapDirectory
+from appliance.testing import CountingDirectory, SecondsClock, basic_credentials, fired, free_port
 
 SLAPD = Path("/usr/sbin/slapd")
 SLAPADD = Path("/usr/sbin/slapadd")
@@ -48,12 +49,6 @@ class Slapd:
     @property
     def url(self) -> str:
         return f"ldap://127.0.0.1:{self.port}/"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _name(cn: str) -> x509.Name:
@@ -251,14 +246,6 @@ def directory(
     return LdapDirectory(settings)
 
 
-@pytest.fixture
-def log_events() -> Iterator[list[LogEvent]]:
-    events: list[LogEvent] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
-
-
 # -- binding ---------------------------------------------------------------------------
 
 
@@ -379,45 +366,31 @@ def test_unusable_settings_are_auth_errors(settings: LdapSettings, message: str)
 # -- end to end ------------------------------------------------------------------------
 
 
-class Counting:
-    def __init__(self, inner: LdapDirectory) -> None:
-        self.inner = inner
-        self.calls = 0
-
-    def verify(self, username: str, password: str) -> bool:
-        self.calls += 1
-        return self.inner.verify(username, password)
-
-
 def test_authenticator_over_ldap(slapd: Slapd) -> None:
-    now = [1000.0]
-    ldap = Counting(directory(slapd.url))
+    clock = SecondsClock(1000.0)
+    ldap = CountingDirectory(directory(slapd.url))
     auth = Authenticator(
         ldap,
         AuthSettings(max_failures=2, cache_seconds=60, lockout_seconds=600),
-        lambda: now[0],
+        clock,
         run_blocking=defer.maybeDeferred,
     )
 
     def check(user: str, password: str, source: str = "192.0.2.1") -> AuthResult:
-        header = b"Basic " + base64.b64encode(f"{user}:{password}".encode())
-        got: list[AuthResult] = []
-        auth.authenticate(header, source).addCallback(got.append)
-        assert got
-        return got[0]
+        return fired(auth.authenticate(basic_credentials(user, password), source))
 
     assert check("alice", ALICE_PASSWORD) == AuthResult(True, 200, "ok", user="alice")
     assert check("alice", ALICE_PASSWORD).reason == "cached"
-    assert ldap.calls == 1
+    assert len(ldap.calls) == 1
     assert [check("alice", f"guess{i}", f"198.51.100.{i}").status for i in range(3)] == [
         401,
         401,
         429,
     ]
-    assert ldap.calls == 4
+    assert len(ldap.calls) == 4
     got = check("alice", ALICE_PASSWORD)
     assert (got.status, got.reason, got.retry_after) == (429, "locked out", 600)
-    assert ldap.calls == 4
-    now[0] += 600
+    assert len(ldap.calls) == 4
+    clock.advance(600)
     assert check("alice", ALICE_PASSWORD).reason == "ok"
-    assert ldap.calls == 5
+    assert len(ldap.calls) == 5

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogLevel
@@ -42,12 +41,12 @@ from appliance.ops.syslog_transport import (
     UDP_MAX_BYTES,
     BlockingSender,
     LocalSender,
-    MemorySender,
     Scheme,
     UdpSender,
     parse_target,
 )
 from appliance.store.database import Store
+from appliance.testing import REPO, MemorySender, free_port
 
 T = datetime(2026, 11, 27, 8, 0, 0, 250000, tzinfo=UTC).timestamp()
 HOST = "127.0.0.1"
@@ -643,12 +642,6 @@ TEMPLATE_FIELDS = (
     "%timereported:::date-rfc3339%",
     "%msg%",
 )
-
-
-def free_port(kind: socket.SocketKind) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def listening(port: int, proc_file: str) -> bool:

@@ -11,9 +11,11 @@ from appliance.ops.events import (
 from appliance.ops.health import HealthResource, expiry_timer
 from appliance.ops.syslog import make_syslog_observer
 from appliance.ops.syslog_format import SyslogError
+from appliance.ops.syslog_transport import MemorySender
 
 __all__ = [
     "HealthResource",
+    "MemorySender",
     "SyslogError",
     "admin_log",
     "emit_store_events",

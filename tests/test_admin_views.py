@@ -7,47 +7,22 @@ import csv
 import io
 import xml.etree.ElementTree as ET
 from datetime import date
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pytest
 
 from appliance.admin import charts, inventory
 from appliance.admin.impact import preview
 from appliance.catalogue.lifecycle import Action
-from appliance.model import Catalog, Device, Rule, RuleKey, RuleState, UpdateFile
+from appliance.model import Catalog, Device, Rule
+from appliance.testing import catalog_of, make_rule, seen_device
 
-KEY = RuleKey("UCPhone", "Polycom", "CX600", "A", "ENU", "CPE")
 OLD, NEW, NEWER = "4.0.1", "4.0.2", "4.0.3"
 
 
-def rule(approved: str | None, pending: str | None, restore: str | None = None) -> Rule:
-    return Rule(1, KEY, approved, pending, restore, RuleState.PENDING, "t")
-
-
-def files(*versions: str) -> tuple[UpdateFile, ...]:
-    return tuple(
-        UpdateFile(KEY, v, "CPE.nbt", "CPE.cat", 10, "0" * 64, None, PurePosixPath(f"{v}/CPE.nbt"))
-        for v in versions
-    )
-
-
 def device(mac: str, version: str | None, model: str = "CX600") -> Device:
-    return Device(
-        mac,
-        mac,
-        None,
-        "UCPhone",
-        "Polycom",
-        model,
-        "A",
-        "ENU",
-        version,
-        "internal",
-        "10.0.0.1",
-        None,
-        "2026-01-01T00:00:00Z",
-        f"2026-01-02T00:00:{mac[-2:]}Z",
-    )
+    """Seen in this order: the last two digits of the MAC are the second of its last check."""
+    return seen_device(mac, version, model=model, last_seen=f"2026-01-02T00:00:{mac[-2:]}Z")
 
 
 FLEET = [
@@ -62,16 +37,16 @@ FLEET = [
     ("action", "the_rule", "test_macs", "before", "after", "changed", "up_to_date"),
     [
         # approving NEW: the two on OLD get NEW, the one on NEW is up to date
-        (Action.APPROVE, rule(None, NEW), (), [], [(NEW, 2)], 2, 1),
+        (Action.APPROVE, make_rule(None, NEW), (), [], [(NEW, 2)], 2, 1),
         # approving NEWER over approved NEW: everyone is offered NEWER
-        (Action.APPROVE, rule(NEW, NEWER), (), [(NEW, 2)], [(NEWER, 3)], 3, 0),
+        (Action.APPROVE, make_rule(NEW, NEWER), (), [(NEW, 2)], [(NEWER, 3)], 3, 0),
         # restoring to OLD rolls back the one on NEW; those on OLD stop being offered NEW
-        (Action.RESTORE, rule(NEW, None, OLD), (), [(NEW, 2)], [(OLD, 1)], 3, 2),
+        (Action.RESTORE, make_rule(NEW, None, OLD), (), [(NEW, 2)], [(OLD, 1)], 3, 2),
         # resetting only changes what the test device gets (the one on NEW is rolled back
         # to the approved OLD either way)
         (
             Action.RESET,
-            rule(OLD, NEW),
+            make_rule(OLD, NEW),
             ("00-00-00-00-00-01",),
             [(OLD, 1), (NEW, 1)],
             [(OLD, 1)],
@@ -79,7 +54,7 @@ FLEET = [
             2,
         ),
         # removing: nothing is offered any more
-        (Action.REMOVE, rule(NEW, None), (), [(NEW, 2)], [], 2, 0),
+        (Action.REMOVE, make_rule(NEW), (), [(NEW, 2)], [], 2, 0),
     ],
 )
 def test_preview(
@@ -91,7 +66,7 @@ def test_preview(
     changed: int,
     up_to_date: int,
 ) -> None:
-    catalog = Catalog((the_rule,), files(OLD, NEW, NEWER), frozenset(test_macs))
+    catalog = catalog_of(the_rule, test_macs=test_macs)
     impact = preview(action, [the_rule], catalog, FLEET)
     assert impact.devices == 3  # the CX500 has no rule here
     assert [(o.version, o.devices) for o in impact.before] == before
@@ -101,14 +76,14 @@ def test_preview(
 
 
 def test_preview_of_an_action_that_does_not_apply() -> None:
-    the_rule = rule(NEW, None)
-    impact = preview(Action.APPROVE, [the_rule], Catalog((the_rule,), files(NEW)), FLEET)
+    the_rule = make_rule(NEW)
+    impact = preview(Action.APPROVE, [the_rule], catalog_of(the_rule), FLEET)
     assert impact.rule_ids == () and impact.skipped == ((1, "has no pending version to approve"),)
     assert impact.summary() == "Approve applies to none of the selected rules."
 
 
 def test_rows_status_filters_and_csv() -> None:
-    catalog = Catalog((rule(NEW, None),), files(NEW))
+    catalog = catalog_of(make_rule(NEW))
     rows = inventory.device_rows([*FLEET, device("00-00-00-00-00-05", None)], catalog)
     status = {r.mac: r.status.value for r in rows}
     assert status == {

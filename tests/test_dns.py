@@ -35,6 +35,7 @@ from appliance.discovery.dns_answer import (
 from appliance.discovery.dns_forward import Forwarder
 from appliance.discovery.dns_limits import RateLimiter, ReplyCache, Verdict, classify
 from appliance.discovery.dns_responder import DnsResponder
+from appliance.testing import SecondsClock
 
 INTERNAL_V4, INTERNAL_V6, EXTERNAL_V4 = "10.0.0.5", "fd00::5", "203.0.113.5"
 FULL = AnswerTable.build(
@@ -428,8 +429,8 @@ def test_repeated_questions_come_from_the_cache(tmp_path: Path) -> None:
 
 
 def test_rrl_holds_a_prefix_to_its_budget_udp_only(tmp_path: Path) -> None:
-    now = [1000.0]
-    r, sent = responder(tmp_path, lambda: now[0], rrl_responses_per_second=3, rrl_slip=2), Sent()
+    clock = SecondsClock(1000.0)
+    r, sent = responder(tmp_path, clock, rrl_responses_per_second=3, rrl_slip=2), Sent()
     for ident in range(10):
         r.handle(query(ident=ident), f"10.0.0.{ident}", False, sent.append)  # one /24
     full = [rec for rec in sent.records() if rec.rr]
@@ -443,17 +444,17 @@ def test_rrl_holds_a_prefix_to_its_budget_udp_only(tmp_path: Path) -> None:
     assert len(tcp) == 10  # TCP proves the address: not limited
     r.handle(query(), "10.0.1.1", False, sent.append)  # the next /24 has its own budget
     assert sent.records()[-1].rr
-    now[0] += 1.0
+    clock.advance(1.0)
     r.handle(query(), "10.0.0.1", False, sent.append)
     assert sent.records()[-1].rr
 
 
 def test_rrl_engaging_is_logged_once_per_prefix(tmp_path: Path) -> None:
-    now = [1000.0]
-    r = responder(tmp_path, lambda: now[0], rrl_responses_per_second=2)
+    clock = SecondsClock(1000.0)
+    r = responder(tmp_path, clock, rrl_responses_per_second=2)
     with capturedLogs() as events:
         for step in range(400):  # 4 s of 100 queries/s from two prefixes
-            now[0] = 1000.0 + step / 100
+            clock.now = 1000.0 + step / 100
             for host in ("10.0.0.1", "10.0.9.1"):
                 r.handle(query(ident=step), host, False, lambda reply: None)
     rrl = [e for e in events if e.get("event") == "dns.rrl"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from appliance import testing
 from appliance.catalogue.lifecycle import (
     Action,
     LifecycleError,
@@ -14,12 +15,12 @@ from appliance.catalogue.lifecycle import (
     rule_summary,
     with_pending,
 )
-from appliance.model import Rule, RuleKey, RuleState
+from appliance.model import Rule, RuleState
 
-KEY = RuleKey("UCPhone", "Polycom", "CX600", "A", "ENU", "CPE")
-PENDING = "4.0.7577.4387"  # CU8, just imported
-APPROVED = "4.0.7577.4366"  # CU7, what ordinary phones get
-RESTORE = "4.0.7577.4100"  # CU6, what a roll-back goes to
+KEY = testing.CX600
+PENDING = testing.CU8  # just imported
+APPROVED = testing.CU7  # what ordinary phones get
+RESTORE = testing.CU6  # what a roll-back goes to
 NEW = "4.0.7577.4400"
 
 # name -> (approved, pending, restore, state as the store would hold it)
@@ -68,15 +69,7 @@ TRANSITIONS: dict[tuple[Action, str], Outcome] = {
 
 def make_rule(start: str) -> Rule:
     approved, pending, restore_version, state = STARTS[start]
-    return Rule(
-        id=7,
-        key=KEY,
-        approved_version=approved,
-        pending_version=pending,
-        restore_version=restore_version,
-        state=state,
-        updated_at="2013-04-02T00:00:00Z",
-    )
+    return testing.make_rule(approved, pending, restore_version, state=state, rule_id=7)
 
 
 def versions(rule: Rule) -> tuple[str | None, str | None, str | None, RuleState]:

@@ -9,18 +9,14 @@ from pathlib import Path
 import pytest
 
 from appliance.catalogue import Reason
-from appliance.model import DeviceRequest, FileRole, NewFile, RuleKey, RuleState
+from appliance.model import RuleState
 from appliance.phones.answers import Answers, RouteKind, route
 from appliance.phones.codec import BaseUrls
 from appliance.store import Store
+from appliance.testing import CU7, CU8, CX600, add_rule, device_request
 
-CX600 = RuleKey("UCPhone", "Polycom", "CX600", "A", "ENU", "CPE")
-CU7 = "4.0.7577.4366"
-CU8 = "4.0.7577.4387"
 URLS = BaseUrls.of("ucupdates.example.com", 443, "ucupdates-ext.example.com", 4443)
-CHECK = DeviceRequest(
-    "UCPhone", "Polycom", "CX600", "A", "ENU", mac="00-04-F2-A1-B2-C3", version=CU7
-)
+CHECK = device_request(serial=None, version=CU7)
 
 
 @pytest.mark.parametrize(
@@ -53,15 +49,7 @@ def test_answers_follow_what_another_process_approves(two_processes: tuple[Store
     phone, admin = two_processes
     image = CX600.store_dir(CU8) / "CPE.nbt"
     with admin.transaction():
-        package = admin.add_package("UCUpdates.cab", "c" * 64, 4096, "admin")
-        admin.add_update(
-            CX600,
-            CU8,
-            None,
-            package,
-            [NewFile(FileRole.IMAGE, "CPE.nbt", None, image, 1024, "a" * 64)],
-        )
-        rule = admin.insert_rule(CX600, CU8)
+        rule = add_rule(admin, CX600, pending=CU8)
     answers = Answers(phone, URLS)
 
     decision, body = answers.answer(CHECK)

@@ -46,7 +46,7 @@ from appliance.ops.syslog_transport import (
     parse_target,
 )
 from appliance.store.database import Store
-from appliance.testing import REPO, MemorySender, free_port
+from appliance.testing import REPO, MemorySender, SecondsClock, free_port
 
 T = datetime(2026, 11, 27, 8, 0, 0, 250000, tzinfo=UTC).timestamp()
 HOST = "127.0.0.1"
@@ -364,15 +364,15 @@ def unix_receiver(path: Path) -> socket.socket:
 
 def test_local_socket_gets_each_message_and_is_found_again_later(short_dir: Path) -> None:
     path = short_dir / "log"
-    now = [0.0]
-    sender = LocalSender(str(path), retry_seconds=5.0, clock=lambda: now[0])
+    clock = SecondsClock(0.0)
+    sender = LocalSender(str(path), retry_seconds=5.0, clock=clock)
     sender.send(b"lost: no daemon")
     assert sender.dropped == 1
     receiver = unix_receiver(path)
     try:
         sender.send(b"lost: not looked for again yet")
         assert sender.dropped == 2
-        now[0] = 5.0
+        clock.now = 5.0
         sender.send(b"<134>1 first")
         assert receiver.recv(4096) == b"<134>1 first"
     finally:
@@ -382,7 +382,7 @@ def test_local_socket_gets_each_message_and_is_found_again_later(short_dir: Path
     assert sender.dropped == 3
     receiver = unix_receiver(path)  # restarted: found at the next attempt
     try:
-        now[0] = 10.0
+        clock.now = 10.0
         sender.send(b"<134>1 again")
         assert receiver.recv(4096) == b"<134>1 again"
     finally:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 
-from appliance.config import Config
+from appliance.config import Config, load_config
 from appliance.model import (
     Catalog,
     Device,
@@ -57,6 +57,7 @@ __all__ = [
     "basic_credentials",
     "catalog_of",
     "catalogue_state",
+    "config_from",
     "device_request",
     "file_tree",
     "fired",
@@ -324,6 +325,13 @@ def file_tree(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def config_from(folder: Path, text: str) -> Config:
+    """The configuration `text` says, written to `folder/ucupdates.toml` and loaded."""
+    path = folder / "ucupdates.toml"
+    path.write_text(text)
+    return load_config(path)
 
 
 def catalogue_state(config: Config) -> tuple[object, ...]:

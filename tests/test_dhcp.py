@@ -36,7 +36,7 @@ from appliance.discovery.dhcp_answer import (
 )
 from appliance.discovery.dhcp_codec import parse_packet
 from appliance.discovery.dhcp_options import option43, option120, vlan_option43
-from appliance.testing import REPO
+from appliance.testing import REPO, config_from
 
 SIP = "sip.contoso.com"
 MAC = "00:04:f2:aa:bb:cc"
@@ -324,9 +324,7 @@ def test_reply_stays_within_576_bytes_unless_the_client_takes_more() -> None:
 
 
 def dhcp_config(tmp_path: Path, body: str) -> Config:
-    path = tmp_path / "ucupdates.toml"
-    path.write_text('domains = ["contoso.com"]\n[dhcp]\n' + body)
-    return load_config(path)
+    return config_from(tmp_path, 'domains = ["contoso.com"]\n[dhcp]\n' + body)
 
 
 def test_answers_from_config_default_to_the_internal_fqdn(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from appliance.discovery.dns_answer import (
 from appliance.discovery.dns_forward import Forwarder
 from appliance.discovery.dns_limits import RateLimiter, ReplyCache, Verdict, classify
 from appliance.discovery.dns_responder import DnsResponder
-from appliance.testing import SecondsClock
+from appliance.testing import SecondsClock, config_from
 
 INTERNAL_V4, INTERNAL_V6, EXTERNAL_V4 = "10.0.0.5", "fd00::5", "203.0.113.5"
 FULL = AnswerTable.build(
@@ -497,15 +497,9 @@ def test_a_bad_file_on_reload_keeps_the_domains(tmp_path: Path) -> None:
     assert r.last_reload_error is None
 
 
-def _config(tmp_path: Path, text: str) -> Config:
-    path = tmp_path / "ucupdates.toml"
-    path.write_text(text)
-    return load_config(path)
-
-
 def test_a_bad_file_at_start_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "dhcpd.conf").write_text("option domain-name nope;\n")
-    config = _config(tmp_path, '[dns]\ndomains_from = "dhcpd.conf"\n')
+    config = config_from(tmp_path, '[dns]\ndomains_from = "dhcpd.conf"\n')
     with pytest.raises(ConfigError, match="dns.domains_from.*dhcpd.conf: line 1: option domain"):
         make_responder(config, Clock())
 
@@ -521,7 +515,7 @@ def test_a_bad_file_at_start_is_a_config_error(tmp_path: Path) -> None:
 def test_upstreams_are_addresses_and_not_us(
     tmp_path: Path, upstream: str, listener: str, message: str
 ) -> None:
-    config = _config(
+    config = config_from(
         tmp_path, f'[listeners]\ndns = "{listener}"\n[dns]\nupstreams = ["{upstream}"]\n'
     )
     with pytest.raises(ConfigError, match=message):

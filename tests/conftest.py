@@ -1,7 +1,6 @@
 """Shared fixtures: a data folder, a store on it, the sample package, captured log events.
 
-Helper functions live in `appliance.testing`; test modules import them from there. REPO,
-run_cli and tree stay importable from here for the modules not switched yet.
+Helper functions live in `appliance.testing`; test modules import them from there.
 """
 
 from __future__ import annotations
@@ -15,10 +14,6 @@ from twisted.logger import LogEvent, globalLogPublisher
 from appliance.catalogue.sample import make_sample_package
 from appliance.config import Config, load_config
 from appliance.store.database import Store
-from appliance.testing import REPO, run_cli
-from appliance.testing import file_tree as tree
-
-__all__ = ["REPO", "run_cli", "tree"]
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli, tree
 
 from appliance.catalogue.sample import SAMPLE_DEVICES, make_sample_package
+from appliance.testing import REPO, run_cli
+from appliance.testing import file_tree as tree
 
 V1, V2, V3 = "4.0.7577.4366", "4.0.7577.4387", "4.0.7577.4400"
 

@@ -20,86 +20,11 @@ from appliance.model import (
     Catalog,
     DeviceRequest,
     ReportedModule,
-    Rule,
-    RuleKey,
-    RuleState,
-    UpdateFile,
     Zone,
 )
-
-MAC = "00-04-F2-A1-B2-C3"
-SERIAL = "64167F1234"
-CU7 = "4.0.7577.4366"
-CU8 = "4.0.7577.4387"
-CU6 = "4.0.7577.4100"
-
-
-def key(update_type: str = "CPE", **fields: str) -> RuleKey:
-    values = {
-        "device_type": "UCPhone",
-        "brand": "Polycom",
-        "model": "CX600",
-        "revision": "A",
-        "locale": "ENU",
-    }
-    values.update(fields)
-    return RuleKey(update_type=update_type, **values)
-
-
-def rule(
-    approved: str | None = None,
-    pending: str | None = None,
-    restore: str | None = None,
-    rule_key: RuleKey | None = None,
-    rule_id: int = 1,
-) -> Rule:
-    state = RuleState.PENDING if pending else RuleState.APPROVED
-    return Rule(
-        id=rule_id,
-        key=rule_key or key(),
-        approved_version=approved,
-        pending_version=pending,
-        restore_version=restore,
-        state=state,
-        updated_at="2013-04-02T00:00:00Z",
-    )
-
-
-def files(version: str, *names: str, rule_key: RuleKey | None = None) -> list[UpdateFile]:
-    k = rule_key or key()
-    names = names or ("CPE.nbt",)
-    return [
-        UpdateFile(
-            key=k,
-            version=version,
-            file_name=name,
-            signature_file_name=name.rsplit(".", 1)[0] + ".cat",
-            size=1024,
-            sha256="0" * 64,
-            timestamp="2013-04-02T00:00:00Z",
-            path=k.store_dir(version) / name,
-        )
-        for name in names
-    ]
-
-
-def catalog(
-    *rules: Rule,
-    with_files: tuple[UpdateFile, ...] | list[UpdateFile] | None = None,
-    test_macs: tuple[str, ...] = (),
-    test_serials: tuple[str, ...] = (),
-) -> Catalog:
-    """A catalogue of `rules`; unless given, every version a rule references has CPE.nbt."""
-    if with_files is None:
-        with_files = [
-            f for r in rules for v in sorted(r.versions()) for f in files(v, rule_key=r.key)
-        ]
-    return Catalog(
-        rules=tuple(rules),
-        files=tuple(with_files),
-        test_macs=frozenset(test_macs),
-        test_serials=frozenset(test_serials),
-    )
+from appliance.testing import CU6, CU7, CU8, catalog_of, make_rule, rule_key, update_files
+from appliance.testing import PHONE_MAC as MAC
+from appliance.testing import PHONE_SERIAL as SERIAL
 
 
 def request(
@@ -141,24 +66,24 @@ def offered(decision: Decision) -> list[tuple[str, str, tuple[str, ...]]]:
 # --- rule matching -------------------------------------------------------------------
 
 MATCHING = [
-    pytest.param(request(CU7), catalog(rule(CU8)), CU8, id="exact-fields"),
+    pytest.param(request(CU7), catalog_of(make_rule(CU8)), CU8, id="exact-fields"),
     pytest.param(
         request(CU7, brand="POLYCOM", model="cx600", locale="enu", device_type="ucphone"),
-        catalog(rule(CU8)),
+        catalog_of(make_rule(CU8)),
         CU8,
         id="request-case-differs",
     ),
     pytest.param(
         request(CU7),
-        catalog(rule(CU8, rule_key=key(brand="polycom", model="Cx600", locale="Enu"))),
+        catalog_of(make_rule(CU8, key=rule_key(brand="polycom", model="Cx600", locale="Enu"))),
         CU8,
         id="rule-case-differs",
     ),
-    pytest.param(request(CU7, model="CX500"), catalog(rule(CU8)), None, id="other-model"),
-    pytest.param(request(CU7, locale="DEU"), catalog(rule(CU8)), None, id="other-locale"),
-    pytest.param(request(CU7, revision="B"), catalog(rule(CU8)), None, id="other-revision"),
-    pytest.param(request(CU7, brand="Aastra"), catalog(rule(CU8)), None, id="other-brand"),
-    pytest.param(request(CU7), catalog(), None, id="empty-catalogue"),
+    pytest.param(request(CU7, model="CX500"), catalog_of(make_rule(CU8)), None, id="other-model"),
+    pytest.param(request(CU7, locale="DEU"), catalog_of(make_rule(CU8)), None, id="other-locale"),
+    pytest.param(request(CU7, revision="B"), catalog_of(make_rule(CU8)), None, id="other-revision"),
+    pytest.param(request(CU7, brand="Aastra"), catalog_of(make_rule(CU8)), None, id="other-brand"),
+    pytest.param(request(CU7), catalog_of(), None, id="empty-catalogue"),
 ]
 
 
@@ -180,66 +105,68 @@ def test_rule_matching_ignores_case(req: DeviceRequest, cat: Catalog, expected: 
 
 CHOICE = [
     # (request, catalogue, offered version or None, reason)
-    pytest.param(request(CU7), catalog(rule(CU8)), CU8, Reason.APPROVED, id="ordinary-approved"),
+    pytest.param(
+        request(CU7), catalog_of(make_rule(CU8)), CU8, Reason.APPROVED, id="ordinary-approved"
+    ),
     pytest.param(
         request(CU7),
-        catalog(rule(pending=CU8)),
+        catalog_of(make_rule(pending=CU8)),
         None,
         Reason.NO_VERSION,
         id="ordinary-pending-only-rule",
     ),
     pytest.param(
         request(CU7),
-        catalog(rule(None, restore=CU6)),
+        catalog_of(make_rule(None, restore=CU6)),
         None,
         Reason.NO_VERSION,
         id="ordinary-restored-to-nothing",
     ),
     pytest.param(
         request(CU6),
-        catalog(rule(CU7, pending=CU8)),
+        catalog_of(make_rule(CU7, pending=CU8)),
         CU7,
         Reason.APPROVED,
         id="ordinary-ignores-pending",
     ),
     pytest.param(
         request(CU7),
-        catalog(rule(pending=CU8), test_macs=(MAC,)),
+        catalog_of(make_rule(pending=CU8), test_macs=(MAC,)),
         CU8,
         Reason.PENDING_TEST_DEVICE,
         id="test-by-mac-pending-only",
     ),
     pytest.param(
         request(CU7, mac=None),
-        catalog(rule(pending=CU8), test_serials=(SERIAL,)),
+        catalog_of(make_rule(pending=CU8), test_serials=(SERIAL,)),
         CU8,
         Reason.PENDING_TEST_DEVICE,
         id="test-by-serial-pending-only",
     ),
     pytest.param(
         request(CU6),
-        catalog(rule(CU7, pending=CU8), test_macs=(MAC,)),
+        catalog_of(make_rule(CU7, pending=CU8), test_macs=(MAC,)),
         CU8,
         Reason.PENDING_TEST_DEVICE,
         id="test-prefers-pending-over-approved",
     ),
     pytest.param(
         request(CU6),
-        catalog(rule(CU7), test_serials=(SERIAL,)),
+        catalog_of(make_rule(CU7), test_serials=(SERIAL,)),
         CU7,
         Reason.APPROVED,
         id="test-no-pending-falls-back-to-approved",
     ),
     pytest.param(
         request(CU7),
-        catalog(rule(), test_macs=(MAC,)),
+        catalog_of(make_rule(), test_macs=(MAC,)),
         None,
         Reason.NO_VERSION,
         id="test-rule-with-no-version",
     ),
     pytest.param(
         request(CU6),
-        catalog(rule(CU7, pending=CU8), test_macs=("00-04-F2-00-00-01",)),
+        catalog_of(make_rule(CU7, pending=CU8), test_macs=("00-04-F2-00-00-01",)),
         CU7,
         Reason.APPROVED,
         id="other-mac-listed-is-ordinary",
@@ -265,17 +192,17 @@ def test_version_choice(
 @pytest.mark.parametrize(
     ("req", "cat", "expected"),
     [
-        pytest.param(request(mac=MAC, serial=None), catalog(test_macs=(MAC,)), True, id="mac"),
+        pytest.param(request(mac=MAC, serial=None), catalog_of(test_macs=(MAC,)), True, id="mac"),
         pytest.param(
-            request(mac=None, serial=SERIAL), catalog(test_serials=(SERIAL,)), True, id="serial"
+            request(mac=None, serial=SERIAL), catalog_of(test_serials=(SERIAL,)), True, id="serial"
         ),
         pytest.param(
             request(mac=SERIAL, serial=MAC),
-            catalog(test_macs=(MAC,)),
+            catalog_of(test_macs=(MAC,)),
             False,
             id="serial-list-is-not-mac-list",
         ),
-        pytest.param(request(mac=None, serial=None), catalog(), False, id="anonymous"),
+        pytest.param(request(mac=None, serial=None), catalog_of(), False, id="anonymous"),
     ],
 )
 def test_is_test_device(req: DeviceRequest, cat: Catalog, expected: bool) -> None:
@@ -300,7 +227,7 @@ VERSIONS = [
 def test_offered_whenever_version_differs(
     reported: str, approved: str, is_offered: bool, rollback: bool
 ) -> None:
-    decision = choose_update(request(reported), catalog(rule(approved, restore=CU6)))
+    decision = choose_update(request(reported), catalog_of(make_rule(approved, restore=CU6)))
     if not is_offered:
         assert offered(decision) == []
         assert decision.reason is Reason.UP_TO_DATE
@@ -317,7 +244,7 @@ def test_offered_whenever_version_differs(
 
 def test_restore_rolls_back_a_test_device_too() -> None:
     # After restore, approved went back to CU7; a test device on CU8 with nothing pending.
-    cat = catalog(rule(CU7), test_macs=(MAC,))
+    cat = catalog_of(make_rule(CU7), test_macs=(MAC,))
     decision = choose_update(request(CU8), cat)
     assert offered(decision) == [("CPE", CU7, ("CPE.nbt",))]
     assert decision.offers[0].rollback is True
@@ -325,7 +252,9 @@ def test_restore_rolls_back_a_test_device_too() -> None:
 
 
 def test_test_device_already_on_pending_is_up_to_date() -> None:
-    decision = choose_update(request(CU8), catalog(rule(CU7, pending=CU8), test_macs=(MAC,)))
+    decision = choose_update(
+        request(CU8), catalog_of(make_rule(CU7, pending=CU8), test_macs=(MAC,))
+    )
     assert offered(decision) == []
     assert decision.reason is Reason.UP_TO_DATE
     assert decision.detail == (
@@ -358,7 +287,7 @@ def test_reported_version_source(
 ) -> None:
     # The approved version is CU8: a device known to run CU8 is up to date, any other
     # (or unknown) reported version gets CU8 offered.
-    decision = choose_update(request(version, modules), catalog(rule(CU8)))
+    decision = choose_update(request(version, modules), catalog_of(make_rule(CU8)))
     if reported == CU8:
         assert offered(decision) == []
         assert decision.reason is Reason.UP_TO_DATE
@@ -372,11 +301,11 @@ def test_reported_version_source(
 def test_module_matched_by_name_decides_not_other_modules() -> None:
     # The phone runs an old bootloader but the CPE image is current: no update.
     req = request(None, (("boot.bin", CU6), ("CPE.nbt", CU8)))
-    decision = choose_update(req, catalog(rule(CU8)))
+    decision = choose_update(req, catalog_of(make_rule(CU8)))
     assert decision.reason is Reason.UP_TO_DATE
     # And with the CPE image old, the offer says which version it replaces.
     req = request(None, (("boot.bin", CU8), ("CPE.nbt", CU7)))
-    decision = choose_update(req, catalog(rule(CU8)))
+    decision = choose_update(req, catalog_of(make_rule(CU8)))
     assert offered(decision) == [("CPE", CU8, ("CPE.nbt",))]
     assert decision.offers[0].reported == CU7
 
@@ -385,7 +314,7 @@ def test_module_matched_by_name_decides_not_other_modules() -> None:
 
 
 def test_missing_files_are_never_offered() -> None:
-    decision = choose_update(request(CU7), catalog(rule(CU8), with_files=()))
+    decision = choose_update(request(CU7), catalog_of(make_rule(CU8), files=()))
     assert offered(decision) == []
     assert decision.downloads == 0
     assert decision.reason is Reason.MISSING_FILES
@@ -394,20 +323,20 @@ def test_missing_files_are_never_offered() -> None:
 
 
 def test_files_of_another_version_do_not_count() -> None:
-    decision = choose_update(request(CU7), catalog(rule(CU8), with_files=files(CU7)))
+    decision = choose_update(request(CU7), catalog_of(make_rule(CU8), files=update_files(CU7)))
     assert decision.reason is Reason.MISSING_FILES
     assert decision.offers == ()
 
 
 def test_up_to_date_device_needs_no_files() -> None:
-    decision = choose_update(request(CU8), catalog(rule(CU8), with_files=()))
+    decision = choose_update(request(CU8), catalog_of(make_rule(CU8), files=()))
     assert decision.reason is Reason.UP_TO_DATE
 
 
 def test_module_recognised_by_name_of_another_version_of_the_rule() -> None:
     # Approved CU7 lost its files; CU8 (pending) still names the image CPE.nbt, so the
     # phone's CPE.nbt module is recognised among several modules.
-    cat = catalog(rule(CU7, pending=CU8), with_files=files(CU8))
+    cat = catalog_of(make_rule(CU7, pending=CU8), files=update_files(CU8))
     on_cu7 = request(None, (("boot.bin", CU6), ("CPE.nbt", CU7)))
     assert choose_update(on_cu7, cat).reason is Reason.UP_TO_DATE
     on_cu6 = request(None, (("boot.bin", CU7), ("CPE.nbt", CU6)))
@@ -417,7 +346,9 @@ def test_module_recognised_by_name_of_another_version_of_the_rule() -> None:
 
 
 def test_offer_carries_every_file_of_the_version() -> None:
-    cat = catalog(rule(CU8), with_files=files(CU8, "CPE.nbt", "boot.bin") + files(CU7))
+    cat = catalog_of(
+        make_rule(CU8), files=update_files(CU8, "CPE.nbt", "boot.bin") + update_files(CU7)
+    )
     decision = choose_update(request(CU7), cat)
     assert offered(decision) == [("CPE", CU8, ("boot.bin", "CPE.nbt"))]
     paths = [str(f.path) for f in decision.offers[0].files]
@@ -429,8 +360,8 @@ def test_offer_carries_every_file_of_the_version() -> None:
 
 # --- several update types for one device --------------------------------------------
 
-CPE = key("CPE")
-UI = key("UI")
+CPE = rule_key("CPE")
+UI = rule_key("UI")
 TWO_TYPES = [
     # (approved CPE, approved UI, CPE files present, offered update types, overall reason)
     pytest.param(CU8, "1.2", True, ["CPE", "UI"], Reason.APPROVED, id="both-offered"),
@@ -446,11 +377,11 @@ TWO_TYPES = [
 def test_two_update_types_for_one_device(
     cpe: str | None, ui: str | None, cpe_files: bool, types: list[str], reason: Reason
 ) -> None:
-    all_files = files("1.1", "UI.bin", rule_key=UI) + files("1.2", "UI.bin", rule_key=UI)
+    all_files = update_files("1.1", "UI.bin", key=UI) + update_files("1.2", "UI.bin", key=UI)
     if cpe_files:
-        all_files += files(CU7, "CPE.nbt", rule_key=CPE) + files(CU8, "CPE.nbt", rule_key=CPE)
-    cat = catalog(
-        rule(cpe, rule_key=CPE, rule_id=1), rule(ui, rule_key=UI, rule_id=2), with_files=all_files
+        all_files += update_files(CU7, "CPE.nbt", key=CPE) + update_files(CU8, "CPE.nbt", key=CPE)
+    cat = catalog_of(
+        make_rule(cpe, key=CPE, rule_id=1), make_rule(ui, key=UI, rule_id=2), files=all_files
     )
     req = request(None, (("CPE.nbt", CU7), ("UI.bin", "1.1")))
     decision = choose_update(req, cat)
@@ -472,50 +403,50 @@ RULE = "UCPhone/Polycom/CX600/A/ENU/CPE"
 DETAILS = [
     pytest.param(
         request(CU7),
-        catalog(rule(pending=CU8), test_macs=(MAC,)),
+        catalog_of(make_rule(pending=CU8), test_macs=(MAC,)),
         f"test device {MAC}: pending {CU8} differs from reported {CU7} (rule {RULE})",
         id="pending-test-device",
     ),
     pytest.param(
         request(CU7, mac=None),
-        catalog(rule(CU8)),
+        catalog_of(make_rule(CU8)),
         f"device serial {SERIAL}: approved {CU8} differs from reported {CU7} (rule {RULE})",
         id="approved-by-serial",
     ),
     pytest.param(
         request(CU8, mac=None, serial=None),
-        catalog(rule(CU7)),
+        catalog_of(make_rule(CU7)),
         f"device without MAC or serial: approved {CU7} rolls back from reported {CU8}"
         f" (rule {RULE})",
         id="rollback-anonymous",
     ),
     pytest.param(
         request(CU8),
-        catalog(rule(CU8)),
+        catalog_of(make_rule(CU8)),
         f"device {MAC}: already runs approved {CU8} (rule {RULE})",
         id="up-to-date",
     ),
     pytest.param(
         request(CU7),
-        catalog(rule(pending=CU8)),
+        catalog_of(make_rule(pending=CU8)),
         f"device {MAC}: rule {RULE} has no approved version",
         id="no-version-ordinary",
     ),
     pytest.param(
         request(CU7),
-        catalog(rule(), test_macs=(MAC,)),
+        catalog_of(make_rule(), test_macs=(MAC,)),
         f"test device {MAC}: rule {RULE} has no pending or approved version",
         id="no-version-test-device",
     ),
     pytest.param(
         request(CU7),
-        catalog(rule(CU8), with_files=()),
+        catalog_of(make_rule(CU8), files=()),
         f"device {MAC}: approved {CU8} of rule {RULE} has no files in the catalogue; not offered",
         id="missing-files",
     ),
     pytest.param(
         request(CU7, model="CX3000"),
-        catalog(rule(CU8)),
+        catalog_of(make_rule(CU8)),
         f"device {MAC}: no rule for UCPhone/Polycom/CX3000/A/ENU",
         id="no-rule",
     ),
@@ -529,7 +460,7 @@ def test_detail_line(req: DeviceRequest, cat: Catalog, detail: str) -> None:
 
 def test_paths_follow_store_layout() -> None:
     # Guard for the helpers: the files built here look like the store's.
-    (f,) = files(CU8)
+    (f,) = update_files(CU8)
     assert f.path == PurePosixPath("UCPhone/Polycom/CX600/A/ENU") / CU8 / "CPE" / "CPE.nbt"
 
 
@@ -544,7 +475,9 @@ CU9 = "4.0.7577.4400"
 REQUEST_FIELDS = tuple(f.name for f in dataclasses.fields(DeviceRequest))
 
 # Approved CU8 for everyone, pending CU9 for the test devices, each with its files.
-KEY_CATALOG = catalog(rule(CU8, pending=CU9), test_macs=(TEST_MAC,), test_serials=(TEST_SERIAL,))
+KEY_CATALOG = catalog_of(
+    make_rule(CU8, pending=CU9), test_macs=(TEST_MAC,), test_serials=(TEST_SERIAL,)
+)
 KEY_BASES = (
     request(CU7),  # the top-level version decides
     request(modules=(("CPE.nbt", CU7),)),  # the module list decides

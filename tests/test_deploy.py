@@ -278,7 +278,7 @@ def test_converge_debian12_then_serve_and_converge_again(tmp_path: Path) -> None
 
             t = time.monotonic()
             running = netns.start(
-                netns.service_command(root, ns, unit), tmp_path, "curl ", timeout=90
+                netns.service_command(root, ns, unit), tmp_path, "point a phone at ", timeout=90
             )
             timings["start"] = time.monotonic() - t
             try:

@@ -34,11 +34,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import REPO, run_cli
 
 from appliance.catalogue.sample import SAMPLE_PHONE_MAC, sample_check
 from appliance.model import Device
 from appliance.store.database import Store
+from appliance.testing import REPO, run_cli
 
 FQDN = "ucupdates-r2.example.com"
 HOST = "127.0.0.1"

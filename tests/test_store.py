@@ -10,87 +10,40 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from appliance.model import Device, FileRole, IdentifierKind, NewFile, RuleKey, RuleState
+from appliance.model import Device, IdentifierKind, RuleKey, RuleState
 from appliance.store import DuplicateError, RuleFilter, SchemaError, Store, StoreError
+from appliance.testing import (
+    CU7,
+    CU8,
+    CX600,
+    FixedClock,
+    add_update,
+    seen_device,
+)
 
-CX600 = RuleKey("UCPhone", "Polycom", "CX600", "A", "ENU", "CPE")
 CX600_DEU = RuleKey("UCPhone", "Polycom", "CX600", "A", "DEU", "CPE")
 CX700 = RuleKey("UCPhone", "Polycom", "CX700", "B", "ENU", "CPE")
 AASTRA = RuleKey("UCPhone", "Aastra", "6725ip", "A", "ENU", "CPE")
-CU7 = "4.0.7577.4366"
-CU8 = "4.0.7577.4387"
 START = datetime(2013, 4, 2, 9, 30, tzinfo=UTC)
 
 
-class Clock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, start: datetime = START) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(START)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def db(clock: Clock) -> Iterator[Store]:
+def db(clock: FixedClock) -> Iterator[Store]:
     store = Store.open(":memory:", clock=clock)
     yield store
     store.close()
 
 
-def image(key: RuleKey, version: str, name: str = "CPE.nbt", size: int = 1024) -> NewFile:
-    stem = name.rsplit(".", 1)[0]
-    return NewFile(
-        role=FileRole.IMAGE,
-        file_name=name,
-        signature_name=f"{stem}.cat",
-        path=key.store_dir(version) / name,
-        size=size,
-        sha256="a" * 64,
-    )
-
-
-def signature(key: RuleKey, version: str, name: str = "CPE.cat") -> NewFile:
-    return NewFile(
-        role=FileRole.SIGNATURE,
-        file_name=name,
-        signature_name=None,
-        path=key.store_dir(version) / name,
-        size=64,
-        sha256="b" * 64,
-    )
-
-
-def add_update(store: Store, key: RuleKey, version: str, *names: str) -> None:
-    package = store.add_package("UCUpdates.cab", "c" * 64, 4096, "admin")
-    files: list[NewFile] = []
-    for name in names or ("CPE.nbt",):
-        files.append(image(key, version, name))
-        files.append(signature(key, version, name.rsplit(".", 1)[0] + ".cat"))
-    store.add_update(key, version, "2013-04-02T00:00:00Z", package, files)
-
-
 def device(identity: str, version: str, first: str, last: str) -> Device:
-    return Device(
-        identity=identity,
-        mac=identity,
+    return seen_device(
+        identity,
+        version,
         serial="64167F1234",
-        device_type="UCPhone",
-        brand="Polycom",
-        model="CX600",
-        revision="A",
-        locale="ENU",
-        version=version,
-        zone="internal",
         address="10.0.0.20",
         user_id="sip:alice@example.com",
         first_seen=first,
@@ -122,11 +75,11 @@ def test_file_store_is_in_wal_mode(tmp_path: Path) -> None:
 
 def test_reopening_a_file_keeps_data_and_does_not_reapply_the_schema(tmp_path: Path) -> None:
     path = tmp_path / "ucupdates.sqlite3"
-    first = Store.open(path, clock=Clock(START))
+    first = Store.open(path, clock=FixedClock(START))
     first.insert_rule(CX600, CU8)
     first.close()
 
-    second = Store.open(path, clock=Clock(START + timedelta(days=1)))
+    second = Store.open(path, clock=FixedClock(START + timedelta(days=1)))
     try:
         assert second.schema_version == LATEST
         applied = second._conn.execute("SELECT version, applied_at FROM schema_version")
@@ -196,7 +149,7 @@ def test_missing_rule_is_none(db: Store) -> None:
     assert db.rule(404) is None
 
 
-def test_save_rule_writes_versions_state_and_time(db: Store, clock: Clock) -> None:
+def test_save_rule_writes_versions_state_and_time(db: Store, clock: FixedClock) -> None:
     rule = db.insert_rule(CX600, CU8)
     clock.advance(hours=2)
     changed = dataclasses.replace(
@@ -505,7 +458,7 @@ def test_devices_are_listed_by_identity(db: Store) -> None:
 # -- event log --------------------------------------------------------------------------
 
 
-def test_events_come_newest_first_with_their_json(db: Store, clock: Clock) -> None:
+def test_events_come_newest_first_with_their_json(db: Store, clock: FixedClock) -> None:
     db.append_event("admin", "import", "UCUpdates.cab", after={"updates": 3})
     clock.advance(minutes=5)
     before = {"approved": None, "pending": CU8, "restore": None, "state": "pending"}

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 
 from appliance.catalogue.actions import add_user
 from appliance.config import load_config
 from appliance.model import User
 from appliance.passwords import verify_password
 from appliance.store.database import Store
+from appliance.testing import run_cli
 
 PASSWORD = "correct horse battery staple"
 NEW_PASSWORD = "Tr0ub4dor&3 with spaces"

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from appliance.testing import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 DNSMASQ = shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin:/sbin") or "dnsmasq"
 NAME = "ucupdates-r2.example.com"
@@ -36,7 +38,7 @@ from pathlib import Path
 from twisted.internet import reactor, stdio
 from twisted.protocols.basic import LineReceiver
 from appliance.config import load_config
-from appliance.discovery.dns import make_dns_service
+from appliance.discovery import make_dns_service
 
 service = make_dns_service(load_config(Path(sys.argv[1])), reactor)
 service.startService()
@@ -58,12 +60,6 @@ reactor.run()
 
 def pinned(core: int, argv: list[str]) -> list[str]:
     return ["taskset", "-c", str(core), *argv] if shutil.which("taskset") else argv
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def query(ident: int) -> bytes:
@@ -103,7 +99,7 @@ class Responder:
 
 class Dnsmasq:
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = free_port(socket.SOCK_DGRAM, HOST)
         argv = [
             DNSMASQ,
             "--conf-file=/dev/null",

@@ -8,7 +8,7 @@ the same API end to end against a serving process over TLS.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,16 +16,13 @@ from typing import Any
 
 import pytest
 from treq.testing import StubTreq
-from twisted.internet import defer
-from twisted.internet.testing import MemoryReactorClock
-from twisted.python.failure import Failure
-from twisted.web.resource import Resource
 
 from appliance.admin import add_account, make_admin_site
 from appliance.catalogue import import_package, make_sample_package
 from appliance.config import load_config
 from appliance.model import RuleState
 from appliance.store import Store
+from appliance.testing import InlineReactor, memory_client, settle
 
 NOW = datetime(2026, 12, 6, 9, 30, tzinfo=UTC)
 COOKIE = "__Host-ucupdates-session"
@@ -78,44 +75,6 @@ class Browser:
         return reply
 
 
-def settle(stub: StubTreq, d: defer.Deferred[Any]) -> Any:
-    """Pump the in-memory connection until `d` fires (bounded)."""
-    box: list[Any] = []
-    d.addBoth(box.append)
-    for _ in range(1_000):
-        if box:
-            break
-        stub.flush()
-    assert box, "the in-memory request did not complete"
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    return box[0]
-
-
-class InlinePool:
-    """A thread pool that runs the work at once, on the calling thread."""
-
-    def callInThreadWithCallback(
-        self, on_result: Callable[[bool, Any], None], work: Callable[..., Any], *args: Any
-    ) -> None:
-        try:
-            result = work(*args)
-        except Exception:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
-
-
-class InlineReactor(MemoryReactorClock):
-    """A memory reactor whose thread pool work (password checks, imports) runs inline."""
-
-    def getThreadPool(self) -> InlinePool:
-        return InlinePool()
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
-
-
 @dataclass
 class Panel:
     store: Store
@@ -135,9 +94,8 @@ def panel(tmp_path: Path) -> Iterator[Panel]:
     import_package(store, config, package, "test")
     add_account(store, "alice", "admin", PASSWORD, "test")
     add_account(store, "victor", "viewer", PASSWORD, "test")
-    stub = StubTreq(Resource())
-    agent = stub._agent
-    agent._serverFactory = make_admin_site(config, store, lambda: NOW, InlineReactor())
+    # the site's thread-pool work (password checks) runs inline
+    stub = memory_client(lambda _: make_admin_site(config, store, lambda: NOW, InlineReactor()))
     yield Panel(store, stub)
     store.close()
 

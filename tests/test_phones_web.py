@@ -11,35 +11,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from treq.testing import StubTreq
-from twisted.internet import defer
-from twisted.internet import reactor as global_reactor
-from twisted.python.failure import Failure
-from twisted.web.resource import Resource
 
 from appliance.catalogue import Action, import_package, make_sample_package, sample_check
 from appliance.config import Config, load_config
 from appliance.passwords import hash_password
 from appliance.phones import Authenticator, LocalDirectory, PhoneResource, PhoneService
 from appliance.store import RuleFilter, Store
+from appliance.testing import inline, memory_client, settle
 from appliance.web import GuardedSite, Limits
 
 NOW = datetime(2026, 12, 6, 9, 30, tzinfo=UTC)
 CHECK_INT = "http://ucupdates.test/RequestHandler/ucdevice.upx"
 CHECK_EXT = "http://ucupdates.test/RequestHandlerExt/ucdevice.upx"
 CONTENT_TYPE = {"Content-Type": ["text/xml"]}
-
-
-def inline(work: Callable[[], bool]) -> defer.Deferred[bool]:
-    """Password checks run at once instead of on a thread pool."""
-    return defer.succeed(work())
 
 
 @dataclass
@@ -53,21 +44,17 @@ class Phones:
 
 def client(service: PhoneService, external: bool, config: Config) -> StubTreq:
     """A treq client whose requests reach a GuardedSite as the serve process builds it."""
-    stub = StubTreq(Resource())
-    agent = stub._agent
     limits = Limits(
         max_header_bytes=config.service.max_header_bytes,
         request_timeout=config.service.request_timeout,
         idle_timeout=config.service.idle_timeout,
         max_connections=config.service.max_connections,
     )
-    agent._serverFactory = GuardedSite(
-        PhoneResource(service),
-        service.admitter(external),
-        limits,
-        reactor=agent._memoryReactor,
+    return memory_client(
+        lambda reactor: GuardedSite(
+            PhoneResource(service), service.admitter(external), limits, reactor=reactor
+        )
     )
-    return stub
 
 
 @pytest.fixture
@@ -116,26 +103,6 @@ def post(stub: StubTreq, url: str, body: bytes, headers: dict[str, list[str]]) -
 def get(stub: StubTreq, url: str, headers: dict[str, list[str]] | None = None) -> tuple[int, bytes]:
     response = settle(stub, stub.get(url, headers=headers or {}))
     return response.code, settle(stub, response.content())
-
-
-def settle(stub: StubTreq, d: defer.Deferred[Any]) -> Any:
-    """Move bytes between client and server until `d` fires, in bounded rounds.
-
-    A file goes out through static.File's pull producer, which Twisted's HTTPChannel
-    pumps with the global cooperator; that schedules on the global reactor, which is not
-    running here, so each round also runs its calls that are due (no sockets involved).
-    """
-    box: list[Any] = []
-    d.addBoth(box.append)
-    for _ in range(10_000):
-        if box:
-            break
-        stub.flush()
-        global_reactor.runUntilCurrent()
-    assert box, "the in-memory request did not complete"
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    return box[0]
 
 
 def test_an_internal_phone_on_an_old_version_is_offered_the_approved_one(phones: Phones) -> None:

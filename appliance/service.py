@@ -42,8 +42,7 @@ log = Logger(namespace="ucupdates.service")
 class Listener:
     name: str
     address: Address
-    scheme: str  # "https" or "http"
-    profile: TlsProfile | None
+    profile: TlsProfile | None  # None: plain HTTP
     external: bool
 
 
@@ -52,20 +51,18 @@ def listeners(config: Config) -> list[Listener]:
         Listener(
             "internal-https",
             config.listeners.internal_https,
-            "https",
             config.tls.internal_profile,
             False,
         ),
         Listener(
             "external-https",
             config.listeners.external_https,
-            "https",
             config.tls.external_profile,
             True,
         ),
     ]
     if config.listeners.internal_http is not None:
-        found.append(Listener("internal-http", config.listeners.internal_http, "http", None, False))
+        found.append(Listener("internal-http", config.listeners.internal_http, None, False))
     return found
 
 
@@ -202,7 +199,7 @@ def make_service(
         expiry_timer(credentials, warn_days, clock, reactor).setServiceParent(root)
 
     admin_site: Any = make_admin_site(config, store, clock, reactor, service=root)
-    admin_listener = Listener("admin", config.listeners.admin, "https", TlsProfile.MODERN, False)
+    admin_listener = Listener("admin", config.listeners.admin, TlsProfile.MODERN, False)
     admin_tls: Any = context_factory(credentials, TlsProfile.MODERN)
     SharedPortServer(
         admin_listener, TLSMemoryBIOFactory(admin_tls, False, admin_site), reactor

@@ -51,7 +51,7 @@ def main() -> None:
     )
     site = make_admin_site(config, store, lambda: datetime.now(UTC), reactor, settings=settings)
     # the wiring `serve` uses (appliance/service.py)
-    listener = Listener("admin", Address("127.0.0.1", 0), "https", TlsProfile.MODERN, False)
+    listener = Listener("admin", Address("127.0.0.1", 0), TlsProfile.MODERN, False)
     tls: Any = context_factory(creds, TlsProfile.MODERN)
     server = SharedPortServer(listener, TLSMemoryBIOFactory(tls, False, site), reactor)
     server.startService()

@@ -51,6 +51,7 @@ def log_events() -> Iterator[list[LogEvent]]:
 # process, slapd, rsyslogd, dnsmasq, Chromium, debootstrap, a serving appliance) or spends
 # seconds on purpose (faults, memory, lockout timing). `make test` runs both.
 SLOW_FILES = {
+    "test_admin_api.py",  # a Control Panel process over TLS (test_admin_web.py: in process)
     "test_admin_browser.py",  # Chromium
     "test_admin_remote.py",  # a serving appliance driven by the CLI
     "test_cli.py",  # the CLI as a process
@@ -83,10 +84,7 @@ SLOW_TESTS = {
     "test_local_directory_checks_store_users",
     "test_accepted_handshakes",
     "test_refused_handshakes",
-    "test_openapi_document_is_valid_and_served",
     "test_dns_check_gives_up_after_its_timeout",
-    "test_account_lockout_after_repeated_failures",
-    "test_address_lockout_after_repeated_failures",
 }
 SLOW_PREFIXES = ("test_live_",)  # real sockets towards a running responder
 

@@ -48,13 +48,20 @@ class Browser:
     cookie: str | None = None
     csrf: str | None = None
 
-    def request(self, method: str, path: str, body: Any = None, csrf: bool = True) -> Reply:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        csrf: bool = True,
+        raw: bytes | None = None,
+    ) -> Reply:
         headers = {"Accept": ["application/json"], "Origin": [BASE]}
         if self.cookie:
             headers["Cookie"] = [f"{COOKIE}={self.cookie}"]
-        if csrf and self.csrf and method == "POST":
+        if csrf and self.csrf and method in ("POST", "DELETE"):
             headers["X-CSRF-Token"] = [self.csrf]
-        data = None
+        data = raw
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = ["application/json"]
@@ -79,6 +86,7 @@ class Browser:
 class Panel:
     store: Store
     stub: StubTreq
+    tmp: Path
 
     def browser(self) -> Browser:
         return Browser(self.stub)
@@ -96,7 +104,7 @@ def panel(tmp_path: Path) -> Iterator[Panel]:
     add_account(store, "victor", "viewer", PASSWORD, "test")
     # the site's thread-pool work (password checks) runs inline
     stub = memory_client(lambda _: make_admin_site(config, store, lambda: NOW, InlineReactor()))
-    yield Panel(store, stub)
+    yield Panel(store, stub, tmp_path)
     store.close()
 
 
@@ -151,3 +159,83 @@ def test_logout_ends_the_session(panel: Panel) -> None:
     assert browser.request("POST", "/api/logout").code in (200, 204)
     browser.cookie = cookie  # a stolen cookie is no use once its session ended
     assert browser.request("GET", "/api/rules").code == 401
+
+
+def test_an_uploaded_package_is_imported_and_its_new_version_is_pending(panel: Panel) -> None:
+    browser = panel.browser()
+    browser.login("alice", PASSWORD)
+    newer = panel.tmp / "newer.cab"
+    make_sample_package(newer, version="4.0.7577.4400", image_size=3000)
+    reply = browser.request("POST", "/api/packages?name=newer.cab", raw=newer.read_bytes())
+    assert reply.code == 200, reply.body
+    pending = {r.pending_version for r in panel.store.rules()}
+    assert pending == {"4.0.7577.4400"}
+
+
+def test_a_corrupt_upload_is_refused_and_changes_nothing(panel: Panel) -> None:
+    browser = panel.browser()
+    browser.login("alice", PASSWORD)
+    before = panel.store.rules()
+    reply = browser.request("POST", "/api/packages?name=bad.cab", raw=b"MSCF" + b"\0" * 200)
+    assert reply.code == 400
+    assert "error" in reply.json()
+    assert panel.store.rules() == before
+
+
+def test_test_devices_are_added_listed_and_removed(panel: Panel) -> None:
+    browser = panel.browser()
+    browser.login("alice", PASSWORD)
+    added = browser.request(
+        "POST", "/api/test-devices", {"name": "lab", "mac": "00:04:f2:00:00:01"}
+    )
+    assert added.code == 201, added.body
+    listed = browser.request("GET", "/api/test-devices").json()["test_devices"]
+    assert [(d["name"], d["identifier"]) for d in listed] == [("lab", "00-04-F2-00-00-01")]
+    gone = browser.request("DELETE", f"/api/test-devices/{listed[0]['id']}")
+    assert gone.code in (200, 204)
+    assert panel.store.test_devices() == []
+
+
+def test_a_bad_mac_is_refused_with_the_reason(panel: Panel) -> None:
+    browser = panel.browser()
+    browser.login("alice", PASSWORD)
+    reply = browser.request("POST", "/api/test-devices", {"name": "lab", "mac": "not a mac"})
+    assert reply.code == 400
+    assert panel.store.test_devices() == []
+
+
+def test_the_event_log_shows_the_actions_newest_first(panel: Panel) -> None:
+    browser = panel.browser()
+    browser.login("alice", PASSWORD)
+    rule = panel.store.rules()[0].id
+    browser.request("POST", "/api/rules/approve", {"ids": [rule]})
+    events = browser.request("GET", "/api/events").json()["events"]
+    assert events[0]["action"] == "approve"
+    assert events[0]["actor"] == "web:alice"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/api/nothing", 404),
+        ("DELETE", "/api/rules", 405),
+        ("GET", "/api/openapi.json", 200),
+    ],
+)
+def test_routing(panel: Panel, method: str, path: str, status: int) -> None:
+    browser = panel.browser()
+    browser.login("alice", PASSWORD)
+    assert browser.request(method, path).code == status
+
+
+def test_without_a_session_the_pages_are_the_login_page(panel: Panel) -> None:
+    browser = panel.browser()
+    login_page = browser.request("GET", "/")
+    assert login_page.code == 200
+    assert b"<title>Log in" in login_page.body
+    browser.login("alice", PASSWORD)
+    page = browser.request("GET", "/")
+    assert page.code == 200
+    assert page.headers.getRawHeaders("Content-Type") == ["text/html; charset=utf-8"]
+    assert b"<title>Log in" not in page.body
+    assert browser.request("GET", "/nothing").code == 404

@@ -203,7 +203,7 @@ class Device:
     revision: str | None
     locale: str | None
     version: str | None
-    zone: str | None
+    zone: Zone | None
     address: str | None
     user_id: str | None
     first_seen: str

@@ -73,7 +73,7 @@ class Records:
             revision=request.revision,
             locale=request.locale,
             version=reported,
-            zone=request.zone.value,
+            zone=request.zone,
             address=client,
             user_id=request.user_id,
             first_seen=stamp,

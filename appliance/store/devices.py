@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from appliance.model import Device, Event, User
+from appliance.model import Device, Event, User, Zone
 from appliance.store.connection import Connection
 from appliance.store.errors import DuplicateError, StoreError
 
@@ -51,7 +51,7 @@ class DeviceTables(Connection):
             "SELECT identity, mac, serial, device_type, brand, model, revision, locale, version,"
             " zone, address, user_id, first_seen, last_seen FROM devices ORDER BY identity"
         )
-        return [Device(*r) for r in rows]
+        return [_device(r) for r in rows]
 
     # -- the event log ------------------------------------------------------------------
 
@@ -139,3 +139,9 @@ def _json(value: Any) -> str | None:
 
 def _unjson(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+def _device(row: Sequence[Any]) -> Device:
+    fields = list(row)
+    fields[9] = Zone(fields[9]) if fields[9] else None  # zone
+    return Device(*fields)

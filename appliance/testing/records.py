@@ -6,7 +6,16 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from appliance.model import Catalog, Device, DeviceRequest, Rule, RuleKey, RuleState, UpdateFile
+from appliance.model import (
+    Catalog,
+    Device,
+    DeviceRequest,
+    Rule,
+    RuleKey,
+    RuleState,
+    UpdateFile,
+    Zone,
+)
 
 STAMP = "2013-04-02T00:00:00Z"  # the timestamp of built rules, updates and files
 
@@ -98,7 +107,7 @@ def seen_device(mac: str = PHONE_MAC, version: str | None = CU7, **overrides: An
         "revision": "A",
         "locale": "ENU",
         "version": version,
-        "zone": "internal",
+        "zone": Zone.INTERNAL,
         "address": "10.0.0.1",
         "user_id": None,
         "first_seen": "2026-01-01T00:00:00Z",

@@ -60,6 +60,7 @@ class Rule:
     restore_version: str | None
     state: RuleState
     updated_at: str
+    guid: str | None = None  # the GUID updateInfo.xml pre-assigns to the rule, if any (§8)
 
     def versions(self) -> frozenset[str]:
         """Every version this rule still references (what clean-files keeps)."""

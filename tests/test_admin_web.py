@@ -239,3 +239,15 @@ def test_without_a_session_the_pages_are_the_login_page(panel: Panel) -> None:
     assert page.headers.getRawHeaders("Content-Type") == ["text/html; charset=utf-8"]
     assert b"<title>Log in" not in page.body
     assert browser.request("GET", "/nothing").code == 404
+
+
+def test_the_rules_carry_the_guid_a_package_names(panel: Panel) -> None:
+    config = load_config(None, panel.tmp / "data")
+    package = panel.tmp / "guids.cab"
+    make_sample_package(package, image_size=3000, guids=True)
+    import_package(panel.store, config, package, "test")
+    browser = panel.browser()
+    browser.login("victor", PASSWORD)
+    rules = browser.request("GET", "/api/rules").json()["rules"]
+    assert rules and all(len(r["guid"]) == 36 for r in rules)
+    assert {r["guid"] for r in rules} == {r.guid for r in panel.store.rules()}

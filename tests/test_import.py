@@ -13,6 +13,7 @@ import pytest
 from appliance.catalogue.actions import data_lock
 from appliance.catalogue.importer import Outcome, PackageError, import_package
 from appliance.catalogue.sample import SAMPLE_DEVICES, make_sample_package
+from appliance.cli.main import main as cli_main
 from appliance.config import Config, load_config
 from appliance.model import RuleState
 from appliance.store.database import Store
@@ -226,3 +227,51 @@ def test_a_disk_that_fills_during_the_import_fails_cleanly(
         assert len(json.loads(rules.stdout)) == len(SAMPLE_DEVICES)
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_an_imported_rule_keeps_the_guid_of_updateinfo(
+    config: Config, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain, with_guids = tmp_path / "plain.cab", tmp_path / "guids.cab"
+    make_sample_package(plain, image_size=1024)
+    written = make_sample_package(with_guids, image_size=1024, guids=True)
+    expected = {str(u.key): u.guid for u in written}
+    assert all(expected.values())
+
+    import_package(store, config, plain, "alice")
+    assert {r.guid for r in store.rules()} == {None}
+
+    # The same version again, now with GUIDs: they are filled in, nothing else changes.
+    states = {r.id: (r.pending_version, r.state) for r in store.rules()}
+    again = import_package(store, config, with_guids, "alice")
+    assert not again.changed
+    assert {str(r.key): r.guid for r in store.rules()} == expected
+    assert {r.id: (r.pending_version, r.state) for r in store.rules()} == states
+    assert [e.action for e in store.events()].count("rule.guid") == len(expected)
+
+    # A third import of the same package changes nothing at all.
+    events = len(store.events())
+    import_package(store, config, with_guids, "alice")
+    assert len(store.events()) == events
+
+    # `rules --json` and the table show it (the command in process).
+    capsys.readouterr()
+    assert cli_main(["--data-dir", str(config.data_dir), "rules", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    fields = ("device_type", "brand", "model", "revision", "locale", "update_type")
+    assert {"/".join(r[f] for f in fields): r["guid"] for r in listed} == expected
+    assert cli_main(["--data-dir", str(config.data_dir), "rules"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[-1] == "GUID"
+    assert all(g in table for g in expected.values())
+
+
+def test_a_new_rule_takes_its_guid_at_creation(
+    config: Config, store: Store, tmp_path: Path
+) -> None:
+    package = tmp_path / "guids.cab"
+    written = make_sample_package(package, image_size=1024, guids=True)
+    result = import_package(store, config, package, "alice")
+    assert {u.guid for u in result.updates} == {u.guid for u in written}
+    assert {r.guid for r in store.rules()} == {u.guid for u in written}
+    assert "rule.guid" not in [e.action for e in store.events()]

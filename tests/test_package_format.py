@@ -511,3 +511,41 @@ def test_duplicate_update_in_the_same_spelling_is_refused() -> None:
     assert (
         message == "updateInfo.xml: update 2 repeats UCPhone/Polycom/CX600/A/ENU/CPE 4.0.7577.4387"
     )
+
+
+# -- the rule GUID (docs/protocol.md §8: rules carry a GUID "pre-assigned" to them) ----------
+
+GUID = "d5ce3c10-2588-420b-a5f1-1b00b8b58e4a"
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        f'<Update version="{CU8}" {DEVICE} id="{GUID}"><File name="CPE.nbt"/></Update>',
+        f'<Update version="{CU8}" {DEVICE} guid="{GUID}"><File name="CPE.nbt"/></Update>',
+        f'<Update version="{CU8}" {DEVICE} GUID="{GUID}"><File name="CPE.nbt"/></Update>',
+        f'<Update version="{CU8}" {DEVICE}><Id>{GUID}</Id><File name="CPE.nbt"/></Update>',
+        f'<Update version="{CU8}" {DEVICE}><Guid> {GUID} </Guid><File name="CPE.nbt"/></Update>',
+    ],
+)
+def test_a_rule_guid_is_kept_from_an_attribute_or_an_element(update: str) -> None:
+    assert parse_one(updates(update)).guid == GUID
+
+
+def test_a_guid_is_kept_as_spelled_and_none_without_one() -> None:
+    braces = "{D5CE3C10-2588-420B-A5F1-1B00B8B58E4A}"
+    got = parse_one(updates(f'<Update version="{CU8}" {DEVICE} guid="{braces}"/>'))
+    assert got.guid == braces
+    assert parse_one(CANONICAL).guid is None
+
+
+def test_an_unusable_guid_is_refused() -> None:
+    long = "x" * 65
+    assert "guid is over 64 characters" in error(
+        updates(f'<Update version="{CU8}" {DEVICE} guid="{long}"/>')
+    )
+
+
+def test_the_writer_round_trips_the_guid() -> None:
+    update = PackageUpdate(CX600, CU8, None, (PackageModule("CPE.nbt", NBT, CAT),), GUID)
+    assert parse_one(render_update_info([update])) == update

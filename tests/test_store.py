@@ -54,7 +54,10 @@ def device(identity: str, version: str, first: str, last: str) -> Device:
 # -- schema -----------------------------------------------------------------------------
 
 
-LATEST = len(list((Path(__file__).parent.parent / "appliance" / "store" / "schema").glob("*.sql")))
+LATEST = max(
+    int(p.name[:3])
+    for p in (Path(__file__).parent.parent / "appliance" / "store" / "schema").glob("*.sql")
+)
 
 
 def test_memory_store_has_the_schema_applied(db: Store) -> None:

@@ -48,6 +48,7 @@ def rule_json(r: Rule) -> dict[str, Any]:
         "restore_version": r.restore_version,
         "state": r.state.value,
         "updated_at": r.updated_at,
+        "guid": r.guid,
     }
 
 

@@ -57,6 +57,7 @@ class UpdateReport:
     files: int
     bytes: int
     previous_pending: str | None = None
+    guid: str | None = None  # the rule GUID updateInfo.xml names for this update
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ def import_json(result: ImportResult) -> dict[str, Any]:
                 "bytes": u.bytes,
                 "outcome": u.outcome.value,
                 "previous_pending": u.previous_pending,
+                "guid": u.guid,
             }
             for u in result.updates
         ],
@@ -183,7 +185,11 @@ class _Import:
             self._verify_existing(cab, old, placed)
 
         reports = self._plan(updates, placed)
-        if not new and all(r.outcome is Outcome.UNCHANGED for r in reports):
+        if (
+            not new
+            and all(r.outcome is Outcome.UNCHANGED for r in reports)
+            and not self._new_guids(reports)
+        ):
             sha256, size = package_digest()
             return ImportResult(self.path.name, sha256, size, tuple(reports), ignored, 0)
 
@@ -269,24 +275,23 @@ class _Import:
             count, total = len(files), sum(p.record.size for p in files)
             rule = self.store.rule_by_key(u.key)
             if rule is None:
-                reports.append(UpdateReport(u.key, u.version, Outcome.NEW_RULE, None, count, total))
+                outcome, rule_id, previous = Outcome.NEW_RULE, None, None
             elif lifecycle.with_pending(rule, u.version) is None:
-                reports.append(
-                    UpdateReport(u.key, u.version, Outcome.UNCHANGED, rule.id, count, total)
-                )
+                outcome, rule_id, previous = Outcome.UNCHANGED, rule.id, None
             else:
-                reports.append(
-                    UpdateReport(
-                        u.key,
-                        u.version,
-                        Outcome.PENDING,
-                        rule.id,
-                        count,
-                        total,
-                        previous_pending=rule.pending_version,
-                    )
-                )
+                outcome, rule_id, previous = Outcome.PENDING, rule.id, rule.pending_version
+            reports.append(
+                UpdateReport(u.key, u.version, outcome, rule_id, count, total, previous, u.guid)
+            )
         return reports
+
+    def _new_guids(self, reports: list[UpdateReport]) -> bool:
+        """Whether the package names a rule GUID the store does not hold yet."""
+        for r in reports:
+            rule = self.store.rule(r.rule_id) if r.rule_id is not None else None
+            if rule is not None and r.guid is not None and r.guid != rule.guid:
+                return True
+        return False
 
     @staticmethod
     def _records(
@@ -340,7 +345,7 @@ class _Import:
             for report in reports:
                 before = store.rule_by_key(report.key)
                 if before is None:
-                    after = store.insert_rule(report.key, report.version)
+                    after = store.insert_rule(report.key, report.version, report.guid)
                     done.append(dataclasses.replace(report, rule_id=after.id))
                     store.append_event(
                         actor,
@@ -351,6 +356,15 @@ class _Import:
                     )
                     continue
                 done.append(report)
+                if report.guid is not None and report.guid != before.guid:
+                    store.set_rule_guid(before.id, report.guid)
+                    store.append_event(
+                        actor,
+                        "rule.guid",
+                        f"rule {before.id} {before.key}",
+                        {"guid": before.guid},
+                        {"guid": report.guid},
+                    )
                 pending = lifecycle.with_pending(before, report.version)
                 if pending is not None:
                     after = store.save_rule(pending)

@@ -33,6 +33,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "update_type": ("updatetype",),
     "version": ("version", "firmwareversion"),
     "timestamp": ("timestamp", "date", "releasedate"),
+    "guid": ("guid", "id", "ruleid"),
 }
 _FILE_ALIASES: dict[str, tuple[str, ...]] = {
     "name": ("name", "filename"),
@@ -60,6 +61,7 @@ class PackageUpdate:
     version: str
     timestamp: str | None
     modules: tuple[PackageModule, ...]
+    guid: str | None = None  # the rule's pre-assigned GUID (`id`/`guid`), kept as spelled
 
     def members(self) -> Iterator[str]:
         for m in self.modules:
@@ -137,6 +139,9 @@ def _read_update(elem: ET.Element, number: int, by_folded: dict[str, str]) -> Pa
     timestamp = fields["timestamp"]
     if timestamp is not None and (len(timestamp) > 64 or not timestamp.isprintable()):
         raise PackageFormatError(f"{where}: timestamp is not a printable date")
+    guid = fields["guid"]
+    if guid is not None and (len(guid) > 64 or not guid.isprintable()):
+        raise PackageFormatError(f"{where}: guid is over 64 characters or not printable")
     key = RuleKey(*(fields[n] or "" for n in RULE_KEY_FIELDS))
     prefix = "/".join(fields[n] or "" for n in RULE_KEY_FIELDS)
 
@@ -152,7 +157,7 @@ def _read_update(elem: ET.Element, number: int, by_folded: dict[str, str]) -> Pa
     names = [m.file_name.casefold() for m in modules]
     if len(set(names)) != len(names):
         raise PackageFormatError(f"{where} ({key}): two files share a name")
-    return PackageUpdate(key, version, timestamp, modules)
+    return PackageUpdate(key, version, timestamp, modules, guid)
 
 
 def _read_module(
@@ -199,6 +204,8 @@ def render_update_info(updates: Sequence[PackageUpdate]) -> bytes:
         }
         if u.timestamp:
             attrs["timestamp"] = u.timestamp
+        if u.guid:
+            attrs["guid"] = u.guid
         elem = ET.SubElement(inner, "Update", attrs)
         for m in u.modules:
             file_attrs = {"name": m.file_name, "path": m.member}

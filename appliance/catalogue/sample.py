@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
@@ -55,21 +56,26 @@ def _image_chunks(seed: str, size: int) -> Iterator[bytes]:
         yield block
 
 
-def sample_updates(version: str = DEFAULT_VERSION) -> list[PackageUpdate]:
+def sample_updates(version: str = DEFAULT_VERSION, guids: bool = False) -> list[PackageUpdate]:
+    """The sample's updates; with `guids`, each names a rule GUID (a UUID of its key)."""
     updates = []
     for device_type, brand, model, revision, locale in SAMPLE_DEVICES:
         key = RuleKey(device_type, brand, model, revision, locale, "CPE")
         folder = f"{device_type}/{brand}/{model}/{revision}/{locale}/CPE"
         module = PackageModule("CPE.nbt", f"{folder}/CPE.nbt", f"{folder}/CPE.cat")
-        updates.append(PackageUpdate(key, version, "2013-04-02T00:00:00Z", (module,)))
+        guid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"ucupdates:{key}")) if guids else None
+        updates.append(PackageUpdate(key, version, "2013-04-02T00:00:00Z", (module,), guid))
     return updates
 
 
 def make_sample_package(
-    out: Path, version: str = DEFAULT_VERSION, image_size: int = DEFAULT_IMAGE_SIZE
+    out: Path,
+    version: str = DEFAULT_VERSION,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    guids: bool = False,
 ) -> list[PackageUpdate]:
     """Write the sample package to `out` (MSZIP-compressed); returns what it holds."""
-    updates = sample_updates(version)
+    updates = sample_updates(version, guids)
     xml = render_update_info(updates)
     entries = [CabEntry(UPDATE_INFO, len(xml), partial(iter, [xml]), SAMPLE_TIME)]
     for u in updates:

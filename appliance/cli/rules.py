@@ -125,6 +125,9 @@ def run_rules(args: argparse.Namespace, config: Config, store: Store, actor: str
     rules = store.rules(_rule_filter(args))
     if args.json:
         print(json.dumps([rule_json(r) for r in rules], indent=2))
+    elif any(r.guid for r in rules):  # the GUID column only where a package named one
+        rows = [[*_rule_row(r), r.guid] for r in rules]
+        write_table(rows, (*_RULE_HEADERS, "GUID"), sys.stdout)
     elif rules:
         write_table([_rule_row(r) for r in rules], _RULE_HEADERS, sys.stdout)
     else:
@@ -181,6 +184,8 @@ def run_explain(args: argparse.Namespace, config: Config, store: Store, actor: s
     decision = choose_update(request, store.catalog())
     print(f"{decision.reason.value}: {decision.detail}")
     for offer in decision.offers:
+        if offer.rule.guid:
+            print(f"  rule {offer.rule.id} {offer.rule.key} guid {offer.rule.guid}")
         for f in offer.files:
             print(f"  {f.path}  {f.size} bytes  sha256 {f.sha256}")
     return 0

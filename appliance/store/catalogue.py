@@ -50,7 +50,8 @@ class RuleFilter:
 _KEY_COLUMNS = ", ".join(RULE_KEY_FIELDS)
 _KEY_MATCH = " AND ".join(f"lower({c}) = lower(?)" for c in RULE_KEY_FIELDS)
 _RULE_COLUMNS = (
-    f"id, {_KEY_COLUMNS}, approved_version, pending_version, restore_version, state, updated_at"
+    f"id, {_KEY_COLUMNS}, approved_version, pending_version, restore_version, state, updated_at,"
+    " guid"
 )
 _FILE_COLUMNS = (
     "u.device_type, u.brand, u.model, u.revision, u.locale, u.update_type, u.version, "
@@ -71,6 +72,7 @@ def _rule(row: Sequence[Any]) -> Rule:
         restore_version=row[9],
         state=RuleState(row[10]),
         updated_at=row[11],
+        guid=row[12],
     )
 
 
@@ -133,12 +135,12 @@ class CatalogueTables(Connection):
         ).fetchone()
         return _rule(row) if row else None
 
-    def insert_rule(self, key: RuleKey, pending_version: str) -> Rule:
+    def insert_rule(self, key: RuleKey, pending_version: str, guid: str | None = None) -> Rule:
         now = self.now()
         cur = self._conn.execute(
-            f"INSERT INTO rules ({_KEY_COLUMNS}, pending_version, state, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*astuple_key(key), pending_version, RuleState.PENDING.value, now, now),
+            f"INSERT INTO rules ({_KEY_COLUMNS}, pending_version, state, created_at, updated_at,"
+            " guid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*astuple_key(key), pending_version, RuleState.PENDING.value, now, now, guid),
         )
         rule = self.rule(int(cur.lastrowid or 0))
         assert rule is not None
@@ -162,6 +164,10 @@ class CatalogueTables(Connection):
         if saved is None:
             raise StoreError(f"rule {rule.id} does not exist")
         return saved
+
+    def set_rule_guid(self, rule_id: int, guid: str | None) -> None:
+        """Record the GUID a package assigns to the rule (save_rule leaves it alone)."""
+        self._conn.execute("UPDATE rules SET guid = ? WHERE id = ?", (guid, rule_id))
 
     def delete_rule(self, rule_id: int) -> None:
         self._conn.execute("DELETE FROM rules WHERE id = ?", (rule_id,))

@@ -199,7 +199,8 @@
           el("td", { text: r.device_type }), el("td", { text: r.brand }), el("td", { text: r.model }),
           el("td", { text: r.revision }), el("td", { text: r.locale }), el("td", { text: r.update_type }),
           el("td", { text: dash(r.approved_version) }), el("td", { text: dash(r.pending_version) }),
-          el("td", { text: dash(r.restore_version) }), el("td", {}, badge(r.state)));
+          el("td", { text: dash(r.restore_version) }), el("td", {}, badge(r.state)),
+          el("td", { class: "guid", text: dash(r.guid) }));
         box.addEventListener("change", () => {
           if (box.checked) selected.add(r.id); else selected.delete(r.id);
           row.classList.toggle("selected", box.checked);

@@ -653,3 +653,41 @@ def test_control_characters_never_break_the_audit_line(
     assert line.count(";") == clean.count(";")
     assert line.count("#") == clean.count("#")
     assert "?" in line
+
+
+# -- the request modules' Timestamp: "the time of the update request", never a file date -----
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "2012-12-10T00:00:00Z",
+        "12/10/2012 3:04:05 PM",  # a Windows CE locale's own format
+        "10.12.2012 15:04:05",
+        "0",
+        "1601-01-01T00:00:00",  # a FILETIME of zero
+        "9999-12-31T23:59:59.9999999+14:00",
+        "not a date at all",
+        "2012-13-45T99:99:99Z",  # impossible fields
+        "Mo, 10 Dez 2012 15:04:05 MEZ",
+        "2012-12-10\t00:00:00",  # a control character (was refused as not printable)
+        "T" * 300,  # longer than any other field may be (was refused as too long)
+        "heure: 10 déc. 2012 à 15 h 04 — UTC",
+    ],
+)
+def test_any_module_timestamp_is_accepted_and_kept(timestamp: str) -> None:
+    escaped = timestamp.replace("&", "&amp;").replace("<", "&lt;")
+    body = request_xml(BRAND_MODEL, module(extra=f"<Timestamp>{escaped}</Timestamp>"))
+    (reported,) = parse_check(body).modules
+    assert reported.timestamp == timestamp
+    assert reported.version == CU7
+
+
+def test_a_blank_module_timestamp_is_absent_and_the_audit_line_stays_one_line() -> None:
+    blank = request_xml(BRAND_MODEL, module(extra="<Timestamp>  </Timestamp>"))
+    assert parse_check(blank).modules[0].timestamp is None
+    odd = request_xml(BRAND_MODEL, module(extra="<Timestamp>10.12.2012\n15:04;#x</Timestamp>"))
+    request = parse_check(odd)
+    assert request.modules[0].timestamp == "10.12.2012\n15:04;#x"
+    line = audit_line(AT, "10.1.2.3", request, decision())
+    assert len(line.splitlines()) == 1

@@ -67,6 +67,15 @@ def _text(elem: ET.Element) -> str | None:
 
 
 def _first(found: dict[str, str], names: Sequence[str]) -> str | None:
+def _module_text(name: str, elem: ET.Element) -> str | None:
+    """A module field. The timestamp is "the time of the update request" (Lync 2010's
+    audit schema, docs/protocol.md §5), not a file date: any text is kept as sent, never
+    checked, so an odd clock or format can never cost a phone its update."""
+    if name in _MODULE_FIELDS["timestamp"]:
+        return "".join(elem.itertext()).strip() or None
+    return _text(elem)
+
+
     return next((found[n] for n in names if n in found), None)
 
 
@@ -93,7 +102,7 @@ def parse_check(
             fields = {
                 n: t
                 for c in elem
-                if (n := _local(c.tag)) in _KNOWN_MODULE and (t := _text(c)) is not None
+                if (n := _local(c.tag)) in _KNOWN_MODULE and (t := _module_text(n, c)) is not None
             }
             file_name = _first(fields, _MODULE_FIELDS["file_name"])
             if file_name:

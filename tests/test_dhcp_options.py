@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -224,7 +225,7 @@ def test_command_prints_both_options_and_every_snippet() -> None:
 
 def test_command_without_vlan_has_no_cpe_ocphone() -> None:
     out = dhcp_options_command([SIP, "sip2.contoso.com"], "web.contoso.com", 4443, None, None)
-    assert "CPE-OCPHONE" not in out
+    assert "CPE-OCPHONE" not in out.upper()
     assert option43("web.contoso.com", 4443).hex() in out
     assert option120([SIP, "sip2.contoso.com"]).hex() in out
 
@@ -424,6 +425,8 @@ def test_dnsmasq_with_the_snippet_answers_with_our_bytes(
         assert got[43] == options.option43
         assert got[120] == options.option120
         assert reply_options(ask(client, server_port, "CPE-OCPHONE"))[43] == options.vlan43
+        # the OCS 2007 phones' spelling (docs/protocol.md §4) gets the same VLAN
+        assert reply_options(ask(client, server_port, "CPE-OCPhone"))[43] == options.vlan43
     finally:
         stop(proc)
 
@@ -443,5 +446,16 @@ def test_kea_with_the_snippet_answers_with_our_bytes(tmp_path: Path, client: soc
         assert got[43] == options.option43
         assert got[120] == options.option120
         assert reply_options(ask(client, server_port, "CPE-OCPHONE"))[43] == options.vlan43
+        # the OCS 2007 phones' spelling (docs/protocol.md §4) gets the same VLAN
+        assert reply_options(ask(client, server_port, "CPE-OCPhone"))[43] == options.vlan43
     finally:
         stop(proc)
+
+
+@pytest.mark.parametrize("snippet", [kea_snippet, isc_snippet, dnsmasq_snippet, netsh_snippet])
+def test_every_snippet_matches_both_spellings_of_the_vlan_class(snippet: Any) -> None:
+    """CPE-OCPHONE (Lync's docs) and CPE-OCPhone (the OCS 2007 phones' release notes):
+    DHCP servers compare the vendor class case-sensitively (docs/protocol.md §4)."""
+    text = snippet(lync(100))
+    assert '"CPE-OCPHONE"' in text or ",CPE-OCPHONE" in text or "'CPE-OCPHONE'" in text
+    assert '"CPE-OCPhone"' in text or ",CPE-OCPhone" in text or "'CPE-OCPhone'" in text

@@ -23,6 +23,10 @@ from dataclasses import dataclass
 
 MS_UC_CLIENT = "MS-UC-Client"
 CPE_OCPHONE = "CPE-OCPHONE"
+# The spellings of the VLAN request's vendor class seen in sources (docs/protocol.md §4):
+# Lync's docs write CPE-OCPHONE, the OCS 2007 phones' release notes CPE-OCPhone. Our
+# responder ignores case; a DHCP server's class match does not, so snippets name both.
+CPE_OCPHONE_SPELLINGS = (CPE_OCPHONE, "CPE-OCPhone")
 DEFAULT_CERT_PROV_PATH = "/CertProv/CertProvisioningService.svc"
 MAX_OPTION_BYTES = 255
 

@@ -2,7 +2,8 @@
 
 The snippet functions write the bytes of options 43 and 120 (built by dhcp_options) into
 the configuration of Kea, ISC dhcpd, dnsmasq and Windows DHCP (`netsh`), one class per
-vendor class (`MS-UC-Client`, and `CPE-OCPHONE` for the voice VLAN).
+vendor class (`MS-UC-Client`, and `CPE-OCPHONE` for the voice VLAN, matched in both of
+its known spellings, `CPE-OCPHONE` and `CPE-OCPhone`: the servers compare case-sensitively).
 `dhcp_options_command` prints them all, or explains a captured option.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from appliance.discovery.dhcp_options import (
     CPE_OCPHONE,
+    CPE_OCPHONE_SPELLINGS,
     DEFAULT_CERT_PROV_PATH,
     MS_UC_CLIENT,
     DhcpOptionError,
@@ -71,7 +73,7 @@ def kea_snippet(options: LyncOptions) -> str:
         classes.append(
             {
                 "name": CPE_OCPHONE,
-                "test": f"option[60].text == '{CPE_OCPHONE}'",
+                "test": " or ".join(f"option[60].text == '{v}'" for v in CPE_OCPHONE_SPELLINGS),
                 "option-def": [
                     {"name": "vendor-encapsulated-options", "code": 43, "type": "binary"}
                 ],
@@ -102,7 +104,9 @@ def isc_snippet(options: LyncOptions) -> str:
         lines += [
             "",
             f'class "{CPE_OCPHONE}" {{',
-            f'  match if option vendor-class-identifier = "{CPE_OCPHONE}";',
+            "  match if "
+            + " or ".join(f'option vendor-class-identifier = "{v}"' for v in CPE_OCPHONE_SPELLINGS)
+            + ";",
             f"  option vendor-encapsulated-options {_colons(options.vlan43)};",
             "}",
         ]
@@ -117,10 +121,8 @@ def dnsmasq_snippet(options: LyncOptions) -> str:
         f"dhcp-option=tag:lync,120,{_colons(options.option120)}",
     ]
     if options.vlan43 is not None:
-        lines += [
-            f"dhcp-vendorclass=set:lync-vlan,{CPE_OCPHONE}",
-            f"dhcp-option=tag:lync-vlan,43,{_colons(options.vlan43)}",
-        ]
+        lines += [f"dhcp-vendorclass=set:lync-vlan,{v}" for v in CPE_OCPHONE_SPELLINGS]
+        lines.append(f"dhcp-option=tag:lync-vlan,43,{_colons(options.vlan43)}")
     return "\n".join(lines) + "\n"
 
 
@@ -148,13 +150,17 @@ def netsh_snippet(options: LyncOptions) -> str:
     ]
     if options.vlan43 is not None:
         (vlan,) = parse_option43(options.vlan43)
-        lines += [
-            f'netsh dhcp server add class CPEOCPHONE "Lync Phone Edition VLAN" "{CPE_OCPHONE}" 1',
-            f"netsh dhcp server add optiondef {vlan.code} {vlan.name} BINARY 0 "
-            f'vendor=CPEOCPHONE comment="{vlan.name}"',
-            f"netsh dhcp server set optionvalue {vlan.code} BINARY vendor=CPEOCPHONE "
-            f"{vlan.value.hex().upper()}",
-        ]
+        for spelling in CPE_OCPHONE_SPELLINGS:  # a vendor class matches its bytes exactly
+            name = spelling.replace("-", "")
+            if spelling != CPE_OCPHONE:
+                name += "Mixed"  # Windows class names ignore case
+            lines += [
+                f'netsh dhcp server add class {name} "Lync Phone Edition VLAN" "{spelling}" 1',
+                f"netsh dhcp server add optiondef {vlan.code} {vlan.name} BINARY 0 "
+                f'vendor={name} comment="{vlan.name}"',
+                f"netsh dhcp server set optionvalue {vlan.code} BINARY vendor={name} "
+                f"{vlan.value.hex().upper()}",
+            ]
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ Nothing below it reads files or the environment for settings.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,13 +141,12 @@ class ApplianceService(service.MultiService):
                     port=host.port,
                     event="listener.start",
                 )
+        bound = {
+            name.replace("-", "_"): Address(host, port) for name, (host, port) in self.ports.items()
+        }
+        listening = dataclasses.replace(self.config.listeners, **bound)
         self.phone.set_urls(
-            BaseUrls.of(
-                self.config.internal_fqdn,
-                self.config.service.internal_port or self.ports["internal-https"][1],
-                self.config.external_fqdn,
-                self.config.service.external_port or self.ports["external-https"][1],
-            )
+            BaseUrls.from_config(dataclasses.replace(self.config, listeners=listening))
         )
 
     def stopService(self) -> Any:
@@ -182,7 +182,8 @@ def make_service(
     )
     resource = PhoneResource(phone)
     for listener in listeners(config):
-        site = GuardedSite(resource, phone.admitter(listener.external), limits, reactor=reactor)
+        admit = phone.admitter(listener.external, plain_http=listener.profile is None)
+        site = GuardedSite(resource, admit, limits, reactor=reactor)
         factory: Any = site
         wrapped: Any = site
         if listener.profile is not None:

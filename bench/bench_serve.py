@@ -823,7 +823,7 @@ def main() -> None:
 def run(args: argparse.Namespace, work: Path, fleet: Fleet) -> dict[str, Any]:
     seconds, rounds = args.seconds, args.rounds
     load_at_start = os.getloadavg()
-    names = ("dns", "internal_https", "external_https", "admin", "nginx")
+    names = ("dns", "internal_https", "internal_http", "external_https", "admin", "nginx")
     ports = dict(zip(names, _free_ports(len(names)), strict=True))
     nginx_port = ports.pop("nginx")
     t0 = time.monotonic()

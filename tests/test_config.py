@@ -55,7 +55,7 @@ def test_embedded_defaults_apply_without_a_file() -> None:
     assert listeners.internal_https == Address("127.0.0.1", 8443)
     assert listeners.external_https == Address("127.0.0.1", 8444)
     assert listeners.admin == Address("127.0.0.1", 9443)
-    assert listeners.internal_http is None
+    assert listeners.internal_http == Address("127.0.0.1", 8080)  # plain HTTP, on as Lync's
     assert config.source is None
     assert config == Config()
 

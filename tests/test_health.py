@@ -171,12 +171,14 @@ def appliance(config: Config, imported: Store, creds: ServerCredentials) -> Iter
         "dns-udp": DnsServer(udp, dns_name),
         "dns": Server(tcp),
         "internal-https": TlsServer(creds.cert_file, creds.key_file),
+        "internal-http": Server(tcp_socket()),
         "external-https": Server(tcp_socket()),
         "admin": Server(tcp_socket()),
     }
     listeners = Listeners(
         dns=servers["dns"].address,
         internal_https=servers["internal-https"].address,
+        internal_http=servers["internal-http"].address,
         external_https=servers["external-https"].address,
         admin=servers["admin"].address,
     )
@@ -385,6 +387,7 @@ ALL_CHECKS = [
     "files",
     "listener dns",
     "listener internal-https",
+    "listener internal-http",
     "listener external-https",
     "listener admin",
     "https",

@@ -144,6 +144,9 @@ def _print_banner(config: Config, root: ApplianceService, creds: ServerCredentia
         print(f"  {name:15} {bound_host}:{bound_port}")
     if creds.ca_file is not None:
         print(f"phones must trust the CA certificate {creds.ca_file}")
+    plain = root.ports.get("internal-http")
+    if plain is not None:
+        print(f"inside, phones may also use http://{fqdn}:{plain[1]}/ (refused to external ones)")
     print(f"point a phone at https://{fqdn}:{port}/ (DNS name {fqdn} -> this host)")
     check = config.data_dir / SAMPLE_CHECK  # `make-sample-package --sample-check` writes it
     if check.is_file():
@@ -153,6 +156,11 @@ def _print_banner(config: Config, root: ApplianceService, creds: ServerCredentia
             f"  curl {ca}--resolve {fqdn}:{port}:{host} -H 'Content-Type: text/xml' "
             f"--data-binary @{check} https://{fqdn}:{port}/RequestHandler/ucdevice.upx"
         )
+        if plain is not None:
+            print(
+                f"  curl --resolve {fqdn}:{plain[1]}:{plain[0]} -H 'Content-Type: text/xml' "
+                f"--data-binary @{check} http://{fqdn}:{plain[1]}/RequestHandler/ucdevice.upx"
+            )
     sys.stdout.flush()
 
 

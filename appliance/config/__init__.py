@@ -20,6 +20,7 @@ from appliance.config.tables import (
     SyslogSettings,
     TlsProfile,
     TlsSettings,
+    UrlScheme,
     ZoneSettings,
 )
 from appliance.config.values import Address, ConfigError, Network
@@ -42,6 +43,7 @@ __all__ = [
     "SyslogSettings",
     "TlsProfile",
     "TlsSettings",
+    "UrlScheme",
     "ZoneSettings",
     "load_config",
 ]

@@ -28,6 +28,7 @@ from appliance.config.tables import (
     ServiceSettings,
     SyslogSettings,
     TlsSettings,
+    UrlScheme,
     ZoneSettings,
 )
 from appliance.config.values import Address, ConfigError, Network, domain
@@ -89,8 +90,22 @@ class Config:
         return self.service.external_fqdn or self.internal_fqdn
 
     @property
+    def internal_scheme(self) -> UrlScheme:
+        """BaseURL's scheme: as configured, else http while the plain listener is on."""
+        if self.service.internal_scheme is not None:
+            return self.service.internal_scheme
+        plain = self.listeners.internal_http is not None
+        return UrlScheme.HTTP if plain else UrlScheme.HTTPS
+
+    @property
     def internal_port(self) -> int:
-        return self.service.internal_port or self.listeners.internal_https.port
+        """BaseURL's port: as configured, else that of the internal listener of its scheme
+        (80 for http with the plain listener off: a proxy in front serves it)."""
+        if self.service.internal_port:
+            return self.service.internal_port
+        if self.internal_scheme is UrlScheme.HTTPS:
+            return self.listeners.internal_https.port
+        return self.listeners.internal_http.port if self.listeners.internal_http else 80
 
     @property
     def external_port(self) -> int:

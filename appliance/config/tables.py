@@ -27,7 +27,7 @@ class Listeners:
 
     dns: Address = Address("127.0.0.1", 5353)
     internal_https: Address = Address("127.0.0.1", 8443)
-    internal_http: Address | None = None
+    internal_http: Address | None = Address("127.0.0.1", 8080)  # plain HTTP, internal only
     external_https: Address = Address("127.0.0.1", 8444)
     admin: Address = Address("127.0.0.1", 9443)
 
@@ -63,12 +63,24 @@ class TlsSettings:
     external_profile: TlsProfile = TlsProfile.LPE_LEGACY
 
 
+class UrlScheme(StrEnum):
+    HTTP = "http"
+    HTTPS = "https"
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """The phone-facing service: what it announces, and the limits on what clients send."""
 
-    # Host and port in BaseURL / ExternalBaseURL; defaults: ucupdates-r2.<first domain> and
-    # the internal listener's port; external: the internal FQDN and the external port.
+    # Scheme, host and port in BaseURL / ExternalBaseURL. Defaults: internal http when the
+    # plain-HTTP listener is on (as Lync, docs/protocol.md §1), else https;
+    # ucupdates-r2.<first domain>; the port of the internal listener of that scheme;
+    # external: https, the internal FQDN and the external port.
+    internal_scheme: UrlScheme | None = None
+    external_scheme: UrlScheme = UrlScheme.HTTPS
+    # With nothing to offer, also send empty <BaseURL/> and <ExternalBaseURL/> (the Lync
+    # trace calls them "blank" then).
+    empty_base_urls: bool = False
     internal_fqdn: str | None = field(default=None, metadata={"check": fqdn})
     internal_port: int | None = field(default=None, metadata={"check": positive})
     external_fqdn: str | None = field(default=None, metadata={"check": fqdn})
@@ -81,8 +93,13 @@ class ServiceSettings:
     max_connections: int = field(default=4096, metadata={"check": positive})
     max_downloads: int = field(default=256, metadata={"check": positive})
     retry_after: int = field(default=120, metadata={"check": positive})
-    capture: bool = False  # keep raw unknown or unparsable checks in <data_dir>/capture
+    # Capture mode (docs/phones.md): keep the first capture_per_model checks of each phone
+    # model and every unparsable check, with TLS details and the answer, in
+    # <data_dir>/capture (the oldest go past capture_max_files or capture_max_bytes).
+    capture: bool = True
+    capture_per_model: int = field(default=5, metadata={"check": within(0, 10_000)})
     capture_max_files: int = field(default=200, metadata={"check": positive})
+    capture_max_bytes: int = field(default=20 * 1024 * 1024, metadata={"check": positive})
 
 
 _PRIVATE = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")

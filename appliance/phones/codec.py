@@ -17,6 +17,7 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from appliance.catalogue import Decision, Offer
+from appliance.config import Config
 from appliance.identifiers import InvalidIdentifier, normalise_mac, normalise_serial
 from appliance.model import DeviceRequest, ReportedModule, Zone
 
@@ -147,21 +148,52 @@ def _maybe(normalise: object, value: str | None) -> str | None:
         return None
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 @dataclass(frozen=True)
 class BaseUrls:
-    """`https://host[:port]` of the internal and the external side."""
+    """`scheme://host[:port]` of the internal and the external side (no port when it is
+    the scheme's own); `empty_when_none`: with nothing to offer, the response still
+    carries both elements, empty, as Lync's did (docs/protocol.md §1)."""
 
     internal: str
     external: str
+    empty_when_none: bool = False
 
     @classmethod
     def of(
-        cls, internal_fqdn: str, internal_port: int, external_fqdn: str, external_port: int
+        cls,
+        internal_fqdn: str,
+        internal_port: int,
+        external_fqdn: str,
+        external_port: int,
+        *,
+        internal_scheme: str = "https",
+        external_scheme: str = "https",
+        empty_when_none: bool = False,
     ) -> BaseUrls:
-        def url(host: str, port: int) -> str:
-            return f"https://{host}" + ("" if port == 443 else f":{port}")
+        def url(scheme: str, host: str, port: int) -> str:
+            return f"{scheme}://{host}" + ("" if port == _DEFAULT_PORTS[scheme] else f":{port}")
 
-        return cls(url(internal_fqdn, internal_port), url(external_fqdn, external_port))
+        return cls(
+            url(internal_scheme, internal_fqdn, internal_port),
+            url(external_scheme, external_fqdn, external_port),
+            empty_when_none,
+        )
+
+    @classmethod
+    def from_config(cls, config: Config) -> BaseUrls:
+        """What `config` announces (its listeners' ports: give the bound ones, not 0)."""
+        return cls.of(
+            config.internal_fqdn,
+            config.internal_port,
+            config.external_fqdn,
+            config.external_port,
+            internal_scheme=config.internal_scheme.value,
+            external_scheme=config.service.external_scheme.value,
+            empty_when_none=config.service.empty_base_urls,
+        )
 
 
 INTERNAL_FILES = "/DeviceUpdateFiles_Int/"
@@ -177,6 +209,9 @@ def render_response(decision: Decision, urls: BaseUrls) -> bytes:
     root = ET.Element("Response")
     if not decision.offers:
         ET.SubElement(root, "Downloads").text = "0"
+        if urls.empty_when_none:
+            ET.SubElement(root, "BaseURL")
+            ET.SubElement(root, "ExternalBaseURL")
         return _xml(root)
     offer: Offer = decision.offers[0]
     folder = offer.files[0].path.parent.as_posix()

@@ -93,10 +93,7 @@ class PhoneService:
         self.store = store
         self.authenticator = authenticator
         self.now = now
-        urls = BaseUrls.of(
-            config.internal_fqdn, config.internal_port, config.external_fqdn, config.external_port
-        )
-        self.answers = Answers(store, urls)
+        self.answers = Answers(store, BaseUrls.from_config(config))
         self.records = Records(config, store, now)
         self.active_downloads = 0
 
@@ -113,7 +110,12 @@ class PhoneService:
 
     # -- admission: when the headers are in -----------------------------------------------
 
-    def admitter(self, external_listener: bool) -> Callable[..., Rejection | None]:
+    def admitter(
+        self, external_listener: bool, plain_http: bool = False
+    ) -> Callable[..., Rejection | None]:
+        """The admission of one listener; on the plain-HTTP one (`plain_http`), nothing
+        external is served: 403, and the event `http.external_refused`."""
+
         def admit(
             request: GuardedRequest, method: bytes, path: bytes, length: int | None
         ) -> Rejection | None:
@@ -123,6 +125,14 @@ class PhoneService:
             forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
             client = client_address(getattr(peer, "host", "?"), forwarded, self.config.zones)
             zone = zone_of(client, external_listener, path, self.config.zones)
+            if plain_http and zone is Zone.EXTERNAL:
+                log.info(
+                    "plain HTTP refused to external {client} ({path})",
+                    client=client,
+                    path=repr(path[:200])[2:-1],
+                    event="http.external_refused",
+                )
+                return Rejection(403, "external requests need HTTPS")
             limit = (
                 self.config.device_logs.max_file_bytes
                 if kind is RouteKind.UPLOAD

@@ -67,7 +67,6 @@ def _text(elem: ET.Element) -> str | None:
     return value
 
 
-def _first(found: dict[str, str], names: Sequence[str]) -> str | None:
 def _module_text(name: str, elem: ET.Element) -> str | None:
     """A module field. The timestamp is "the time of the update request" (Lync 2010's
     audit schema, docs/protocol.md §5), not a file date: any text is kept as sent, never
@@ -77,6 +76,7 @@ def _module_text(name: str, elem: ET.Element) -> str | None:
     return _text(elem)
 
 
+def _first(found: dict[str, str], names: Sequence[str]) -> str | None:
     return next((found[n] for n in names if n in found), None)
 
 

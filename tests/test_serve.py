@@ -359,7 +359,7 @@ def sha256(data: bytes) -> str:
 
 def test_test_device_gets_pending_and_ordinary_phone_gets_approved(served: Served) -> None:
     folder = "UCPhone/Polycom/CX600/A/ENU/{}/CPE"
-    internal = f"https://{FQDN}:{served.ports['internal-https']}/DeviceUpdateFiles_Int/"
+    internal = f"http://{FQDN}:{served.ports['internal-http']}/DeviceUpdateFiles_Int/"
     external = f"https://{FQDN}:{served.ports['external-https']}/DeviceUpdateFiles_Ext/"
     for mac, version in ((TEST_MAC, PENDING), (ORDINARY_MAC, APPROVED)):
         reply = served.check(check_body(mac=mac))
@@ -744,7 +744,7 @@ def test_unparsable_check_is_captured_without_credentials(served: Served) -> Non
 def test_plain_http_listener_answers_a_check(served: Served) -> None:
     version, base_url, _, _ = offered(served.check(check_body(), listener="internal-http"))
     assert version == APPROVED
-    assert base_url.startswith(f"https://{FQDN}:{served.ports['internal-https']}/")
+    assert base_url.startswith(f"http://{FQDN}:{served.ports['internal-http']}/")  # as Lync's
 
 
 def test_tls_1_0_without_sni_handshakes_with_the_internal_listener(served: Served) -> None:

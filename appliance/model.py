@@ -257,3 +257,36 @@ class AdminSession:
     last_seen_at: str
     expires_at: str
     address: str | None
+
+
+@dataclass(frozen=True)
+class CapturedTls:
+    """What the TLS layer of a captured request negotiated (None over plain HTTP)."""
+
+    version: str  # "TLSv1", "TLSv1.2"...
+    cipher: str | None  # OpenSSL's name, e.g. "AES128-SHA"
+    server_name: str | None  # the SNI the client sent; None: it sent none
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One request kept by capture mode (docs/phones.md), with what the appliance answered.
+
+    Headers are as sent, except credentials: `Authorization` keeps its scheme only and
+    `Cookie` its cookie names only. `model` is `DeviceType/Brand/Model` of a parsed check.
+    """
+
+    id: str
+    captured_at: str
+    reason: str
+    client: str
+    zone: Zone
+    model: str | None
+    method: str
+    target: str
+    http_version: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    tls: CapturedTls | None
+    status: int
+    answer: bytes

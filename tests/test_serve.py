@@ -725,17 +725,73 @@ def test_checks_are_audited_and_devices_recorded(served: Served) -> None:
     assert devices[external_mac].version == RUNNING
 
 
+def _capture_of(served: Served, marker: bytes) -> dict[str, object]:
+    """The one capture whose request body holds `marker`, as `capture show --json` has it."""
+    listed = json.loads(cli(served.data, "capture", "list", "--json"))
+    found = []
+    for summary in listed:
+        shown = json.loads(cli(served.data, "capture", "show", summary["id"], "--json"))
+        if marker.decode() in shown["request"]["body"].get("text", ""):
+            found.append(shown)
+    assert len(found) == 1, f"{len(found)} captures hold {marker!r}"
+    return found[0]
+
+
 def test_unparsable_check_is_captured_without_credentials(served: Served) -> None:
     marker = b"<Request><Vendor>Polycom</Vendor><Model>capture-me"
     token = basic("carol", "secret-in-capture")
-    reply = served.call("POST", CHECK_PATH, marker, {**XML, "Authorization": token})
+    cookie = "session=cookie-secret"
+    reply = served.call(
+        "POST", CHECK_PATH, marker, {**XML, "Authorization": token, "Cookie": cookie}
+    )
     assert reply.status == 400
-    captures = [p for p in (served.data / "capture").iterdir() if marker in p.read_bytes()]
-    assert len(captures) == 1
-    text = captures[0].read_bytes()
-    assert re.search(rb"(?im)^authorization: \(redacted\)$", text)
-    assert token.split()[1].encode() not in text
-    assert text.endswith(marker)
+    capture = _capture_of(served, marker)
+    assert ["Authorization", "Basic (credentials removed)"] in capture["request"]["headers"]
+    assert ["Cookie", "session=…"] in capture["request"]["headers"]
+    for path in (served.data / "capture").iterdir():
+        assert token.split()[1].encode() not in path.read_bytes()
+        assert b"cookie-secret" not in path.read_bytes()
+    assert capture["answer"] == {
+        "status": 400,
+        "body": {"text": reply.body.decode(), "bytes": len(reply.body)},
+    }
+    assert (capture["client"], capture["zone"]) == (HOST, "internal")
+    tls = capture["tls"]  # Python's client: TLS 1.2 or 1.3, with SNI
+    assert tls["version"] in ("TLSv1.2", "TLSv1.3") and tls["cipher"], tls
+    assert (tls["sni_sent"], tls["server_name"]) == (True, FQDN)
+    shown = cli(served.data, "capture", "show", capture["id"])
+    assert f"SNI {FQDN}" in shown and "Basic (credentials removed)" in shown
+
+
+def test_a_capture_over_tls_1_0_without_sni_says_so(served: Served) -> None:
+    marker = b"<Request><Model>old-phone-no-sni"
+    request = (
+        f"POST {CHECK_PATH} HTTP/1.1\r\nHost: {FQDN}\r\nContent-Type: text/xml\r\n"
+        f"Connection: close\r\nContent-Length: {len(marker)}\r\n\r\n"
+    ).encode() + marker
+    result = subprocess.run(
+        [
+            "openssl", "s_client", "-connect", f"{HOST}:{served.ports['internal-https']}",
+            "-tls1", "-cipher", "AES128-SHA@SECLEVEL=0", "-noservername", "-ign_eof", "-quiet",
+        ],
+        input=request,
+        capture_output=True,
+        timeout=IO_SECONDS,
+    )  # fmt: skip
+    assert b"HTTP/1.1 400" in result.stdout, result.stderr
+    tls = _capture_of(served, marker)["tls"]
+    assert tls == {
+        "version": "TLSv1",
+        "cipher": "AES128-SHA",
+        "sni_sent": False,
+        "server_name": None,
+    }
+
+
+def test_a_capture_over_plain_http_has_no_tls(served: Served) -> None:
+    marker = b"<Request><Model>plain-http"
+    assert served.call("POST", CHECK_PATH, marker, XML, listener="internal-http").status == 400
+    assert _capture_of(served, marker)["tls"] is None
 
 
 # -- 7. plain HTTP and TLS 1.0 --------------------------------------------------------------

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 from twisted.internet import defer
 from twisted.web import server
 
+from appliance.admin.api_captures import CapturesApi
 from appliance.admin.api_devices import DevicesApi
 from appliance.admin.api_packages import PackagesApi
 from appliance.admin.api_rules import RulesApi
@@ -74,6 +75,7 @@ class Api:
         self.packages = PackagesApi(config, store, reactor)
         self.test_devices = TestDevicesApi(store)
         self.devices = DevicesApi(config, store, clock)
+        self.captures = CapturesApi(config, clock)
         s, ru, p, t, d = self.sessions, self.rules, self.packages, self.test_devices, self.devices
         public, read, session, change = Access.PUBLIC, Access.READ, Access.SESSION, Access.CHANGE
         r = _route
@@ -97,6 +99,9 @@ class Api:
             r(b"GET", r"/api/charts", d.charts, read),
             r(b"GET", r"/api/charts/versions\.svg", d.versions_svg, read),
             r(b"GET", r"/api/charts/checkins\.svg", d.checkins_svg, read),
+            r(b"GET", r"/api/captures", self.captures.listing, read),
+            r(b"GET", r"/api/captures/export", self.captures.export, read),
+            r(b"GET", r"/api/captures/(?P<id>[0-9T-]{20,60})", self.captures.detail, read),
         ]
 
     def login_of(self, request: server.Request) -> Login | None:

@@ -27,6 +27,7 @@ NAV = (
     ("/test-devices", "Test devices"),
     ("/devices", "Devices"),
     ("/activity", "Activity"),
+    ("/captures", "Captures"),
 )
 STATIC_TYPES = {
     "app.css": b"text/css; charset=utf-8",
@@ -46,6 +47,7 @@ class Pages:
             "/test-devices": ("Test devices", _test_devices),
             "/devices": ("Devices", self._devices),
             "/activity": ("Activity", _activity),
+            "/captures": ("Captures", _captures),
         }
 
     def handle(self, request: server.Request) -> Reply:
@@ -322,4 +324,26 @@ def _activity(login: Login) -> str:
         '<th scope="col">When (UTC)</th><th scope="col">Device</th><th scope="col">Model</th>'
         '<th scope="col">Reports</th><th scope="col">Offered</th><th scope="col">Address</th>'
         '</tr></thead><tbody><tr><td colspan="6">Loading…</td></tr></tbody></table></div>'
+    )
+
+
+def _captures(login: Login) -> str:
+    return (
+        "<p>Capture mode keeps the first checks of each phone model and every check that "
+        "cannot be read, as the phone sent them (credentials removed), with TLS details and "
+        "the answer. Export them all as one file to attach to a bug report.</p>"
+        '<p id="capture-state" class="hint" role="status"></p>'
+        '<p class="buttons"><button type="button" id="refresh-captures">Refresh</button>'
+        '<a id="captures-export" class="button" href="/api/captures/export" download>'
+        "Export all (JSON)</a></p>"
+        '<div class="table-wrap"><table id="captures" class="data">'
+        '<caption>Captures, newest first <span id="captures-count"></span></caption>'
+        '<thead><tr><th scope="col">When (UTC)</th><th scope="col">Client</th>'
+        '<th scope="col">Zone</th><th scope="col">Model</th><th scope="col">Request</th>'
+        '<th scope="col">TLS</th><th scope="col">Answer</th><th scope="col">Why</th>'
+        '<th scope="col"><span class="sr-only">Details</span></th></tr></thead>'
+        '<tbody><tr><td colspan="9">Loading…</td></tr></tbody></table></div>'
+        '<section id="capture-detail" aria-labelledby="capture-detail-title" hidden>'
+        '<h2 id="capture-detail-title">Capture</h2>'
+        '<pre id="capture-text" class="capture" tabindex="0"></pre></section>'
     )

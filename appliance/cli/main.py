@@ -22,6 +22,7 @@ from pathlib import Path
 from appliance import __version__
 from appliance.catalogue import Action, CatalogueError, PackageError, recover
 from appliance.cli.admin import add_admin_parser, run_admin
+from appliance.cli.captures import add_capture_parser, run_capture
 from appliance.cli.certs import add_certs_parser, certs_command
 from appliance.cli.devices import add_test_device_parser, run_test_device
 from appliance.cli.discovery import add_dhcp_options_parser, run_dhcp_options
@@ -58,12 +59,13 @@ from appliance.store import Store, StoreError
 
 Command = Callable[[argparse.Namespace, Config, Store, str], int]
 
-# The commands that need no store (make-sample-package, dhcp-options, certs, check).
+# The commands that need no store (make-sample-package, dhcp-options, certs, check, capture).
 _WITHOUT_STORE: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "make-sample-package": run_make_sample,
     "dhcp-options": run_dhcp_options,
     "certs": lambda args, config: certs_command(config, args),
     "check": run_check,
+    "capture": run_capture,
 }
 _COMMANDS: dict[str, Command] = {
     "serve": serve,
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parsers(sub)  # serve, reload
     add_certs_parser(sub)
     add_check_parser(sub)
+    add_capture_parser(sub)
     add_dhcp_options_parser(sub)
     add_make_sample_parser(sub)
     return parser

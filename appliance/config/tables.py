@@ -93,8 +93,13 @@ class ServiceSettings:
     max_connections: int = field(default=4096, metadata={"check": positive})
     max_downloads: int = field(default=256, metadata={"check": positive})
     retry_after: int = field(default=120, metadata={"check": positive})
-    capture: bool = False  # keep raw unknown or unparsable checks in <data_dir>/capture
+    # Capture mode (docs/phones.md): keep the first capture_per_model checks of each phone
+    # model and every unparsable check, with TLS details and the answer, in
+    # <data_dir>/capture (the oldest go past capture_max_files or capture_max_bytes).
+    capture: bool = True
+    capture_per_model: int = field(default=5, metadata={"check": within(0, 10_000)})
     capture_max_files: int = field(default=200, metadata={"check": positive})
+    capture_max_bytes: int = field(default=20 * 1024 * 1024, metadata={"check": positive})
 
 
 _PRIVATE = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")

@@ -1,5 +1,15 @@
-"""Operations: syslog, admin actions as events, health checks and `/health`."""
+"""Operations: syslog, admin actions as events, health checks and `/health`, captures."""
 
+from appliance.ops.captures import (
+    CaptureError,
+    CaptureFolder,
+    UnknownCapture,
+    capture_id,
+    capture_json,
+    capture_text,
+    export_bytes,
+    summary_json,
+)
 from appliance.ops.checks import run_check
 from appliance.ops.events import (
     admin_log,
@@ -14,6 +24,14 @@ from appliance.ops.syslog_format import SyslogError
 from appliance.ops.syslog_transport import MemorySender
 
 __all__ = [
+    "CaptureError",
+    "CaptureFolder",
+    "UnknownCapture",
+    "capture_id",
+    "capture_json",
+    "capture_text",
+    "export_bytes",
+    "summary_json",
     "HealthResource",
     "MemorySender",
     "SyslogError",

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from twisted.logger import Logger
-from twisted.web import server
 
 from appliance.catalogue import Decision
 from appliance.config import Config
 from appliance.model import Device, DeviceRequest
+from appliance.phones.capture import Captures
 from appliance.phones.codec import audit_line
 from appliance.store import Store, iso_utc
 
@@ -26,7 +26,7 @@ log = Logger(namespace="ucupdates.phone")
 
 
 class Records:
-    """The audit file, the inventory buffer and the capture folder. Use from the reactor."""
+    """The audit file, the inventory buffer and the captures. Use from the reactor."""
 
     def __init__(self, config: Config, store: Store, now: Callable[[], datetime]) -> None:
         self.config = config
@@ -35,7 +35,7 @@ class Records:
         self._inventory: dict[str, Device] = {}
         self._audit: tuple[str, Any] | None = None
         self._server = config.service.server_name or os.uname().nodename
-        self._capture_count = 0
+        self.captures = Captures(config, now)
 
     def record_check(self, request: DeviceRequest, decision: Decision, client: str) -> None:
         now = self.now()
@@ -109,32 +109,6 @@ class Records:
             self._audit[1].flush()
         except OSError as e:
             log.error("cannot write the audit file {name}: {error}", name=name, error=e.strerror)
-
-    def capture(self, request: server.Request, body: bytes, why: str) -> None:
-        """Keep a raw check an admin may want to read (config: service.capture)."""
-        settings = self.config.service
-        if not settings.capture:
-            return
-        folder = self.config.capture_dir
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            existing = sorted(folder.iterdir())
-            for old in existing[: max(0, len(existing) - settings.capture_max_files + 1)]:
-                old.unlink()
-            head = [
-                f"{request.method.decode('latin-1')} {request.uri.decode('latin-1')}",
-                f"X-Capture-Reason: {why}",
-            ]
-            for name, values in request.requestHeaders.getAllRawHeaders():
-                for value in values:
-                    shown = b"(redacted)" if name.lower() == b"authorization" else value
-                    head.append(f"{name.decode('latin-1')}: {shown.decode('latin-1')}")
-            stamp = self.now().strftime("%Y%m%dT%H%M%S")
-            self._capture_count += 1
-            path = folder / f"{stamp}-{os.getpid()}-{self._capture_count:06d}.txt"
-            path.write_bytes("\n".join(head).encode() + b"\n\n" + body)
-        except OSError as e:
-            log.error("cannot write a capture: {error}", error=e.strerror)
 
     def close(self) -> None:
         self.flush_inventory()

@@ -24,7 +24,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server, static
 
-from appliance.catalogue import Reason
 from appliance.config import Config
 from appliance.model import StoredFile, Zone
 from appliance.phones.answers import Answers, RouteKind, route
@@ -236,14 +235,19 @@ class PhoneResource(resource.Resource):
             log.info(
                 "bad update check from {client}: {reason}", client=admission.client, reason=e.reason
             )
-            self.service.records.capture(request, body, e.reason)
-            return _plain(request, e.status, e.reason)
+            refusal = _plain(request, e.status, e.reason)
+            self.service.records.captures.keep(
+                request, body, refusal, admission.client, admission.zone, f"unparsable: {e.reason}"
+            )
+            return refusal
         decision, response = self.service.answers.answer(device)
-        if decision.reason is Reason.NO_RULE:
-            self.service.records.capture(request, body, decision.detail)
         self.service.records.record_check(device, decision, admission.client)
         request.setHeader(b"content-type", CONTENT_TYPE)
         request.setHeader(b"cache-control", b"no-store")
+        captures = self.service.records.captures  # capture mode's hook (phones/capture.py)
+        if captures.wants(device):
+            why = decision.reason.value
+            captures.keep(request, body, response, admission.client, admission.zone, why, device)
         return response
 
     # -- GET /DeviceUpdateFiles_*/ --------------------------------------------------------

@@ -499,11 +499,42 @@
     load();
   }
 
+  function setupCaptures() {
+    async function show(id) {
+      let data;
+      try { data = await api("GET", "/api/captures/" + encodeURIComponent(id)); } catch (e) { toast(e.message, true); return; }
+      $("#capture-detail-title").textContent = "Capture " + id;
+      $("#capture-text").textContent = data.text;
+      $("#capture-detail").hidden = false;
+      $("#capture-text").focus();
+    }
+    async function load() {
+      let data;
+      try { data = await api("GET", "/api/captures"); } catch (e) { toast(e.message, true); return; }
+      $("#capture-state").textContent = data.enabled
+        ? `Capture mode is on: the first ${data.per_model} checks of each model, at most ${data.max_files} captures.`
+        : "Capture mode is off (service.capture in the configuration).";
+      $("#captures-count").textContent = `(${data.captures.length})`;
+      fillTable($("#captures"), data.captures.map((c) => {
+        const button = el("button", { type: "button", text: "Show", "aria-label": `Show capture ${c.id}` });
+        button.addEventListener("click", () => show(c.id));
+        return el("tr", { "data-capture": c.id },
+          el("td", { text: when(c.captured_at) }), el("td", { text: c.client }), el("td", { text: c.zone }),
+          el("td", { text: dash(c.model) }), el("td", { text: c.request }),
+          el("td", { text: c.tls || "plain HTTP" }), el("td", { class: "num", text: c.status }),
+          el("td", { text: c.reason }), el("td", {}, button));
+      }), "Nothing captured yet.");
+    }
+    $("#refresh-captures").addEventListener("click", load);
+    load();
+  }
+
   // -- start ------------------------------------------------------------------------------
 
   const PAGES = {
     login: setupLogin, updates: setupUpdates, upload: setupUpload,
     "test-devices": setupTestDevices, devices: setupDevices, activity: setupActivity,
+    captures: setupCaptures,
   };
   document.addEventListener("DOMContentLoaded", () => {
     setupLogout();

@@ -213,7 +213,8 @@ class Device:
 
 @dataclass(frozen=True)
 class User:
-    """A local phone user (HTTP Basic on the external zone); password_hash is argon2id PHC."""
+    """A local phone user (external zone); password_hash is argon2id PHC, nt_hash the hex
+    NT hash for NTLM (None until the password is next set, or when NTLM is off)."""
 
     id: int
     name: str
@@ -221,6 +222,12 @@ class User:
     created_at: str
     updated_at: str
     disabled: bool
+    nt_hash: str | None = None
+
+    @property
+    def ntlm(self) -> bool:
+        """Whether the user can sign in with NTLM (an NT hash is stored)."""
+        return self.nt_hash is not None
 
 
 class Role(StrEnum):

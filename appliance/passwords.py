@@ -40,6 +40,17 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+def nt_hash(password: str) -> str:
+    """The NT hash of `password` (MD4 of its UTF-16LE form) in hex, for NTLM.
+
+    It is password-equivalent: whoever has it can answer NTLM challenges as the user.
+    MD4 is pyspnego's (OpenSSL 3 no longer gives hashlib one).
+    """
+    from spnego._ntlm_raw.md4 import md4
+
+    return md4(password.encode("utf-16-le", "surrogatepass")).hex()
+
+
 def verify_password(hash: str, password: str) -> bool:
     """Whether `password` matches the PHC string `hash`; a damaged hash is a mismatch."""
     try:

@@ -31,6 +31,7 @@ from appliance.phones import (
     PhoneService,
     ThreadPoolRunner,
     clean_device_logs,
+    ntlm_verifier,
 )
 from appliance.store import Store
 from appliance.tls import ServerCredentials, context_factory
@@ -170,7 +171,11 @@ def make_service(
     else:
         directory = LocalDirectory.at(config.db_path)
     authenticator = Authenticator(
-        directory, config.auth, reactor.seconds, run_blocking=ThreadPoolRunner(reactor)
+        directory,
+        config.auth,
+        reactor.seconds,
+        run_blocking=ThreadPoolRunner(reactor),
+        ntlm=ntlm_verifier(config.auth, config.db_path),
     )
     phone = PhoneService(config, store, authenticator, clock)
     root = ApplianceService(phone, config)

@@ -157,6 +157,11 @@ def basic(user: str, password: str) -> str:
     return "Basic " + b64encode(f"{user}:{password}".encode()).decode()
 
 
+def basic_offered(reply: Reply) -> bool:
+    """Whether a 401 offers Basic (beside NTLM, each in its own header line)."""
+    return any(v.startswith("Basic ") for v in reply.headers.get_all("WWW-Authenticate") or [])
+
+
 def check_body(
     version: str = RUNNING,
     mac: str = ORDINARY_MAC,
@@ -402,14 +407,14 @@ def test_external_check_needs_the_right_password(
     body = check_body()
     anonymous = served.check(body, path=path, listener=listener, source=source)
     assert anonymous.status == 401
-    assert anonymous.headers["WWW-Authenticate"].startswith("Basic ")
+    assert basic_offered(anonymous)
     assert b"<Response" not in anonymous.body
 
     wrong = served.check(
         body, path=path, listener=listener, source=source, auth=(USER, PASSWORD + "x")
     )
     assert wrong.status == 401
-    assert wrong.headers["WWW-Authenticate"].startswith("Basic ")
+    assert basic_offered(wrong)
     assert b"<Response" not in wrong.body
 
     right = served.check(body, path=path, listener=listener, source=source, auth=(USER, PASSWORD))
@@ -525,7 +530,7 @@ def test_external_downloads_need_credentials(served: Served) -> None:
     for listener in ("internal-https", "external-https"):
         refused = served.call("GET", path, listener=listener)
         assert refused.status == 401
-        assert refused.headers["WWW-Authenticate"].startswith("Basic ")
+        assert basic_offered(refused)
         assert len(refused.body) < 100
         got = served.call("GET", path, listener=listener, auth=(USER, PASSWORD))
         assert got.status == 200

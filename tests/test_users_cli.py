@@ -55,16 +55,16 @@ def test_add_then_list_shows_the_user_with_an_argon2id_hash(tmp_path: Path) -> N
     listing = run_cli(data, "user", "list")
     assert listing.returncode == 0, listing.stderr
     header, *rows = listing.stdout.splitlines()
-    assert header.split() == ["NAME", "ADDED", "CHANGED", "DISABLED"]
+    assert header.split() == ["NAME", "ADDED", "CHANGED", "DISABLED", "NTLM"]
     assert [r.split()[0] for r in rows] == ["alice"]
-    assert rows[0].split()[-1] == "no"
+    assert rows[0].split()[-2:] == ["no", "yes"]  # not disabled; can sign in with NTLM
 
     as_json = run_cli(data, "user", "list", "--json")
     assert as_json.returncode == 0, as_json.stderr
     (user,) = json.loads(as_json.stdout)
-    assert (user["name"], user["disabled"]) == ("alice", False)
+    assert (user["name"], user["disabled"], user["ntlm"]) == ("alice", False, True)
     assert user["created_at"] and user["updated_at"]
-    assert "password_hash" not in user
+    assert "password_hash" not in user and "nt_hash" not in user
 
     hashed = password_hash(data, "alice")
     assert hashed.startswith("$argon2id$")

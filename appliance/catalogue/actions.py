@@ -257,24 +257,26 @@ def recover_locked(store: Store, store_dir: Path, staging_dir: Path) -> tuple[Pa
 # -- phone users (HTTP Basic on the external zone) ---------------------------------------
 
 
-def add_user(store: Store, name: str, password: str, actor: str) -> str:
-    from appliance.passwords import hash_password, validate_password, validate_user_name
+def add_user(store: Store, name: str, password: str, actor: str, ntlm: bool = True) -> str:
+    """A new phone user; with `ntlm`, its NT hash is stored too (for NTLM sign-in)."""
+    from appliance.passwords import hash_password, nt_hash, validate_password, validate_user_name
 
     name = validate_user_name(name)
     password_hash = hash_password(validate_password(password))
     with store.transaction():
-        store.add_user(name, password_hash)
-        store.append_event(actor, "user.add", f"user {name}", None, {"name": name})
+        store.add_user(name, password_hash, nt_hash(password) if ntlm else None)
+        store.append_event(actor, "user.add", f"user {name}", None, {"name": name, "ntlm": ntlm})
     return name
 
 
-def set_password(store: Store, name: str, password: str, actor: str) -> None:
-    from appliance.passwords import hash_password, validate_password
+def set_password(store: Store, name: str, password: str, actor: str, ntlm: bool = True) -> None:
+    """A new password; with `ntlm` its NT hash replaces the old one, else none is kept."""
+    from appliance.passwords import hash_password, nt_hash, validate_password
 
     password_hash = hash_password(validate_password(password))
     with store.transaction():
-        store.set_user_password(name, password_hash)
-        store.append_event(actor, "user.passwd", f"user {name}", None, None)
+        store.set_user_password(name, password_hash, nt_hash(password) if ntlm else None)
+        store.append_event(actor, "user.passwd", f"user {name}", None, {"ntlm": ntlm})
 
 
 def remove_user(store: Store, name: str, actor: str) -> None:

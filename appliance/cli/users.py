@@ -1,7 +1,8 @@
-"""`ucupdates user add|passwd|remove|list`: phone users for HTTP Basic (external zone).
+"""`ucupdates user add|passwd|remove|list`: phone users for HTTP Basic and NTLM (external).
 
 The password is asked twice at a terminal, or read from the first line of standard
-input with `--password-stdin`.
+input with `--password-stdin`. With `auth.ntlm` on (the default), add and passwd also
+store the password's NT hash, which NTLM needs; `list` shows who has one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from appliance.store import Store
 
 
 def add_user_parser(sub: Any) -> None:
-    p = sub.add_parser("user", help="phone users for HTTP Basic (external zone)")
+    p = sub.add_parser("user", help="phone users for HTTP Basic and NTLM (external zone)")
     usub = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
     for verb, text in (("add", "add a user"), ("passwd", "set a user's password")):
         a = usub.add_parser(verb, help=text)
@@ -38,12 +39,12 @@ def add_user_parser(sub: Any) -> None:
 
 def run_user(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
     if args.user_command == "add":
-        name = add_user(store, args.name, _read_password(args), actor)
+        name = add_user(store, args.name, _read_password(args), actor, config.auth.ntlm)
         print(f"user {name} added")
     elif args.user_command == "passwd":
         if store.user(args.name) is None:
             raise Failure(f"no user {args.name!r}")
-        set_password(store, args.name, _read_password(args), actor)
+        set_password(store, args.name, _read_password(args), actor, config.auth.ntlm)
         print(f"password of {args.name} changed")
     elif args.user_command == "remove":
         remove_user(store, args.name, actor)
@@ -62,18 +63,26 @@ def _list_users(args: argparse.Namespace, store: Store) -> None:
                 "created_at": u.created_at,
                 "updated_at": u.updated_at,
                 "disabled": u.disabled,
+                "ntlm": u.ntlm,
             }
             for u in users
         ]
         print(json.dumps(rows, indent=2))
     elif users:
         write_table(
-            [[u.name, u.created_at, u.updated_at, "yes" if u.disabled else "no"] for u in users],
-            ("NAME", "ADDED", "CHANGED", "DISABLED"),
+            [[u.name, u.created_at, u.updated_at, _yes(u.disabled), _yes(u.ntlm)] for u in users],
+            ("NAME", "ADDED", "CHANGED", "DISABLED", "NTLM"),
             sys.stdout,
         )
+        if any(not u.ntlm for u in users):
+            print("NTLM no: the password was set before NT hashes were kept (or with auth.ntlm")
+            print("off); Basic works, NTLM after `ucupdates user passwd NAME`.")
     else:
         print("no users")
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def _read_password(args: argparse.Namespace) -> str:

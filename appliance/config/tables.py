@@ -130,9 +130,14 @@ class AuthBackend(StrEnum):
     LDAP = "ldap"
 
 
+class NtlmBackend(StrEnum):
+    LOCAL = "local"  # the NT hashes of the local users
+    WINBIND = "winbind"  # Samba's ntlm_auth helper, the appliance joined to the domain
+
+
 @dataclass(frozen=True)
 class AuthSettings:
-    """HTTP Basic for external phones: who may, and how hard guessing is."""
+    """HTTP Basic and NTLM for external phones: who may, and how hard guessing is."""
 
     backend: AuthBackend = AuthBackend.LOCAL
     realm: str = "ucupdates"
@@ -141,6 +146,13 @@ class AuthSettings:
     failure_window: float = field(default=300.0, metadata={"check": positive})
     lockout_seconds: float = field(default=900.0, metadata={"check": positive})
     ldap: LdapSettings = LdapSettings()
+    # NTLM beside Basic (docs/protocol.md §2): Lync's external handler challenged with NTLM.
+    ntlm: bool = True
+    ntlm_backend: NtlmBackend = NtlmBackend.LOCAL
+    ntlm_allow_v1: bool = False  # NTLMv1 and LM responses (weak; a warning at start)
+    ntlm_domain: str = "UCUPDATES"  # the NetBIOS domain the challenge announces
+    ntlm_helper: tuple[str, ...] = ("ntlm_auth",)  # the winbind helper and its options
+    ntlm_helper_timeout: float = field(default=5.0, metadata={"check": positive})
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,17 @@
 
 from appliance.phones.auth import Authenticator, ThreadPoolRunner
 from appliance.phones.codec import BaseUrls
-from appliance.phones.directories import Directory, LdapDirectory, LocalDirectory
+from appliance.phones.directories import (
+    Directory,
+    LdapDirectory,
+    LocalDirectory,
+    NtlmVerifier,
+    ntlm_verifier,
+)
+from appliance.phones.ntlm import NtlmResponse
 from appliance.phones.records import clean_device_logs
 from appliance.phones.resource import PhoneResource, PhoneService
+from appliance.phones.winbind import WinbindVerifier
 
 __all__ = [
     "Authenticator",
@@ -12,8 +20,12 @@ __all__ = [
     "Directory",
     "LdapDirectory",
     "LocalDirectory",
+    "NtlmResponse",
+    "NtlmVerifier",
     "PhoneResource",
     "PhoneService",
     "ThreadPoolRunner",
+    "WinbindVerifier",
     "clean_device_logs",
+    "ntlm_verifier",
 ]

@@ -1,4 +1,4 @@
-"""HTTP Basic for external phones (docs/protocol.md §2): the authenticator.
+"""HTTP Basic and NTLM for external phones (docs/protocol.md §2): the authenticator.
 
 Checking a password is slow on purpose (argon2id, or a network round trip for LDAP: see
 `appliance.phones.directories`), so the authenticator remembers a success for
@@ -6,177 +6,69 @@ Checking a password is slow on purpose (argon2id, or a network round trip for LD
 reactor thread, and refuses guessing: more than `auth.max_failures` failures within
 `auth.failure_window` seconds, per user name and per client address, lock that name or
 address out for `auth.lockout_seconds`.
+
+NTLM (when an `NtlmVerifier` is given): a Type 1 message gets a challenge kept in the
+connection's `NtlmSession`; the Type 3 that answers it is checked on the pool like a Basic
+password, under the same lockouts, throttles and events. A success authorises the
+connection for `auth.cache_seconds` (each NTLM answer differs, so the connection rather
+than the cache remembers it); `forget` ends such authorisations too.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import math
-import re
 import secrets
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
+from dataclasses import dataclass
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from appliance.config import AuthSettings
-from appliance.passwords import AuthError, validate_password, validate_user_name
-from appliance.phones.directories import Directory, loggable_name
+from appliance.phones.credentials import (
+    MALFORMED,
+    NO_CREDENTIALS,
+    AuthReason,
+    AuthResult,
+    RunBlocking,
+    ThreadPoolRunner,
+    acceptable,
+    is_basic,
+    parse_basic,
+)
+from appliance.phones.directories import Directory, NtlmVerifier, loggable_name
+from appliance.phones.lockouts import Failures
+from appliance.phones.ntlm import (
+    NtlmError,
+    NtlmSession,
+    challenge_message,
+    is_ntlm,
+    message_type,
+    ntlm_token,
+    read_authenticate,
+)
 
 log = Logger()
 
-
-def _acceptable(username: str, password: str) -> bool:
-    try:
-        validate_user_name(username)
-        validate_password(password)
-    except AuthError:
-        return False
-    return True
-
-
-# -- HTTP Basic -------------------------------------------------------------------------
-
-
-def parse_basic(header: bytes | None) -> tuple[str, str] | None:
-    """(user, password) from an `Authorization: Basic ...` value, or None. Never raises.
-
-    Lenient: any case of "Basic", missing base64 padding and stray characters are accepted;
-    the decoded text is UTF-8, or Latin-1 when it is not valid UTF-8.
-    """
-    if not header:
-        return None
-    parts = header.strip().split(None, 1)
-    if len(parts) != 2 or parts[0].lower() != b"basic":
-        return None
-    token = re.sub(rb"[^A-Za-z0-9+/]", b"", parts[1])
-    try:
-        raw = base64.b64decode(token + b"=" * (-len(token) % 4))
-    except (binascii.Error, ValueError):
-        return None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    user, colon, password = text.partition(":")
-    return (user, password) if colon else None
-
-
-def _is_basic(header: bytes | None) -> bool:
-    parts = (header or b"").strip().split(None, 1)
-    return bool(parts) and parts[0].lower() == b"basic"
-
-
-class AuthReason(StrEnum):
-    """Why a request was let in or refused; the value is the text logs and bodies show."""
-
-    OK = "ok"
-    CACHED = "cached"
-    NO_CREDENTIALS = "no credentials"
-    MALFORMED = "malformed credentials"
-    BAD_CREDENTIALS = "bad credentials"
-    LOCKED_OUT = "locked out"
-    THROTTLED = "throttled"
-    BUSY = "busy"
-    DIRECTORY_ERROR = "directory error"
-
-
-@dataclass(frozen=True)
-class AuthResult:
-    ok: bool
-    status: int  # 200 ok, 401 bad or no credentials, 429 throttled or locked out, 503
-    reason: AuthReason
-    retry_after: int | None = None  # seconds, for a Retry-After header
-    user: str | None = None  # the name as the client sent it, when ok
-
-
-NO_CREDENTIALS = AuthResult(False, 401, AuthReason.NO_CREDENTIALS)
-MALFORMED = AuthResult(False, 401, AuthReason.MALFORMED)
-
-RunBlocking = Callable[[Callable[[], bool]], "defer.Deferred[bool]"]
-
-
-class ThreadPoolRunner:
-    """Runs blocking checks in a small dedicated thread pool (argon2 or LDAP must not stall
-    the reactor, nor take every thread of the reactor's shared pool). The pool starts on
-    first use and stops when `reactor` shuts down."""
-
-    def __init__(self, reactor: Any, threads: int = 2) -> None:
-        self._reactor = reactor
-        self._threads = threads
-        self._pool: ThreadPool | None = None
-
-    def __call__(self, work: Callable[[], bool]) -> defer.Deferred[bool]:
-        if self._pool is None:
-            self._pool = ThreadPool(minthreads=0, maxthreads=self._threads, name="auth")
-            self._pool.start()
-            self._reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
-        return deferToThreadPool(self._reactor, self._pool, work)
+__all__ = [
+    "AuthReason",
+    "AuthResult",
+    "Authenticator",
+    "RunBlocking",
+    "ThreadPoolRunner",
+    "parse_basic",
+]
 
 
 CACHE_SIZE = 10_000  # remembered successes
 TRACKED_KEYS = 100_000  # user names, and separately client addresses, with failures
 MAX_PENDING = 64  # distinct checks waiting for or running in the pool
 BUSY_RETRY_AFTER = 5  # seconds
-
-
-@dataclass(slots=True)
-class _Record:
-    times: list[float] = field(default_factory=list)
-    locked_until: float = 0.0
-
-
-class _Failures:
-    """Recent failures and lockouts per key, the oldest-touched key dropped beyond a bound."""
-
-    def __init__(self, limit: int, window: float, lockout: float, max_keys: int) -> None:
-        self._limit = limit
-        self._window = window
-        self._lockout = lockout
-        self._max_keys = max_keys
-        self._records: OrderedDict[str, _Record] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def locked_until(self, key: str, now: float) -> float | None:
-        record = self._records.get(key)
-        if record is None or record.locked_until <= now:
-            return None
-        return record.locked_until
-
-    def recent(self, key: str, now: float) -> int:
-        record = self._records.get(key)
-        if record is None:
-            return 0
-        return sum(1 for t in record.times if now - t < self._window)
-
-    def fail(self, key: str, now: float) -> float | None:
-        """Count a failure; returns the end of the lockout when this one starts it."""
-        record = self._records.pop(key, None) or _Record()
-        self._records[key] = record
-        while len(self._records) > self._max_keys:
-            self._records.popitem(last=False)
-        record.times = [t for t in record.times if now - t < self._window][-self._limit :]
-        record.times.append(now)
-        if len(record.times) > self._limit:
-            record.times = []
-            record.locked_until = now + self._lockout
-            return record.locked_until
-        return None
-
-    def clear(self, key: str) -> None:
-        self._records.pop(key, None)
 
 
 @dataclass
@@ -186,6 +78,7 @@ class _Check:
     username: str
     user_key: str
     waiters: list[tuple[defer.Deferred[AuthResult], str]]
+    remember: bool  # a success goes to the cache (Basic; NTLM answers differ every time)
 
 
 class Authenticator:
@@ -211,6 +104,7 @@ class Authenticator:
         key: bytes | None = None,
         *,
         run_blocking: RunBlocking,
+        ntlm: NtlmVerifier | None = None,
         cache_size: int = CACHE_SIZE,
         tracked_keys: int = TRACKED_KEYS,
         max_pending: int = MAX_PENDING,
@@ -223,45 +117,70 @@ class Authenticator:
         self._cache_size = cache_size
         self._max_pending = max_pending
         self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
-        self._users = _Failures(
+        self._users = Failures(
             settings.max_failures, settings.failure_window, settings.lockout_seconds, tracked_keys
         )
-        self._sources = _Failures(
+        self._sources = Failures(
             settings.max_failures, settings.failure_window, settings.lockout_seconds, tracked_keys
         )
         self._checks: dict[bytes, _Check] = {}
         self._user_checks: dict[str, int] = {}
+        self._ntlm = ntlm
+        self._sessions: weakref.WeakSet[NtlmSession] = weakref.WeakSet()
+
+    @property
+    def ntlm_enabled(self) -> bool:
+        """Whether NTLM is offered beside Basic (an NTLM verifier was given)."""
+        return self._ntlm is not None
 
     # -- the decision -----------------------------------------------------------------------
 
-    def authenticate(self, header: bytes | None, source: str) -> defer.Deferred[AuthResult]:
+    def authenticate(
+        self, header: bytes | None, source: str, session: NtlmSession | None = None
+    ) -> defer.Deferred[AuthResult]:
+        """Decide one request. `session` is its connection's NTLM state (None: Basic only)."""
         now = self._clock()
         until = self._sources.locked_until(source, now)
         if until is not None:
             return defer.succeed(_locked(until, now))
+        if session is not None and self._ntlm is not None:
+            if is_ntlm(header):
+                return self._ntlm_step(header, source, session, now)
+            user = session.authorised(now)
+            if header is None and user is not None:
+                return defer.succeed(AuthResult(True, 200, AuthReason.CONNECTION, user=user))
         credentials = parse_basic(header)
         if credentials is None:
-            if not _is_basic(header):
+            if not is_basic(header):
                 return defer.succeed(NO_CREDENTIALS)
-            log.info(
-                "auth failure from {source}: {reason}",
-                source=source,
-                reason=MALFORMED.reason,
-                event="auth.failure",
-            )
-            return defer.succeed(MALFORMED)
+            return defer.succeed(_malformed(source))
         username, password = credentials
         user_key = username.casefold()
         until = self._users.locked_until(user_key, now)
         if until is not None:
             return defer.succeed(_locked(until, now))
-        if not _acceptable(username, password):
+        if not acceptable(username, password):
             return defer.succeed(self._failed(username, [source], now)[source])
         digest = self._digest(username, password)
         if self._cached(username, digest, now):
             self._users.clear(user_key)
             return defer.succeed(AuthResult(True, 200, AuthReason.CACHED, user=username))
+        directory = self._directory
+        return self._check(
+            digest, username, source, now, lambda: directory.verify(username, password), True
+        )
 
+    def _check(
+        self,
+        digest: bytes,
+        username: str,
+        source: str,
+        now: float,
+        work: Callable[[], bool],
+        remember: bool,
+    ) -> defer.Deferred[AuthResult]:
+        """Run `work` on the pool, shared by identical requests, within the bounds."""
+        user_key = username.casefold()
         waiter: defer.Deferred[AuthResult] = defer.Deferred()
         check = self._checks.get(digest)
         if check is not None:
@@ -273,12 +192,77 @@ class Authenticator:
         running = self._user_checks.get(user_key, 0)
         if self._users.recent(user_key, now) + running > self._settings.max_failures:
             return defer.succeed(AuthResult(False, 429, AuthReason.THROTTLED, 1))
-        self._checks[digest] = _Check(username, user_key, [(waiter, source)])
+        self._checks[digest] = _Check(username, user_key, [(waiter, source)], remember)
         self._user_checks[user_key] = running + 1
-        directory = self._directory
-        d = defer.maybeDeferred(self._run_blocking, lambda: directory.verify(username, password))
+        d = defer.maybeDeferred(self._run_blocking, work)
         d.addBoth(self._checked, digest, username)
         return waiter
+
+    # -- NTLM: Type 1 -> challenge, Type 3 -> a check, on one connection -------------------
+
+    def _ntlm_step(
+        self, header: bytes | None, source: str, session: NtlmSession, now: float
+    ) -> defer.Deferred[AuthResult]:
+        verifier = self._ntlm
+        assert verifier is not None
+        token = ntlm_token(header)
+        kind = message_type(token) if token is not None else 0
+        if token is not None and kind == 1:
+            session.reset()
+            session.challenge = secrets.token_bytes(8)
+            domain = self._settings.ntlm_domain
+            try:
+                message = challenge_message(token, session.challenge, domain, domain)
+            except NtlmError:
+                return defer.succeed(_malformed(source))
+            return defer.succeed(
+                AuthResult(False, 401, AuthReason.NTLM_CHALLENGE, challenge=message)
+            )
+        if token is None or kind != 3:
+            return defer.succeed(_malformed(source))
+        challenge, session.challenge = session.challenge, None
+        if challenge is None:
+            log.info(
+                "auth failure from {source}: {reason}",
+                source=source,
+                reason=AuthReason.NTLM_NO_CHALLENGE,
+                event="auth.failure",
+            )
+            return defer.succeed(AuthResult(False, 401, AuthReason.NTLM_NO_CHALLENGE))
+        try:
+            response = read_authenticate(token, challenge)
+        except NtlmError:
+            return defer.succeed(_malformed(source))
+        username = response.user
+        until = self._users.locked_until(username.casefold(), now)
+        if until is not None:
+            return defer.succeed(_locked(until, now))
+        if not response.v2 and not self._settings.ntlm_allow_v1:
+            log.info(
+                "auth failure for {user} from {source}: {reason} ({version})",
+                user=loggable_name(username),
+                source=source,
+                reason=AuthReason.NTLM_V1_REFUSED,
+                version=response.version,
+                event="auth.failure",
+            )
+            return defer.succeed(AuthResult(False, 401, AuthReason.NTLM_V1_REFUSED))
+        if not username or not response.nt_response and not response.lm_response:
+            return defer.succeed(self._failed(username, [source], now)[source])
+        digest = hmac.new(self._key, b"ntlm\0" + token, hashlib.sha256).digest()
+        d = self._check(
+            digest, username, source, now, lambda: verifier.verify_ntlm(response), False
+        )
+
+        def authorise(result: AuthResult) -> AuthResult:
+            if result.ok:
+                session.user = username
+                session.until = self._clock() + self._settings.cache_seconds
+                self._sessions.add(session)
+            return result
+
+        d.addCallback(authorise)
+        return d
 
     def _checked(self, outcome: bool | Failure, digest: bytes, username: str) -> None:
         check = self._checks.pop(digest)
@@ -292,7 +276,8 @@ class Authenticator:
             error = AuthResult(False, 503, AuthReason.DIRECTORY_ERROR, BUSY_RETRY_AFTER)
             results = dict.fromkeys(sources, error)
         elif outcome is True:
-            self._remember(username, digest, now)
+            if check.remember:
+                self._remember(username, digest, now)
             self._users.clear(check.user_key)
             results = dict.fromkeys(sources, AuthResult(True, 200, AuthReason.OK, user=username))
         else:
@@ -367,6 +352,9 @@ class Authenticator:
         else:
             for name in [n for n in self._cache if n.casefold() == username.casefold()]:
                 del self._cache[name]
+        for session in list(self._sessions):
+            if username is None or (session.user or "").casefold() == username.casefold():
+                session.reset()
 
     @property
     def cached_count(self) -> int:
@@ -376,6 +364,16 @@ class Authenticator:
     def tracked_counts(self) -> tuple[int, int]:
         """How many user names and client addresses have failures or lockouts on record."""
         return len(self._users), len(self._sources)
+
+
+def _malformed(source: str) -> AuthResult:
+    log.info(
+        "auth failure from {source}: {reason}",
+        source=source,
+        reason=MALFORMED.reason,
+        event="auth.failure",
+    )
+    return MALFORMED
 
 
 def _locked(until: float, now: float) -> AuthResult:

@@ -1,4 +1,5 @@
-"""Where phone users' passwords are checked: local argon2id users, or an LDAP server.
+"""Where phone users' passwords are checked: local argon2id users, or an LDAP server;
+and NTLM responses: against the local users' NT hashes (winbind's are in `winbind`).
 
 A directory answers one question, whether a user name and password are good, and may be
 slow doing it (argon2id on purpose, a network round trip for LDAP): the authenticator
@@ -20,8 +21,10 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
-from appliance.config import LdapSettings
+from appliance.config import AuthSettings, LdapSettings, NtlmBackend
 from appliance.passwords import MAX_USER_NAME, AuthError, hash_password, verify_password
+from appliance.phones.ntlm import NtlmResponse, check_response
+from appliance.phones.winbind import WinbindVerifier
 from appliance.store import Store
 
 log = Logger()
@@ -37,6 +40,28 @@ class Directory(Protocol):
     def verify(self, username: str, password: str) -> bool:
         """Whether the credentials are good. Blocking, maybe slow: run it off the reactor."""
         ...
+
+
+class NtlmVerifier(Protocol):
+    def verify_ntlm(self, response: NtlmResponse) -> bool:
+        """Whether an NTLM response is good. Blocking: run it off the reactor."""
+        ...
+
+
+def ntlm_verifier(settings: AuthSettings, db_path: Path) -> NtlmVerifier | None:
+    """What checks NTLM responses (`auth.ntlm_backend`), or None when `auth.ntlm` is off.
+    Allowing NTLMv1 is logged as a warning (it is called once per worker at start)."""
+    if not settings.ntlm:
+        return None
+    if settings.ntlm_allow_v1:
+        log.warn(
+            "auth.ntlm_allow_v1 is on: NTLMv1 and LM responses are accepted; their hashes"
+            " can be cracked from a captured handshake",
+            event="auth.ntlm_v1_allowed",
+        )
+    if settings.ntlm_backend is NtlmBackend.WINBIND:
+        return WinbindVerifier(settings.ntlm_helper, settings.ntlm_helper_timeout)
+    return LocalDirectory.at(db_path)
 
 
 class LocalDirectory:
@@ -72,6 +97,17 @@ class LocalDirectory:
             return False
         matches = verify_password(user.password_hash, password)
         return matches and not user.disabled
+
+    def verify_ntlm(self, response: NtlmResponse) -> bool:
+        """Against the user's NT hash. The name is looked up as sent (`user`, or a UPN
+        `user@domain`), then as `DOMAIN\\user`; the domain is otherwise ignored."""
+        store = self._store()
+        user = store.user(response.user) if response.user else None
+        if user is None and response.domain and response.user:
+            user = store.user(f"{response.domain}\\{response.user}")
+        if user is None or user.nt_hash is None or user.disabled:
+            return False
+        return check_response(response, bytes.fromhex(user.nt_hash))
 
 
 class LdapDirectory:

@@ -8,6 +8,7 @@ decides zone, body limit and credentials before any body is read.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import re
@@ -29,6 +30,7 @@ from appliance.model import StoredFile, Zone
 from appliance.phones.answers import Answers, RouteKind, route
 from appliance.phones.auth import Authenticator, AuthResult
 from appliance.phones.codec import CONTENT_TYPE, BaseUrls, CheckError, parse_check
+from appliance.phones.ntlm import NtlmSession
 from appliance.phones.records import Records
 from appliance.store import Store
 from appliance.web import GuardedRequest, Rejection
@@ -72,10 +74,15 @@ def _fired(d: defer.Deferred[AuthResult]) -> AuthResult | None:
     return box[0] if box else None
 
 
-def auth_headers(result: AuthResult, realm: str) -> list[tuple[bytes, bytes]]:
+def auth_headers(result: AuthResult, realm: str, ntlm: bool = False) -> list[tuple[bytes, bytes]]:
+    """The headers of a refusal: the NTLM challenge, or every scheme offered (NTLM first,
+    as IIS listed them, then Basic), or Retry-After."""
     if result.status == 429 and result.retry_after is not None:
         return [(b"Retry-After", str(result.retry_after).encode())]
-    return [(b"WWW-Authenticate", f'Basic realm="{realm}", charset="UTF-8"'.encode())]
+    if result.challenge is not None:
+        return [(b"WWW-Authenticate", b"NTLM " + base64.b64encode(result.challenge))]
+    basic = (b"WWW-Authenticate", f'Basic realm="{realm}", charset="UTF-8"'.encode())
+    return [(b"WWW-Authenticate", b"NTLM"), basic] if ntlm else [basic]
 
 
 class PhoneService:
@@ -148,19 +155,40 @@ class PhoneService:
             auth = None
             if zone is Zone.EXTERNAL and kind is not None:
                 auth = self.authenticator.authenticate(
-                    request.requestHeaders.getRawHeaders(b"authorization", [None])[0], client
+                    request.requestHeaders.getRawHeaders(b"authorization", [None])[0],
+                    client,
+                    self._ntlm_session(request),
                 )
                 result = _fired(auth)
+                check_limit = self.config.service.max_check_bytes
+                # NTLM's challenge must reach the client on this connection: answered
+                # after the body (at most a check's), not by closing (docs §2).
+                challenge = result is not None and result.challenge is not None
+                if challenge and (length is None or length <= check_limit):
+                    request.max_body = min(limit, check_limit)
+                    result = None
                 if result is not None and not result.ok:
                     return Rejection(
                         result.status,
                         result.reason,
-                        auth_headers(result, self.config.auth.realm),
+                        auth_headers(
+                            result, self.config.auth.realm, self.authenticator.ntlm_enabled
+                        ),
                     )
             request.admission = Admission(kind, zone, client, auth)
             return None
 
         return admit
+
+    def _ntlm_session(self, request: GuardedRequest) -> NtlmSession | None:
+        """The NTLM state of the request's connection (made on its first request)."""
+        if not self.authenticator.ntlm_enabled:
+            return None
+        channel: Any = request.channel
+        session = getattr(channel, "auth_state", None)
+        if not isinstance(session, NtlmSession):
+            session = channel.auth_state = NtlmSession()
+        return session
 
 
 class PhoneResource(resource.Resource):
@@ -219,8 +247,9 @@ class PhoneResource(resource.Resource):
         result: AuthResult,
     ) -> bytes | int:
         if not result.ok:
-            for name, value in auth_headers(result, self.service.config.auth.realm):
-                request.setHeader(name, value)
+            ntlm = self.service.authenticator.ntlm_enabled
+            for name, value in auth_headers(result, self.service.config.auth.realm, ntlm):
+                request.responseHeaders.addRawHeader(name, value)
             return _plain(request, result.status, result.reason)
         return handler(request, admission)
 

@@ -75,27 +75,29 @@ class DeviceTables(Connection):
     # -- phone users --------------------------------------------------------------------
     # Names are unique and matched without regard to case (SQL lower(): ASCII letters only).
 
-    def add_user(self, name: str, password_hash: str) -> User:
+    def add_user(self, name: str, password_hash: str, nt_hash: str | None = None) -> User:
         now = self.now()
         try:
             cur = self._conn.execute(
-                "INSERT INTO users (name, password_hash, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?)",
-                (name, password_hash, now, now),
+                "INSERT INTO users (name, password_hash, nt_hash, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (name, password_hash, nt_hash, now, now),
             )
         except sqlite3.IntegrityError:
             raise DuplicateError(f"user {name!r} exists already") from None
         row = self._conn.execute(
-            "SELECT id, name, password_hash, created_at, updated_at, disabled FROM users"
+            "SELECT id, name, password_hash, created_at, updated_at, disabled, nt_hash FROM users"
             " WHERE id = ?",
             (cur.lastrowid,),
         ).fetchone()
         return self._user_of(row)
 
-    def set_user_password(self, name: str, password_hash: str) -> None:
+    def set_user_password(self, name: str, password_hash: str, nt_hash: str | None = None) -> None:
+        """A new password: its hash, and its NT hash (None forgets the old one)."""
         cur = self._conn.execute(
-            "UPDATE users SET password_hash = ?, updated_at = ? WHERE lower(name) = lower(?)",
-            (password_hash, self.now(), name),
+            "UPDATE users SET password_hash = ?, nt_hash = ?, updated_at = ?"
+            " WHERE lower(name) = lower(?)",
+            (password_hash, nt_hash, self.now(), name),
         )
         if cur.rowcount == 0:
             raise StoreError(f"no user {name!r}")
@@ -115,14 +117,14 @@ class DeviceTables(Connection):
 
     def users(self) -> list[User]:
         rows = self._conn.execute(
-            "SELECT id, name, password_hash, created_at, updated_at, disabled FROM users"
+            "SELECT id, name, password_hash, created_at, updated_at, disabled, nt_hash FROM users"
             " ORDER BY lower(name)"
         )
         return [self._user_of(r) for r in rows]
 
     def user(self, name: str) -> User | None:
         row = self._conn.execute(
-            "SELECT id, name, password_hash, created_at, updated_at, disabled FROM users"
+            "SELECT id, name, password_hash, created_at, updated_at, disabled, nt_hash FROM users"
             " WHERE lower(name) = lower(?)",
             (name,),
         ).fetchone()
@@ -130,7 +132,7 @@ class DeviceTables(Connection):
 
     @staticmethod
     def _user_of(row: Sequence[Any]) -> User:
-        return User(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+        return User(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6])
 
 
 def _json(value: Any) -> str | None:

@@ -72,6 +72,7 @@ class GuardedChannel(http.HTTPChannel):
         super().__init__()
         self._deadline: Any = None  # an IDelayedCall while a request is arriving
         self._rejected = False
+        self.auth_state: Any = None  # what `admit` keeps per connection (NTLM's handshake)
 
     def connectionMade(self) -> None:
         super().connectionMade()

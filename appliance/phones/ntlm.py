@@ -1,0 +1,191 @@
+"""NTLM over HTTP for external phones (docs/protocol.md §2): the messages and the checks.
+
+The handshake is the one Windows clients run against IIS (MS-NLMP, RFC 4559 without
+Negotiate): the client sends `Authorization: NTLM <Type 1>`, gets `401` with
+`WWW-Authenticate: NTLM <Type 2>` (a fresh 8-byte server challenge) on the same
+connection, and answers with `Authorization: NTLM <Type 3>`; the connection is then
+authorised. A challenge belongs to its connection (`NtlmSession`), and is used once.
+
+The message structures are pyspnego's (`spnego._ntlm_raw`); the response is checked here
+against the user's NT hash, because pyspnego's acceptor reads users from a file. NTLMv2
+is the default; NTLMv1 (24-byte responses) only when the caller allows it. LM responses
+alone are never accepted here (no LM hash is stored); the MIC is not checked (the
+session key is never used: the TLS listener carries the integrity).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import re
+import struct
+from dataclasses import dataclass
+
+from spnego._ntlm_raw.crypto import desl, hmac_md5, md5
+from spnego._ntlm_raw.messages import (
+    Authenticate,
+    AvId,
+    Challenge,
+    FileTime,
+    NegotiateFlags,
+    TargetInfo,
+)
+
+SIGNATURE = b"NTLMSSP\x00"
+MAX_TOKEN = 4096  # bytes of a decoded NTLM message; Windows' are a few hundred
+
+
+class NtlmError(Exception):
+    """An NTLM message that cannot be read; str() says why."""
+
+
+def is_ntlm(header: bytes | None) -> bool:
+    """Whether an `Authorization` value uses the NTLM scheme (any case)."""
+    parts = (header or b"").strip().split(None, 1)
+    return bool(parts) and parts[0].lower() == b"ntlm"
+
+
+def ntlm_token(header: bytes | None) -> bytes | None:
+    """The decoded message of an `Authorization: NTLM <base64>` value, or None. Never raises."""
+    if not is_ntlm(header):
+        return None
+    parts = (header or b"").strip().split(None, 1)
+    if len(parts) != 2:
+        return None
+    token = re.sub(rb"[^A-Za-z0-9+/]", b"", parts[1])
+    if len(token) > MAX_TOKEN * 2:
+        return None
+    try:
+        raw = base64.b64decode(token + b"=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return raw if raw.startswith(SIGNATURE) and len(raw) >= 12 else None
+
+
+def message_type(token: bytes) -> int:
+    """1 (negotiate), 2 (challenge), 3 (authenticate), or another number."""
+    value: int = struct.unpack_from("<I", token, 8)[0]
+    return value
+
+
+@dataclass(frozen=True)
+class NtlmResponse:
+    """What a Type 3 message says, with the server challenge it answers."""
+
+    user: str
+    domain: str
+    workstation: str
+    server_challenge: bytes
+    nt_response: bytes
+    lm_response: bytes
+    flags: int
+
+    @property
+    def v2(self) -> bool:
+        """NTLMv2: the NT response carries the client's blob (longer than v1's 24 bytes)."""
+        return len(self.nt_response) > 24
+
+    @property
+    def version(self) -> str:
+        """For logs and events: "NTLMv2", "NTLMv1" or "LM"."""
+        if self.v2:
+            return "NTLMv2"
+        return "NTLMv1" if self.nt_response else "LM"
+
+
+@dataclass(eq=False)  # identity: sessions are kept in a WeakSet
+class NtlmSession:
+    """One connection's NTLM state: the challenge waiting for its answer, then the user
+    the connection is authorised as, until `until` (seconds on the authenticator's clock)."""
+
+    challenge: bytes | None = None
+    user: str | None = None
+    until: float = 0.0
+
+    def authorised(self, now: float) -> str | None:
+        return self.user if self.user is not None and now < self.until else None
+
+    def reset(self) -> None:
+        self.challenge = None
+        self.user = None
+        self.until = 0.0
+
+
+# What the challenge echoes of the client's flags (the rest is set or dropped).
+_ECHOED = (
+    NegotiateFlags.extended_session_security
+    | NegotiateFlags.key_128
+    | NegotiateFlags.key_56
+    | NegotiateFlags.key_exch
+    | NegotiateFlags.sign
+    | NegotiateFlags.seal
+    | NegotiateFlags.always_sign
+)
+
+
+def challenge_message(
+    negotiate: bytes, server_challenge: bytes, domain: str, computer: str, dns_domain: str = ""
+) -> bytes:
+    """The Type 2 message answering the Type 1 `negotiate`, with `server_challenge`."""
+    if len(negotiate) < 16 or message_type(negotiate) != 1:
+        raise NtlmError("not an NTLM negotiate message")
+    asked: int = struct.unpack_from("<I", negotiate, 12)[0]
+    flags = (
+        NegotiateFlags.ntlm
+        | NegotiateFlags.request_target
+        | NegotiateFlags.target_info
+        | NegotiateFlags.target_type_domain
+        | (asked & _ECHOED)
+    )
+    flags |= NegotiateFlags.unicode if asked & NegotiateFlags.unicode else NegotiateFlags.oem
+    info = TargetInfo()
+    info[AvId.nb_domain_name] = domain
+    info[AvId.nb_computer_name] = computer
+    info[AvId.dns_domain_name] = dns_domain or domain.lower()
+    info[AvId.dns_computer_name] = computer.lower()
+    info[AvId.timestamp] = FileTime.now()
+    message = Challenge(flags, server_challenge, target_name=domain, target_info=info)
+    packed: bytes = message.pack()
+    return packed
+
+
+def read_authenticate(token: bytes, server_challenge: bytes) -> NtlmResponse:
+    """The fields of a Type 3 message; NtlmError when it is not one or is damaged."""
+    if len(token) < 64 or message_type(token) != 3:
+        raise NtlmError("not an NTLM authenticate message")
+    try:
+        message = Authenticate.unpack(token)
+        return NtlmResponse(
+            user=message.user_name or "",
+            domain=message.domain_name or "",
+            workstation=message.workstation or "",
+            server_challenge=server_challenge,
+            nt_response=message.nt_challenge_response or b"",
+            lm_response=message.lm_challenge_response or b"",
+            flags=message.flags,
+        )
+    except (ValueError, struct.error, UnicodeDecodeError, IndexError) as e:
+        raise NtlmError(f"damaged NTLM authenticate message: {e}") from e
+
+
+def check_response(response: NtlmResponse, nt_hash: bytes) -> bool:
+    """Whether the NT response proves knowledge of `nt_hash` (NTLMv2, or NTLMv1 with or
+    without extended session security). The caller decides whether v1 is allowed."""
+    nt = response.nt_response
+    challenge = response.server_challenge
+    if response.v2:
+        if len(nt) < 16 + 28:
+            return False
+        key = hmac_md5(nt_hash, (response.user.upper() + response.domain).encode("utf-16-le"))
+        proof = hmac_md5(key, challenge + nt[16:])
+        return hmac.compare_digest(proof, nt[:16])
+    if len(nt) != 24:
+        return False  # LM alone, or damaged
+    if response.flags & NegotiateFlags.extended_session_security:
+        if len(response.lm_response) < 8:
+            return False
+        expected = desl(nt_hash, md5(challenge + response.lm_response[:8])[:8])
+    else:
+        expected = desl(nt_hash, challenge)
+    return hmac.compare_digest(expected, nt)

@@ -242,6 +242,14 @@ def test_converge_debian12_then_serve_and_converge_again(tmp_path: Path) -> None
             assert first.returncode == 0, first.output[-12000:]
             assert first.recap()[HOST]["failed"] == 0
 
+            # Plain HTTP is open to the internal networks only (the appliance refuses others).
+            rules = (root / "etc" / "nftables.conf").read_text()
+            assert (
+                "ip saddr { 127.0.0.0/8, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 } tcp dport 80"
+                in rules
+            ), rules
+            assert "ip6 saddr { ::1/128, fc00::/7 } tcp dport 80" in rules, rules
+
             unit = netns.Unit.read(root / UNIT)
             assert unit.user == "ucupdates" and unit.user != "root"
             assert unit.no_new_privileges
@@ -354,6 +362,8 @@ def test_converge_debian12_then_serve_and_converge_again(tmp_path: Path) -> None
                 timings["smoke"] = smoke.seconds
                 assert smoke.returncode == 0, smoke.output[-8000:]
                 assert "Send the update check" in smoke.output
+                assert "Send the update check over plain HTTP" in smoke.output
+                assert f"plain HTTP: <BaseURL>http://{FQDN}" in smoke.output
                 if dns_served:
                     assert f"{FQDN} is {ns.address}" in smoke.output
 
@@ -371,6 +381,30 @@ def test_converge_debian12_then_serve_and_converge_again(tmp_path: Path) -> None
                 connection.close()
                 assert reply.status == 200, body
                 assert b"<Response>" in body and b"<Downloads>1</Downloads>" in body, body
+
+                # Over plain HTTP on port 80, as Lync served the inside: the same answer,
+                # whose BaseURL (http, no port) names the image that plain HTTP serves.
+                plain = http.client.HTTPConnection(ns.address, 80, timeout=15)
+                plain.request(
+                    "POST",
+                    "/RequestHandler/ucdevice.upx",
+                    sample_check(),
+                    {"Content-Type": "text/xml", "Host": FQDN},
+                )
+                reply = plain.getresponse()
+                answer = reply.read()
+                assert reply.status == 200 and answer == body, answer
+                base = re.search(rb"<BaseURL>([^<]+)</BaseURL>", answer)
+                name = re.search(rb"<FileName>([^<]+)</FileName>", answer)
+                assert base and name, answer
+                prefix = f"http://{FQDN}/DeviceUpdateFiles_Int/".encode()
+                assert base.group(1).startswith(prefix), answer
+                path = base.group(1)[len(prefix) - len("/DeviceUpdateFiles_Int/") :]
+                plain.request("GET", (path + b"/" + name.group(1)).decode(), headers={"Host": FQDN})
+                image = plain.getresponse()
+                size = re.search(rb"<Size>(\d+)</Size>", answer)
+                assert size and image.status == 200 and len(image.read()) == int(size.group(1))
+                plain.close()
             finally:
                 exit_status = netns.stop(running)
             assert exit_status == 0, running.output()

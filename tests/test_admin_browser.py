@@ -241,6 +241,36 @@ def test_an_admin_session(browser: Any, panel: Panel, tmp_path: Path) -> None:
     assert any(PHONE in r for r in page.rows("#device-events"))
     page.shot("activity")
 
+    # -- captures (viewers may read them too) ----------------------------------------------------
+    from appliance.model import Capture, CapturedTls, Zone
+    from appliance.ops import CaptureFolder
+
+    CaptureFolder(panel.data_dir / "capture", 10, 10**6).write(
+        Capture(
+            id="20261206T093000-000000-1-000001",
+            captured_at="2026-12-06T09:30:00Z",
+            reason="unparsable: malformed XML",
+            client="10.1.2.3",
+            zone=Zone.INTERNAL,
+            model=None,
+            method="POST",
+            target="/RequestHandler/ucdevice.upx",
+            http_version="HTTP/1.1",
+            headers=(("Authorization", "NTLM (credentials removed)"),),
+            body=b"<Request>",
+            tls=CapturedTls("TLSv1", "AES128-SHA", None),
+            status=400,
+            answer=b"malformed XML\n",
+        )
+    )
+    page.find("nav a[href='/captures']").click()
+    page.until(lambda: any("TLSv1" in r for r in page.rows("#captures")), "the capture listed")
+    page.find("#captures tbody button").click()
+    page.until(lambda: "no SNI sent" in page.text("#capture-text"), "the capture shown")
+    assert "NTLM (credentials removed)" in page.text("#capture-text")
+    assert page.find("#captures-export").get_attribute("href").endswith("/api/captures/export")
+    page.shot("captures")
+
     # -- log out ---------------------------------------------------------------------------------
     page.find("#logout").click()
     page.until(lambda: browser.current_url.endswith("/login"), "the login page")

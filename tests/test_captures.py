@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser.panel import Reply as PanelReply
+from browser.panel import check_against_openapi
 from OpenSSL import SSL
 from treq.testing import StubTreq
 
@@ -47,8 +49,6 @@ from appliance.testing import (
 )
 from appliance.tls import context_factory, ensure_test_certificates
 from appliance.web import GuardedSite, Limits
-from tests.browser.panel import Reply as PanelReply
-from tests.browser.panel import check_against_openapi
 
 NOW = datetime(2026, 12, 6, 9, 30, tzinfo=UTC)
 CHECK = "http://ucupdates.test/RequestHandler/ucdevice.upx"
@@ -470,11 +470,10 @@ def test_a_viewer_lists_reads_and_exports_captures(phones: Phones) -> None:
 
 
 def test_capture_json_matches_the_openapi_schema(tmp_path: Path) -> None:
+    from browser.panel import OPENAPI
     from jsonschema import Draft202012Validator
     from referencing import Registry, Resource
     from referencing.jsonschema import DRAFT202012
-
-    from tests.browser.panel import OPENAPI
 
     registry = Registry().with_resource(
         "urn:o", Resource.from_contents(OPENAPI, default_specification=DRAFT202012)

@@ -8,7 +8,8 @@ DATA_DIR ?= ./var
 # benchmarks (installed when missing). Daemons among them are not started by the install.
 SYSTEM_PACKAGES := cabextract gcab openssl curl slapd ldap-utils rsyslog dnsutils knot-dnsutils \
 	dnsmasq-base kea-dhcp4-server isc-dhcp-server \
-	time nginx wrk dnsperf debootstrap vagrant iproute2 chromium chromium-driver
+	time nginx wrk dnsperf debootstrap vagrant iproute2 chromium chromium-driver \
+	samba winbind
 STAMP_SYS := $(VENV)/.system-packages
 STAMP := $(VENV)/.installed
 

@@ -356,3 +356,25 @@ def test_a_big_body_on_the_first_leg_is_not_read(site: GuardedSite) -> None:
     response = conn.send(head)
     assert status(response) == 413  # over the check's limit: refused from the headers
     assert conn.transport.disconnecting
+
+
+def test_an_anonymous_type_3_is_a_failure(auth: Authenticator, events: list[LogEvent]) -> None:
+    from appliance.phones.ntlm import NtlmResponse
+
+    assert NtlmResponse("", "", "", b"x" * 8, b"", b"\x00", 0).anonymous
+    client = spnego.client(USER, PASSWORD, protocol="ntlm")
+    session = NtlmSession()
+    challenged = fired(auth.authenticate(ntlm(client.step() or b""), "192.0.2.77", session))
+    assert challenged.challenge is not None
+    # An anonymous AUTHENTICATE_MESSAGE: empty user, LM response Z(1), no NT response.
+    header = b"NTLMSSP\x00\x03\x00\x00\x00"
+    offset = 64
+    fields = b"\x01\x00\x01\x00" + offset.to_bytes(4, "little")  # LM: 1 byte at 64
+    fields += b"\x00\x00\x00\x00" + (offset + 1).to_bytes(4, "little")  # NT: empty
+    for _ in range(4):  # domain, user, workstation, session key: empty
+        fields += b"\x00\x00\x00\x00" + (offset + 1).to_bytes(4, "little")
+    token = header + fields + (0x00000201).to_bytes(4, "little") + b"\x00"
+    assert len(token) == offset + 1
+    refused = fired(auth.authenticate(ntlm(token), "192.0.2.77", session))
+    assert (refused.status, refused.reason) == (401, "bad credentials")
+    assert named(events, "auth.failure")

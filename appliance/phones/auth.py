@@ -237,6 +237,8 @@ class Authenticator:
         until = self._users.locked_until(username.casefold(), now)
         if until is not None:
             return defer.succeed(_locked(until, now))
+        if not username or response.anonymous:
+            return defer.succeed(self._failed(username, [source], now)[source])
         if not response.v2 and not self._settings.ntlm_allow_v1:
             log.info(
                 "auth failure for {user} from {source}: {reason} ({version})",
@@ -247,8 +249,6 @@ class Authenticator:
                 event="auth.failure",
             )
             return defer.succeed(AuthResult(False, 401, AuthReason.NTLM_V1_REFUSED))
-        if not username or not response.nt_response and not response.lm_response:
-            return defer.succeed(self._failed(username, [source], now)[source])
         digest = hmac.new(self._key, b"ntlm\0" + token, hashlib.sha256).digest()
         d = self._check(
             digest, username, source, now, lambda: verifier.verify_ntlm(response), False

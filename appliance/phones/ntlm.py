@@ -87,6 +87,11 @@ class NtlmResponse:
         return len(self.nt_response) > 24
 
     @property
+    def anonymous(self) -> bool:
+        """No NT response and an empty or one-zero-byte LM response (MS-NLMP anonymous)."""
+        return not self.nt_response and self.lm_response in (b"", b"\x00")
+
+    @property
     def version(self) -> str:
         """For logs and events: "NTLMv2", "NTLMv1" or "LM"."""
         if self.v2:

@@ -76,6 +76,7 @@ SLOW_TESTS = {
     "test_rsyslogd_receives_events_over_udp",
     "test_rsyslogd_receives_events_over_tcp",
     "test_check_command_exits_2_naming_what_failed",
+    "test_check_command_exits_1_with_a_warning_of_old_tanjay_phones",
     "test_check_command_passes_on_a_healthy_appliance",
     "test_health_is_200_when_the_process_is_well",
     "test_health_is_503_with_what_failed_after_its_cache_expires",

@@ -20,7 +20,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from appliance.cli.certs import add_certs_parser, certs_command
-from appliance.config import Config, TlsSettings
+from appliance.config import CertSignature, Config, DiscoveryName, DnsSettings, TlsSettings
+from appliance.ops.checks import check_certificate
 from appliance.testing import NOW as T0
 from appliance.testing import REPO
 from appliance.tls.certificates import (
@@ -30,8 +31,9 @@ from appliance.tls.certificates import (
     load_credentials,
 )
 from appliance.tls.generated import LEAF_DAYS, ensure_test_certificates
+from appliance.tls.sha1 import resign_sha1
 
-NAMES = ("ucupdates-r2.example.com",)
+NAMES = ("ucupdates-r2.example.com", "ucupdates.example.com")
 
 
 def certs(config: Config, *argv: str, now: datetime = T0) -> tuple[int, str]:
@@ -144,7 +146,8 @@ def pem(*certs: x509.Certificate) -> bytes:
 
 @pytest.fixture
 def contoso(config: Config) -> Config:
-    """Two domains, an external name of its own: four names in all."""
+    """Two domains, an external name of its own: six names in all (two discovery names
+    in each domain, docs/protocol.md §3)."""
     return dataclasses.replace(
         config,
         domains=("example.com", "contoso.com"),
@@ -175,13 +178,16 @@ def test_init_makes_the_test_ca_and_show_describes_it(config: Config) -> None:
     assert status == 0
     ca_file = config.tls_dir / "ca.pem"
     assert f"phones must trust the CA certificate {ca_file}" in out
+    assert "signed with sha256 (tls.generated_signature)" in out
     assert ca_file.exists() and (config.tls_dir / "server.pem").exists()
 
     status, out = certs(config, "show", now=T0 + timedelta(days=10))
     assert status == 0, out
     assert re.search(r"^certificate +\S+server\.pem \(generated\)$", out, re.M)
     assert re.search(r"^issuer +CN=ucupdates test CA \d{8},O=ucupdates appliance$", out, re.M)
-    assert re.search(r"^names +ucupdates-r2\.example\.com, localhost$", out, re.M)
+    names = r"ucupdates-r2\.example\.com, ucupdates\.example\.com, localhost"
+    assert re.search(rf"^names +{names}$", out, re.M)
+    assert re.search(r"^signature +sha256$", out, re.M)
     assert re.search(r"^not after +\S+ \S+ UTC \(815 days left\)$", out, re.M)
     assert f"phones trust {ca_file}" in out
     assert "WARNING" not in out
@@ -208,7 +214,7 @@ def test_show_warns_when_a_configured_name_is_missing(config: Config, contoso: C
     assert status == 1
     assert (
         "WARNING: the certificate lacks the configured name(s) ucupdates-r2.contoso.com, "
-        "updates.contoso.com"
+        "ucupdates.contoso.com, updates.contoso.com"
     ) in out
 
 
@@ -238,7 +244,9 @@ def test_csr_carries_every_configured_name_and_keeps_its_key_private(
     sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == [
         "ucupdates-r2.example.com",
+        "ucupdates.example.com",
         "ucupdates-r2.contoso.com",
+        "ucupdates.contoso.com",
         "updates.contoso.com",
         "uc.contoso.com",
     ]
@@ -329,10 +337,84 @@ def test_install_refuses_a_certificate_for_another_key(
 def test_install_refuses_a_certificate_lacking_a_name(
     contoso: Config, tmp_path: Path, issuing: Authority, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    signed = sign(csr_for(contoso, tmp_path), issuing, names=("ucupdates-r2.example.com",))
+    signed = sign(csr_for(contoso, tmp_path), issuing, names=NAMES)
     refuse(contoso, tmp_path, signed)
     err = capsys.readouterr().err
-    assert "lacks the name(s) ucupdates-r2.contoso.com, updates.contoso.com" in err
+    assert (
+        "lacks the name(s) ucupdates-r2.contoso.com, ucupdates.contoso.com, updates.contoso.com"
+    ) in err
+    assert "wildcard" not in err
+
+
+def test_install_refuses_a_wildcard_only_certificate_and_says_why(
+    contoso: Config, tmp_path: Path, issuing: Authority, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """LPE phones accept no wildcard on any Lync role (docs/protocol.md §3, [K S50])."""
+    wildcards = ("*.example.com", "*.contoso.com")
+    request = csr_for(contoso, tmp_path)
+    refuse(contoso, tmp_path, sign(request, issuing, names=wildcards))
+    err = capsys.readouterr().err
+    assert (
+        "lacks the name(s) ucupdates-r2.example.com (only *.example.com), ucupdates.example.com "
+        "(only *.example.com), ucupdates-r2.contoso.com (only *.contoso.com)"
+    ) in err
+    assert "LPE phones do not accept wildcard certificates on any Lync role" in err
+    # A wildcard beside every name spelt out is no harm.
+    every = (*wildcards, *contoso.server_names())
+    path = tmp_path / "signed.pem"
+    path.write_bytes(sign(request, issuing, names=every))  # the pending key is still there
+    status, out = certs(contoso, "install", str(path))
+    assert status == 0, out
+
+
+def test_install_accepts_a_sha1_chain_and_show_reports_it(config: Config, tmp_path: Path) -> None:
+    """An enterprise CA that signs with SHA-1 for Tanjay-family phones: the chain check
+    verifies SHA-1 signatures itself (cryptography's own check refuses them)."""
+    ca = ensure_test_certificates(tmp_path / "sha1-ca", NAMES, now=T0, signature=CertSignature.SHA1)
+    assert ca.ca_file is not None
+    ca_cert = x509.load_pem_x509_certificate(ca.ca_file.read_bytes())
+    ca_key = serialization.load_pem_private_key(
+        (tmp_path / "sha1-ca" / "ca.key").read_bytes(), None
+    )
+    assert isinstance(ca_key, rsa.RSAPrivateKey)
+    csr = x509.load_pem_x509_csr(csr_for(config, tmp_path))
+    leaf = resign_sha1(
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(csr.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(T0 - timedelta(hours=1))
+        .not_valid_after(T0 + timedelta(days=397))
+        .add_extension(
+            csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value, False
+        )
+        .sign(ca_key, hashes.SHA256()),
+        ca_key,
+    )
+    (tmp_path / "signed.pem").write_bytes(pem(leaf))
+    status, out = certs(config, "install", str(tmp_path / "signed.pem"), "--chain", str(ca.ca_file))
+    assert status == 0, out
+    assert "  signed   sha1" in out
+    status, out = certs(config, "show")
+    assert status == 0 and re.search(r"^signature +sha1$", out, re.M), out
+
+
+def test_show_and_check_warn_when_the_lync_2010_name_is_missing(
+    config: Config, tmp_path: Path
+) -> None:
+    creds = ensure_test_certificates(tmp_path / "elsewhere", NAMES[:1], now=T0)
+    configured = dataclasses.replace(
+        config, tls=TlsSettings(cert_file=creds.cert_file, key_file=creds.key_file)
+    )
+    status, out = certs(configured, "show")
+    assert status == 1
+    assert "WARNING: the certificate lacks the configured name(s) ucupdates.example.com" in out
+    result = check_certificate(configured, T0)
+    assert result.ok and result.warning and "ucupdates.example.com" in result.detail
+    only_r2 = dataclasses.replace(configured, dns=DnsSettings(names=(DiscoveryName.R2,)))
+    assert certs(only_r2, "show")[0] == 0
+    assert not check_certificate(only_r2, T0).warning
 
 
 @pytest.mark.parametrize("when", [T0 - timedelta(days=2), T0 + timedelta(days=400)])

@@ -129,6 +129,70 @@ def test_answers_for_our_names(
     assert outcome.cacheable
 
 
+@pytest.mark.parametrize("qtype", ["A", "AAAA", "SOA", "NS"])
+def test_lync_2010_name_is_answered_beside_the_r2_name(qtype: str) -> None:
+    """docs/protocol.md §3: Lync 2010 created ucupdates.<domain>, OCS R2 phones look up
+    ucupdates-r2.<domain>: both are apexes of their own, in every domain."""
+    for domain in ("example.com", "contoso.com"):
+        _, r2 = ask(query(f"ucupdates-r2.{domain}", qtype))
+        _, lync = ask(query(f"ucupdates.{domain}", qtype))
+        assert RCODE[lync.header.rcode] == "NOERROR" and lync.header.aa == 1
+        assert answers(lync) == [
+            (t, v.replace("ucupdates-r2.", "ucupdates.")) for t, v in answers(r2)
+        ]
+        assert len(answers(lync)) == 1
+    _, below = ask(query("x.ucupdates.example.com"))
+    assert RCODE[below.header.rcode] == "NXDOMAIN"
+    assert str(below.auth[0].rname) == "ucupdates.example.com."
+
+
+@pytest.mark.parametrize(
+    ("names", "answered", "forwarded"),
+    [
+        (("ucupdates-r2",), "ucupdates-r2.example.com", "ucupdates.example.com"),
+        (("ucupdates",), "ucupdates.example.com", "ucupdates-r2.example.com"),
+    ],
+)
+def test_names_switch_answers_only_the_chosen_name(
+    names: tuple[str, ...], answered: str, forwarded: str
+) -> None:
+    table = AnswerTable.build(
+        ("example.com",), Addresses(INTERNAL_V4), Addresses(), forwarding=True, names=names
+    )
+    _, reply = ask(query(answered), table)
+    assert answers(reply) == [("A", INTERNAL_V4)]
+    outcome = respond(query(forwarded), True, False, table)
+    assert outcome.action is Action.FORWARD  # to the upstreams, as any other name
+
+
+def test_dns_names_come_from_the_config(tmp_path: Path) -> None:
+    config = config_from(tmp_path, '[dns]\ninternal_address = "10.0.0.5"\nnames = ["ucupdates"]\n')
+    r, sent = make_responder(config, Clock()), Sent()
+    assert r.table.names == ("ucupdates",)
+    for name in ("ucupdates.example.com", "ucupdates-r2.example.com"):
+        r.handle(query(name), "10.9.9.9", False, sent.append)
+    assert [RCODE[rec.header.rcode] for rec in sent.records()] == ["NOERROR", "REFUSED"]
+    assert config.server_names()[0] == "ucupdates.example.com" == config.internal_fqdn
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('["ucupdates-r3"]', "dns.names.*expected one of 'ucupdates-r2', 'ucupdates'"),
+        ('"ucupdates"', "dns.names.*expected a list"),
+    ],
+)
+def test_dns_names_are_checked(tmp_path: Path, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from(tmp_path, f"[dns]\nnames = {value}\n")
+
+
+def test_no_dns_names_is_a_config_error(tmp_path: Path) -> None:
+    config = config_from(tmp_path, "[dns]\nnames = []\n")
+    with pytest.raises(ConfigError, match="dns.names.*at least one"):
+        make_responder(config, Clock())
+
+
 def test_ns_answer_carries_glue() -> None:
     _, reply = ask(query(NAME, "NS"))
     assert [(QTYPE[rr.rtype], str(rr.rdata)) for rr in reply.ar] == [

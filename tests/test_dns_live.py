@@ -288,6 +288,27 @@ def test_internal_client_gets_the_internal_address(responders: Responders, trans
     assert v6.answers == [("ucupdates-r2.contoso.com.", "AAAA", INTERNAL_V6)]
 
 
+@pytest.mark.parametrize("transport", ["UDP", "TCP"])
+def test_dig_gets_both_discovery_names_in_every_domain(
+    responders: Responders, transport: str
+) -> None:
+    """docs/protocol.md §3: ucupdates-r2.<domain> (OCS R2 phones) and ucupdates.<domain>
+    (Lync 2010's record), for the configured domains and the one DHCP hands out."""
+    options = ["+tcp"] if transport == "TCP" else []
+    for domain in ("example.com", "contoso.com", "dhcp.example.net"):
+        for label in ("ucupdates-r2", "ucupdates"):
+            name = f"{label}.{domain}"
+            a = dig(responders.inside.port, name, "A", *options)
+            assert a.status == "NOERROR" and "aa" in a.flags and a.transport == transport
+            assert a.answers == [(name + ".", "A", INTERNAL_V4)]
+            aaaa = dig(responders.inside.port, name, "AAAA", *options)
+            assert aaaa.answers == [(name + ".", "AAAA", INTERNAL_V6)]
+    outside = dig(responders.outside.port, "ucupdates.example.com")
+    assert outside.answers == [("ucupdates.example.com.", "A", EXTERNAL_V4)]
+    [event] = responders.inside.events("dns.start")
+    assert event["names"] == ["ucupdates-r2", "ucupdates"]
+
+
 def test_external_client_gets_the_external_address_or_refused(responders: Responders) -> None:
     reply = dig(responders.outside.port, NAME)
     assert reply.status == "NOERROR" and "aa" in reply.flags

@@ -24,11 +24,13 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from appliance.catalogue.importer import import_package
 from appliance.config import Address, Config, Listeners
+from appliance.model import Device
 from appliance.ops.checks import (
     CheckResult,
     check_certificate,
     check_command,
     check_dns,
+    check_dns_names,
     check_files,
     check_https,
     check_listener,
@@ -112,10 +114,14 @@ class TlsServer(Server):
 
 
 class DnsServer(Server):
-    """Answers A for `name` with 127.0.0.1; `rcode` set: that error for everything."""
+    """Answers A for `name` (or each of `names`) with 127.0.0.1; `rcode` set: that error
+    for everything."""
 
-    def __init__(self, sock: socket.socket, name: str, rcode: int | None = None) -> None:
+    def __init__(
+        self, sock: socket.socket, name: str, rcode: int | None = None, *names: str
+    ) -> None:
         self.name = name
+        self.names = {name, *names}
         self.rcode = rcode
         super().__init__(sock)
 
@@ -125,8 +131,8 @@ class DnsServer(Server):
         reply = query.reply()
         if self.rcode is not None:
             reply.header.rcode = self.rcode
-        elif str(query.q.qname).rstrip(".") == self.name and query.q.qtype == QTYPE.A:
-            reply.add_answer(RR(self.name, QTYPE.A, rdata=A(HOST), ttl=60))
+        elif str(query.q.qname).rstrip(".") in self.names and query.q.qtype == QTYPE.A:
+            reply.add_answer(RR(query.q.qname, QTYPE.A, rdata=A(HOST), ttl=60))
         self.sock.sendto(reply.pack(), peer)
 
 
@@ -166,9 +172,9 @@ class Appliance:
 def appliance(config: Config, imported: Store, creds: ServerCredentials) -> Iterator[Appliance]:
     """Every listener of the config up on loopback, as a healthy appliance has them."""
     udp, tcp = udp_and_tcp_on_one_port()
-    dns_name = f"ucupdates-r2.{config.domains[0]}"
+    dns_names = [f"{name}.{config.domains[0]}" for name in config.dns.names]
     servers: dict[str, Server] = {
-        "dns-udp": DnsServer(udp, dns_name),
+        "dns-udp": DnsServer(udp, dns_names[0], None, *dns_names[1:]),
         "dns": Server(tcp),
         "internal-https": TlsServer(creds.cert_file, creds.key_file),
         "internal-http": Server(tcp_socket()),
@@ -365,6 +371,23 @@ def test_dns_check_needs_an_address_in_the_answer() -> None:
     assert not result.ok and "no answer" in result.detail
 
 
+def test_dns_check_asks_for_each_discovery_name() -> None:
+    names = ["ucupdates-r2.example.com", "ucupdates.example.com"]
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((HOST, 0))
+    server = DnsServer(udp, names[0])
+    try:
+        result = check_dns_names(server.address, names, TIMEOUT)
+        assert result == CheckResult(
+            "dns", False, f"{server.address}: no address for ucupdates.example.com"
+        )
+        server.names.add(names[1])
+        result = check_dns_names(server.address, names, TIMEOUT)
+        assert result.ok and result.detail == "; ".join(f"{n} A {HOST}" for n in names)
+    finally:
+        server.close()
+
+
 def test_dns_check_gives_up_after_its_timeout() -> None:
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind((HOST, 0))  # bound, never answers
@@ -401,6 +424,29 @@ def test_check_command_passes_on_a_healthy_appliance(appliance: Appliance) -> No
     lines = out.getvalue().splitlines()
     assert status == 0, out.getvalue()
     assert [line.split(":")[0] for line in lines] == [f"OK {name}" for name in ALL_CHECKS]
+
+
+def test_check_command_exits_1_with_a_warning_of_old_tanjay_phones(appliance: Appliance) -> None:
+    """A SHA-2 certificate while the inventory holds a CX700 on OCS-era firmware (which
+    says SHA-2 is not supported, docs/protocol.md §3): a warning, not a failure."""
+    cx700 = Device(
+        "00-04-F2-00-00-01", "00-04-F2-00-00-01", None, "UCPhone", "Polycom", "CX700", "A",
+        "ENU", "1.0.522.101", None, "10.0.0.7", None, "2026-01-01", "2026-01-01",
+    )  # fmt: skip
+    appliance.store.record_device(cx700)
+    out = io.StringIO()
+    status = check_command(appliance.config, appliance.store, False, out, NOW, TIMEOUT)
+    assert status == 1, out.getvalue()
+    [warned] = [line for line in out.getvalue().splitlines() if line.startswith("WARN ")]
+    assert warned.startswith("WARN certificate: ") and ", signed sha256: is signed with sha256" in (
+        warned
+    )
+    assert "1 Tanjay-family phone(s) on firmware before 4.0 (CX700 1.0.522.101)" in warned
+    out = io.StringIO()
+    assert check_command(appliance.config, appliance.store, True, out, NOW, TIMEOUT) == 1
+    report = json.loads(out.getvalue())
+    assert report["status"] == "warn"
+    assert [c["name"] for c in report["checks"] if c["warning"]] == ["certificate"]
 
 
 def test_check_command_exits_2_naming_what_failed(appliance: Appliance) -> None:
@@ -485,6 +531,7 @@ def test_health_reports_the_certificate_and_the_service_state(
         "name": "serving",
         "ok": True,
         "detail": f"listening: admin {HOST}:9443, internal-https {HOST}:8443",
+        "warning": False,
     }
     Service.running = 0
     status, body, _ = get(HealthResource(config, imported, FixedClock(NOW), Service()))

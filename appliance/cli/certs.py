@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from appliance.cli.exits import EX_FAILED
-from appliance.config import Config
+from appliance.config import CertSignature, Config
 
 PENDING_KEY_NAME = "pending.key"  # tls.PENDING_KEY, named here so the parser loads no TLS
 
@@ -84,6 +84,7 @@ def certs_command(
 def _show(config: Config, args: argparse.Namespace, now: datetime, out: TextIO) -> int:
     from appliance.tls import (
         certificate_problems,
+        certificate_warnings,
         days_left,
         describe_certificate,
         existing_credentials,
@@ -108,6 +109,7 @@ def _show(config: Config, args: argparse.Namespace, now: datetime, out: TextIO) 
         ("names", ", ".join(info.names) or "(none)"),
         ("not before", f"{info.not_before:%Y-%m-%d %H:%M} UTC"),
         ("not after", f"{info.not_after:%Y-%m-%d %H:%M} UTC ({left:.0f} days left)"),
+        ("signature", info.signature),
         ("sha256", info.sha256),
     ]
     if creds.ca_file is not None:
@@ -115,6 +117,7 @@ def _show(config: Config, args: argparse.Namespace, now: datetime, out: TextIO) 
     for label, value in rows:
         print(f"{label:12} {value}", file=out)
     problems = certificate_problems(config, creds.names, left)
+    problems += certificate_warnings(config, creds.cert_file)
     for problem in problems:
         print(f"WARNING: the certificate {problem}", file=out)
     return EX_FAILED if problems else 0
@@ -131,8 +134,12 @@ def _init(config: Config, args: argparse.Namespace, now: datetime, out: TextIO) 
             file=out,
         )
         return EX_FAILED
-    creds = ensure_test_certificates(config.tls_dir, config.server_names(), now=now)
+    signature = config.tls.generated_signature
+    creds = ensure_test_certificates(
+        config.tls_dir, config.server_names(), now=now, signature=signature
+    )
     print(f"server certificate {creds.cert_file} for {', '.join(creds.names)}", file=out)
+    print(f"signed with {signature.value} (tls.generated_signature)", file=out)
     print(f"valid until {creds.not_after:%Y-%m-%d} UTC", file=out)
     print(f"phones must trust the CA certificate {creds.ca_file}", file=out)
     return 0
@@ -154,6 +161,8 @@ def _csr(config: Config, args: argparse.Namespace, now: datetime, out: TextIO) -
     print(f"wrote the certificate request {args.out} for {', '.join(names)}", file=out)
     print(f"its private key is {key_file} (mode 0600): it stays on this host", file=out)
     print("send the request to your CA; when the certificate comes back:", file=out)
+    if config.tls.generated_signature is CertSignature.SHA1:
+        print("  (for Tanjay-family phones on old firmware, ask for a SHA-1 chain)", file=out)
     key_option = f" --key {key_file}" if args.key_out else ""
     print(f"  ucupdates certs install CERT.pem [--chain CHAIN.pem]{key_option}", file=out)
     return 0
@@ -165,6 +174,7 @@ def _install(config: Config, args: argparse.Namespace, now: datetime, out: TextI
         INSTALLED_KEY,
         PENDING_KEY,
         CertError,
+        certificate_warnings,
         check_expiry,
         describe_certificate,
         install_certificate,
@@ -184,9 +194,12 @@ def _install(config: Config, args: argparse.Namespace, now: datetime, out: TextI
     print(f"  names    {', '.join(info.names)}", file=out)
     print(f"  issuer   {info.issuer}", file=out)
     print(f"  expires  {info.not_after:%Y-%m-%d} UTC", file=out)
+    print(f"  signed   {info.signature}", file=out)
     warning = check_expiry(creds, now, config.syslog.cert_warn_days)
     if warning:
         print(f"WARNING: {warning}", file=out)
+    for warning in certificate_warnings(config, creds.cert_file):
+        print(f"WARNING: the certificate {warning}", file=out)
     if config.tls.cert_file is not None:
         print("the config names another certificate; to use this one, set:", file=out)
     else:

@@ -56,7 +56,9 @@ def server_credentials(config: Config) -> ServerCredentials:
     installed = installed_pair(config.tls_dir)  # `ucupdates certs install`
     if installed is not None:
         return load_credentials(*installed)
-    return ensure_test_certificates(config.tls_dir, config.server_names())
+    return ensure_test_certificates(
+        config.tls_dir, config.server_names(), signature=config.tls.generated_signature
+    )
 
 
 def serve(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:

@@ -83,7 +83,8 @@ class Config:
 
     @property
     def internal_fqdn(self) -> str:
-        return self.service.internal_fqdn or f"ucupdates-r2.{self.domains[0]}"
+        first = self.dns.names[0] if self.dns.names else "ucupdates-r2"
+        return self.service.internal_fqdn or f"{first}.{self.domains[0]}"
 
     @property
     def external_fqdn(self) -> str:
@@ -112,8 +113,9 @@ class Config:
         return self.service.external_port or self.listeners.external_https.port
 
     def server_names(self) -> tuple[str, ...]:
-        """Every name the phone-facing certificate must carry."""
-        names = [f"ucupdates-r2.{d}" for d in self.domains]
+        """Every name the phone-facing certificate must carry: each discovery name
+        (`dns.names`) in each domain, then the internal and external FQDNs."""
+        names = [f"{n}.{d}" for d in self.domains for n in self.dns.names]
         names += [self.internal_fqdn, self.external_fqdn]
         return tuple(dict.fromkeys(names))
 

@@ -49,6 +49,13 @@ class TlsProfile(StrEnum):
     LPE_LEGACY = "lpe-legacy"  # also TLS 1.0/1.1 with the CBC-SHA suites the phones need
 
 
+class CertSignature(StrEnum):
+    """The hash the generated test CA signs with (docs/protocol.md §3)."""
+
+    SHA256 = "sha256"
+    SHA1 = "sha1"  # Tanjay-family phones (CX700, LG-Nortel 8540) on old firmware
+
+
 @dataclass(frozen=True)
 class TlsSettings:
     """The server certificate and the protocol set of each listener.
@@ -61,6 +68,9 @@ class TlsSettings:
     key_file: Path | None = None
     internal_profile: TlsProfile = TlsProfile.LPE_LEGACY
     external_profile: TlsProfile = TlsProfile.LPE_LEGACY
+    # The generated CA and server certificate's signature; changing it needs a new test
+    # CA (remove ca.pem and ca.key): phones pin the chain they saw first.
+    generated_signature: CertSignature = CertSignature.SHA256
 
 
 class UrlScheme(StrEnum):
@@ -180,11 +190,19 @@ class DeviceLogSettings:
     retention_days: float = field(default=10.0, metadata={"check": positive})
 
 
+class DiscoveryName(StrEnum):
+    """The names phones look up in each domain (docs/protocol.md §3)."""
+
+    R2 = "ucupdates-r2"  # OCS 2007 R2 and later phones
+    LYNC2010 = "ucupdates"  # what Lync 2010 Device Update deployments created
+
+
 @dataclass(frozen=True)
 class DnsSettings:
-    """The ucupdates-r2 responder (on listeners.dns, UDP and TCP).
+    """The discovery responder (on listeners.dns, UDP and TCP).
 
-    It answers A/AAAA for `ucupdates-r2.<domain>` in every domain of `domains` (and of
+    It answers A/AAAA for `<name>.<domain>`, each name of `names` (default
+    `ucupdates-r2` and `ucupdates`) in every domain of `domains` (and of
     `domains_from`, an ISC dhcpd.conf or Kea JSON file read at start and on reload), with
     the internal address for internal clients and the external one (or REFUSED) for
     others. Every other name goes to `upstreams`, or is REFUSED when there are none.
@@ -194,6 +212,8 @@ class DnsSettings:
     internal_address6: str | None = field(default=None, metadata={"check": ip})
     external_address: str | None = field(default=None, metadata={"check": ip})
     external_address6: str | None = field(default=None, metadata={"check": ip})
+    # The names answered (and that the server certificate must carry) in every domain.
+    names: tuple[DiscoveryName, ...] = (DiscoveryName.R2, DiscoveryName.LYNC2010)
     domains_from: Path | None = None
     upstreams: tuple[Address, ...] = ()
     ttl: int = field(default=300, metadata={"check": positive})

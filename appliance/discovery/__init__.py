@@ -1,4 +1,4 @@
-"""How phones find the appliance: the DNS responder (ucupdates-r2) and the DHCPINFORM responder."""
+"""How phones find the appliance: the DNS responder (ucupdates-r2, ucupdates) and DHCPINFORM."""
 
 from appliance.discovery.dhcp import make_dhcp_service
 from appliance.discovery.dhcp_options import DhcpOptionError

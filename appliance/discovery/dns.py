@@ -7,7 +7,9 @@ one, in `.ports`), and holds the DnsResponder (`.responder`) for reload and coun
 This module builds the service from the config; the DnsResponder (dns_responder) caches,
 limits and forwards, and the protocols in dns_listeners move the bytes.
 
-The responder answers for `ucupdates-r2.<domain>` itself (dns_answer decides and packs),
+The responder answers for the discovery names itself, `<name>.<domain>` for each of
+`dns.names` (default `ucupdates-r2` and `ucupdates`, docs/protocol.md §3) in each domain
+(dns_answer decides and packs),
 reuses packed replies for repeated questions with only the ID patched, limits responses
 per client prefix over UDP (RRL, with slip), and forwards every other name (dns_forward) to
 `dns.upstreams` over UDP (random IDs and source ports, timeouts, a bounded table of
@@ -58,8 +60,14 @@ def internal_addresses(config: Config) -> Addresses:
 
 
 def check_settings(config: Config) -> None:
-    """What the config module cannot check alone: upstreams are addresses, and not us."""
+    """What the config module cannot check alone: some name to answer, and upstreams
+    are addresses, and not us."""
     listener = config.listeners.dns
+    if not config.dns.names:
+        raise ConfigError(
+            f"{_where(config)}key 'dns.names': give at least one of "
+            '"ucupdates-r2" and "ucupdates"'
+        )
     for upstream in config.dns.upstreams:
         try:
             host = ipaddress.ip_address(upstream.host)
@@ -128,6 +136,7 @@ class DnsService(service.MultiService):
             address=str(Address(host, port)),
             port=port,
             domains=responder.domains,
+            names=list(responder.table.names),
             internal=responder.internal.v4 or responder.internal.v6,
             external=responder.external.v4 or responder.external.v6,
             upstreams=[str(u) for u in responder.settings.upstreams],
@@ -136,7 +145,7 @@ class DnsService(service.MultiService):
         if not responder.internal.served:
             log.warn(
                 "dns: no internal address (set dns.internal_address): internal clients "
-                "are REFUSED for ucupdates-r2 names",
+                "are REFUSED for the discovery names",
                 event="dns.no_internal_address",
             )
         if not responder.external.served:

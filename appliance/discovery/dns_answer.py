@@ -2,7 +2,9 @@
 
 `respond(query, internal, tcp, table)` parses a query with dnslib, decides and packs the
 reply, the shape of dnslib's `DNSHandler.get_reply`. The appliance is authoritative for
-the names `ucupdates-r2.<domain>` only, each a zone apex with a synthetic SOA and NS:
+the discovery names only, `<name>.<domain>` for each of the table's names (by default
+`ucupdates-r2` and Lync 2010's `ucupdates`) in each domain, each a zone apex with a
+synthetic SOA and NS:
 
 - A/AAAA at the apex: the view's address (internal or external client), else NODATA;
   ANY gets one address record only (RFC 8482); SOA and NS are answered; other types are NODATA;
@@ -50,6 +52,7 @@ T_A, T_NS, T_SOA, T_AAAA, T_OPT = 1, 2, 6, 28, 41
 T_IXFR, T_AXFR, T_ANY = 251, 252, 255
 MAX_ADDITIONAL = 4  # OPT, TSIG, and a little room: more in a query is FORMERR
 HOSTMASTER = b"hostmaster"
+DISCOVERY_NAMES = ("ucupdates-r2", "ucupdates")  # docs/protocol.md §3
 
 
 class Action(Enum):
@@ -95,6 +98,7 @@ class AnswerTable:
     serial: int = 1
     forwarding: bool = False  # upstreams exist: RA is set and other names are forwarded
     apexes: frozenset[tuple[bytes, ...]] = frozenset()
+    names: tuple[str, ...] = DISCOVERY_NAMES
 
     @classmethod
     def build(
@@ -105,12 +109,14 @@ class AnswerTable:
         ttl: int = 300,
         serial: int = 1,
         forwarding: bool = False,
+        names: tuple[str, ...] = DISCOVERY_NAMES,
     ) -> AnswerTable:
         apexes = frozenset(
-            tuple(label.encode("ascii").lower() for label in f"ucupdates-r2.{d}".split("."))
+            tuple(label.encode("ascii").lower() for label in f"{name}.{d}".split("."))
             for d in domains
+            for name in names
         )
-        return cls(domains, internal, external, ttl, serial, forwarding, apexes)
+        return cls(domains, internal, external, ttl, serial, forwarding, apexes, names)
 
     def apex_of(self, labels: tuple[bytes, ...]) -> int | None:
         """Where the apex starts in `labels` (0: the name is the apex), or None."""

@@ -103,6 +103,7 @@ class DnsResponder:
             self.settings.ttl,
             self._serial,
             forwarding=self.forwarder is not None,
+            names=tuple(str(name) for name in self.settings.names),
         )
         self._table, self._cache = table, ReplyCache(self.settings.cache_entries)
 

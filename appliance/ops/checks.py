@@ -1,13 +1,17 @@
 """Health checks an admin or a monitoring system runs, and `ucupdates check`.
 
 `checks` runs them all: the config, the server certificate (present, valid, not expiring
-within `syslog.cert_warn_days`, carrying every configured name), the store (SQLite's
-integrity check, the schema version, every file of a referenced update on disk with its
-recorded size), each listener accepting a TCP connection, a TLS handshake on the internal
-HTTPS listener that presents the certificate in use, and the DNS listener answering for
-`ucupdates-r2.<first domain>`. `ucupdates check` prints them like a Nagios plugin (exit 0
-all well, 2 CRITICAL). `/health` (in `health`) runs only `process_checks`, the ones about
-the process itself: it cannot usefully connect to its own listeners.
+within `syslog.cert_warn_days`, carrying every configured name; its signature, and whether
+it suits the phones of the inventory), the store (SQLite's integrity check, the schema
+version, every file of a referenced update on disk with its recorded size), each listener
+accepting a TCP connection, a TLS handshake on the internal HTTPS listener that presents
+the certificate in use, and the DNS listener answering for each discovery name
+(`dns.names`) of the first domain. `ucupdates check` prints them like a Nagios plugin
+(exit 0 all well, 1 WARNING, 2 CRITICAL). A check that passes may carry a warning
+(`warning`): something that keeps some phones away, such as a certificate lacking
+`ucupdates.<domain>` beside `ucupdates-r2.<domain>` (appliance.tls.review). `/health`
+(in `health`) runs only `process_checks`, the ones about the process itself: it cannot
+usefully connect to its own listeners.
 """
 
 from __future__ import annotations
@@ -24,17 +28,19 @@ from pathlib import PurePosixPath
 from typing import Any, TextIO
 
 from appliance.config import Address, Config
+from appliance.model import Device
 from appliance.store import Store, StoreError, newest_schema_version
 from appliance.tls import (
     CertError,
     ServerCredentials,
     certificate_problems,
+    certificate_warnings,
     days_left,
     describe_certificate,
     existing_credentials,
 )
 
-EX_OK, EX_CRITICAL = 0, 2
+EX_OK, EX_WARNING, EX_CRITICAL = 0, 1, 2
 TIMEOUT = 2.0  # seconds, for each connection, handshake and DNS query
 
 
@@ -43,6 +49,7 @@ class CheckResult:
     name: str
     ok: bool
     detail: str
+    warning: bool = False  # passed, but the detail says what needs attention
 
 
 def _guarded(name: str, check: Callable[[], CheckResult]) -> CheckResult:
@@ -61,7 +68,8 @@ def check_config(config: Config) -> CheckResult:
     return CheckResult("config", True, f"loaded from {where}; data in {config.data_dir}")
 
 
-def check_certificate(config: Config, now: datetime) -> CheckResult:
+def check_certificate(config: Config, now: datetime, devices: Sequence[Device] = ()) -> CheckResult:
+    """The certificate in use; `devices` (the inventory) for the signature warning."""
     found = existing_credentials(config.tls.cert_file, config.tls.key_file, config.tls_dir)
     if found is None:
         return CheckResult("certificate", False, f"none yet in {config.tls_dir}")
@@ -72,10 +80,13 @@ def check_certificate(config: Config, now: datetime) -> CheckResult:
         problems.append(f"is not valid before {info.not_before:%Y-%m-%d %H:%M} UTC")
     summary = (
         f"{creds.cert_file} ({source}) valid until {creds.not_after:%Y-%m-%d} "
-        f"({days_left(creds, now):.0f} days)"
+        f"({days_left(creds, now):.0f} days), signed {info.signature}"
     )
     if problems:
         return CheckResult("certificate", False, f"{summary}: " + "; ".join(problems))
+    warnings = certificate_warnings(config, creds.cert_file, devices)
+    if warnings:
+        return CheckResult("certificate", True, f"{summary}: " + "; ".join(warnings), True)
     return CheckResult("certificate", True, summary)
 
 
@@ -216,6 +227,15 @@ def check_dns(address: Address, name: str, timeout: float = TIMEOUT) -> CheckRes
     return CheckResult("dns", True, f"{name} " + ", ".join(answers))
 
 
+def check_dns_names(address: Address, names: Sequence[str], timeout: float) -> CheckResult:
+    """`check_dns` for each name: passes when every one has an address."""
+    results = [check_dns(address, name, timeout) for name in names]
+    failed = [r for r in results if not r.ok]
+    if failed or not results:
+        return failed[0] if failed else CheckResult("dns", False, "no discovery name (dns.names)")
+    return CheckResult("dns", True, "; ".join(r.detail for r in results))
+
+
 # -- putting them together -------------------------------------------------------------------
 
 
@@ -231,13 +251,24 @@ def store_checks(
     ]
 
 
+def _inventory(store: Store | None) -> list[Device]:
+    """The devices seen, for the certificate's signature warning; none when the store
+    cannot say (the store check reports why)."""
+    if store is None:
+        return []
+    try:
+        return store.devices()
+    except Exception:
+        return []
+
+
 def process_checks(
     config: Config, store: Store | None, now: datetime, problem: str | None = None
 ) -> list[CheckResult]:
     """What the process can say of itself: config, certificate, store."""
     return [
         check_config(config),
-        _guarded("certificate", lambda: check_certificate(config, now)),
+        _guarded("certificate", lambda: check_certificate(config, now, _inventory(store))),
         *store_checks(config, store, problem),
     ]
 
@@ -266,8 +297,10 @@ def checks(
             ),
         )
     )
-    dns_name = f"ucupdates-r2.{config.domains[0]}"
-    results.append(_guarded("dns", lambda: check_dns(config.listeners.dns, dns_name, timeout)))
+    dns_names = [f"{name}.{config.domains[0]}" for name in config.dns.names]
+    results.append(
+        _guarded("dns", lambda: check_dns_names(config.listeners.dns, dns_names, timeout))
+    )
     return results
 
 
@@ -276,8 +309,9 @@ def _listener_probe(name: str, address: Address, timeout: float) -> Callable[[],
 
 
 def report(results: Sequence[CheckResult]) -> dict[str, Any]:
+    warned = any(r.warning for r in results)
     return {
-        "status": "ok" if all(r.ok for r in results) else "fail",
+        "status": "fail" if not all(r.ok for r in results) else "warn" if warned else "ok",
         "checks": [asdict(r) for r in results],
     }
 
@@ -292,15 +326,19 @@ def check_command(
     store_problem: str | None = None,
 ) -> int:
     """`ucupdates check`: one `OK name: detail` / `FAIL name: detail` line per check, or
-    JSON; exit 0 when all pass, 2 (CRITICAL, as a Nagios plugin) when any fails."""
+    JSON; exit 0 when all pass, 2 (CRITICAL, as a Nagios plugin) when any fails, else 1
+    (WARNING, `WARN name: detail`) when one passed with a warning."""
     out = out or sys.stdout
     results = checks(config, store, now or datetime.now(UTC), timeout, store_problem)
     if json_output:
         print(json.dumps(report(results), indent=2), file=out)
     else:
         for r in results:
-            print(f"{'OK' if r.ok else 'FAIL'} {r.name}: {r.detail}", file=out)
-    return EX_OK if all(r.ok for r in results) else EX_CRITICAL
+            label = "FAIL" if not r.ok else "WARN" if r.warning else "OK"
+            print(f"{label} {r.name}: {r.detail}", file=out)
+    if not all(r.ok for r in results):
+        return EX_CRITICAL
+    return EX_WARNING if any(r.warning for r in results) else EX_OK
 
 
 def run_check(config: Config, json_output: bool, out: TextIO | None = None) -> int:

@@ -17,12 +17,14 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from appliance.config import Config
+from appliance.model import Device
+from appliance.tls.review import describe_signatures, name_findings, signature_warnings
 
 # The files of the TLS folder.
 CA_CERT = "ca.pem"
@@ -141,6 +143,25 @@ def dns_names(cert: x509.Certificate) -> tuple[str, ...]:
     return tuple(san.get_values_for_type(x509.DNSName))
 
 
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether `issuer` signed `cert` (names and signature). RSA signatures are checked
+    here, so SHA-1 ones too, which cryptography's `verify_directly_issued_by` refuses."""
+    if cert.issuer != issuer.subject:
+        return False
+    public = issuer.public_key()
+    try:
+        if not isinstance(public, rsa.RSAPublicKey):
+            cert.verify_directly_issued_by(issuer)
+            return True
+        algorithm, scheme = cert.signature_hash_algorithm, cert.signature_algorithm_parameters
+        if algorithm is None or not isinstance(scheme, padding.PKCS1v15 | padding.PSS):
+            return False
+        public.verify(cert.signature, cert.tbs_certificate_bytes, scheme, algorithm)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
 def key_pem(key: rsa.RSAPrivateKey) -> bytes:
     """The key as unencrypted PKCS#8 PEM."""
     return key.private_bytes(
@@ -186,6 +207,7 @@ class CertificateInfo:
     not_after: datetime
     sha256: str  # fingerprint, colon-separated hex
     chain_length: int  # certificates in the file
+    signature: str  # the hash it is signed with (sha256, sha1...), and the chain's if others
 
 
 def describe_certificate(cert_file: Path) -> CertificateInfo:
@@ -199,6 +221,7 @@ def describe_certificate(cert_file: Path) -> CertificateInfo:
         not_after=leaf.not_valid_after_utc,
         sha256=leaf.fingerprint(hashes.SHA256()).hex(":").upper(),
         chain_length=len(chain),
+        signature=describe_signatures(chain),
     )
 
 
@@ -248,14 +271,22 @@ def existing_credentials(
 
 
 def certificate_problems(config: Config, names: tuple[str, ...], left: float) -> list[str]:
-    """Why the certificate in use needs attention (empty: it does not)."""
-    problems = []
-    missing = [n for n in config.server_names() if n not in names]
-    if missing:
-        problems.append(f"lacks the configured name(s) {', '.join(missing)}")
+    """Why the certificate in use must be replaced (empty: it need not)."""
+    problems, _ = name_findings(config, names)
     warn_days = config.syslog.cert_warn_days
     if left <= 0:
         problems.append("has expired")
     elif left < warn_days:
         problems.append(f"expires within {warn_days} days (syslog.cert_warn_days)")
     return problems
+
+
+def certificate_warnings(
+    config: Config, cert_file: Path, devices: Sequence[Device] = ()
+) -> list[str]:
+    """What may keep some phones away, short of a problem: a discovery name missing beside
+    another of its domain, a SHA-2 signature with old Tanjay-family phones in `devices`
+    (appliance.tls.review)."""
+    chain = read_chain(cert_file)
+    _, warnings = name_findings(config, dns_names(chain[0]))
+    return warnings + signature_warnings(chain, devices)

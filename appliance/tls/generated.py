@@ -4,12 +4,18 @@ Without a configured or installed certificate the appliance keeps a private test
 a server certificate in its TLS folder (`<data_dir>/tls/`): `ca.pem`/`ca.key`, generated
 once, and `server.pem` (the leaf, then the CA) / `server.key`. The leaf carries every
 configured name, so phones that send no SNI still get a certificate for
-`ucupdates-r2.<domain>`. Its key is RSA 2048 because the phones' TLS 1.0 suites
-(AES128-SHA and friends) need RSA (docs/protocol.md §10).
+`ucupdates-r2.<domain>` and `ucupdates.<domain>`. Its key is RSA 2048 because the phones'
+TLS 1.0 suites (AES128-SHA and friends) need RSA (docs/protocol.md §10).
+
+Both are signed with SHA-256, or with SHA-1 (`tls.generated_signature = "sha1"`) for
+Tanjay-family phones on old firmware, which do not support SHA-2 (docs/protocol.md §3;
+appliance.tls.sha1 makes the signature).
 
 At later starts the files are reused. The leaf is issued again, from the same CA, when it
-lacks a configured name, expires within 30 days, or no longer matches its key or the CA;
-the CA is kept, since phones record the chain they saw at their first connection. Keys
+lacks a configured name, expires within 30 days, is signed with another hash than the one
+asked for, or no longer matches its key or the CA; the CA is kept, since phones record the
+chain they saw at their first connection (a CA signed with another hash than the one asked
+for is an error that says how to start a new one). Keys
 are written 0600 through a temporary file and a rename, so a crash leaves either the old
 file or the new one.
 """
@@ -23,12 +29,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.logger import Logger
 
+from appliance.config import CertSignature
 from appliance.tls.certificates import (
     CA_CERT,
     CA_KEY,
@@ -39,6 +45,7 @@ from appliance.tls.certificates import (
     ServerCredentials,
     cert_pem,
     dns_names,
+    issued_by,
     key_pem,
     normalise_names,
     read_chain,
@@ -46,6 +53,8 @@ from appliance.tls.certificates import (
     same_public_key,
     write_atomic,
 )
+from appliance.tls.review import signature_hash
+from appliance.tls.sha1 import resign_sha1
 
 log = Logger()
 
@@ -58,21 +67,26 @@ EXTRA_IPS = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 
 
 def ensure_test_certificates(
-    tls_dir: Path, names: Sequence[str], *, now: datetime | None = None
+    tls_dir: Path,
+    names: Sequence[str],
+    *,
+    now: datetime | None = None,
+    signature: CertSignature = CertSignature.SHA256,
 ) -> ServerCredentials:
     """The generated test CA and server certificate in `tls_dir`, created or renewed as
-    needed (see the module docstring). `names[0]` becomes the leaf's common name."""
+    needed (see the module docstring), both signed with `signature`. `names[0]` becomes
+    the leaf's common name."""
     now = now or datetime.now(UTC)
     wanted = normalise_names(names)
     if not tls_dir.exists():
         tls_dir.mkdir(mode=0o700, parents=True)
         os.chmod(tls_dir, 0o700)
-    ca_cert, ca_key = _ensure_ca(tls_dir, now)
+    ca_cert, ca_key = _ensure_ca(tls_dir, now, signature)
     cert_file, key_file = tls_dir / SERVER_CERT, tls_dir / SERVER_KEY
-    reason = _reissue_reason(cert_file, key_file, ca_cert, wanted, now)
+    reason = _reissue_reason(cert_file, key_file, ca_cert, wanted, now, signature)
     if reason is not None:
         key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-        leaf = _issue_leaf(key, ca_cert, ca_key, wanted, now)
+        leaf = _signed(_issue_leaf(key, ca_cert, ca_key, wanted, now), ca_key, signature)
         # The key first: a crash between the two renames leaves a mismatched pair,
         # which the next start detects and issues again.
         write_atomic(key_file, key_pem(key), 0o600)
@@ -82,6 +96,7 @@ def ensure_test_certificates(
             path=str(cert_file),
             names=", ".join(wanted),
             reason=reason,
+            signature=signature.value,
         )
     else:
         leaf = read_chain(cert_file)[0]
@@ -94,11 +109,20 @@ def ensure_test_certificates(
     )
 
 
-def _ensure_ca(tls_dir: Path, now: datetime) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+def _signed(
+    cert: x509.Certificate, issuer_key: rsa.RSAPrivateKey, signature: CertSignature
+) -> x509.Certificate:
+    """`cert` (signed SHA-256 by the builder) signed again with SHA-1 when asked."""
+    return resign_sha1(cert, issuer_key) if signature is CertSignature.SHA1 else cert
+
+
+def _ensure_ca(
+    tls_dir: Path, now: datetime, signature: CertSignature
+) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
     cert_file, key_file = tls_dir / CA_CERT, tls_dir / CA_KEY
     if not cert_file.exists() and not key_file.exists():
         key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-        cert = _issue_ca(key, now)
+        cert = _signed(_issue_ca(key, now), key, signature)
         write_atomic(key_file, key_pem(key), 0o600)
         write_atomic(cert_file, cert_pem(cert), 0o644)
         log.info("generated test CA {path}: phones must trust it", path=str(cert_file))
@@ -116,6 +140,12 @@ def _ensure_ca(tls_dir: Path, now: datetime) -> tuple[x509.Certificate, rsa.RSAP
             f"the test CA {cert_file} expires on {cert.not_valid_after_utc:%Y-%m-%d}; remove "
             "ca.pem and ca.key to generate a new one (phones will have to trust it)"
         )
+    if signature_hash(cert) != signature.value:
+        raise CertError(
+            f"the test CA {cert_file} is signed with {signature_hash(cert)}, but "
+            f"tls.generated_signature is {signature.value}: remove ca.pem and ca.key to "
+            "generate a new test CA (phones will have to trust it), or set it back"
+        )
     return cert, loaded
 
 
@@ -125,6 +155,7 @@ def _reissue_reason(
     ca_cert: x509.Certificate,
     names: tuple[str, ...],
     now: datetime,
+    signature: CertSignature,
 ) -> str | None:
     """Why the leaf must be issued again, or None when it can be reused."""
     if not cert_file.exists() or not key_file.exists():
@@ -138,8 +169,10 @@ def _reissue_reason(
         return "key is not RSA 2048"
     if not same_public_key(leaf, key):
         return "key does not match"
-    if not _issued_by(leaf, ca_cert):
+    if not issued_by(leaf, ca_cert):
         return "not issued by the current CA"
+    if signature_hash(leaf) != signature.value:
+        return f"signed with {signature_hash(leaf)}, {signature.value} asked for"
     missing = set(names) - set(dns_names(leaf))
     if missing:
         return "lacks " + ", ".join(sorted(missing))
@@ -234,21 +267,3 @@ def _issue_leaf(
         )
         .sign(ca_key, hashes.SHA256())
     )
-
-
-def _issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
-    ca_public = ca_cert.public_key()
-    if cert.issuer != ca_cert.subject or not isinstance(ca_public, rsa.RSAPublicKey):
-        return False
-    if cert.signature_hash_algorithm is None:
-        return False
-    try:
-        ca_public.verify(
-            cert.signature,
-            cert.tbs_certificate_bytes,
-            padding.PKCS1v15(),
-            cert.signature_hash_algorithm,
-        )
-    except InvalidSignature:
-        return False
-    return True

@@ -13,7 +13,6 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -28,6 +27,7 @@ from appliance.tls.certificates import (
     ServerCredentials,
     cert_pem,
     dns_names,
+    issued_by,
     key_pem,
     load_credentials,
     normalise_names,
@@ -36,6 +36,7 @@ from appliance.tls.certificates import (
     same_public_key,
     write_atomic,
 )
+from appliance.tls.review import explain_missing, missing_names
 
 log = Logger()
 
@@ -77,7 +78,8 @@ def install_certificate(
     its chain) and `installed.key` in `tls_dir`.
 
     It must belong to `key_file` (an RSA key of 2048 bits or more: the phones' TLS 1.0
-    suites need RSA), carry every name of `names`, be valid at `now`, be meant for
+    suites need RSA), carry every name of `names` as it is (a wildcard does not do: LPE
+    phones refuse wildcard certificates, docs/protocol.md §3), be valid at `now`, be meant for
     servers, and each certificate of the chain must have issued the one before it. The
     pending key is removed once both files are written.
     """
@@ -93,9 +95,9 @@ def install_certificate(
             f"{cert_file} does not belong to the key {key_file}: was the CSR made with "
             "another key, or by another `certs csr`?"
         )
-    missing = [n for n in normalise_names(names) if n not in dns_names(leaf)]
+    missing = missing_names(normalise_names(names), dns_names(leaf))
     if missing:
-        raise CertError(f"{cert_file} lacks the name(s) {', '.join(missing)}")
+        raise CertError(f"{cert_file} {explain_missing(missing)}")
     _check_server_use(leaf, cert_file)
     for i, cert in enumerate(chain):
         where = f"{chain_file or cert_file}: certificate {i + 1} ({cert.subject.rfc4514_string()})"
@@ -104,7 +106,7 @@ def install_certificate(
                 f"{where} is not valid now: from {cert.not_valid_before_utc:%Y-%m-%d} "
                 f"to {cert.not_valid_after_utc:%Y-%m-%d}"
             )
-        if i + 1 < len(chain) and not _directly_issued(cert, chain[i + 1]):
+        if i + 1 < len(chain) and not issued_by(cert, chain[i + 1]):
             raise CertError(
                 f"{where} was not issued by the next one in the chain "
                 f"({chain[i + 1].subject.rfc4514_string()}); give the chain in order"
@@ -136,11 +138,3 @@ def _check_server_use(leaf: x509.Certificate, cert_file: Path) -> None:
         return
     if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
         raise CertError(f"{cert_file}: the certificate is not for TLS servers (extended key use)")
-
-
-def _directly_issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True

@@ -15,12 +15,21 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from OpenSSL import SSL
 
-from appliance.config import CertSignature, Config, DiscoveryName, DnsSettings, TlsSettings
+from appliance.config import (
+    CertSignature,
+    Config,
+    DiscoveryName,
+    DnsSettings,
+    TlsProfile,
+    TlsSettings,
+)
 from appliance.model import Device
 from appliance.ops.checks import check_certificate
 from appliance.testing import NOW as T0
-from appliance.tls.certificates import CertError, issued_by, read_chain
+from appliance.tls.certificates import CertError, dns_names, issued_by, read_chain
+from appliance.tls.contexts import ProfileContextFactory
 from appliance.tls.generated import ensure_test_certificates
 from appliance.tls.review import (
     before_sha2,
@@ -289,3 +298,32 @@ def test_signature_warnings_count_every_certificate_of_the_chain(tmp_path: Path)
     assert describe_signatures([leaf, ec_root]) == "sha1 (chain: sha384)"
     [warning] = signature_warnings([leaf, ec_root], old)
     assert warning.startswith("is signed with sha384, but 1 Tanjay-family phone(s)")
+
+
+def test_sha1_chain_keeps_a_sha256_leaf_for_the_modern_listeners(tmp_path: Path) -> None:
+    """Browsers refuse SHA-1: the Control Panel (modern profile) presents a SHA-256 leaf
+    of the same SHA-1 CA, which OpenSSL accepts even at security level 2 (a trust
+    anchor's own signature is not checked); the phone listeners present the SHA-1 one."""
+    names = ("ucupdates-r2.example.com", "ucupdates.example.com")
+    creds = ensure_test_certificates(tmp_path, names, now=T0, signature=SHA1)
+    assert creds.modern_pair == (tmp_path / "server-modern.pem", tmp_path / "server-modern.key")
+    modern_leaf, ca = read_chain(creds.modern_pair[0])
+    assert isinstance(modern_leaf.signature_hash_algorithm, hashes.SHA256)
+    assert issued_by(modern_leaf, ca) and dns_names(modern_leaf) == (*names, "localhost")
+    assert ca == read_chain(creds.cert_file)[1]
+    presented = {
+        profile: SSL.Connection(ProfileContextFactory(creds, profile).getContext(), None)
+        .get_certificate()
+        .to_cryptography()  # type: ignore[union-attr]
+        for profile in TlsProfile
+    }
+    assert presented[TlsProfile.MODERN] == modern_leaf
+    assert presented[TlsProfile.LPE_LEGACY] == read_chain(creds.cert_file)[0]
+    assert ensure_test_certificates(tmp_path, names, now=T0, signature=SHA1) == creds  # reused
+    real = ensure_test_certificates(tmp_path / "now", names, signature=SHA1)  # openssl's clock
+    assert real.ca_file is not None and real.modern_pair is not None
+    strict = openssl(
+        "verify", "-auth_level", "2", "-CAfile", str(real.ca_file), str(real.modern_pair[0])
+    )
+    assert strict.returncode == 0, strict.stdout + strict.stderr
+    assert ensure_test_certificates(tmp_path / "sha256", names, now=T0).modern_pair is None

@@ -40,10 +40,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 from appliance.tls.generated import ensure_test_certificates
-from appliance.config import TlsProfile
+from appliance.config import CertSignature, TlsProfile
 from appliance.tls.contexts import context_factory
 
-creds = ensure_test_certificates(Path(sys.argv[1]), sys.argv[2:])
+signature = CertSignature(sys.argv[2])
+creds = ensure_test_certificates(Path(sys.argv[1]), sys.argv[3:], signature=signature)
 root = Resource()
 root.putChild(b"", Data(@BODY@, "text/plain"))
 site = Site(root)
@@ -64,9 +65,19 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from _serve(tmp_path_factory, "sha256")
+
+
+@pytest.fixture(scope="module")
+def sha1_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The same with `tls.generated_signature = "sha1"` (docs/protocol.md §3)."""
+    yield from _serve(tmp_path_factory, "sha1")
+
+
+def _serve(tmp_path_factory: pytest.TempPathFactory, signature: str) -> Iterator[Server]:
     tls_dir = tmp_path_factory.mktemp("tls-server") / "tls"
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(tls_dir), *NAMES],
+        [sys.executable, "-c", SERVER, str(tls_dir), signature, *NAMES],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -304,3 +315,20 @@ def test_a_key_that_does_not_fit_fails_at_start(tmp_path: Path) -> None:
     )
     with pytest.raises(CertError, match=r"cannot use .*server\.pem with .*ca\.key for TLS"):
         context_factory(wrong, MODERN)
+
+
+def test_sha1_chain_for_the_phones_and_sha256_for_the_modern_listener(sha1_server: Server) -> None:
+    """A phone's handshake (TLS 1.0, AES128-SHA, no SNI) gets the SHA-1 chain and verifies
+    it; a client at OpenSSL 3's default security level refuses that chain over TLS 1.2
+    unless told @SECLEVEL=0; the modern listener presents a SHA-256 leaf of the same CA."""
+    phone = s_client(sha1_server, LPE, *old("tls1", "AES128-SHA"))
+    assert (phone.protocol, phone.cipher) == ("TLSv1", "AES128-SHA"), phone.stderr
+    assert "sigalg: RSA-SHA1" in phone.stdout
+    assert "Verify return code: 0 (ok)" in phone.stdout and "HTTP/1.0 200 OK" in phone.stdout
+    strict = s_client(sha1_server, LPE, "-tls1_2")
+    assert "Verify return code: 68 (CA signature digest algorithm too weak)" in strict.stdout
+    lenient = s_client(sha1_server, LPE, "-tls1_2", "-cipher", "DEFAULT:@SECLEVEL=0")
+    assert "Verify return code: 0 (ok)" in lenient.stdout
+    admin = s_client(sha1_server, MODERN, "-tls1_3")
+    assert "Verify return code: 0 (ok)" in admin.stdout, admin.stdout
+    assert re.search(r"^ 0 s:CN = .*\n.*\n.*sigalg: RSA-SHA256", admin.stdout, re.M)

@@ -34,6 +34,8 @@ SERVER_KEY = "server.key"
 PENDING_KEY = "pending.key"
 INSTALLED_CERT = "installed.pem"
 INSTALLED_KEY = "installed.key"
+MODERN_CERT = "server-modern.pem"  # with a SHA-1 test CA: a SHA-256 leaf for TLS 1.2+ only
+MODERN_KEY = "server-modern.key"
 
 RSA_BITS = 2048  # the phones' TLS 1.0 suites (AES128-SHA and friends) need RSA
 
@@ -49,6 +51,9 @@ class ServerCredentials:
     ca_file: Path | None  # the CA phones must trust (set when we generated it)
     names: tuple[str, ...]  # DNS SANs of the leaf
     not_after: datetime
+    # With a SHA-1 signed test certificate: a SHA-256 leaf of the same CA and names for
+    # the listeners of the modern profile (the Control Panel), which browsers accept.
+    modern_pair: tuple[Path, Path] | None = None
 
 
 def days_left(creds: ServerCredentials, now: datetime) -> float:

@@ -8,7 +8,10 @@ modern suites, the server's order deciding. Twisted's `CertificateOptions` canno
 this (it drops `@SECLEVEL=0`), so the context is built here directly.
 
 Both profiles refuse SSLv3, compression and client-initiated renegotiation, and need no
-SNI: the one certificate carries every name (docs/protocol.md §10).
+SNI: the one certificate carries every name (docs/protocol.md §10). With a SHA-1 signed
+test certificate (`tls.generated_signature`, for old Tanjay-family phones), `modern`
+listeners present the SHA-256 leaf of the same CA (`ServerCredentials.modern_pair`):
+browsers refuse SHA-1, and the phones never reach those listeners.
 """
 
 from __future__ import annotations
@@ -90,14 +93,15 @@ def _build_context(creds: ServerCredentials, profile: TlsProfile) -> SSL.Context
     ctx.set_min_proto_version(SSL.TLS1_VERSION if legacy else SSL.TLS1_2_VERSION)
     ctx.set_cipher_list(cipher_list(profile).encode("ascii"))
     _set_groups(ctx)
+    cert_file, key_file = creds.cert_file, creds.key_file
+    if not legacy and creds.modern_pair is not None:  # a SHA-256 leaf beside a SHA-1 one
+        cert_file, key_file = creds.modern_pair
     try:
-        ctx.use_certificate_chain_file(str(creds.cert_file))
-        ctx.use_privatekey_file(str(creds.key_file))
+        ctx.use_certificate_chain_file(str(cert_file))
+        ctx.use_privatekey_file(str(key_file))
         ctx.check_privatekey()
     except SSL.Error as e:
-        raise CertError(
-            f"cannot use {creds.cert_file} with {creds.key_file} for TLS: {_reason(e)}"
-        ) from e
+        raise CertError(f"cannot use {cert_file} with {key_file} for TLS: {_reason(e)}") from e
     # Names the sessions this context caches: required for resumption once client
     # certificates are requested, and keeps sessions from being resumed elsewhere.
     ctx.set_session_id(f"ucupdates-{profile.value}".encode("ascii"))

@@ -38,6 +38,8 @@ from appliance.config import CertSignature
 from appliance.tls.certificates import (
     CA_CERT,
     CA_KEY,
+    MODERN_CERT,
+    MODERN_KEY,
     RSA_BITS,
     SERVER_CERT,
     SERVER_KEY,
@@ -83,6 +85,31 @@ def ensure_test_certificates(
         os.chmod(tls_dir, 0o700)
     ca_cert, ca_key = _ensure_ca(tls_dir, now, signature)
     cert_file, key_file = tls_dir / SERVER_CERT, tls_dir / SERVER_KEY
+    leaf = _ensure_leaf(cert_file, key_file, (ca_cert, ca_key), wanted, now, signature)
+    modern = None
+    if signature is not CertSignature.SHA256:  # browsers refuse SHA-1: the admin listener's
+        modern = (tls_dir / MODERN_CERT, tls_dir / MODERN_KEY)
+        _ensure_leaf(*modern, (ca_cert, ca_key), wanted, now, CertSignature.SHA256)
+    return ServerCredentials(
+        cert_file=cert_file,
+        key_file=key_file,
+        ca_file=tls_dir / CA_CERT,
+        names=dns_names(leaf),
+        not_after=leaf.not_valid_after_utc,
+        modern_pair=modern,
+    )
+
+
+def _ensure_leaf(
+    cert_file: Path,
+    key_file: Path,
+    ca: tuple[x509.Certificate, rsa.RSAPrivateKey],
+    wanted: tuple[str, ...],
+    now: datetime,
+    signature: CertSignature,
+) -> x509.Certificate:
+    """The leaf in `cert_file`, issued (again) when `_reissue_reason` says so."""
+    ca_cert, ca_key = ca
     reason = _reissue_reason(cert_file, key_file, ca_cert, wanted, now, signature)
     if reason is not None:
         key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
@@ -98,15 +125,8 @@ def ensure_test_certificates(
             reason=reason,
             signature=signature.value,
         )
-    else:
-        leaf = read_chain(cert_file)[0]
-    return ServerCredentials(
-        cert_file=cert_file,
-        key_file=key_file,
-        ca_file=tls_dir / CA_CERT,
-        names=dns_names(leaf),
-        not_after=leaf.not_valid_after_utc,
-    )
+        return leaf
+    return read_chain(cert_file)[0]
 
 
 def _signed(

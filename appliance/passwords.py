@@ -44,11 +44,45 @@ def nt_hash(password: str) -> str:
     """The NT hash of `password` (MD4 of its UTF-16LE form) in hex, for NTLM.
 
     It is password-equivalent: whoever has it can answer NTLM challenges as the user.
-    MD4 is pyspnego's (OpenSSL 3 no longer gives hashlib one).
     """
-    from spnego._ntlm_raw.md4 import md4
-
     return md4(password.encode("utf-16-le", "surrogatepass")).hex()
+
+
+# MD4 (RFC 1320), only for the NT hash: OpenSSL 3 no longer gives hashlib one. A password
+# is hashed once when it is set, so a plain Python loop is fast enough.
+_MASK = 0xFFFFFFFF
+_MD4_ROUND_2 = 0x5A827999
+_MD4_ROUND_3 = 0x6ED9EBA1
+_MD4_ORDER_3 = (0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15)
+
+
+def _rotl(x: int, n: int) -> int:
+    return ((x << n) | (x >> (32 - n))) & _MASK
+
+
+def md4(data: bytes) -> bytes:
+    """The RFC 1320 MD4 digest (16 bytes) of `data`."""
+    length = len(data)
+    message = data + b"\x80" + b"\x00" * ((55 - length) % 64)
+    message += ((length * 8) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+    h = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476]
+    for start in range(0, len(message), 64):
+        x = [int.from_bytes(message[i : i + 4], "little") for i in range(start, start + 64, 4)]
+        a, b, c, d = h
+        for i in range(16):  # round 1: F(b, c, d) = b and c, or not b and d
+            k, s = i, (3, 7, 11, 19)[i % 4]
+            a = _rotl((a + ((b & c) | (~b & d)) + x[k]) & _MASK, s)
+            a, b, c, d = d, a, b, c
+        for i in range(16):  # round 2: G = majority(b, c, d)
+            k, s = (i % 4) * 4 + i // 4, (3, 5, 9, 13)[i % 4]
+            a = _rotl((a + ((b & c) | (b & d) | (c & d)) + x[k] + _MD4_ROUND_2) & _MASK, s)
+            a, b, c, d = d, a, b, c
+        for i in range(16):  # round 3: H = b xor c xor d
+            k, s = _MD4_ORDER_3[i], (3, 9, 11, 15)[i % 4]
+            a = _rotl((a + (b ^ c ^ d) + x[k] + _MD4_ROUND_3) & _MASK, s)
+            a, b, c, d = d, a, b, c
+        h = [(v + w) & _MASK for v, w in zip(h, (a, b, c, d), strict=True)]
+    return b"".join(v.to_bytes(4, "little") for v in h)
 
 
 def verify_password(hash: str, password: str) -> bool:

@@ -248,3 +248,28 @@ def test_modules_stay_small() -> None:
         and m not in LONG_MODULES
     }
     assert long == {}
+
+
+def runtime_imports(node: ast.AST) -> Iterator[tuple[int, str]]:
+    """(line, dotted name) of every import that can run: all but those under TYPE_CHECKING."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.Import):
+            yield from ((child.lineno, a.name) for a in child.names)
+        elif isinstance(child, ast.ImportFrom):
+            if not child.level:
+                yield from ((child.lineno, f"{child.module}.{a.name}") for a in child.names)
+        elif not (isinstance(child, ast.If) and _is_type_checking(child)):
+            yield from runtime_imports(child)
+
+
+def test_no_private_module_of_another_package_is_imported() -> None:
+    """A library's private modules (`spnego._ntlm_raw`, `OpenSSL._util`) change without
+    notice: at run time the appliance uses public names only (type hints may look deeper)."""
+    wrong = [
+        f"{m}:{line} imports {name}"
+        for m, p in modules().items()
+        for line, name in runtime_imports(ast.parse(p.read_text(encoding="utf-8")))
+        if name.split(".")[0] not in ("appliance", "__future__")
+        and any(part.startswith("_") for part in name.split("."))
+    ]
+    assert wrong == []

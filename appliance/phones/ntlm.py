@@ -6,11 +6,11 @@ Negotiate): the client sends `Authorization: NTLM <Type 1>`, gets `401` with
 connection, and answers with `Authorization: NTLM <Type 3>`; the connection is then
 authorised. A challenge belongs to its connection (`NtlmSession`), and is used once.
 
-The message structures are pyspnego's (`spnego._ntlm_raw`); the response is checked here
-against the user's NT hash, because pyspnego's acceptor reads users from a file. NTLMv2
-is the default; NTLMv1 (24-byte responses) only when the caller allows it. LM responses
-alone are never accepted here (no LM hash is stored); the MIC is not checked (the
-session key is never used: the TLS listener carries the integrity).
+The messages are read and built by `ntlm_codec` (bytes in, bytes out); the response is
+checked here against the user's NT hash. NTLMv2 is the default; NTLMv1 (24-byte
+responses) only when the caller allows it. LM responses alone are never accepted here (no
+LM hash is stored); the MIC is not checked (the session key is never used: the TLS
+listener carries the integrity).
 """
 
 from __future__ import annotations
@@ -20,24 +20,26 @@ import binascii
 import hmac
 import re
 import struct
+import time
 from dataclasses import dataclass
 
-from spnego._ntlm_raw.crypto import desl, hmac_md5, md5
-from spnego._ntlm_raw.messages import (
-    Authenticate,
+from appliance.phones.ntlm_codec import (
+    SIGNATURE,
     AvId,
-    Challenge,
-    FileTime,
-    NegotiateFlags,
-    TargetInfo,
+    NegotiateFlag,
+    av_pairs,
+    av_text,
+    build_challenge,
+    filetime,
+    ntlmv1_response,
+    ntlmv2_proof,
+    ntowfv2,
+    read_negotiate,
 )
+from appliance.phones.ntlm_codec import NtlmError as NtlmError
+from appliance.phones.ntlm_codec import read_authenticate as read_authenticate_message
 
-SIGNATURE = b"NTLMSSP\x00"
 MAX_TOKEN = 4096  # bytes of a decoded NTLM message; Windows' are a few hundred
-
-
-class NtlmError(Exception):
-    """An NTLM message that cannot be read; str() says why."""
 
 
 def is_ntlm(header: bytes | None) -> bool:
@@ -119,59 +121,59 @@ class NtlmSession:
 
 # What the challenge echoes of the client's flags (the rest is set or dropped).
 _ECHOED = (
-    NegotiateFlags.extended_session_security
-    | NegotiateFlags.key_128
-    | NegotiateFlags.key_56
-    | NegotiateFlags.key_exch
-    | NegotiateFlags.sign
-    | NegotiateFlags.seal
-    | NegotiateFlags.always_sign
+    NegotiateFlag.EXTENDED_SESSION_SECURITY
+    | NegotiateFlag.KEY_128
+    | NegotiateFlag.KEY_56
+    | NegotiateFlag.KEY_EXCH
+    | NegotiateFlag.SIGN
+    | NegotiateFlag.SEAL
+    | NegotiateFlag.ALWAYS_SIGN
 )
 
 
 def challenge_message(
-    negotiate: bytes, server_challenge: bytes, domain: str, computer: str, dns_domain: str = ""
+    negotiate: bytes,
+    server_challenge: bytes,
+    domain: str,
+    computer: str,
+    dns_domain: str = "",
+    now: float | None = None,
 ) -> bytes:
-    """The Type 2 message answering the Type 1 `negotiate`, with `server_challenge`."""
-    if len(negotiate) < 16 or message_type(negotiate) != 1:
-        raise NtlmError("not an NTLM negotiate message")
-    asked: int = struct.unpack_from("<I", negotiate, 12)[0]
+    """The Type 2 message answering the Type 1 `negotiate`, with `server_challenge`; its
+    MsvAvTimestamp is `now` (Unix seconds), the wall clock when None."""
+    asked = read_negotiate(negotiate)
     flags = (
-        NegotiateFlags.ntlm
-        | NegotiateFlags.request_target
-        | NegotiateFlags.target_info
-        | NegotiateFlags.target_type_domain
+        NegotiateFlag.NTLM
+        | NegotiateFlag.REQUEST_TARGET
+        | NegotiateFlag.TARGET_INFO
+        | NegotiateFlag.TARGET_TYPE_DOMAIN
         | (asked & _ECHOED)
     )
-    flags |= NegotiateFlags.unicode if asked & NegotiateFlags.unicode else NegotiateFlags.oem
-    info = TargetInfo()
-    info[AvId.nb_domain_name] = domain
-    info[AvId.nb_computer_name] = computer
-    info[AvId.dns_domain_name] = dns_domain or domain.lower()
-    info[AvId.dns_computer_name] = computer.lower()
-    info[AvId.timestamp] = FileTime.now()
-    message = Challenge(flags, server_challenge, target_name=domain, target_info=info)
-    packed: bytes = message.pack()
-    return packed
+    flags |= NegotiateFlag.UNICODE if asked & NegotiateFlag.UNICODE else NegotiateFlag.OEM
+    info = av_pairs(
+        [
+            (AvId.NB_DOMAIN_NAME, av_text(domain)),
+            (AvId.NB_COMPUTER_NAME, av_text(computer)),
+            (AvId.DNS_DOMAIN_NAME, av_text(dns_domain or domain.lower())),
+            (AvId.DNS_COMPUTER_NAME, av_text(computer.lower())),
+            (AvId.TIMESTAMP, filetime(time.time() if now is None else now)),
+        ]
+    )
+    return build_challenge(flags, server_challenge, domain, info)
 
 
 def read_authenticate(token: bytes, server_challenge: bytes) -> NtlmResponse:
     """The fields of a Type 3 message; NtlmError when it is not one or is damaged."""
-    if len(token) < 64 or message_type(token) != 3:
-        raise NtlmError("not an NTLM authenticate message")
-    try:
-        message = Authenticate.unpack(token)
-        return NtlmResponse(
-            user=message.user_name or "",
-            domain=message.domain_name or "",
-            workstation=message.workstation or "",
-            server_challenge=server_challenge,
-            nt_response=message.nt_challenge_response or b"",
-            lm_response=message.lm_challenge_response or b"",
-            flags=message.flags,
-        )
-    except (ValueError, struct.error, UnicodeDecodeError, IndexError) as e:
-        raise NtlmError(f"damaged NTLM authenticate message: {e}") from e
+    message = read_authenticate_message(token)
+    return NtlmResponse(
+        user=message.user,
+        domain=message.domain,
+        workstation=message.workstation,
+        server_challenge=server_challenge,
+        nt_response=message.nt_response,
+        lm_response=message.lm_response,
+        flags=message.flags,
+    )
 
 
 def check_response(response: NtlmResponse, nt_hash: bytes) -> bool:
@@ -182,15 +184,14 @@ def check_response(response: NtlmResponse, nt_hash: bytes) -> bool:
     if response.v2:
         if len(nt) < 16 + 28:
             return False
-        key = hmac_md5(nt_hash, (response.user.upper() + response.domain).encode("utf-16-le"))
-        proof = hmac_md5(key, challenge + nt[16:])
-        return hmac.compare_digest(proof, nt[:16])
+        key = ntowfv2(nt_hash, response.user, response.domain)
+        return hmac.compare_digest(ntlmv2_proof(key, challenge, nt[16:]), nt[:16])
     if len(nt) != 24:
         return False  # LM alone, or damaged
-    if response.flags & NegotiateFlags.extended_session_security:
+    if response.flags & NegotiateFlag.EXTENDED_SESSION_SECURITY:
         if len(response.lm_response) < 8:
             return False
-        expected = desl(nt_hash, md5(challenge + response.lm_response[:8])[:8])
+        expected = ntlmv1_response(nt_hash, challenge, response.lm_response[:8])
     else:
-        expected = desl(nt_hash, challenge)
+        expected = ntlmv1_response(nt_hash, challenge)
     return hmac.compare_digest(expected, nt)

@@ -11,15 +11,10 @@ import base64
 import hashlib
 import http.client
 import json
-import os
 import re
-import select
-import signal
 import socket
 import ssl
 import subprocess
-import sys
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +29,7 @@ from requests_ntlm import HttpNtlmAuth
 from appliance.catalogue.sample import sample_check
 from appliance.passwords import hash_password
 from appliance.store.database import Store
-from appliance.testing import REPO, run_cli
+from appliance.testing import run_cli, serving
 
 FQDN = "ucupdates-r2.example.com"
 HOST = "127.0.0.1"
@@ -88,24 +83,6 @@ def cli(data: Path, *args: str, stdin: str | None = None) -> str:
     return result.stdout
 
 
-def _wait_for_port(process: subprocess.Popen[bytes], log: Path) -> int:
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    deadline = time.monotonic() + STARTUP_SECONDS
-    out = b""
-    while not (m := re.search(rb"external-https\s+127\.0\.0\.1:(\d+)\s*\n", out)):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            pytest.fail(f"serve printed no listeners within {STARTUP_SECONDS} s: {log.read_text()}")
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                pytest.fail(f"serve exited ({process.wait(5)}): {out!r} {log.read_text()}")
-            out += chunk
-    return int(m.group(1))
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     base = tmp_path_factory.mktemp("ntlm")
@@ -133,32 +110,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "[auth]\n"
         f"max_failures = {MAX_FAILURES}\n"
     )
-    log = base / "serve.log"
-    with log.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "--config", str(config), "serve"],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
-    try:
-        port = _wait_for_port(process, log)
+    with serving(config, base / "serve.log") as running:
         ca = data / "tls" / "ca.pem"
-        yield Served(data, port, ca, ssl.create_default_context(cafile=str(ca)), log)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            status = process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-            pytest.fail(f"serve did not stop on SIGTERM: {log.read_text()}")
-        finally:
-            assert process.stdout is not None
-            process.stdout.close()
-    assert status == 0, log.read_text()
-    assert "Traceback" not in log.read_text(), log.read_text()
+        port = running.ports["external-https"]
+        yield Served(data, port, ca, ssl.create_default_context(cafile=str(ca)), running.log)
 
 
 def curl(served: Served, *args: str, source: str = HOST) -> tuple[int, bytes, str]:

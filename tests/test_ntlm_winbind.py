@@ -15,12 +15,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
-import select
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +31,7 @@ from appliance.config import AuthSettings
 from appliance.phones import Authenticator, WinbindVerifier
 from appliance.phones.auth import AuthResult
 from appliance.phones.ntlm import NtlmSession
-from appliance.testing import REPO, MemoryDirectory, SecondsClock, fired, inline, run_cli
+from appliance.testing import MemoryDirectory, SecondsClock, fired, inline, run_cli, serving
 
 REALM, DOMAIN = "NTLMTEST.EXAMPLE", "NTLMTEST"
 USER, PASSWORD = "dave", "Dave-Pass-2026"
@@ -205,17 +202,8 @@ def test_curl_ntlm_updates_an_external_phone_as_an_ad_user(
     )
     body = tmp_path / "check.xml"
     body.write_bytes(sample_check("4.0.7577.4366", "00-04-F2-00-00-09"))
-    log = tmp_path / "serve.log"
-    with log.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "--config", str(config), "serve"],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
-    try:
-        port = _external_port(process, log)
+    with serving(config, tmp_path / "serve.log") as running:
+        port = running.ports["external-https"]
 
         def curl(user: str, password: str) -> tuple[str, str]:
             done = subprocess.run(
@@ -236,27 +224,3 @@ def test_curl_ntlm_updates_an_external_phone_as_an_ad_user(
         assert "<Response" in trace and trace.count("Connected to") == 1
         status, trace = curl(f"{DOMAIN}\\{USER}", "wrong")
         assert status == "401", trace
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=15)
-        assert process.stdout is not None
-        process.stdout.close()
-    assert "Traceback" not in log.read_text()
-
-
-def _external_port(process: subprocess.Popen[bytes], log: Path) -> int:
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    deadline = time.monotonic() + 20.0
-    out = b""
-    while not (m := re.search(rb"external-https\s+127\.0\.0\.1:(\d+)\s*\n", out)):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            pytest.fail(f"serve printed no listeners: {log.read_text()}")
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                pytest.fail(f"serve exited: {log.read_text()}")
-            out += chunk
-    return int(m.group(1))

@@ -11,13 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import select
-import signal
 import subprocess
-import sys
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +21,7 @@ from typing import Any
 import pytest
 
 from appliance.catalogue.sample import sample_check
-from appliance.testing import REPO, run_cli
+from appliance.testing import run_cli, serving
 
 FQDN = "ucupdates-r2.example.com"
 INSIDE, OUTSIDE, PROXY = "127.0.0.1", "127.0.0.2", "127.0.0.3"
@@ -85,25 +79,6 @@ def _cli(data: Path, *args: str) -> None:
     assert done.returncode == 0, (args, done.stdout, done.stderr)
 
 
-def _banner_ports(process: subprocess.Popen[bytes], log: Path) -> dict[str, int]:
-    """The listeners `serve` prints, once its banner is complete."""
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    deadline = time.monotonic() + STARTUP_SECONDS
-    out = ""
-    while "point a phone at " not in out:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            pytest.fail(f"serve printed no banner within {STARTUP_SECONDS} s: {log.read_text()}")
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                pytest.fail(f"serve exited ({process.wait(5)}): {out!r} {log.read_text()}")
-            out += chunk.decode(errors="replace")
-    return {m[1]: int(m[2]) for m in re.finditer(r"(?m)^  (\S+)\s+127\.0\.0\.1:(\d+)$", out)}
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     base = tmp_path_factory.mktemp("plain")
@@ -122,33 +97,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         )
         + f'[zones]\ninternal_networks = ["{INSIDE}/32"]\ntrusted_proxies = ["{PROXY}/32"]\n'
     )
-    log = base / "serve.json"
-    with log.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "--config", str(config), "serve"]
-            + ["--log-format", "json"],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
-    try:
-        ports = _banner_ports(process, log)
+    with serving(config, base / "serve.json", "--log-format", "json") as running:
+        ports = running.ports
         assert {"internal-http", "internal-https", "external-https"} <= set(ports), ports
-        yield Served(data, ports, log)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            status = process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-            pytest.fail(f"serve did not stop on SIGTERM: {log.read_text()}")
-        finally:
-            assert process.stdout is not None
-            process.stdout.close()
-    assert status == 0, log.read_text()
-    assert "Traceback" not in log.read_text()
+        yield Served(data, ports, running.log)
 
 
 def offer(body: bytes) -> dict[str, str]:

@@ -16,14 +16,10 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import re
-import select
-import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from base64 import b64encode
@@ -38,7 +34,7 @@ import pytest
 from appliance.catalogue.sample import SAMPLE_PHONE_MAC, sample_check
 from appliance.model import Device
 from appliance.store.database import Store
-from appliance.testing import REPO, run_cli
+from appliance.testing import run_cli, serving
 
 FQDN = "ucupdates-r2.example.com"
 HOST = "127.0.0.1"
@@ -199,39 +195,6 @@ def add_user(data: Path, name: str, password: str) -> None:
         store.close()
 
 
-def _banner_ports(text: str) -> dict[str, int] | None:
-    """The listeners from `ucupdates is serving:` and its indented lines, once complete."""
-    lines = text.splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        if line.strip() == "ucupdates is serving:":
-            ports: dict[str, int] = {}
-            for entry in lines[i + 1 :]:
-                if not entry.startswith("  "):
-                    return ports if entry.endswith("\n") else None
-                m = re.fullmatch(r"\s+(\S+)\s+127\.0\.0\.1:(\d+)\s*", entry)
-                assert m, f"unexpected listener line {entry!r}"
-                ports[m.group(1)] = int(m.group(2))
-    return None
-
-
-def _wait_for_banner(process: subprocess.Popen[bytes], log: Path) -> dict[str, int]:
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    deadline = time.monotonic() + STARTUP_SECONDS
-    out = b""
-    while (ports := _banner_ports(out.decode(errors="replace"))) is None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            pytest.fail(f"serve printed no listeners within {STARTUP_SECONDS} s: {log.read_text()}")
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                pytest.fail(f"serve exited ({process.wait(5)}): {out!r} {log.read_text()}")
-            out += chunk
-    return ports
-
-
 def _write_config(base: Path, data: Path) -> Path:
     config = base / "ucupdates.toml"
     config.write_text(
@@ -272,33 +235,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     add_user(data, GUESSED_USER, GUESSED_PASSWORD)
     config = _write_config(base, data)
 
-    log = base / "serve.log"
-    with log.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "--config", str(config), "serve"],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
-    try:
-        ports = _wait_for_banner(process, log)
+    with serving(config, base / "serve.log") as running:
         tls = ssl.create_default_context(cafile=str(data / "tls" / "ca.pem"))
-        yield Served(data, ports, tls, process, log)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            status = process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-            pytest.fail(f"serve did not stop on SIGTERM: {log.read_text()}")
-        finally:
-            assert process.stdout is not None
-            process.stdout.close()
-    assert status == 0, log.read_text()
-    text = log.read_text()
-    assert "Traceback" not in text and "Unhandled" not in text, text
+        yield Served(data, running.ports, tls, running.process, running.log)
 
 
 # -- raw sockets ----------------------------------------------------------------------------

@@ -16,8 +16,12 @@ from appliance.testing.clocks import (
 from appliance.testing.logs import MemorySender
 from appliance.testing.processes import (
     REPO,
+    STARTUP_SECONDS,
+    Serving,
+    banner_ports,
     free_port,
     run_cli,
+    serving,
 )
 from appliance.testing.records import (
     CU6,
@@ -58,6 +62,10 @@ from appliance.testing.web import (
 )
 
 __all__ = [
+    "STARTUP_SECONDS",
+    "Serving",
+    "banner_ports",
+    "serving",
     "CU6",
     "CU7",
     "CU8",

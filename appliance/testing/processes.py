@@ -1,10 +1,18 @@
-"""The appliance as a process: the checkout it runs from, the CLI, free ports."""
+"""The appliance as a process: the checkout it runs from, the CLI, `serve`, free ports."""
 
 from __future__ import annotations
 
+import os
+import re
+import select
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 # The folder that holds the `appliance` package: the checkout, when run from one.
@@ -34,3 +42,86 @@ def free_port(kind: socket.SocketKind = socket.SOCK_STREAM, host: str = "127.0.0
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+STARTUP_SECONDS = 60.0  # a loaded 2-core machine starts serve in a few seconds
+
+
+@dataclass
+class Serving:
+    """A `ucupdates serve` process the test started: its listeners' ports and its log."""
+
+    process: subprocess.Popen[bytes]
+    ports: dict[str, int]
+    log: Path
+
+
+def banner_ports(text: str) -> dict[str, int] | None:
+    """The listeners of serve's `ucupdates is serving:` banner, once it is complete."""
+    lines = text.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.strip() == "ucupdates is serving:":
+            ports: dict[str, int] = {}
+            for entry in lines[i + 1 :]:
+                if not entry.startswith("  "):
+                    return ports if entry.endswith("\n") else None
+                m = re.fullmatch(r"\s+(\S+)\s+127\.0\.0\.1:(\d+)\s*", entry)
+                if m is None:
+                    raise AssertionError(f"unexpected listener line {entry!r}")
+                ports[m.group(1)] = int(m.group(2))
+    return None
+
+
+@contextmanager
+def serving(
+    config: Path, log: Path, *options: str, startup: float = STARTUP_SECONDS
+) -> Iterator[Serving]:
+    """`python -m appliance --config CONFIG serve OPTIONS` until the block ends, then SIGTERM.
+
+    Waits (at most `startup` seconds) for the banner; after the block, the process must
+    stop on SIGTERM within 15 s with status 0 and no traceback in its log (standard error).
+    """
+    with log.open("wb") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "--config", str(config), "serve", *options],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    try:
+        yield Serving(process, _wait_for_banner(process, log, startup), log)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            status = process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+            raise AssertionError(f"serve did not stop on SIGTERM: {log.read_text()}") from None
+        finally:
+            assert process.stdout is not None
+            process.stdout.close()
+    text = log.read_text()
+    if status != 0 or "Traceback" in text or "Unhandled" in text:
+        raise AssertionError(f"serve ended with status {status}: {text}")
+
+
+def _wait_for_banner(process: subprocess.Popen[bytes], log: Path, startup: float) -> dict[str, int]:
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    deadline = time.monotonic() + startup
+    out = b""
+    while (ports := banner_ports(out.decode(errors="replace"))) is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(
+                f"serve printed no listeners within {startup} s: {log.read_text()}"
+            )
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"serve exited ({process.wait(5)}): {out!r} {log.read_text()}")
+            out += chunk
+    return ports

@@ -179,12 +179,7 @@ def make_service(
     )
     phone = PhoneService(config, store, authenticator, clock)
     root = ApplianceService(phone, config)
-    limits = Limits(
-        max_header_bytes=config.service.max_header_bytes,
-        request_timeout=config.service.request_timeout,
-        idle_timeout=config.service.idle_timeout,
-        max_connections=config.service.max_connections,
-    )
+    limits = Limits.of(config.service)
     resource = PhoneResource(phone)
     for listener in listeners(config):
         admit = phone.admitter(listener.external, plain_http=listener.profile is None)

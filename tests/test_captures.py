@@ -26,10 +26,6 @@ from treq.testing import StubTreq
 
 from appliance.admin import add_account, make_admin_site
 from appliance.catalogue import (
-    Action,
-    apply_action,
-    import_package,
-    make_sample_package,
     sample_check,
 )
 from appliance.cli.main import main as cli_main
@@ -37,18 +33,20 @@ from appliance.config import Config, TlsProfile
 from appliance.model import Capture, CapturedTls, Zone
 from appliance.ops import CaptureFolder, capture_json, export_bytes
 from appliance.ops.captures import capture_from_json, capture_id, config_summary
-from appliance.phones import Authenticator, LocalDirectory, PhoneResource, PhoneService
+from appliance.phones import Authenticator, LocalDirectory, PhoneService
 from appliance.phones.capture import safe_header, tls_of
-from appliance.store import RuleFilter, Store
+from appliance.store import Store
 from appliance.testing import (
+    FixedClock,
     InlineReactor,
+    approved_sample,
     config_from,
     inline,
     memory_client,
+    phone_client,
     settle,
 )
 from appliance.tls import context_factory, ensure_test_certificates
-from appliance.web import GuardedSite, Limits
 
 NOW = datetime(2026, 12, 6, 9, 30, tzinfo=UTC)
 CHECK = "http://ucupdates.test/RequestHandler/ucdevice.upx"
@@ -85,20 +83,6 @@ def phone_service(config: Config, store: Store) -> PhoneService:
     return PhoneService(config, store, authenticator, lambda: NOW)
 
 
-def internal_client(service: PhoneService, config: Config) -> StubTreq:
-    limits = Limits(
-        max_header_bytes=config.service.max_header_bytes,
-        request_timeout=config.service.request_timeout,
-        idle_timeout=config.service.idle_timeout,
-        max_connections=config.service.max_connections,
-    )
-    return memory_client(
-        lambda reactor: GuardedSite(
-            PhoneResource(service), service.admitter(False), limits, reactor=reactor
-        )
-    )
-
-
 def make_config(tmp_path: Path, extra: str = "") -> Config:
     data = tmp_path / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -111,13 +95,9 @@ def make_config(tmp_path: Path, extra: str = "") -> Config:
 @pytest.fixture
 def phones(tmp_path: Path) -> Iterator[Phones]:
     config = make_config(tmp_path)
-    store = Store.open(config.db_path, clock=lambda: NOW)
-    package = tmp_path / "UCUpdates.cab"
-    make_sample_package(package, image_size=2000)
-    import_package(store, config, package, "test")
-    apply_action(store, Action.APPROVE, RuleFilter(everything=True), "test")
+    store = approved_sample(config, FixedClock(NOW), image_size=2000)
     service = phone_service(config, store)
-    yield Phones(config, store, service, internal_client(service, config))
+    yield Phones(config, store, service, phone_client(service))
     service.close()
     store.close()
 
@@ -154,7 +134,7 @@ def test_model_counts_ignore_case_and_survive_a_restart(phones: Phones) -> None:
     phones.post(sample_check())
     phones.post(model_check("cx600"))
     restarted = phone_service(phones.config, phones.store)
-    client = internal_client(restarted, phones.config)
+    client = phone_client(restarted)
     for _ in range(3):
         settle(client, client.post(CHECK, data=sample_check(), headers=XML))
     assert len(phones.captures()) == PER_MODEL
@@ -207,7 +187,7 @@ def test_capture_mode_off_keeps_nothing(tmp_path: Path) -> None:
     config = make_config(tmp_path, "capture = false\n")
     store = Store.open(config.db_path, clock=lambda: NOW)
     service = phone_service(config, store)
-    client = internal_client(service, config)
+    client = phone_client(service)
     settle(client, client.post(CHECK, data=b"<Request>", headers=XML))
     settle(client, client.post(CHECK, data=sample_check(), headers=XML))
     assert not config.capture_dir.exists() or not any(config.capture_dir.iterdir())

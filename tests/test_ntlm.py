@@ -19,17 +19,13 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, globalLogPublisher
 
 from appliance.catalogue import (
-    Action,
     add_user,
-    apply_action,
-    import_package,
-    make_sample_package,
     sample_check,
     set_password,
 )
 from appliance.config import AuthSettings, NtlmBackend, load_config
 from appliance.passwords import nt_hash
-from appliance.phones import Authenticator, LocalDirectory, PhoneResource, PhoneService
+from appliance.phones import Authenticator, LocalDirectory, PhoneService
 from appliance.phones.auth import AuthResult
 from appliance.phones.directories import ntlm_verifier
 from appliance.phones.ntlm import (
@@ -39,9 +35,17 @@ from appliance.phones.ntlm import (
     read_authenticate,
 )
 from appliance.phones.winbind import WinbindVerifier, helper_answer, helper_request
-from appliance.store import RuleFilter, Store
-from appliance.testing import SecondsClock, basic_credentials, fired, inline
-from appliance.web import GuardedSite, Limits
+from appliance.store import Store
+from appliance.testing import (
+    FixedClock,
+    SecondsClock,
+    approved_sample,
+    basic_credentials,
+    fired,
+    inline,
+    phone_site,
+)
+from appliance.web import GuardedSite
 
 USER, PASSWORD = "alice", "Passw0rd with spaces"
 SETTINGS = AuthSettings(max_failures=3)
@@ -277,27 +281,14 @@ class Connection:
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[GuardedSite]:
     config = load_config(None, tmp_path / "data")
-    config.data_dir.mkdir(parents=True)
-    store = Store.open(config.db_path, clock=lambda: NOW)
-    package = tmp_path / "UCUpdates.cab"
-    make_sample_package(package, version="4.0.7577.4400")
-    import_package(store, config, package, "test")
-    apply_action(store, Action.APPROVE, RuleFilter(everything=True), "test")
+    store = approved_sample(config, FixedClock(NOW), version="4.0.7577.4400")
     add_user(store, USER, PASSWORD, "test")
     local = LocalDirectory(lambda: store)
     authenticator = Authenticator(
         local, config.auth, SecondsClock(), run_blocking=inline, ntlm=local
     )
     service = PhoneService(config, store, authenticator, lambda: NOW)
-    limits = Limits(
-        max_header_bytes=config.service.max_header_bytes,
-        request_timeout=config.service.request_timeout,
-        idle_timeout=config.service.idle_timeout,
-        max_connections=config.service.max_connections,
-    )
-    yield GuardedSite(
-        PhoneResource(service), service.admitter(True), limits, reactor=MemoryReactorClock()
-    )
+    yield phone_site(service, MemoryReactorClock(), external=True)
     service.close()
     store.close()
 

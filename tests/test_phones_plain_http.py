@@ -23,18 +23,12 @@ from treq.testing import StubTreq
 from twisted.logger import LogEvent
 
 from appliance.catalogue import (
-    Action,
-    apply_action,
-    import_package,
-    make_sample_package,
     sample_check,
 )
 from appliance.config import Config, ConfigError
 from appliance.passwords import hash_password
-from appliance.phones import Authenticator, BaseUrls, LocalDirectory, PhoneResource, PhoneService
-from appliance.store import RuleFilter, Store
-from appliance.testing import config_from, inline, memory_client, settle
-from appliance.web import GuardedSite, Limits
+from appliance.phones import Authenticator, BaseUrls, LocalDirectory, PhoneService
+from appliance.testing import FixedClock, approved_sample, config_from, inline, phone_client, settle
 
 NOW = datetime(2026, 12, 6, 9, 30, tzinfo=UTC)
 HOST = "http://ucupdates.test"
@@ -57,34 +51,15 @@ class Phones:
     https: StubTreq  # the internal HTTPS listener (its TLS is not the point here)
 
 
-def site_client(service: PhoneService, plain_http: bool) -> StubTreq:
-    settings = service.config.service
-    limits = Limits(
-        settings.max_header_bytes,
-        settings.request_timeout,
-        settings.idle_timeout,
-        settings.max_connections,
-    )
-    admit = service.admitter(False, plain_http=plain_http)
-    return memory_client(
-        lambda reactor: GuardedSite(PhoneResource(service), admit, limits, reactor=reactor)
-    )
-
-
 def make_phones(tmp_path: Path, toml: str = "") -> Iterator[Phones]:
     config = config_from(tmp_path, 'data_dir = "data"\n' + toml)
-    config.data_dir.mkdir(parents=True)
-    store = Store.open(config.db_path, clock=lambda: NOW)
-    package = tmp_path / "UCUpdates.cab"
-    make_sample_package(package, version=APPROVED)
-    import_package(store, config, package, "test")
-    apply_action(store, Action.APPROVE, RuleFilter(everything=True), "test")
+    store = approved_sample(config, FixedClock(NOW), version=APPROVED)
     authenticator = Authenticator(
         LocalDirectory(lambda: store), config.auth, lambda: 0.0, run_blocking=inline
     )
     service = PhoneService(config, store, authenticator, lambda: NOW)
     try:
-        yield Phones(config, service, site_client(service, True), site_client(service, False))
+        yield Phones(config, service, phone_client(service, plain_http=True), phone_client(service))
     finally:
         service.close()
         store.close()

@@ -19,13 +19,12 @@ from pathlib import Path
 import pytest
 from treq.testing import StubTreq
 
-from appliance.catalogue import Action, import_package, make_sample_package, sample_check
+from appliance.catalogue import sample_check
 from appliance.config import Config, load_config
 from appliance.passwords import hash_password
-from appliance.phones import Authenticator, LocalDirectory, PhoneResource, PhoneService
-from appliance.store import RuleFilter, Store
-from appliance.testing import inline, memory_client, settle
-from appliance.web import GuardedSite, Limits
+from appliance.phones import Authenticator, LocalDirectory, PhoneService
+from appliance.store import Store
+from appliance.testing import FixedClock, approved_sample, inline, phone_client, settle
 
 NOW = datetime(2026, 12, 6, 9, 30, tzinfo=UTC)
 CHECK_INT = "http://ucupdates.test/RequestHandler/ucdevice.upx"
@@ -42,32 +41,10 @@ class Phones:
     external: StubTreq
 
 
-def client(service: PhoneService, external: bool, config: Config) -> StubTreq:
-    """A treq client whose requests reach a GuardedSite as the serve process builds it."""
-    limits = Limits(
-        max_header_bytes=config.service.max_header_bytes,
-        request_timeout=config.service.request_timeout,
-        idle_timeout=config.service.idle_timeout,
-        max_connections=config.service.max_connections,
-    )
-    return memory_client(
-        lambda reactor: GuardedSite(
-            PhoneResource(service), service.admitter(external), limits, reactor=reactor
-        )
-    )
-
-
 @pytest.fixture
 def phones(tmp_path: Path) -> Iterator[Phones]:
     config = load_config(None, tmp_path / "data")
-    config.data_dir.mkdir(parents=True)
-    store = Store.open(config.db_path, clock=lambda: NOW)
-    package = tmp_path / "UCUpdates.cab"
-    make_sample_package(package, version="4.0.7577.4400")
-    import_package(store, config, package, "test")
-    from appliance.catalogue import apply_action
-
-    apply_action(store, Action.APPROVE, RuleFilter(everything=True), "test")
+    store = approved_sample(config, FixedClock(NOW), version="4.0.7577.4400")
     with store.transaction():
         store.add_user("phone1", hash_password("right password 1"))
     authenticator = Authenticator(
@@ -78,8 +55,8 @@ def phones(tmp_path: Path) -> Iterator[Phones]:
         config,
         store,
         service,
-        client(service, False, config),
-        client(service, True, config),
+        phone_client(service),
+        phone_client(service, external=True),
     )
     service.close()
     store.close()

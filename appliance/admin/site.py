@@ -162,12 +162,7 @@ def make_admin_site(
     root.putChild(b"health", health)
     uploads = config.data_dir / UPLOADS
     _sweep_uploads(uploads)
-    limits = Limits(
-        max_header_bytes=config.service.max_header_bytes,
-        request_timeout=config.service.request_timeout,
-        idle_timeout=config.service.idle_timeout,
-        max_connections=settings.max_connections,
-    )
+    limits = Limits.of(config.service, settings.max_connections)
     site = AdminSite(root, _admitter(api, settings, uploads), limits, settings, reactor=reactor)
     return site
 

@@ -40,6 +40,7 @@ from appliance.testing.records import (
 from appliance.testing.stores import (
     add_rule,
     add_update,
+    approved_sample,
     catalogue_state,
     config_from,
     file_tree,
@@ -58,10 +59,15 @@ from appliance.testing.web import (
     InlineReactor,
     inline,
     memory_client,
+    phone_client,
+    phone_site,
     settle,
 )
 
 __all__ = [
+    "approved_sample",
+    "phone_client",
+    "phone_site",
     "STARTUP_SECONDS",
     "Serving",
     "banner_ports",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
+from appliance.catalogue import Action, apply_action, import_package, make_sample_package
 from appliance.config import Config, load_config
 from appliance.model import FileRole, NewFile, Rule, RuleKey, RuleState
-from appliance.store import Store
+from appliance.store import RuleFilter, Store
 from appliance.testing.clocks import FixedClock
 from appliance.testing.records import CX600, STAMP, make_rule
 
@@ -97,3 +99,18 @@ def catalogue_state(config: Config) -> tuple[object, ...]:
         )
     finally:
         store.close()
+
+
+def approved_sample(config: Config, clock: FixedClock | None = None, **package: Any) -> Store:
+    """The store of `config` with the sample package imported and every rule approved.
+
+    `package` goes to `make_sample_package` (`version=`, `image_size=`, ...); the package
+    itself is written beside the data folder.
+    """
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store.open(config.db_path) if clock is None else Store.open(config.db_path, clock=clock)
+    path = config.data_dir.parent / "UCUpdates.cab"
+    make_sample_package(path, **package)
+    import_package(store, config, path, "test")
+    apply_action(store, Action.APPROVE, RuleFilter(everything=True), "test")
+    return store

@@ -18,6 +18,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from appliance.phones import PhoneResource, PhoneService
+from appliance.web import GuardedSite, Limits
+
 SETTLE_ROUNDS = 10_000  # each round moves what is buffered; a download needs one per chunk
 
 
@@ -80,3 +83,19 @@ class InlineReactor(MemoryReactorClock):
 def inline(work: Callable[[], bool]) -> defer.Deferred[bool]:
     """The authenticator's `run_blocking`, running each password check at once."""
     return defer.succeed(work())
+
+
+def phone_site(
+    service: PhoneService, reactor: Any, external: bool = False, plain_http: bool = False
+) -> GuardedSite:
+    """A phone listener's site as `make_service` builds it (internal HTTPS by default)."""
+    admit = service.admitter(external, plain_http=plain_http)
+    limits = Limits.of(service.config.service)
+    return GuardedSite(PhoneResource(service), admit, limits, reactor=reactor)
+
+
+def phone_client(
+    service: PhoneService, external: bool = False, plain_http: bool = False
+) -> StubTreq:
+    """A treq client of a phone listener's site, in process."""
+    return memory_client(lambda reactor: phone_site(service, reactor, external, plain_http))

@@ -20,6 +20,8 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web import http, server
 
+from appliance.config import ServiceSettings
+
 log = Logger()
 
 
@@ -36,6 +38,16 @@ class Limits:
     request_timeout: float
     idle_timeout: float
     max_connections: int
+
+    @classmethod
+    def of(cls, service: ServiceSettings, max_connections: int | None = None) -> Limits:
+        """The `[service]` table's limits; a listener may have its own connection cap."""
+        return cls(
+            max_header_bytes=service.max_header_bytes,
+            request_timeout=service.request_timeout,
+            idle_timeout=service.idle_timeout,
+            max_connections=service.max_connections if max_connections is None else max_connections,
+        )
 
 
 # admit(request, method, path, declared body length or None when chunked)

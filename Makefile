@@ -54,9 +54,10 @@ run: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q
 
-# the fast tier: lint, types and every test not marked slow (tests/conftest.py), in seconds
+# the fast tier: lint, types and every test not marked slow (tests/conftest.py), in seconds,
+# a test file per worker on up to 4 cores (the whole suite, `make test`, runs in one process)
 check: $(STAMP) lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n auto --maxprocesses 4 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check appliance tests bench

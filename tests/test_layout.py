@@ -7,6 +7,7 @@ docs/design.md explains the rules these tests hold the code to.
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+@functools.cache  # the source does not change during a run
 def modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
@@ -75,17 +77,18 @@ def _is_type_checking(node: ast.If) -> bool:
     )
 
 
-def face_names(path: Path) -> set[str]:
+@functools.cache
+def face_names(path: Path) -> frozenset[str]:
     """The names a package's `__init__` binds: `from pkg import name` may mean these."""
     init = path / "__init__.py"
     if not init.exists():
-        return set()
-    return {
+        return frozenset()
+    return frozenset(
         a.asname or a.name
         for node in ast.parse(init.read_text(encoding="utf-8")).body
         if isinstance(node, ast.ImportFrom)
         for a in node.names
-    }
+    )
 
 
 def imports_of(module: str, path: Path, known: set[str]) -> Iterator[Import]:
@@ -116,15 +119,16 @@ def imports_of(module: str, path: Path, known: set[str]) -> Iterator[Import]:
     yield from walk(tree, True)
 
 
-def all_imports() -> list[Import]:
+@functools.cache
+def all_imports() -> tuple[Import, ...]:
     found = modules()
     known = set(found)
-    return [
+    return tuple(
         i
         for m, p in found.items()
         for i in imports_of(m, p, known)
         if i.target == "appliance" or i.target.startswith("appliance.")
-    ]
+    )
 
 
 def test_the_walker_sees_the_package() -> None:

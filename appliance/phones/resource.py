@@ -8,33 +8,28 @@ decides zone, body limit and credentials before any body is read.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
-from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server, static
 
 from appliance.config import Config
-from appliance.model import StoredFile, Zone
-from appliance.phones.answers import Answers, RouteKind, route
+from appliance.model import StoredFile
+from appliance.phones.admission import Admission, auth_headers, fired, make_admitter
+from appliance.phones.answers import Answers, RouteKind
 from appliance.phones.auth import Authenticator, AuthResult
 from appliance.phones.codec import CONTENT_TYPE, BaseUrls, CheckError, parse_check
-from appliance.phones.ntlm import NtlmSession
 from appliance.phones.records import Records
 from appliance.store import Store
 from appliance.web import GuardedRequest, Rejection
-from appliance.zones import client_address, zone_of
 
 log = Logger(namespace="ucupdates.phone")
 
@@ -51,38 +46,6 @@ _LOG_TYPE_BY_EXTENSION = {
     ".xml": "Config",
 }
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-@dataclass(frozen=True)
-class Admission:
-    """What was decided when the headers came in."""
-
-    kind: RouteKind | None
-    zone: Zone
-    client: str
-    auth: defer.Deferred[AuthResult] | None  # None: no credentials needed
-
-
-def _fired(d: defer.Deferred[AuthResult]) -> AuthResult | None:
-    box: list[AuthResult] = []
-
-    def keep(result: AuthResult) -> AuthResult:
-        box.append(result)
-        return result
-
-    d.addCallback(keep)
-    return box[0] if box else None
-
-
-def auth_headers(result: AuthResult, realm: str, ntlm: bool = False) -> list[tuple[bytes, bytes]]:
-    """The headers of a refusal: the NTLM challenge, or every scheme offered (NTLM first,
-    as IIS listed them, then Basic), or Retry-After."""
-    if result.status == 429 and result.retry_after is not None:
-        return [(b"Retry-After", str(result.retry_after).encode())]
-    if result.challenge is not None:
-        return [(b"WWW-Authenticate", b"NTLM " + base64.b64encode(result.challenge))]
-    basic = (b"WWW-Authenticate", f'Basic realm="{realm}", charset="UTF-8"'.encode())
-    return [(b"WWW-Authenticate", b"NTLM"), basic] if ntlm else [basic]
 
 
 class PhoneService:
@@ -119,76 +82,8 @@ class PhoneService:
     def admitter(
         self, external_listener: bool, plain_http: bool = False
     ) -> Callable[..., Rejection | None]:
-        """The admission of one listener; on the plain-HTTP one (`plain_http`), nothing
-        external is served: 403, and the event `http.external_refused`."""
-
-        def admit(
-            request: GuardedRequest, method: bytes, path: bytes, length: int | None
-        ) -> Rejection | None:
-            kind = route(path)
-            transport: Any = request.channel.transport
-            peer = transport.getPeer()
-            forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
-            client = client_address(getattr(peer, "host", "?"), forwarded, self.config.zones)
-            zone = zone_of(client, external_listener, path, self.config.zones)
-            if plain_http and zone is Zone.EXTERNAL:
-                log.info(
-                    "plain HTTP refused to external {client} ({path})",
-                    client=client,
-                    path=repr(path[:200])[2:-1],
-                    event="http.external_refused",
-                )
-                return Rejection(403, "external requests need HTTPS")
-            limit = (
-                self.config.device_logs.max_file_bytes
-                if kind is RouteKind.UPLOAD
-                else self.config.service.max_check_bytes
-            )
-            if length is not None and length > limit:
-                log.info(
-                    "request from {client} refused: body of {length} bytes",
-                    client=client,
-                    length=length,
-                )
-                return Rejection(413, f"request body over {limit} bytes")
-            request.max_body = limit
-            auth = None
-            if zone is Zone.EXTERNAL and kind is not None:
-                auth = self.authenticator.authenticate(
-                    request.requestHeaders.getRawHeaders(b"authorization", [None])[0],
-                    client,
-                    self._ntlm_session(request),
-                )
-                result = _fired(auth)
-                check_limit = self.config.service.max_check_bytes
-                # NTLM's challenge must reach the client on this connection: answered
-                # after the body (at most a check's), not by closing (docs §2).
-                challenge = result is not None and result.challenge is not None
-                if challenge and (length is None or length <= check_limit):
-                    request.max_body = min(limit, check_limit)
-                    result = None
-                if result is not None and not result.ok:
-                    return Rejection(
-                        result.status,
-                        result.reason,
-                        auth_headers(
-                            result, self.config.auth.realm, self.authenticator.ntlm_enabled
-                        ),
-                    )
-            request.admission = Admission(kind, zone, client, auth)
-            return None
-
-        return admit
-
-    def _ntlm_session(self, request: GuardedRequest) -> NtlmSession | None:
-        """The NTLM state of the request's connection (made on its first request)."""
-        if not self.authenticator.ntlm_enabled:
-            return None
-        channel: Any = request.channel
-        session = getattr(channel, "auth_state", None)
-        if not isinstance(session, NtlmSession):
-            session = channel.auth_state = NtlmSession()
-        return session
+        """The admission of one listener (`admission.make_admitter`)."""
+        return make_admitter(self.config, self.authenticator, external_listener, plain_http)
 
 
 class PhoneResource(resource.Resource):
@@ -218,7 +113,7 @@ class PhoneResource(resource.Resource):
         handler = handlers[admission.kind]
         if admission.auth is None:
             return handler(request, admission)
-        done = _fired(admission.auth)
+        done = fired(admission.auth)
         if done is not None:
             return self._authorised(request, admission, handler, done)
 

@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 def open_store(config: Config) -> Store:
     """The store of `config`'s data folder, after sweeping what a crash left behind."""
     try:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        config.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         store = Store.open(config.db_path)
     except OSError as e:
         raise Failure(f"cannot use data folder {config.data_dir}: {e.strerror}") from e

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
     from appliance.tls import ServerCredentials
 
 
+# What `serve` creates is no one else's to read, whatever umask it was started with (files
+# holding secrets are also opened 0600 where they are created: the database, the audit
+# file, device logs, captures).
+SERVE_UMASK = 0o027
+
+
 def add_serve_parsers(sub: Any) -> None:
     """`serve` and `reload`."""
     p = sub.add_parser("serve", help="run the phone-facing service in the foreground")
@@ -68,6 +74,7 @@ def serve(args: argparse.Namespace, config: Config, store: Store, actor: str) ->
     from appliance.tls import CertError
 
     reactor: Any = default_reactor
+    os.umask(os.umask(SERVE_UMASK) | SERVE_UMASK)  # as the systemd unit's UMask=0027, or tighter
     _begin_logging(config, reactor, args.log_format)
     if args.workers < 1:
         raise Failure("--workers must be at least 1", EX_USAGE)

@@ -149,11 +149,12 @@ class CaptureFolder:
         capture is never replaced), then drop the oldest over the limits. Raises OSError,
         FileExistsError when the id is taken."""
         data = json.dumps(capture_json(capture), indent=1, ensure_ascii=False).encode("utf-8")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o750, parents=True, exist_ok=True)
         target = self.folder / f"{capture.id}.json"
         temporary = self.folder / f".{capture.id}.json.part"
-        try:
-            with temporary.open("xb") as f:
+        try:  # 0600 whatever the umask: a capture holds a phone's request
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            with os.fdopen(os.open(temporary, flags, 0o600), "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())

@@ -2,16 +2,22 @@
 
 Every check is logged, written as one line of Lync's audit file (docs/protocol.md §9)
 and buffered as a sighting for the inventory, which `flush_inventory` writes in one
-transaction. Device logs the phones upload are kept for a retention period.
+transaction. Device logs the phones upload are stored by `store_device_log` and kept for a
+retention period.
+
+Files here may hold what a local user should not read (client addresses, device logs):
+they are created 0600 and their folders 0750 whatever the process umask. A write that
+fails (a full disk) loses only that line or that upload, never what was there before.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from twisted.logger import Logger
 
@@ -24,6 +30,13 @@ from appliance.store import Store, iso_utc
 
 log = Logger(namespace="ucupdates.phone")
 
+FILE_MODE = 0o600  # the audit file, device logs: created so, whatever the umask
+FOLDER_MODE = 0o750
+
+
+class DeviceLogError(Exception):
+    """A device log that cannot be stored now (a full disk, a read-only folder...)."""
+
 
 class Records:
     """The audit file, the inventory buffer and the captures. Use from the reactor."""
@@ -33,7 +46,8 @@ class Records:
         self.store = store
         self.now = now
         self._inventory: dict[str, Device] = {}
-        self._audit: tuple[str, Any] | None = None
+        self._audit: tuple[str, int] | None = None  # today's audit file name, its descriptor
+        self._audit_failing = False  # an error was logged; the next success says so
         self._server = config.service.server_name or os.uname().nodename
         self.captures = Captures(config, now)
 
@@ -97,24 +111,65 @@ class Records:
         return len(pending)
 
     def _write_audit(self, now: datetime, line: str) -> None:
+        """Append one line to the day's file (named by `now`: after the clock goes back, an
+        earlier day's file is appended to, never replaced). One unbuffered write a line, so
+        a failed write leaves nothing queued to come out torn later; the first failure of a
+        streak is logged, and the recovery."""
         name = f"RequestHandlerAuditLog_{self._server}_{now.strftime('%Y%m%d')}.log"
+        data = (line + "\n").encode("utf-8")
         try:
             if self._audit is None or self._audit[0] != name:
-                if self._audit is not None:
-                    self._audit[1].close()
+                self._close_audit()
                 folder = self.config.logs_dir / "Audit"
-                folder.mkdir(parents=True, exist_ok=True)
-                self._audit = (name, (folder / name).open("a", encoding="utf-8"))
-            self._audit[1].write(line + "\n")
-            self._audit[1].flush()
+                folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                self._audit = (name, os.open(folder / name, flags, FILE_MODE))
+            if os.write(self._audit[1], data) != len(data):
+                raise OSError(errno.ENOSPC, "short write (disk full?)")
         except OSError as e:
-            log.error("cannot write the audit file {name}: {error}", name=name, error=e.strerror)
+            if not self._audit_failing:
+                log.error(
+                    "cannot write the audit file {name}: {error}",
+                    name=name,
+                    error=e.strerror,
+                    event="audit.failed",
+                )
+            self._audit_failing = True
+            return
+        if self._audit_failing:
+            self._audit_failing = False
+            log.info("the audit file {name} is written again", name=name, event="audit.resumed")
+
+    def _close_audit(self) -> None:
+        if self._audit is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._audit[1])
+            self._audit = None
 
     def close(self) -> None:
         self.flush_inventory()
-        if self._audit is not None:
-            self._audit[1].close()
-            self._audit = None
+        self._close_audit()
+
+
+def store_device_log(folder: Path, name: str, body: bytes) -> Path:
+    """Write an uploaded device log as `folder/name` (0600): through a temporary file that
+    is renamed when complete, so a failure (a full disk) leaves no partial file behind.
+    Raises DeviceLogError."""
+    target = folder / name
+    temporary = folder / f".{name}.part"
+    try:
+        folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            os.replace(temporary, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+    except OSError as e:
+        raise DeviceLogError(e.strerror or str(e)) from e
+    return target
 
 
 def clean_device_logs(logs_dir: Path, retention_days: float, now: float) -> int:

@@ -8,7 +8,6 @@ decides zone, body limit and credentials before any body is read.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import secrets
@@ -27,7 +26,7 @@ from appliance.phones.admission import Admission, auth_headers, fired, make_admi
 from appliance.phones.answers import Answers, RouteKind
 from appliance.phones.auth import Authenticator, AuthResult
 from appliance.phones.codec import CONTENT_TYPE, BaseUrls, CheckError, parse_check
-from appliance.phones.records import Records
+from appliance.phones.records import DeviceLogError, Records, store_device_log
 from appliance.store import Store
 from appliance.web import GuardedRequest, Rejection
 
@@ -243,19 +242,12 @@ class PhoneResource(resource.Resource):
         stamp = self.service.now().strftime("%Y%m%dT%H%M%S")
         safe_device = _SAFE_NAME.sub("_", device)[:64]
         folder = self.service.config.logs_dir / "Client" / valid[log_type.casefold()]
-        target = folder / f"{safe_device}_{stamp}_{secrets.token_hex(3)}_{base}"
+        name = f"{safe_device}_{stamp}_{secrets.token_hex(3)}_{base}"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            temporary = target.with_name("." + target.name + ".part")
-            try:
-                with temporary.open("xb") as f:
-                    f.write(body)
-                os.replace(temporary, target)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    temporary.unlink()
-        except OSError as e:
-            log.error("cannot store device log {name}: {error}", name=target.name, error=e.strerror)
+            target = store_device_log(folder, name, body)
+        except DeviceLogError as e:  # a full disk: refused, nothing left half-written
+            log.error("cannot store device log {name}: {error}", name=name, error=str(e))
+            request.setHeader(b"retry-after", str(self.service.config.service.retry_after).encode())
             return _plain(request, 507, "cannot store the log now")
         log.info(
             "device log {name} ({type}, {size} bytes) from {client}",

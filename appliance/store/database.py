@@ -5,10 +5,16 @@ Every SQL statement of the appliance lives in this package, one module per table
 (a PostgreSQL backend will follow, so the SQL stays portable). The schema is package data
 (`schema/NNN_name.sql`) applied in order and recorded in `schema_version`. Callers get
 typed records, never cursors.
+
+The database holds password hashes (argon2id, and NT hashes that are password-equivalent):
+it is created 0600 whatever the process umask, and SQLite gives its `-wal` and `-shm`
+files the database's mode. An existing database (and its `-wal`/`-shm`) loses any
+permission for others when opened.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -37,11 +43,32 @@ def newest_schema_version() -> int:
     return _schema_scripts()[-1][0]
 
 
+DATABASE_MODE = 0o600
+
+
+def _private_files(path: Path) -> None:
+    """Create the database file 0600 if missing (SQLite would make it 0644 under umask
+    022); take every permission for others off an existing one and its -wal and -shm."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, DATABASE_MODE))
+    except OSError as e:
+        raise StoreError(f"{path}: cannot open the database: {e.strerror}") from e
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = name.stat().st_mode & 0o777
+            if mode & 0o007:
+                os.chmod(name, mode & ~0o007)
+        except OSError:
+            continue  # not there (or not ours to change): SQLite reports what matters
+
+
 class Store(CatalogueTables, DeviceTables, AdminTables):
     """One open database. Use `Store.open(path)`; `":memory:"` works for tests."""
 
     @classmethod
     def open(cls, path: Path | str, clock: Clock = utc_now) -> Store:
+        if str(path) != ":memory:":
+            _private_files(Path(path))
         try:
             conn = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
             conn.execute("PRAGMA foreign_keys = ON")

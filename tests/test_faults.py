@@ -1,0 +1,202 @@
+"""Faults, in process: a full disk under a log upload and the audit file, files created
+under a loose umask, clocks that jump, an image corrupted on disk.
+
+The phone side runs in process (`appliance.testing.phone_client`): real HTTP through the
+real site, no sockets. The full disk is a real one: a small tmpfs mounted on the logs
+folder (root only; the test says why it skips otherwise). What needs a real serve process
+(a client that resets mid-download, the modes `serve` creates) is in test_faults_serve.py.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from treq.testing import StubTreq
+from twisted.logger import LogEvent
+
+from appliance.catalogue import sample_check
+from appliance.config import Config, load_config
+from appliance.phones import Authenticator, LocalDirectory, PhoneService
+from appliance.store import Store
+from appliance.testing import FixedClock, approved_sample, inline, phone_client, settle
+
+NOW = datetime(2026, 12, 6, 9, 30, tzinfo=UTC)
+CHECK = "http://ucupdates.test/RequestHandler/ucdevice.upx"
+UPLOAD = "http://ucupdates.test/RequestHandler/Files?filename=boot.clg&mac=00-04-F2-00-00-01"
+XML = {"Content-Type": ["text/xml"]}
+RUNNING = "4.0.7577.4366"
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def make_service(config: Config, clock: FixedClock) -> tuple[Store, PhoneService]:
+    store = approved_sample(config, clock, version="4.0.7577.4400")
+    authenticator = Authenticator(
+        LocalDirectory(lambda: store), config.auth, lambda: 0.0, run_blocking=inline
+    )
+    return store, PhoneService(config, store, authenticator, clock)
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(NOW)
+
+
+@pytest.fixture
+def phones(tmp_path: Path, clock: FixedClock) -> Iterator[tuple[PhoneService, StubTreq]]:
+    config = load_config(None, tmp_path / "data")
+    store, service = make_service(config, clock)
+    yield service, phone_client(service)
+    service.close()
+    store.close()
+
+
+def check(stub: StubTreq) -> int:
+    response = settle(stub, stub.post(CHECK, data=sample_check(RUNNING), headers=XML))
+    settle(stub, response.content())
+    return int(response.code)
+
+
+def upload(stub: StubTreq, body: bytes, url: str = UPLOAD) -> tuple[int, bytes]:
+    response = settle(stub, stub.put(url, data=body))
+    return int(response.code), settle(stub, response.content())
+
+
+# -- file modes whatever the umask ----------------------------------------------------------
+
+
+def test_a_new_database_and_its_wal_are_private_under_umask_022(tmp_path: Path) -> None:
+    path = tmp_path / "ucupdates.sqlite3"
+    with umask(0o022):
+        store = Store.open(path)
+        try:
+            with store.transaction():
+                store.add_user("phone1", "not-a-real-hash")
+            found = {p.name: mode(p) for p in tmp_path.iterdir()}
+        finally:
+            store.close()
+    assert found["ucupdates.sqlite3"] == 0o600, found
+    assert found.get("ucupdates.sqlite3-wal", 0o600) == 0o600, found
+    assert found.get("ucupdates.sqlite3-shm", 0o600) == 0o600, found
+    assert "ucupdates.sqlite3-wal" in found  # WAL mode: it exists while the store is open
+
+
+def test_an_existing_world_readable_database_loses_its_permissions_for_others(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ucupdates.sqlite3"
+    Store.open(path).close()
+    os.chmod(path, 0o644)  # as an older version left it under umask 022
+    Store.open(path).close()
+    assert mode(path) == 0o640
+
+
+def test_audit_files_and_device_logs_are_private_under_umask_022(
+    phones: tuple[PhoneService, StubTreq],
+) -> None:
+    service, stub = phones
+    with umask(0o022):
+        assert check(stub) == 200
+        assert upload(stub, b"a boot log\n")[0] == 201
+    logs = service.config.logs_dir
+    audit = list((logs / "Audit").iterdir())
+    device_logs = list((logs / "Client" / "CELog").iterdir())
+    assert [mode(p) for p in audit] == [0o600]
+    assert [mode(p) for p in device_logs] == [0o600]
+    for folder in (logs / "Audit", logs / "Client" / "CELog"):
+        assert mode(folder) & 0o007 == 0, folder
+
+
+# -- a full disk ----------------------------------------------------------------------------
+
+TMPFS_BYTES = 1024 * 1024
+
+
+@contextmanager
+def small_disk(where: Path, size: int = TMPFS_BYTES) -> Iterator[Path]:
+    """A tmpfs of `size` bytes mounted on `where` (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0750", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30)
+
+
+def fill(folder: Path, leave: int = 0) -> Path:
+    """A file that takes every free byte of `folder`'s file system but `leave` bytes."""
+    filler = folder / "filler"
+    with filler.open("wb") as f:
+        for _ in range(10_000):  # bounded: the tmpfs is 1 MiB
+            free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize - leave
+            if free <= 0:
+                break
+            try:
+                f.write(b"\0" * min(free, 65536))
+                f.flush()
+            except OSError:
+                break
+    return filler
+
+
+def names(event_log: list[LogEvent]) -> list[str]:
+    return [e["event"] for e in event_log if "event" in e]
+
+
+def test_a_log_upload_on_a_full_disk_is_refused_with_507_and_leaves_nothing(
+    tmp_path: Path, clock: FixedClock, log_events: list[LogEvent]
+) -> None:
+    config = load_config(None, tmp_path / "data")
+    store, service = make_service(config, clock)
+    try:
+        with small_disk(config.logs_dir):
+            stub = phone_client(service)
+            uploads = config.logs_dir / "Client" / "CELog"
+            filler = fill(config.logs_dir, leave=300_000)
+            # the disk fills part-way through the write
+            assert upload(stub, b"x" * 600_000) == (507, b"cannot store the log now\n")
+            assert list(uploads.iterdir()) == []  # no partial file, no temporary left
+            assert upload(stub, b"y" * 2000)[0] == 201  # the service goes on
+            filler.unlink()
+            filler = fill(config.logs_dir)
+            assert upload(stub, b"z" * 2000)[0] == 507  # nothing at all free
+            assert len(list(uploads.iterdir())) == 1
+            # checks are answered while the audit file cannot be written; one error said so
+            assert [check(stub) for _ in range(3)] == [200, 200, 200]
+            assert names(log_events).count("audit.failed") == 1
+            filler.unlink()
+            assert upload(stub, b"z" * 2000)[0] == 201
+            assert check(stub) == 200
+            assert names(log_events).count("audit.resumed") == 1
+            audit = next((config.logs_dir / "Audit").iterdir()).read_text()
+            assert len(audit.splitlines()) == 1 and audit.endswith("\n")  # no torn line
+    finally:
+        service.close()
+        store.close()

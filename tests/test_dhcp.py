@@ -25,7 +25,7 @@ from typing import Any, cast
 import pytest
 from twisted.logger import LogLevel, capturedLogs, eventsFromJSONLogFile
 
-from appliance.config import Config, ConfigError, load_config
+from appliance.config import Config, ConfigError, Network, load_config
 from appliance.discovery.dhcp import InformProtocol, local_address_towards, make_dhcp_service
 from appliance.discovery.dhcp_answer import (
     InformAnswers,
@@ -36,7 +36,7 @@ from appliance.discovery.dhcp_answer import (
 )
 from appliance.discovery.dhcp_codec import parse_packet
 from appliance.discovery.dhcp_options import option43, option120, vlan_option43
-from appliance.testing import REPO, config_from
+from appliance.testing import REPO, SecondsClock, config_from
 
 SIP = "sip.contoso.com"
 MAC = "00:04:f2:aa:bb:cc"
@@ -45,6 +45,9 @@ SERVER = "192.0.2.10"  # option 54 in the pure tests: never a destination
 ANSWERS = InformAnswers(option43(SIP), option120([SIP, "sip2.contoso.com"]), vlan_option43(100))
 NO_VLAN = dataclasses.replace(ANSWERS, vlan43=None)
 COOKIE = b"\x63\x82\x53\x63"
+RELAY = "127.0.0.2"  # the relay agent of the pure tests: giaddr and sender
+RELAYS = (Network.parse(RELAY),)  # dhcp.relays
+TRUSTED = (Network.parse("127.0.0.0/8"),)
 INFORM, DISCOVER, REQUEST, DECLINE, ACK, RELEASE = 8, 1, 3, 4, 5, 7
 
 
@@ -168,7 +171,8 @@ def test_only_the_asked_options_in_the_asked_order() -> None:
 
 
 def test_relayed_inform_goes_back_to_the_relay_on_port_67() -> None:
-    reply, destination = answered(dhcp_packet(giaddr="127.0.0.2", ciaddr="127.0.0.3"))
+    packet = dhcp_packet(giaddr=RELAY, ciaddr="127.0.0.3")
+    reply, destination = answered(packet, sender=RELAY, relays=RELAYS)
     assert destination == ("127.0.0.2", 67)
     r = unpack(reply)
     assert (r.giaddr, r.ciaddr) == ("127.0.0.2", "127.0.0.3")
@@ -176,7 +180,7 @@ def test_relayed_inform_goes_back_to_the_relay_on_port_67() -> None:
 
 def test_relay_agent_information_is_echoed_only_for_a_relay() -> None:
     info = bytes((82, 6, 1, 4)) + b"port"
-    r = unpack(answered(dhcp_packet(giaddr="127.0.0.2", extra=info))[0])
+    r = unpack(answered(dhcp_packet(giaddr=RELAY, extra=info), sender=RELAY, relays=RELAYS)[0])
     assert r.options[-1] == (82, b"\x01\x04port")
     r = unpack(answered(dhcp_packet(extra=info))[0])
     assert r.option(82) is None
@@ -195,7 +199,8 @@ def test_inform_without_ciaddr_is_broadcast() -> None:
 def test_reply_ports_are_configurable() -> None:
     ports = ReplyPorts(relay=10067, client=10068)
     assert answered(dhcp_packet(), ports=ports)[1] == (LOOP, 10068)
-    assert answered(dhcp_packet(giaddr="127.0.0.2"), ports=ports)[1] == ("127.0.0.2", 10067)
+    relayed = answered(dhcp_packet(giaddr=RELAY), ports=ports, sender=RELAY, relays=RELAYS)
+    assert relayed[1] == ("127.0.0.2", 10067)
 
 
 def test_server_identifier_from_the_route_to_the_destination() -> None:
@@ -205,7 +210,7 @@ def test_server_identifier_from_the_route_to_the_destination() -> None:
         seen.append(host)
         return "127.0.0.9"
 
-    decision = decide(dhcp_packet(giaddr="127.0.0.2"), ANSWERS, route)
+    decision = decide(dhcp_packet(giaddr=RELAY), ANSWERS, route, RELAY, relays=RELAYS)
     assert seen == ["127.0.0.2"]
     assert unpack(decision.reply or b"").option(54) == socket.inet_aton("127.0.0.9")
     no_route = decide(dhcp_packet(), ANSWERS, lambda host: None)
@@ -259,11 +264,41 @@ def test_cpe_ocphone_without_a_vlan_gets_nothing() -> None:
     ],
 )
 def test_ignored(packet: bytes, reason: str) -> None:
-    decision = decide(packet, ANSWERS, SERVER)
+    decision = decide(packet, ANSWERS, SERVER, LOOP, relays=TRUSTED)
     assert decision.outcome is Outcome.IGNORED
     assert reason in decision.reason
     assert decision.reply is None
-    assert answer_inform(packet, ANSWERS, SERVER) is None
+    assert answer_inform(packet, ANSWERS, SERVER, LOOP, relays=TRUSTED) is None
+
+
+@pytest.mark.parametrize(
+    ("sender", "relays"),
+    [
+        ("127.0.0.66", RELAYS),  # a client forging giaddr: not a configured relay
+        ("127.0.0.66", ()),
+        (RELAY, ()),  # no dhcp.relays (the default): relayed messages are ignored
+        (None, RELAYS),  # the sender unknown
+        ("not an address", RELAYS),
+    ],
+    ids=["client-forging-giaddr", "no-relays", "relay-not-configured", "no-sender", "bad-sender"],
+)
+def test_forged_giaddr_is_not_answered(sender: str | None, relays: tuple[Network, ...]) -> None:
+    """Issue 13, defect 7: a forged giaddr from any sender reflected 365-byte replies."""
+    packet = dhcp_packet(giaddr="127.0.0.9", ciaddr="127.0.0.66")
+    decision = decide(packet, ANSWERS, SERVER, sender, relays=relays)
+    assert decision.outcome is Outcome.UNTRUSTED_RELAY and decision.reply is None
+    assert "not one of dhcp.relays" in decision.reason and decision.relay == "127.0.0.9"
+    assert answer_inform(packet, ANSWERS, SERVER, sender, relays=relays) is None
+
+
+def test_configured_relay_and_direct_informs_are_answered() -> None:
+    relayed = decide(dhcp_packet(giaddr="127.0.0.9"), ANSWERS, SERVER, RELAY, relays=RELAYS)
+    assert relayed.outcome is Outcome.ANSWERED and relayed.destination == ("127.0.0.9", 67)
+    wide = decide(dhcp_packet(giaddr="127.0.0.9"), ANSWERS, SERVER, RELAY, relays=TRUSTED)
+    assert wide.outcome is Outcome.ANSWERED  # a network of relays
+    direct = decide(dhcp_packet(ciaddr="127.0.0.7"), ANSWERS, SERVER, "127.0.0.7")
+    assert direct.outcome is Outcome.ANSWERED  # a phone's own DHCPINFORM: no relay needed
+    assert direct.destination == ("127.0.0.7", 68)
 
 
 def test_forged_ciaddr_is_not_answered() -> None:
@@ -386,12 +421,12 @@ class RecordingTransport:
 
 
 def test_protocol_sends_counts_and_logs() -> None:
-    protocol = InformProtocol(ANSWERS, LOOP)
+    protocol = InformProtocol(ANSWERS, LOOP, relays=RELAYS)
     transport = RecordingTransport()
     protocol.makeConnection(cast(Any, transport))
     assert transport.broadcast
     with capturedLogs() as events:
-        protocol.datagramReceived(dhcp_packet(giaddr="127.0.0.2"), (LOOP, 67))
+        protocol.datagramReceived(dhcp_packet(giaddr="127.0.0.2"), (RELAY, 67))
         protocol.datagramReceived(dhcp_packet(DISCOVER), (LOOP, 68))
         protocol.datagramReceived(b"junk", (LOOP, 68))
         protocol.datagramReceived(b"junk", (LOOP, 68))
@@ -409,6 +444,26 @@ def test_protocol_sends_counts_and_logs() -> None:
     )
     assert by_event["dhcp.ignored"]["log_level"] is LogLevel.debug
     assert by_event["dhcp.malformed"]["count"] == 2
+
+
+def test_protocol_drops_untrusted_relays_and_says_so_once_a_minute() -> None:
+    clock = SecondsClock(1000.0)
+    protocol = InformProtocol(ANSWERS, LOOP, relays=RELAYS, clock=clock)
+    transport = RecordingTransport()
+    protocol.makeConnection(cast(Any, transport))
+    forged = dhcp_packet(giaddr="127.0.0.9")
+    with capturedLogs() as events:
+        for _ in range(100):  # a flood of forged giaddr from a client
+            protocol.datagramReceived(forged, ("127.0.0.66", 68))
+        clock.now += 61
+        protocol.datagramReceived(forged, ("127.0.0.66", 68))
+        protocol.datagramReceived(forged, (RELAY, 67))  # the configured relay
+    assert [addr for _, addr in transport.written] == [("127.0.0.9", 67)]
+    assert protocol.counts[Outcome.UNTRUSTED_RELAY] == 101
+    warned = [e for e in events if e.get("event") == "dhcp.untrusted_relay"]
+    assert [(e["unlogged"], e["count"]) for e in warned] == [(0, 1), (99, 101)]
+    assert warned[0]["log_level"] is LogLevel.warn and warned[0]["giaddr"] == "127.0.0.9"
+    assert warned[0]["sender"] == "127.0.0.66"
 
 
 # -- the real thing: a Twisted process on 127.0.0.1 --------------------------------------
@@ -470,7 +525,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     config_path = tmp / "ucupdates.toml"
     config_path.write_text(
         f'data_dir = "data"\n[dhcp]\nenabled = true\nlisten = "{LOOP}:0"\n'
-        f'sip_servers = ["{SIP}"]\nweb_fqdn = "{SIP}"\nvoice_vlan = 100\n'
+        f'sip_servers = ["{SIP}"]\nweb_fqdn = "{SIP}"\nvoice_vlan = 100\nrelays = ["{LOOP}"]\n'
     )
     relay, client = udp_socket(), udp_socket()
     log_path = tmp / "dhcp.json"
@@ -530,6 +585,28 @@ def test_live_relayed_inform_is_answered_at_the_relay(live: Live) -> None:
     assert answered_events and answered_events[-1]["vendor_class"] == "CPE-OCPHONE"
 
 
+def test_live_forged_giaddr_is_not_reflected(live: Live) -> None:
+    """Issue 13, defect 7: a client (127.0.0.3, not in dhcp.relays) naming the relay's
+    address as giaddr gets nothing sent there; the relay's own message still is answered."""
+    forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    forger.bind(("127.0.0.3", 0))
+    try:
+        for xid in range(0xC0, 0xC8):
+            forger.sendto(dhcp_packet(xid=xid, giaddr=LOOP, ciaddr="127.0.0.3"), (LOOP, live.port))
+    finally:
+        forger.close()
+    live.send(dhcp_packet(xid=0xCF, giaddr=LOOP), live.relay)  # after them: all were seen
+    reply = live.receive(live.relay)
+    assert reply is not None and unpack(reply).xid == 0xCF, "a forged giaddr was answered"
+    deadline = time.monotonic() + IO_SECONDS
+    while time.monotonic() < deadline:
+        warned = [e for e in live.events() if e.get("event") == "dhcp.untrusted_relay"]
+        if warned:
+            break
+        time.sleep(0.05)
+    assert warned and warned[0]["sender"] == "127.0.0.3"
+
+
 def test_live_discover_gets_nothing(live: Live) -> None:
     live.send(dhcp_packet(DISCOVER, xid=0xA3))
     live.send(dhcp_packet(REQUEST, xid=0xA4))
@@ -580,7 +657,8 @@ def test_live_thousands_of_broken_packets(live: Live) -> None:
     expected = {
         xid
         for xid, q in queries.items()
-        if decide(q, live.answers, LOOP, LOOP, ReplyPorts()).outcome is Outcome.ANSWERED
+        if decide(q, live.answers, LOOP, LOOP, ReplyPorts(), (Network.parse(LOOP),)).outcome
+        is Outcome.ANSWERED
     }
     assert 50 < len(expected) < 2000  # the fuzz reaches both sides of the decision
     replies: dict[int, bytes] = {}

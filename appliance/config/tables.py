@@ -205,7 +205,8 @@ class DnsSettings:
     `ucupdates-r2` and `ucupdates`) in every domain of `domains` (and of
     `domains_from`, an ISC dhcpd.conf or Kea JSON file read at start and on reload), with
     the internal address for internal clients and the external one (or REFUSED) for
-    others. Every other name goes to `upstreams`, or is REFUSED when there are none.
+    others. Every other name goes to `upstreams` for clients in `forward_networks`, and
+    is REFUSED for other clients or when there are no upstreams.
     """
 
     internal_address: str | None = field(default=None, metadata={"check": ip})
@@ -216,12 +217,18 @@ class DnsSettings:
     names: tuple[DiscoveryName, ...] = (DiscoveryName.R2, DiscoveryName.LYNC2010)
     domains_from: Path | None = None
     upstreams: tuple[Address, ...] = ()
+    # Clients whose other names go to the upstreams; the rest get REFUSED for them
+    # (no open resolver). Unset: zones.internal_networks.
+    forward_networks: tuple[Network, ...] | None = None
     ttl: int = field(default=300, metadata={"check": positive})
     rrl_responses_per_second: int = field(default=50, metadata={"check": positive})
     # every Nth dropped answer goes out truncated (TC), 0: never
     rrl_slip: int = field(default=2, metadata={"check": within(0, 100)})
     max_tcp_connections: int = field(default=256, metadata={"check": positive})
+    # A TCP connection is closed this long after its last complete query or answer (bytes
+    # trickling in do not count), and in any case this long after it opened.
     tcp_idle_timeout: float = field(default=10.0, metadata={"check": positive})
+    tcp_max_lifetime: float = field(default=120.0, metadata={"check": positive})
     cache_entries: int = field(default=10_000, metadata={"check": positive})
 
 
@@ -238,6 +245,9 @@ class DhcpSettings:
     web_port: int = field(default=443, metadata={"check": positive})
     cert_prov_path: str = "/CertProv/CertProvisioningService.svc"
     voice_vlan: int | None = field(default=None, metadata={"check": within(1, 4094)})
+    # Relay agents (their source addresses) whose relayed DHCPINFORMs (giaddr set) are
+    # answered, at giaddr; none: relayed packets are ignored (no reflection to a forged giaddr).
+    relays: tuple[Network, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from collections import Counter
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -30,7 +32,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from appliance.config import Config, ConfigError
+from appliance.config import Config, ConfigError, Network
 from appliance.discovery.dhcp_answer import (
     DEFAULT_PORTS,
     InformAnswers,
@@ -57,25 +59,44 @@ def local_address_towards(host: str) -> str | None:
     return None if address == "0.0.0.0" else address  # noqa: S104
 
 
+RELAY_LOG_SECONDS = 60.0  # dhcp.untrusted_relay is logged at most this often
+
+
 class InformProtocol(DatagramProtocol):
-    """Decides each datagram with `decide` and sends what it says; counts outcomes."""
+    """Decides each datagram with `decide` and sends what it says; counts outcomes.
+
+    Relayed messages (giaddr set) are answered only when they come from one of `relays`;
+    others are logged as `dhcp.untrusted_relay` (a warning at most once a minute, with
+    how many were not logged)."""
 
     def __init__(
-        self, answers: InformAnswers, server_ip: ServerIp, ports: ReplyPorts = DEFAULT_PORTS
+        self,
+        answers: InformAnswers,
+        server_ip: ServerIp,
+        ports: ReplyPorts = DEFAULT_PORTS,
+        relays: tuple[Network, ...] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.answers = answers
         self.server_ip = server_ip
         self.ports = ports
+        self.relays = relays
         self.counts: Counter[Outcome] = Counter()
+        self._clock = clock
+        self._relay_logged: float | None = None
+        self._relay_quiet = 0
 
     def startProtocol(self) -> None:
         transport: Any = self.transport  # zope interfaces do not type-check as protocols
         transport.setBroadcastAllowed(True)
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        d = decide(datagram, self.answers, self.server_ip, addr[0], self.ports)
+        d = decide(datagram, self.answers, self.server_ip, addr[0], self.ports, self.relays)
         self.counts[d.outcome] += 1
         count = self.counts[d.outcome]
+        if d.outcome is Outcome.UNTRUSTED_RELAY:
+            self._untrusted_relay(addr[0], d.relay, d.mac, count)
+            return
         if d.outcome is Outcome.MALFORMED:
             log.debug(
                 "malformed DHCP packet from {sender} ({reason}); {count} so far",
@@ -117,6 +138,25 @@ class InformProtocol(DatagramProtocol):
             destination=f"{d.destination[0]}:{d.destination[1]}",
             event="dhcp.inform.answered",
         )
+
+    def _untrusted_relay(
+        self, sender: str, giaddr: str | None, mac: str | None, count: int
+    ) -> None:
+        now = self._clock()
+        if self._relay_logged is not None and now - self._relay_logged < RELAY_LOG_SECONDS:
+            self._relay_quiet += 1
+            return
+        log.warn(
+            "relayed DHCP message from {sender} (giaddr {giaddr}) ignored: not one of "
+            "dhcp.relays; {unlogged} more since the last report, {count} in all",
+            sender=sender,
+            giaddr=giaddr,
+            mac=mac,
+            unlogged=self._relay_quiet,
+            count=count,
+            event="dhcp.untrusted_relay",
+        )
+        self._relay_logged, self._relay_quiet = now, 0
 
 
 class DhcpService(service.Service):
@@ -185,5 +225,7 @@ def make_dhcp_service(
         )
     answers = InformAnswers.from_config(config)
     server_ip: ServerIp = local_address_towards if host == ANY else str(host)
-    protocol = InformProtocol(answers, server_ip, ReplyPorts(relay_port, client_port))
+    protocol = InformProtocol(
+        answers, server_ip, ReplyPorts(relay_port, client_port), config.dhcp.relays, reactor.seconds
+    )
     return DhcpService(protocol, str(host), listen.port, reactor)

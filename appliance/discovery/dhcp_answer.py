@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 
-from appliance.config import Config, ConfigError
+from appliance.config import Config, ConfigError, Network
 from appliance.discovery.dhcp_codec import (
     ANY,
     BOOTREPLY,
@@ -112,6 +112,7 @@ class Outcome(StrEnum):
     ANSWERED = "answered"
     IGNORED = "ignored"
     MALFORMED = "malformed"
+    UNTRUSTED_RELAY = "untrusted_relay"  # relayed (giaddr set), not by one of dhcp.relays
 
 
 @dataclass(frozen=True)
@@ -146,13 +147,15 @@ def decide(
     server_ip: ServerIp,
     sender: str | None = None,
     ports: ReplyPorts = ReplyPorts(),
+    relays: tuple[Network, ...] = (),
 ) -> InformDecision:
     """Answer a DHCPINFORM from a Lync phone, or say why not.
 
     `server_ip` is our address for option 54, or a function from the reply's destination
     address to it. `sender` is the datagram's source address: a client not behind a relay
-    is answered at `ciaddr` only when that is where the message came from, so that a
-    forged `ciaddr` cannot aim replies at another host."""
+    is answered at `ciaddr` only when that is where the message came from, and a relayed
+    message (giaddr set) only when it came from one of `relays` (dhcp.relays), so that a
+    forged `ciaddr` or `giaddr` cannot aim replies at another host."""
     try:
         packet = parse_packet(datagram)
         kind = packet.message_type
@@ -178,6 +181,14 @@ def decide(
         why = "no voice VLAN configured" if not offered else "asks for none of our options"
         return _ignored(why, packet, vendor)
 
+    if packet.giaddr != ANY and not _is_relay(sender, relays):
+        return InformDecision(
+            Outcome.UNTRUSTED_RELAY,
+            f"relayed for giaddr {packet.giaddr} by {sender}, not one of dhcp.relays",
+            mac=packet.mac,
+            vendor_class=vendor,
+            relay=str(packet.giaddr),
+        )
     route = _route(packet, sender, ports)
     if isinstance(route, str):
         return _ignored(route, packet, vendor)
@@ -215,6 +226,14 @@ def decide(
         str(packet.giaddr) if relayed else None,
         tuple(code for code, _ in options if code in offered),
     )
+
+
+def _is_relay(sender: str | None, relays: tuple[Network, ...]) -> bool:
+    try:
+        address = ip_address(sender or "")
+    except ValueError:
+        return False
+    return any(address in network for network in relays)
 
 
 def _route(
@@ -279,9 +298,10 @@ def answer_inform(
     server_ip: ServerIp,
     sender: str | None = None,
     ports: ReplyPorts = ReplyPorts(),
+    relays: tuple[Network, ...] = (),
 ) -> tuple[bytes, tuple[str, int]] | None:
     """The reply and where it goes, or None: `decide` without its reason."""
-    decision = decide(packet, settings, server_ip, sender, ports)
+    decision = decide(packet, settings, server_ip, sender, ports, relays)
     if decision.reply is None or decision.destination is None:
         return None
     return decision.reply, decision.destination

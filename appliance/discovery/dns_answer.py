@@ -10,7 +10,8 @@ synthetic SOA and NS:
   ANY gets one address record only (RFC 8482); SOA and NS are answered; other types are NODATA;
 - a name below an apex: NXDOMAIN; both negative answers carry the SOA in authority;
 - a view with no address at all (e.g. no `external_address`): REFUSED;
-- every other name: forwarded (Outcome.action FORWARD) or REFUSED without upstreams.
+- every other name: forwarded (Outcome.action FORWARD) for a client that may recurse
+  (`dns.forward_networks`), else REFUSED, as it is when there are no upstreams.
 
 Replies that are not answers (FORMERR, REFUSED, NOTIMP, BADVERS) echo at most the question
 and an OPT record, so they are never larger than the query plus a few bytes. Queries that
@@ -130,8 +131,13 @@ class AnswerTable:
 # -- the decision -------------------------------------------------------------------------
 
 
-def respond(query: bytes, internal: bool, tcp: bool, table: AnswerTable) -> Outcome:
-    """The reply to one query from an internal or external client, over UDP or TCP."""
+def respond(
+    query: bytes, internal: bool, tcp: bool, table: AnswerTable, recurse: bool = True
+) -> Outcome:
+    """The reply to one query from an internal or external client, over UDP or TCP.
+
+    Names other than ours are forwarded only when `recurse` (the client is in
+    `dns.forward_networks`); otherwise they are REFUSED, without RA: no open resolver."""
     if len(query) < HEADER.size:
         return DROPPED
     _, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(query)
@@ -144,7 +150,7 @@ def respond(query: bytes, internal: bool, tcp: bool, table: AnswerTable) -> Outc
     except Exception:  # dnslib raises DNSError, and on some input others (RecursionError)
         return DROPPED
     try:
-        return _decide(record, query, internal, tcp, table)
+        return _decide(record, query, internal, tcp, table, recurse)
     except (DNSError, DNSLabelError):  # parsed, but not packable: a name over 253 bytes...
         return _header_only(query, FORMERR, "formerr")
 
@@ -164,10 +170,11 @@ class _Query:
     do: bool
     limit: int
     question_end: int
+    recurse: bool = True
 
 
 def _decide(
-    record: DNSRecord, query: bytes, internal: bool, tcp: bool, table: AnswerTable
+    record: DNSRecord, query: bytes, internal: bool, tcp: bool, table: AnswerTable, recurse: bool
 ) -> Outcome:
     opts = [rr for rr in record.ar if rr.rtype == T_OPT]
     if len(opts) > 1 or (opts and opts[0].rname.label != ()):
@@ -181,6 +188,7 @@ def _decide(
         do=bool(opt is not None and opt.ttl & 0x8000),
         limit=min(max(PLAIN_UDP_SIZE, opt.rclass), OUR_UDP_SIZE) if opt else PLAIN_UDP_SIZE,
         question_end=question_end(query),
+        recurse=recurse,
     )
     if opt is not None and (opt.ttl >> 16) & 0xFF:
         return _reply(q, table, BADVERS, "badvers", tcp)
@@ -191,7 +199,7 @@ def _decide(
         return _reply(q, table, REFUSED, "refused", tcp)
     start = table.apex_of(question.qname.label)
     if start is None:
-        if not table.forwarding:
+        if not (table.forwarding and recurse):
             return _reply(q, table, REFUSED, "refused", tcp)
         servfail = _reply(q, table, SERVFAIL, "servfail", tcp)
         return Outcome(
@@ -259,7 +267,7 @@ def _reply(
 ) -> Outcome:
     ours = kind in ("answer", "nodata", "nxdomain")
     flags = QR | (q.flags & (OPCODE_MASK | RD_BIT | CD)) | (rcode & 0xF)
-    flags |= (AA if ours else 0) | (RA if table.forwarding else 0)
+    flags |= (AA if ours else 0) | (RA if table.forwarding and q.recurse else 0)
     header = DNSHeader(id=q.record.header.id, bitmap=flags)
     reply = DNSRecord(header, [q.record.q], answers or [], auth=authority or [])
     for rr in additional or []:

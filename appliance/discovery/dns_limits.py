@@ -2,7 +2,7 @@
 
 `ReplyCache` (packed replies reused with only the ID patched), `RateLimiter` (response
 rate limiting per client prefix, with slip) and `classify` (internal or external client,
-and its RRL prefix).
+whether it may recurse, and its RRL prefix).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass
 from enum import IntEnum
 
-from appliance.config import ZoneSettings
+from appliance.config import Network, ZoneSettings
 from appliance.model import Zone
 from appliance.zones import zone_of
 
@@ -19,26 +19,26 @@ from appliance.zones import zone_of
 class ReplyCache:
     """Packed replies for repeated questions, at most `size` of them, oldest evicted first.
 
-    The key is the query without its ID (flags, question, OPT), the view and the
-    transport; the value is the reply without its ID, so a hit costs a dict look-up and
-    one concatenation.
+    The key is the query without its ID (flags, question, OPT), the view (`Client.view`:
+    internal or not, recursing or not) and the transport; the value is the reply without
+    its ID, so a hit costs a dict look-up and one concatenation.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._replies: dict[tuple[bytes, bool, bool], bytes] = {}
+        self._replies: dict[tuple[bytes, int, bool], bytes] = {}
 
     def __len__(self) -> int:
         return len(self._replies)
 
-    def get(self, query: bytes, internal: bool, tcp: bool) -> bytes | None:
-        tail = self._replies.get((query[2:], internal, tcp))
+    def get(self, query: bytes, view: int, tcp: bool) -> bytes | None:
+        tail = self._replies.get((query[2:], view, tcp))
         return None if tail is None else query[:2] + tail
 
-    def put(self, query: bytes, internal: bool, tcp: bool, reply: bytes) -> None:
+    def put(self, query: bytes, view: int, tcp: bool, reply: bytes) -> None:
         if len(self._replies) >= self.size:
             del self._replies[next(iter(self._replies))]
-        self._replies[(query[2:], internal, tcp)] = reply[2:]
+        self._replies[(query[2:], view, tcp)] = reply[2:]
 
 
 class Verdict(IntEnum):
@@ -101,10 +101,19 @@ class RateLimiter:
 class Client:
     internal: bool
     prefix: str  # the /24 (IPv4) or /56 (IPv6) that RRL counts against
+    recurse: bool = False  # in dns.forward_networks: other names are forwarded for it
+
+    @property
+    def view(self) -> int:
+        """What the reply cache keys on besides the query: the view and recursion."""
+        return int(self.internal) | int(self.recurse) << 1
 
 
-def classify(host: str, zones: ZoneSettings) -> Client:
-    """Whether `host` is an internal client (zones.zone_of), and its RRL prefix."""
+def classify(
+    host: str, zones: ZoneSettings, forward_networks: tuple[Network, ...] | None = None
+) -> Client:
+    """Whether `host` is an internal client (zones.zone_of), whether it may recurse (in
+    `forward_networks`; None: the internal networks), and its RRL prefix."""
     internal = zone_of(host, False, b"", zones) is Zone.INTERNAL
     try:
         address = ipaddress.ip_address(host)
@@ -112,5 +121,8 @@ def classify(host: str, zones: ZoneSettings) -> Client:
         return Client(internal, host)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
+    networks = zones.internal_networks if forward_networks is None else forward_networks
+    recurse = any(address in network for network in networks)
     bits = 24 if address.version == 4 else 56
-    return Client(internal, str(ipaddress.ip_network(f"{address}/{bits}", strict=False)))
+    prefix = str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
+    return Client(internal, prefix, recurse)

@@ -2,7 +2,9 @@
 
 Over UDP each datagram is one query, answered with the socket's own sendto. Over TCP
 queries are framed by a 2-byte length and may be pipelined; connections are limited in
-number (`dns.max_tcp_connections`) and closed when idle (`dns.tcp_idle_timeout`).
+number (`dns.max_tcp_connections`), closed when idle (`dns.tcp_idle_timeout` after the
+last complete query or answer: a byte trickling in every few seconds does not keep a
+connection open) and in any case after `dns.tcp_max_lifetime`.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class DnsStreamProtocol(Protocol, TimeoutMixin):
     def __init__(self, factory: DnsStreamFactory) -> None:
         self.owner, self.buffer = factory, b""
         self.admitted = self.closing = False
+        self.lifetime: Any = None  # the call that ends the connection at tcp_max_lifetime
 
     def connectionMade(self) -> None:
         self.admitted = self.owner.admit(self)
@@ -69,6 +72,7 @@ class DnsStreamProtocol(Protocol, TimeoutMixin):
             return
         self.transport.registerProducer(self, True)
         self.setTimeout(self.owner.idle_timeout)  # type: ignore[no-untyped-call]
+        self.lifetime = self.owner.reactor.callLater(self.owner.max_lifetime, self._expired)
 
     def pauseProducing(self) -> None:
         self.transport.pauseProducing()  # stop reading queries
@@ -82,7 +86,6 @@ class DnsStreamProtocol(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
-        self.resetTimeout()  # type: ignore[no-untyped-call]
         buffer, start = self.buffer + data, 0
         host = self.transport.getPeer().host
         while len(buffer) - start >= 2:  # each turn takes one frame
@@ -91,24 +94,37 @@ class DnsStreamProtocol(Protocol, TimeoutMixin):
                 break
             self.owner.responder.handle(buffer[start + 2 : end], host, True, self._write)
             start = end
+        if start:  # a complete query came in: not idle (a trickle of bytes is)
+            self.resetTimeout()  # type: ignore[no-untyped-call]
         self.buffer = buffer[start:]
 
     def _write(self, reply: bytes) -> None:
         if not self.closing and self.transport.connected:
+            self.resetTimeout()  # type: ignore[no-untyped-call]  # e.g. a forwarded answer
             self.transport.write(FRAME.pack(len(reply)) + reply)
 
     def timeoutConnection(self) -> None:
         """Idle: close; if the peer does not let us (unread answers), cut it off next time."""
+        self._close("tcp_idle_closed")
+
+    def _expired(self) -> None:
+        self.lifetime = None
+        self._close("tcp_lifetime_closed")
+
+    def _close(self, counter: str) -> None:
         if self.closing:
             self.transport.abortConnection()
             return
         self.closing = True
-        self.owner.responder.counters["tcp_idle_closed"] += 1
+        self.owner.responder.counters[counter] += 1
         self.transport.loseConnection()
         self.setTimeout(self.owner.idle_timeout)  # type: ignore[no-untyped-call]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)  # type: ignore[no-untyped-call]
+        if self.lifetime is not None and self.lifetime.active():
+            self.lifetime.cancel()
+        self.lifetime = None
         if self.admitted:
             self.admitted = False
             self.owner.release(self)
@@ -120,6 +136,7 @@ class DnsStreamFactory(ServerFactory):
     def __init__(self, responder: DnsResponder, settings: DnsSettings, reactor: Any) -> None:
         self.responder, self.reactor = responder, reactor
         self.idle_timeout = settings.tcp_idle_timeout
+        self.max_lifetime = settings.tcp_max_lifetime
         self.max_connections = settings.max_tcp_connections
         self.connections: set[DnsStreamProtocol] = set()
 

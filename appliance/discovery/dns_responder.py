@@ -2,9 +2,10 @@
 
 `DnsResponder.handle` takes a query's bytes and the client's address and calls `send`
 with the reply, now or later, or never: it classifies the client (internal/external
-zone), answers from the packed-reply cache, decides with dns_answer, limits UDP
-responses per client prefix (RRL, with slip; these three in dns_limits), and hands
-other names to the forwarder (dns_forward).
+zone, and whether it may recurse: `dns.forward_networks`), answers from the packed-reply
+cache, decides with dns_answer, limits UDP responses per client prefix (RRL, with slip;
+these three in dns_limits), and hands other names to the forwarder (dns_forward), for
+clients that may recurse only (others are REFUSED: no open resolver).
 It owns the answer table (swapped whole on reload) and the counters. No sockets: the
 listeners (dns_listeners) only move bytes to and from it.
 """
@@ -51,7 +52,8 @@ COUNTERS = (
     "send_errors",  # the kernel would not take a datagram
     "tcp_connections",  # accepted
     "tcp_refused",  # over max_tcp_connections: closed at once
-    "tcp_idle_closed",  # closed after tcp_idle_timeout without a query
+    "tcp_idle_closed",  # closed after tcp_idle_timeout without a complete query
+    "tcp_lifetime_closed",  # closed at tcp_max_lifetime
 )
 
 
@@ -129,12 +131,12 @@ class DnsResponder:
         """One query from `host`; `send` is called with the reply, now or later, or never."""
         self.counters["tcp_queries" if tcp else "udp_queries"] += 1
         client = self._clients.get(host) or self._classify(host)
-        cached = self._cache.get(data, client.internal, tcp)
+        cached = self._cache.get(data, client.view, tcp)
         if cached is not None:
             self.counters["cache_hits"] += 1
             self._send(cached, client, tcp, send)
             return
-        outcome = respond(data, client.internal, tcp, self._table)
+        outcome = respond(data, client.internal, tcp, self._table, client.recurse)
         if outcome.action is Action.DROP:
             self.counters["malformed"] += 1
         elif outcome.action is Action.FORWARD:
@@ -142,13 +144,13 @@ class DnsResponder:
         else:
             self.counters["local_replies"] += 1
             if outcome.cacheable:
-                self._cache.put(data, client.internal, tcp, outcome.reply)
+                self._cache.put(data, client.view, tcp, outcome.reply)
             self._send(outcome.reply, client, tcp, send)
 
     def _classify(self, host: str) -> Client:
         if len(self._clients) >= MAX_CLIENTS:
             self._clients.clear()
-        client = self._clients[host] = classify(host, self.zones)
+        client = self._clients[host] = classify(host, self.zones, self.settings.forward_networks)
         return client
 
     def _send(self, reply: bytes, client: Client, tcp: bool, send: Send) -> None:

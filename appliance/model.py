@@ -138,6 +138,8 @@ class Catalog:
     files: tuple[UpdateFile, ...] = ()
     test_macs: frozenset[str] = frozenset()
     test_serials: frozenset[str] = frozenset()
+    # updates (folded rule key, version) with a stored file that failed verification
+    broken: frozenset[tuple[tuple[str, ...], str]] = frozenset()
     _files_by_update: dict[tuple[tuple[str, ...], str], tuple[UpdateFile, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )

@@ -25,6 +25,7 @@ from appliance.ops import expiry_timer
 from appliance.phones import (
     Authenticator,
     BaseUrls,
+    FileCheckService,
     LdapDirectory,
     LocalDirectory,
     PhoneResource,
@@ -206,6 +207,7 @@ def make_service(
         admin_listener, TLSMemoryBIOFactory(admin_tls, False, admin_site), reactor
     ).setServiceParent(root)
 
+    FileCheckService(phone.answers, reactor).setServiceParent(root)  # hashes, at start-up
     flush = internet.TimerService(1.0, phone.flush_inventory)
     flush.clock = reactor
     flush.setServiceParent(root)

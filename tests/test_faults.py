@@ -9,9 +9,11 @@ folder (root only; the test says why it skips otherwise). What needs a real serv
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import subprocess
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,11 +21,13 @@ from pathlib import Path
 
 import pytest
 from treq.testing import StubTreq
+from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 
 from appliance.catalogue import sample_check
 from appliance.config import Config, load_config
-from appliance.phones import Authenticator, LocalDirectory, PhoneService
+from appliance.ops.checks import check_files
+from appliance.phones import Authenticator, FileCheckService, LocalDirectory, PhoneService
 from appliance.store import Store
 from appliance.testing import FixedClock, approved_sample, inline, phone_client, settle
 
@@ -200,3 +204,117 @@ def test_a_log_upload_on_a_full_disk_is_refused_with_507_and_leaves_nothing(
     finally:
         service.close()
         store.close()
+
+
+# -- an image corrupted on disk ---------------------------------------------------------------
+
+FILES = "http://ucupdates.test/DeviceUpdateFiles_Int/"
+
+
+def offer(stub: StubTreq) -> dict[str, str]:
+    response = settle(stub, stub.post(CHECK, data=sample_check(RUNNING), headers=XML))
+    body = settle(stub, response.content())
+    assert response.code == 200
+    return {e.tag: (e.text or "") for e in ET.fromstring(body).iter()}
+
+
+def image_of(fields: dict[str, str]) -> str:
+    return fields["BaseURL"].split("/DeviceUpdateFiles_Int/", 1)[1] + "/" + fields["FileName"]
+
+
+def download(stub: StubTreq, relative: str) -> tuple[int, bytes]:
+    response = settle(stub, stub.get(FILES + relative))
+    return int(response.code), settle(stub, response.content())
+
+
+def flip_byte(path: Path, keep_time: bool = False) -> bytes:
+    """Change one byte in the middle of `path` in place; returns the original bytes."""
+    original = path.read_bytes()
+    times = path.stat()
+    middle = len(original) // 2
+    path.write_bytes(original[:middle] + bytes([original[middle] ^ 0x01]) + original[middle + 1 :])
+    if keep_time:  # as bit rot under the file system would
+        os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+    return original
+
+
+def test_a_corrupted_image_is_not_served_nor_offered_until_restored(
+    phones: tuple[PhoneService, StubTreq], log_events: list[LogEvent]
+) -> None:
+    service, stub = phones
+    fields = offer(stub)
+    relative = image_of(fields)
+    status, good = download(stub, relative)
+    assert status == 200 and hashlib.sha256(good).hexdigest() == fields["SHA256"]
+    on_disk = service.config.store_dir / relative
+    flip_byte(on_disk)
+
+    status, body = download(stub, relative)
+    assert (status, body) == (503, b"this file fails verification; not served\n")
+    assert names(log_events).count("file.corrupt") == 1
+    fields_now = offer(stub)
+    assert fields_now["Downloads"] == "0" and "BaseURL" not in fields_now
+    assert download(stub, relative)[0] == 503  # remembered: not hashed again
+    assert names(log_events).count("file.corrupt") == 1
+    checked = check_files(service.config, service.store, hashes=True)
+    assert not checked.ok and "fails its SHA-256" in checked.detail
+
+    on_disk.write_bytes(good)  # restored
+    assert download(stub, relative) == (200, good)
+    assert names(log_events).count("file.restored") == 1
+    assert offer(stub)["Version"] == fields["Version"]
+    assert check_files(service.config, service.store, hashes=True).ok
+
+
+def test_the_start_up_check_finds_corruption_that_kept_the_file_time(
+    tmp_path: Path, clock: FixedClock, log_events: list[LogEvent]
+) -> None:
+    config = load_config(None, tmp_path / "data")
+    store, first = make_service(config, clock)
+    stub = phone_client(first)
+    relative = image_of(offer(stub))
+    assert download(stub, relative)[0] == 200
+    flip_byte(config.store_dir / relative, keep_time=True)
+    assert download(stub, relative)[0] == 200  # same size and time: not read again
+    first.close()
+
+    # a restart: the start-up check hashes every referenced file, a chunk a step
+    restarted = PhoneService(config, store, first.authenticator, clock)
+    steps = sum(1 for _ in restarted.answers.verification_steps())
+    assert 1 <= steps <= 100  # bounded: one step per MiB read
+    assert names(log_events).count("file.corrupt") == 1
+    stub = phone_client(restarted)
+    assert offer(stub)["Downloads"] == "0"
+    assert download(stub, relative)[0] == 503
+    assert not check_files(config, store, hashes=True).ok
+    assert check_files(config, store).ok  # without hashes (/health): sizes only
+    restarted.close()
+    store.close()
+
+
+def test_a_missing_image_is_not_offered(phones: tuple[PhoneService, StubTreq]) -> None:
+    service, stub = phones
+    relative = image_of(offer(stub))
+    (service.config.store_dir / relative).unlink()
+    assert download(stub, relative)[0] == 503
+    assert offer(stub)["Downloads"] == "0"
+
+
+def test_the_start_up_check_runs_in_steps_on_the_reactor_and_ends(
+    phones: tuple[PhoneService, StubTreq], log_events: list[LogEvent]
+) -> None:
+    service, stub = phones
+    relative = image_of(offer(stub))
+    flip_byte(service.config.store_dir / relative, keep_time=True)
+    reactor = Clock()
+    checker = FileCheckService(service.answers, reactor)
+    checker.startService()
+    assert names(log_events).count("file.verified") == 0  # nothing read before the first step
+    for _ in range(100):  # bounded: a step every INTERVAL
+        if "file.verified" in names(log_events):
+            break
+        reactor.advance(0.025)
+    assert names(log_events).count("file.corrupt") == 1
+    assert not reactor.getDelayedCalls()  # the loop ended
+    assert offer(stub)["Downloads"] == "0"
+    checker.stopService()

@@ -38,6 +38,7 @@ from appliance.catalogue.sample import (
     make_sample_package,
     sample_check,
 )
+from appliance.catalogue.verify import FileVerifier, file_sha256
 
 __all__ = [
     "Action",
@@ -45,6 +46,7 @@ __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_VERSION",
     "Decision",
+    "FileVerifier",
     "ImportResult",
     "LifecycleError",
     "Offer",
@@ -59,6 +61,7 @@ __all__ = [
     "change_json",
     "choose_update",
     "clean_files",
+    "file_sha256",
     "import_json",
     "import_package",
     "is_test_device",

@@ -22,11 +22,17 @@ class Reason(StrEnum):
     APPROVED = "approved"  # offered the approved version
     PENDING_TEST_DEVICE = "pending-test-device"  # a test device offered the pending version
     MISSING_FILES = "missing-files"  # the chosen version has no files: never offered
+    BROKEN_FILES = "broken-files"  # a file of the chosen version fails its hash: not offered
 
 
 # When nothing is offered, the overall reason is the most telling of the rules' reasons:
 # an integrity problem first, then "already runs it", then "nothing approved".
-_NO_OFFER_PRIORITY = (Reason.MISSING_FILES, Reason.UP_TO_DATE, Reason.NO_VERSION)
+_NO_OFFER_PRIORITY = (
+    Reason.BROKEN_FILES,
+    Reason.MISSING_FILES,
+    Reason.UP_TO_DATE,
+    Reason.NO_VERSION,
+)
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,13 @@ def _consider(
             Reason.MISSING_FILES,
             f"{who}: {label} {version} of rule {rule.key} has no files in the catalogue;"
             " not offered",
+        )
+    if (rule.key.folded(), version) in catalog.broken:
+        return _Outcome(
+            None,
+            Reason.BROKEN_FILES,
+            f"{who}: {label} {version} of rule {rule.key} has a stored file that fails"
+            " verification; not offered",
         )
     rollback = _is_older(version, reported)
     reported_text = f"reported {reported}" if reported is not None else "unknown reported version"

@@ -12,12 +12,14 @@ from appliance.phones.directories import (
 from appliance.phones.ntlm import NtlmResponse
 from appliance.phones.records import clean_device_logs
 from appliance.phones.resource import PhoneResource, PhoneService
+from appliance.phones.verification import FileCheckService
 from appliance.phones.winbind import WinbindVerifier
 
 __all__ = [
     "Authenticator",
     "BaseUrls",
     "Directory",
+    "FileCheckService",
     "LdapDirectory",
     "LocalDirectory",
     "NtlmResponse",

@@ -1,14 +1,17 @@
 """What the phones are answered: the routes, the catalogue snapshot and remembered answers.
 
 The catalogue is reloaded when another process changed the database (the store's
-`data_version`); until then devices that say the same things get the same answer.
+`data_version`) or a stored file failed (or passed again) verification
+(`catalogue.FileVerifier`); until then devices that say the same things get the same answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from enum import StrEnum
 
-from appliance.catalogue import Decision, answer_key, choose_update
+from appliance.catalogue import Decision, FileVerifier, answer_key, choose_update
 from appliance.model import Catalog, DeviceRequest, StoredFile
 from appliance.phones.codec import BaseUrls, render_response
 from appliance.store import Store
@@ -47,19 +50,25 @@ def route(path: bytes) -> RouteKind | None:
 class Answers:
     """The catalogue snapshot, the files it references and the answers given from it."""
 
-    def __init__(self, store: Store, urls: BaseUrls) -> None:
+    def __init__(self, store: Store, urls: BaseUrls, verifier: FileVerifier | None = None) -> None:
         self.store = store
         self.urls = urls
-        self._catalog_version: int | None = None
+        self.verifier = verifier
+        self._catalog_version: tuple[int, int] | None = None
         self._catalog = Catalog()
         self._files: dict[str, StoredFile] = {}
         self._answers: dict[tuple[object, ...], tuple[Decision, bytes]] = {}
 
     def _refresh(self) -> None:
-        version = self.store.data_version()
+        verified = self.verifier.generation if self.verifier is not None else 0
+        version = (self.store.data_version(), verified)
         if version == self._catalog_version:
             return
         self._catalog = self.store.catalog()
+        if self.verifier is not None:
+            self._catalog = dataclasses.replace(
+                self._catalog, broken=self.verifier.broken_updates()
+            )
         self._answers.clear()
         referenced = {(r.key.folded(), v) for r in self._catalog.rules for v in r.versions()}
         self._files = {
@@ -99,3 +108,14 @@ class Answers:
         """The stored file at `relative` if some rule references it now (case-insensitive)."""
         self._refresh()
         return self._files.get(relative.casefold())
+
+    def intact(self, stored: StoredFile) -> bool:
+        """Whether a file about to be served matches its hash (`FileVerifier.intact`)."""
+        return self.verifier is None or self.verifier.intact(stored)
+
+    def verification_steps(self) -> Iterator[None]:
+        """Every referenced file verified a chunk at a time (at start-up)."""
+        if self.verifier is None:
+            return iter(())
+        self._refresh()
+        return self.verifier.steps(list(self._files.values()))

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server, static
 
+from appliance.catalogue import FileVerifier
 from appliance.config import Config
 from appliance.model import StoredFile
 from appliance.phones.admission import Admission, auth_headers, fired, make_admitter
@@ -61,7 +62,7 @@ class PhoneService:
         self.store = store
         self.authenticator = authenticator
         self.now = now
-        self.answers = Answers(store, BaseUrls.from_config(config))
+        self.answers = Answers(store, BaseUrls.from_config(config), FileVerifier(config.store_dir))
         self.records = Records(config, store, now)
         self.active_downloads = 0
 
@@ -188,6 +189,8 @@ class PhoneResource(resource.Resource):
         path = store_dir / stored.path
         if not os.path.realpath(path).startswith(os.path.realpath(store_dir) + os.sep):
             return _plain(request, 404, "not found")
+        if not self.service.answers.intact(stored):  # its hash, once per size and time
+            return _plain(request, 503, "this file fails verification; not served")
         settings = self.service.config.service
         if self.service.active_downloads >= settings.max_downloads:
             request.setHeader(b"retry-after", str(settings.retry_after).encode())

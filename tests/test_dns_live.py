@@ -8,10 +8,12 @@ obeys `reload` and `counters` on standard input (what SIGHUP and a CLI command w
   dnsmasq upstream (example.org: 192.0.2.7; big.example.net: a TXT over 512 bytes);
 - `outside`: internal networks are 10.0.0.0/8 only, so 127.0.0.1 is external; it has an
   external address;
-- `refusing`: external too, without an external address; its upstream never answers;
-  at most 3 TCP connections.
+- `refusing`: external too, without an external address; its upstream never answers
+  (127.0.0.1 may recurse all the same: `dns.forward_networks`); at most 3 TCP connections;
+- `guarded`: only 127.0.0.1 is internal (so dig -b 127.0.0.2 is an outside client), with
+  dnsmasq upstream, which logs every query it gets: no open resolver (issue 13).
 
-Traffic goes only to 127.0.0.1.
+Traffic goes only to 127.0.0.1 (from 127.0.0.1, or 127.0.0.2 as an outside client).
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ def _section(text: str, title: str) -> list[tuple[str, str, str]]:
 
 
 def dig(port: int, name: str, qtype: str = "A", *options: str) -> Dig:
+    """dig @127.0.0.1; options may include dig's own, such as "-b", "127.0.0.2"."""
     argv = ["dig", f"@{HOST}", "-p", str(port), "+time=5", "+tries=1", name, qtype, *options]
     text = subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout
     status = re.search(r"status: (\w+)", text)
@@ -190,8 +193,17 @@ def stop(responder: Responder) -> None:
         responder.process.wait()
 
 
+@dataclass
+class Upstream:
+    port: int
+    log: Path  # dnsmasq logs every query it gets: "query[A] name from 127.0.0.1"
+
+    def asked(self, name: str) -> bool:
+        return f"] {name} from " in self.log.read_text()
+
+
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     """dnsmasq on loopback: example.org is 192.0.2.7, big.example.net a large TXT."""
     port = free_port(socket.SOCK_DGRAM)
     argv = [
@@ -205,6 +217,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         f"--port={port}",
         "--pid-file=",
         "--log-facility=-",
+        "--log-queries",
         "--address=/example.org/192.0.2.7",
         "--txt-record=big.example.net," + ",".join(BIG_TXT),
     ]
@@ -215,7 +228,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
         deadline = time.monotonic() + STARTUP_SECONDS
         while dig(port, "www.example.org").answers == []:  # each try waits up to 5 s
             assert time.monotonic() < deadline and process.poll() is None, log.read_text()
-        yield port
+        yield Upstream(port, log)
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -226,12 +239,16 @@ class Responders:
     inside: Responder
     outside: Responder
     refusing: Responder
+    guarded: Responder
     dhcp_file: Path
     silent: socket.socket
+    upstream: Upstream
 
 
 @pytest.fixture(scope="module")
-def responders(tmp_path_factory: pytest.TempPathFactory, upstream: int) -> Iterator[Responders]:
+def responders(
+    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream
+) -> Iterator[Responders]:
     tmp = tmp_path_factory.mktemp("dns")
     dhcp = tmp / "dhcpd.conf"
     dhcp.write_text('subnet 10.0.0.0 netmask 255.0.0.0 { option domain-name "dhcp.example.net"; }')
@@ -244,7 +261,7 @@ def responders(tmp_path_factory: pytest.TempPathFactory, upstream: int) -> Itera
         'domains = ["example.com", "contoso.com"]\n'
         + common
         + f'[dns]\ninternal_address = "{INTERNAL_V4}"\ninternal_address6 = "{INTERNAL_V6}"\n'
-        f'domains_from = "dhcpd.conf"\nupstreams = ["{HOST}:{upstream}"]\n'
+        f'domains_from = "dhcpd.conf"\nupstreams = ["{HOST}:{upstream.port}"]\n'
         f"rrl_responses_per_second = 1000000\ntcp_idle_timeout = {IDLE_TIMEOUT}\n",
     )
     outside = start(
@@ -258,15 +275,23 @@ def responders(tmp_path_factory: pytest.TempPathFactory, upstream: int) -> Itera
         tmp,
         common + '[zones]\ninternal_networks = ["10.0.0.0/8"]\n'
         f'[dns]\ninternal_address = "{INTERNAL_V4}"\n'
-        f'upstreams = ["{HOST}:{silent.getsockname()[1]}"]\nmax_tcp_connections = 3\n',
+        f'upstreams = ["{HOST}:{silent.getsockname()[1]}"]\nmax_tcp_connections = 3\n'
+        f'forward_networks = ["{HOST}/32"]\n',
     )
-    everyone = [inside, outside, refusing]
+    guarded = start(
+        "guarded",
+        tmp,
+        common + f'[zones]\ninternal_networks = ["{HOST}/32"]\n'
+        f'[dns]\ninternal_address = "{INTERNAL_V4}"\nexternal_address = "{EXTERNAL_V4}"\n'
+        f'upstreams = ["{HOST}:{upstream.port}"]\nrrl_responses_per_second = 1000000\n',
+    )
+    everyone = [inside, outside, refusing, guarded]
     try:
         for r in everyone:
             ports = json.loads(r.line(STARTUP_SECONDS))
             assert ports["dns-udp"] == ports["dns-tcp"], ports  # one port for both
             r.port = ports["dns-udp"][1]
-        yield Responders(inside, outside, refusing, dhcp, silent)
+        yield Responders(inside, outside, refusing, guarded, dhcp, silent, upstream)
     finally:
         for r in everyone:
             stop(r)
@@ -340,6 +365,30 @@ def test_other_names_are_forwarded(responders: Responders) -> None:
         reply = dig(responders.inside.port, "www.example.org", "A", *options)
         assert reply.status == "NOERROR" and reply.transport == ("TCP" if options else "UDP")
         assert reply.answers == [("www.example.org.", "A", "192.0.2.7")]  # dnsmasq's, relayed
+
+
+@pytest.mark.parametrize("transport", ["UDP", "TCP"])
+def test_an_outside_client_is_refused_other_names_and_the_upstream_never_hears(
+    responders: Responders, transport: str
+) -> None:
+    """Issue 13, defect 3 (open resolver): dig from 127.0.0.2, outside the internal
+    networks, gets REFUSED for a name that is not ours and dnsmasq is never asked; ours
+    are still answered (the external view); 127.0.0.1 still gets its names forwarded."""
+    port, upstream = responders.guarded.port, responders.upstream
+    tcp = ["+tcp"] if transport == "TCP" else []
+    outside = f"outside-{transport.lower()}.example.org"
+    refused = dig(port, outside, "A", "-b", "127.0.0.2", *tcp)
+    assert refused.status == "REFUSED" and refused.answers == [] and "ra" not in refused.flags
+    own = dig(port, NAME, "A", "-b", "127.0.0.2", *tcp)
+    assert own.status == "NOERROR" and own.answers == [(NAME + ".", "A", EXTERNAL_V4)]
+    inside = f"inside-{transport.lower()}.example.org"
+    forwarded = dig(port, inside, "A", *tcp)  # the control: from 127.0.0.1, forwarded
+    assert forwarded.answers == [(inside + ".", "A", "192.0.2.7")] and "ra" in forwarded.flags
+    deadline = time.monotonic() + 5
+    while not upstream.asked(inside) and time.monotonic() < deadline:
+        time.sleep(0.05)  # dnsmasq's log line follows its answer
+    assert upstream.asked(inside), upstream.log.read_text()[-2000:]
+    assert not upstream.asked(outside), "the outside client's query reached the upstream"
 
 
 def test_truncated_answer_then_the_tcp_retry(responders: Responders) -> None:
@@ -431,6 +480,32 @@ def test_tcp_pipelined_queries_and_idle_timeout(responders: Responders) -> None:
         began = time.monotonic()
         assert _read_frames(sock, {99}, IDLE_TIMEOUT + 3) == {}  # closed when idle
         assert IDLE_TIMEOUT - 0.2 < time.monotonic() - began < IDLE_TIMEOUT + 2
+
+
+def test_a_client_trickling_bytes_is_closed_after_the_idle_timeout(responders: Responders) -> None:
+    """Issue 13, defect 7: a raw socket sending one byte of a query every 0.4 s (a fraction
+    of the 1 s idle timeout) used to stay connected as long as it trickled."""
+    partial = _frame(_query(NAME, ident=21))[:-1]  # never completed
+    with socket.create_connection((HOST, responders.inside.port), timeout=5) as sock:
+        began, closed_after = time.monotonic(), None
+        for byte in partial[:15]:  # at most 15 bytes: 6 s
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed_after = time.monotonic() - began
+                break
+            ready, _, _ = select.select([sock], [], [], 0.4)
+            if ready:  # the server closed (recv: b"") or reset
+                try:
+                    closed = sock.recv(1) == b""
+                except ConnectionResetError:
+                    closed = True
+                if closed:
+                    closed_after = time.monotonic() - began
+                    break
+    print(f"closed after {closed_after} s (idle timeout {IDLE_TIMEOUT} s)")
+    assert closed_after is not None, "still connected after 6 s of trickling"
+    assert closed_after < IDLE_TIMEOUT + 2
 
 
 def _rss_kib(pid: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -159,6 +160,16 @@ class ApplianceService(service.MultiService):
         return result
 
 
+def steady_seconds(
+    wall: Callable[[], float] = time.time, elapsed: Callable[[], float] = time.monotonic
+) -> Callable[[], float]:
+    """Seconds since the epoch as they were at the start plus the time elapsed since (a
+    monotonic clock): a wall clock set back a year does not lock users out for a year,
+    nor does one set forward end every lockout."""
+    offset = wall() - elapsed()
+    return lambda: offset + elapsed()
+
+
 def make_service(
     config: Config,
     reactor: Any,
@@ -174,7 +185,7 @@ def make_service(
     authenticator = Authenticator(
         directory,
         config.auth,
-        reactor.seconds,
+        steady_seconds(),  # lockouts and remembered logins: a clock step does not move them
         run_blocking=ThreadPoolRunner(reactor),
         ntlm=ntlm_verifier(config.auth, config.db_path),
     )

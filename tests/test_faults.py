@@ -16,7 +16,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,12 +24,23 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 
+from appliance.admin import accounts, sessions
 from appliance.catalogue import sample_check
-from appliance.config import Config, load_config
+from appliance.config import AdminSettings, AuthSettings, Config, load_config
 from appliance.ops.checks import check_files
 from appliance.phones import Authenticator, FileCheckService, LocalDirectory, PhoneService
+from appliance.service import steady_seconds
 from appliance.store import Store
-from appliance.testing import FixedClock, approved_sample, inline, phone_client, settle
+from appliance.testing import (
+    FixedClock,
+    MemoryDirectory,
+    approved_sample,
+    basic_credentials,
+    fired,
+    inline,
+    phone_client,
+    settle,
+)
 
 NOW = datetime(2026, 12, 6, 9, 30, tzinfo=UTC)
 CHECK = "http://ucupdates.test/RequestHandler/ucdevice.upx"
@@ -318,3 +329,123 @@ def test_the_start_up_check_runs_in_steps_on_the_reactor_and_ends(
     assert not reactor.getDelayedCalls()  # the loop ended
     assert offer(stub)["Downloads"] == "0"
     checker.stopService()
+
+
+# -- clocks that jump -------------------------------------------------------------------------
+
+YEAR = 365 * 86400.0
+ADMIN = AdminSettings(
+    session_idle_seconds=600,
+    session_max_seconds=3600,
+    max_failures=3,
+    failure_window_seconds=300,
+    lockout_seconds=900,
+)
+
+
+def test_the_audit_file_of_a_day_the_clock_went_back_to_is_appended_to(
+    phones: tuple[PhoneService, StubTreq], clock: FixedClock
+) -> None:
+    service, stub = phones
+    assert check(stub) == 200
+    clock.advance(days=-1)  # back over midnight
+    assert check(stub) == 200
+    clock.advance(days=1)
+    assert check(stub) == 200
+    audit = service.config.logs_dir / "Audit"
+    lines = {p.name[-12:-4]: len(p.read_text().splitlines()) for p in audit.iterdir()}
+    assert lines == {"20261206": 2, "20261205": 1}  # nothing replaced, nothing lost
+
+
+@pytest.fixture
+def admin_store(tmp_path: Path) -> Iterator[Store]:
+    store = Store.open(tmp_path / "admin.sqlite3")
+    yield store
+    store.close()
+
+
+def test_an_admin_session_ends_when_the_clock_jumps_forward_past_it(admin_store: Store) -> None:
+    alice = accounts.add_account(admin_store, "alice", "admin", "long enough", "test")
+    login = sessions.open_session(admin_store, alice, "127.0.0.1", NOW, ADMIN)
+    assert sessions.find_session(admin_store, login.token, NOW, ADMIN) is not None
+    later = NOW + timedelta(days=400)
+    assert sessions.find_session(admin_store, login.token, later, ADMIN) is None
+    # and stays ended when the clock comes back
+    assert sessions.find_session(admin_store, login.token, NOW, ADMIN) is None
+
+
+@pytest.mark.parametrize("back", [timedelta(minutes=10), timedelta(days=365)])
+def test_a_backward_jump_does_not_keep_an_admin_session_open_past_its_limits(
+    admin_store: Store, back: timedelta
+) -> None:
+    """Seen "in the future", a session's idle limit would never run out until the clock
+    caught up again: a year of a session nobody uses."""
+    alice = accounts.add_account(admin_store, "alice", "admin", "long enough", "test")
+    login = sessions.open_session(admin_store, alice, "127.0.0.1", NOW, ADMIN)
+    earlier = NOW - back
+    assert sessions.find_session(admin_store, login.token, earlier, ADMIN) is None
+    fresh = sessions.open_session(admin_store, alice, "127.0.0.1", earlier, ADMIN)
+    idle = earlier + timedelta(seconds=ADMIN.session_idle_seconds + 1)
+    assert sessions.find_session(admin_store, fresh.token, idle, ADMIN) is None
+
+
+def test_a_backward_jump_does_not_hold_an_admin_lockout_until_the_clock_catches_up(
+    admin_store: Store,
+) -> None:
+    accounts.add_account(admin_store, "alice", "admin", "long enough", "test")
+
+    def fail(at: datetime) -> str | None:
+        account = admin_store.admin_account("alice")
+        assert account is not None
+        return accounts.record_failure(admin_store, account, at, ADMIN)
+
+    until = [fail(NOW) for _ in range(3)][-1]
+    assert until is not None
+    account = admin_store.admin_account("alice")
+    assert account is not None
+    longest = ADMIN.lockout_seconds
+    assert accounts.locked_until(account, NOW, longest) == until
+    year_ago = NOW - timedelta(days=365)
+    assert accounts.locked_until(account, year_ago, longest) is None
+    # failures counted "in the future" start a new window instead of adding up for a year
+    assert fail(year_ago) is None
+    addresses = accounts.AddressFailures(ADMIN)
+    for _ in range(3):
+        addresses.fail("192.0.2.1", 1_000_000.0)
+    assert addresses.locked("192.0.2.1", 1_000_001.0) == pytest.approx(899.0)
+    assert addresses.locked("192.0.2.1", 1_000_000.0 - YEAR) is None
+
+
+class JumpingWall:
+    """A wall clock and a monotonic one: a jump moves only the wall clock."""
+
+    def __init__(self) -> None:
+        self.wall = 1_800_000_000.0
+        self.elapsed = 50.0
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.elapsed += seconds
+
+
+def test_a_phone_lockout_lasts_its_length_whatever_the_wall_clock_does() -> None:
+    """The authenticator `serve` builds counts lockouts on a clock that a wall clock set
+    back a year does not move: the lockout ends after lockout_seconds, not a year later."""
+    settings = AuthSettings(max_failures=3, failure_window=100, lockout_seconds=300)
+    times = JumpingWall()
+    clock = steady_seconds(lambda: times.wall, lambda: times.elapsed)
+    auth = Authenticator(
+        MemoryDirectory(alice="secret"), settings, clock, run_blocking=inline, key=b"k" * 32
+    )
+
+    def attempt(password: str) -> int:
+        d = auth.authenticate(basic_credentials("alice", password), "192.0.2.7")
+        return int(fired(d).status)
+
+    statuses = [attempt(f"guess{i}") for i in range(4)]
+    assert statuses[-1] == 429  # locked out
+    times.wall -= YEAR  # the clock is set back a year
+    times.advance(settings.lockout_seconds + settings.failure_window + 1)
+    assert attempt("guess again") == 401  # checked again: the lockout is over
+    times.wall += 2 * YEAR  # and forward two
+    assert clock() - times.elapsed == pytest.approx(1_800_000_000.0 - 50.0)

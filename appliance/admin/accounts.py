@@ -139,11 +139,15 @@ def password_matches(account: AdminAccount | None, password: str) -> bool:
     return verify_password(account.password_hash, password)
 
 
-def locked_until(account: AdminAccount, now: datetime) -> str | None:
-    """When the account's lockout ends, if it is locked at `now`."""
-    if account.locked_until is not None and account.locked_until > iso(now):
-        return account.locked_until
-    return None
+def locked_until(account: AdminAccount, now: datetime, longest: float | None = None) -> str | None:
+    """When the account's lockout ends, if it is locked at `now`. An end further than
+    `longest` seconds (the lockout's length) away means the clock went back since: the
+    lockout is over rather than held until the clock catches up."""
+    if account.locked_until is None or account.locked_until <= iso(now):
+        return None
+    if longest is not None and account.locked_until > iso(now + timedelta(seconds=longest)):
+        return None
+    return account.locked_until
 
 
 def record_failure(
@@ -153,7 +157,7 @@ def record_failure(
     window_start = iso(now - timedelta(seconds=settings.failure_window_seconds))
     first = account.first_failure_at
     failures = account.failures
-    if first is None or first < window_start:
+    if first is None or first < window_start or first > iso(now):  # (or the clock went back)
         first, failures = iso(now), 0
     failures += 1
     until = None
@@ -183,14 +187,14 @@ class AddressFailures:
         until = self._locked.get(address)
         if until is None:
             return None
-        if until <= now:
-            del self._locked[address]
+        if until <= now or until - now > self.settings.lockout_seconds:  # over, or the
+            del self._locked[address]  # clock went back: not held until it catches up
             return None
         return until - now
 
     def fail(self, address: str, now: float) -> None:
         window = self.settings.failure_window_seconds
-        recent = [t for t in self._failures.get(address, []) if now - t < window]
+        recent = [t for t in self._failures.get(address, []) if 0 <= now - t < window]
         recent.append(now)
         if len(self._failures) >= self.max_addresses and address not in self._failures:
             self._failures.clear()  # a flood of addresses: forget rather than grow

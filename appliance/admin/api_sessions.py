@@ -59,7 +59,7 @@ class SessionsApi:
             raise _locked(left, "too many wrong passwords from this address")
         account = self.store.admin_account(name) if len(name) <= 64 else None
         if account is not None:
-            until = locked_until(account, self.clock())
+            until = locked_until(account, self.clock(), self.settings.lockout_seconds)
             if until is not None:
                 seconds = (datetime.fromisoformat(until) - self.clock()).total_seconds()
                 raise _locked(seconds, "too many wrong passwords for this account")

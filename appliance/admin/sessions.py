@@ -26,6 +26,7 @@ from appliance.store import Store
 # so no other host or path (nor plain HTTP) can set or shadow it.
 COOKIE_NAME = b"__Host-ucupdates-session"
 CSRF_HEADER = b"x-csrf-token"
+CLOCK_SKEW_SECONDS = 60  # how far back the clock may step before sessions end
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,13 @@ def find_session(
     session = store.admin_session(digest)
     if session is None:
         return None
-    if session.expires_at <= iso(now) or session.last_seen_at < _idle_before(now, settings):
+    if (
+        session.expires_at <= iso(now)
+        or session.last_seen_at < _idle_before(now, settings)
+        # seen "in the future": the clock went back, and its idle limit would not run out
+        # before the clock came forward again; the admin signs in again
+        or session.last_seen_at > iso(now + timedelta(seconds=CLOCK_SKEW_SECONDS))
+    ):
         with store.transaction():
             store.remove_admin_session(digest)
         return None

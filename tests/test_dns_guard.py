@@ -226,3 +226,27 @@ def test_a_forwarded_answer_counts_as_activity() -> None:
     assert not transport.disconnecting
     reactor.advance(1.5)
     assert transport.disconnecting
+
+
+def test_one_address_cannot_take_every_tcp_connection() -> None:
+    """dns.max_tcp_per_client: a slowloris from one address is refused past its share;
+    another address still gets in; a closed connection frees its share."""
+    reactor = Clock()
+    settings = DnsSettings(internal_address=INTERNAL_V4, max_tcp_per_client=3)
+    r = DnsResponder(settings, ("example.com",), ZONES, Addresses(INTERNAL_V4), reactor.seconds)
+    factory = DnsStreamFactory(r, settings, reactor)
+
+    def connect(host: str) -> tuple[DnsStreamProtocol, StringTransport]:
+        peer = IPv4Address("TCP", host, 40000)
+        protocol, transport = factory.buildProtocol(peer), StringTransport(peerAddress=peer)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    held = [connect(OUTSIDE) for _ in range(5)]
+    assert [t.disconnecting for _, t in held] == [False] * 3 + [True] * 2
+    assert r.counters["tcp_refused_per_client"] == 2
+    _, other = connect(INSIDE)
+    assert not other.disconnecting
+    held[0][0].connectionLost()
+    _, again = connect(OUTSIDE)
+    assert not again.disconnecting and factory.per_client == {OUTSIDE: 3, INSIDE: 1}

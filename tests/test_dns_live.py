@@ -636,3 +636,153 @@ def test_fuzzed_packets_do_not_hurt(responders: Responders) -> None:
     assert after["udp_queries"] - before["udp_queries"] == 5000
     assert inside.process.poll() is None
     assert dig(inside.port, NAME).answers == [(NAME + ".", "A", INTERNAL_V4)]
+
+
+# -- slowloris on DNS over TCP (issue 13, "What else to build" 4) ---------------------------------
+
+LORIS = """\
+import json, select, socket, sys, time
+
+port, hosts, per_host, interval, seconds = sys.argv[1:6]
+port, per_host, interval, seconds = int(port), int(per_host), float(interval), float(seconds)
+deadline, opened, closed, failed = time.monotonic() + seconds, 0, 0, 0
+held = {}  # socket -> (source address, when its next byte is due)
+
+def connect(host):
+    global opened, failed
+    s = socket.socket()
+    s.bind((host, 0))
+    try:
+        s.connect(("127.0.0.1", port))
+        s.sendall(b"\\x00\\x40")  # a 64-byte query announced, then a byte every interval
+    except OSError:
+        failed += 1
+        s.close()
+        return
+    opened += 1
+    held[s] = (host, time.monotonic() + interval)
+
+for host in hosts.split(","):
+    for _ in range(per_host):
+        connect(host)
+print(json.dumps({"connected": len(held)}), flush=True)
+while time.monotonic() < deadline:
+    ready, _, _ = select.select(list(held), [], [], 0.05)
+    now = time.monotonic()
+    for s, (host, due) in list(held.items()):
+        gone = False
+        if s in ready:
+            try:
+                gone = s.recv(4096) == b""
+            except OSError:
+                gone = True
+        elif due <= now:
+            try:
+                s.send(b"x")
+                held[s] = (host, now + interval)
+            except OSError:
+                gone = True
+        if gone:  # the server closed it: open another, as an attacker would
+            closed += 1
+            del held[s]
+            s.close()
+            connect(host)
+print(json.dumps({"opened": opened, "closed_by_server": closed, "failed": failed,
+                  "held_at_end": len(held)}), flush=True)
+"""
+
+
+def _timed_query(port: int, tcp: bool, ident: int) -> float | None:
+    """Seconds for one answer to ucupdates-r2 (UDP, or TCP on a new connection), or None."""
+    packet = _query(NAME, ident=ident)
+    began = time.monotonic()
+    try:
+        if tcp:
+            with socket.create_connection((HOST, port), timeout=2.0) as sock:
+                sock.sendall(_frame(packet))
+                reply = _read_frames(sock, {ident}, 2.0).get(ident)
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(2.0)
+                sock.sendto(packet, (HOST, port))
+                reply = sock.recv(4096)
+    except OSError:
+        return None
+    if reply is None or str(DNSRecord.parse(reply).rr[0].rdata) != INTERNAL_V4:
+        return None
+    return time.monotonic() - began
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _phase(port: int, count: int, pause: float) -> tuple[dict[str, list[float]], int]:
+    times: dict[str, list[float]] = {"udp": [], "tcp": []}
+    failures = 0
+    for n in range(count):  # bounded: count queries, each at most 2 s
+        tcp = n % 2 == 1
+        took = _timed_query(port, tcp, n + 1)
+        if took is None:
+            failures += 1
+        else:
+            times["tcp" if tcp else "udp"].append(took)
+        time.sleep(pause)
+    return times, failures
+
+
+def test_slowloris_on_dns_over_tcp_does_not_slow_real_queries(tmp_path: Path) -> None:
+    """200 connections from 20 addresses trickle a byte of a query every 2 s (under the
+    10 s idle timeout: the defaults) and reconnect whenever the server closes them, while
+    400 real queries (UDP and TCP) run; the same 400 run first without the attack.
+
+    Asserted: no real query fails, and the server closed the trickling connections.
+    Reported (docs/security.md, DNS and DHCP): p50/p99 with and without the attack."""
+    loris = start(
+        "loris",
+        tmp_path,
+        f'data_dir = "data"\n[listeners]\ndns = "{HOST}:0"\n'
+        f'[dns]\ninternal_address = "{INTERNAL_V4}"\nrrl_responses_per_second = 1000000\n',
+    )
+    try:
+        ports = json.loads(loris.line(STARTUP_SECONDS))
+        port = ports["dns-tcp"][1]
+        baseline, base_failures = _phase(port, 400, 0.05)
+        hosts = ",".join(f"127.0.0.{10 + n}" for n in range(20))
+        attack = subprocess.Popen(
+            [sys.executable, "-c", LORIS, str(port), hosts, "10", "2.0", "28"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert attack.stdout is not None
+            ready, _, _ = select.select([attack.stdout], [], [], 20.0)
+            assert ready, "the attack did not start"
+            connected = json.loads(attack.stdout.readline())["connected"]
+            under, attack_failures = _phase(port, 400, 0.05)
+            out, _ = attack.communicate(timeout=60)
+        finally:
+            if attack.poll() is None:
+                attack.kill()
+                attack.wait()
+        attacker = json.loads(out.strip().splitlines()[-1])
+        counters = loris.counters()
+    finally:
+        stop(loris)
+    figures = {
+        kind: {
+            "baseline_p50_ms": round(_p(baseline[kind], 0.5) * 1000, 2),
+            "baseline_p99_ms": round(_p(baseline[kind], 0.99) * 1000, 2),
+            "attack_p50_ms": round(_p(under[kind], 0.5) * 1000, 2),
+            "attack_p99_ms": round(_p(under[kind], 0.99) * 1000, 2),
+            "p99_ratio": round(_p(under[kind], 0.99) / _p(baseline[kind], 0.99), 2),
+        }
+        for kind in ("udp", "tcp")
+    }
+    print(json.dumps({"connected": connected, "attacker": attacker, "figures": figures}))
+    print({k: v for k, v in counters.items() if k.startswith("tcp")})
+    assert connected == 200
+    assert base_failures == 0 and attack_failures == 0
+    assert attacker["closed_by_server"] >= 200  # each trickling connection was cut off
+    assert counters["tcp_idle_closed"] >= 200

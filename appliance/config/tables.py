@@ -225,6 +225,7 @@ class DnsSettings:
     # every Nth dropped answer goes out truncated (TC), 0: never
     rrl_slip: int = field(default=2, metadata={"check": within(0, 100)})
     max_tcp_connections: int = field(default=256, metadata={"check": positive})
+    max_tcp_per_client: int = field(default=16, metadata={"check": positive})  # per address
     # A TCP connection is closed this long after its last complete query or answer (bytes
     # trickling in do not count), and in any case this long after it opened.
     tcp_idle_timeout: float = field(default=10.0, metadata={"check": positive})

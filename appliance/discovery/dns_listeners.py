@@ -2,9 +2,10 @@
 
 Over UDP each datagram is one query, answered with the socket's own sendto. Over TCP
 queries are framed by a 2-byte length and may be pipelined; connections are limited in
-number (`dns.max_tcp_connections`), closed when idle (`dns.tcp_idle_timeout` after the
-last complete query or answer: a byte trickling in every few seconds does not keep a
-connection open) and in any case after `dns.tcp_max_lifetime`.
+number (`dns.max_tcp_connections`, and `dns.max_tcp_per_client` from one address),
+closed when idle (`dns.tcp_idle_timeout` after the last complete query or answer: a byte
+trickling in every few seconds does not keep a connection open) and in any case after
+`dns.tcp_max_lifetime`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class DnsStreamProtocol(Protocol, TimeoutMixin):
     def __init__(self, factory: DnsStreamFactory) -> None:
         self.owner, self.buffer = factory, b""
         self.admitted = self.closing = False
+        self.host = ""  # the peer's address, once admitted
         self.lifetime: Any = None  # the call that ends the connection at tcp_max_lifetime
 
     def connectionMade(self) -> None:
@@ -87,7 +89,7 @@ class DnsStreamProtocol(Protocol, TimeoutMixin):
         if self.closing:
             return
         buffer, start = self.buffer + data, 0
-        host = self.transport.getPeer().host
+        host = self.host
         while len(buffer) - start >= 2:  # each turn takes one frame
             end = start + 2 + FRAME.unpack_from(buffer, start)[0]
             if len(buffer) < end:
@@ -138,7 +140,9 @@ class DnsStreamFactory(ServerFactory):
         self.idle_timeout = settings.tcp_idle_timeout
         self.max_lifetime = settings.tcp_max_lifetime
         self.max_connections = settings.max_tcp_connections
+        self.max_per_client = settings.max_tcp_per_client
         self.connections: set[DnsStreamProtocol] = set()
+        self.per_client: dict[str, int] = {}  # open connections by peer address
 
     def buildProtocol(self, addr: Any) -> DnsStreamProtocol:
         protocol = DnsStreamProtocol(self)
@@ -146,15 +150,24 @@ class DnsStreamFactory(ServerFactory):
         return protocol
 
     def admit(self, protocol: DnsStreamProtocol) -> bool:
+        host = protocol.transport.getPeer().host
         if len(self.connections) >= self.max_connections:
             self.responder.counters["tcp_refused"] += 1
             return False
+        if self.per_client.get(host, 0) >= self.max_per_client:
+            self.responder.counters["tcp_refused_per_client"] += 1
+            return False
         self.responder.counters["tcp_connections"] += 1
         self.connections.add(protocol)
+        self.per_client[host] = self.per_client.get(host, 0) + 1
+        protocol.host = host
         return True
 
     def release(self, protocol: DnsStreamProtocol) -> None:
         self.connections.discard(protocol)
+        left = self.per_client.pop(protocol.host, 0) - 1
+        if left > 0:
+            self.per_client[protocol.host] = left
 
     def close_all(self) -> None:
         for protocol in list(self.connections):

@@ -52,6 +52,7 @@ COUNTERS = (
     "send_errors",  # the kernel would not take a datagram
     "tcp_connections",  # accepted
     "tcp_refused",  # over max_tcp_connections: closed at once
+    "tcp_refused_per_client",  # over max_tcp_per_client from one address: closed at once
     "tcp_idle_closed",  # closed after tcp_idle_timeout without a complete query
     "tcp_lifetime_closed",  # closed at tcp_max_lifetime
 )

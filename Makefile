@@ -13,7 +13,7 @@ SYSTEM_PACKAGES := cabextract gcab openssl curl slapd ldap-utils rsyslog dnsutil
 STAMP_SYS := $(VENV)/.system-packages
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck bench bench-import bench-serve bench-dns setup clean sample
+.PHONY: run test check lint typecheck bench bench-import bench-serve bench-dns setup clean sample fuzz
 
 setup: $(STAMP)
 
@@ -58,6 +58,12 @@ test: $(STAMP) lint
 # a test file per worker on up to 4 cores (the whole suite, `make test`, runs in one process)
 check: $(STAMP) lint
 	$(PY) -m pytest -q -m "not slow" -n auto --maxprocesses 4 --dist loadfile
+
+# every fuzz target under atheris for FUZZ_SECONDS each (or FUZZ_RUNS inputs): inputs tried
+# and crashes per target; crash inputs in test-artifacts/fuzz/<target>/ (docs/security.md)
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz.run $(if $(FUZZ_RUNS),--runs $(FUZZ_RUNS),--seconds $(FUZZ_SECONDS)) $(FUZZ_TARGETS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check appliance tests bench

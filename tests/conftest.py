@@ -57,6 +57,7 @@ SLOW_FILES = {
     "test_cli.py",  # the CLI as a process
     "test_deploy.py",  # ansible-lint, ansible-playbook, debootstrap
     "test_dns_live.py",  # dig and kdig against a serving appliance
+    "test_fuzz_atheris.py",  # atheris in a child process per target
     "test_import_faults.py",  # hostile packages and kill -9 through the CLI
     "test_ldap.py",  # slapd
     "test_ntlm_serve.py",  # a serving appliance with curl --ntlm, requests-ntlm, pyspnego

@@ -93,7 +93,7 @@ def parse_update_info(data: bytes, members: Sequence[str]) -> tuple[PackageUpdat
         raise PackageFormatError(
             f"{UPDATE_INFO}: refused: DTDs and entities are not allowed ({type(e).__name__})"
         ) from e
-    except ET.ParseError as e:
+    except (ET.ParseError, LookupError, ValueError) as e:  # an unknown or multi-byte encoding
         raise PackageFormatError(f"{UPDATE_INFO}: not well-formed XML: {e}") from e
     by_folded = {m.casefold(): m for m in members}
     updates: list[PackageUpdate] = []

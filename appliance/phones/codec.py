@@ -88,7 +88,7 @@ def parse_check(
         root = SafeET.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except DefusedXmlException:
         raise CheckError(400, "DTDs and entities are not allowed") from None
-    except ET.ParseError as e:
+    except (ET.ParseError, LookupError, ValueError) as e:  # an unknown or multi-byte encoding
         raise CheckError(400, f"malformed XML ({e})") from None
     found: dict[str, str] = {}
     modules: list[ReportedModule] = []

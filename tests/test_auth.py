@@ -37,7 +37,15 @@ from appliance.testing import FixedClock, MemoryDirectory, SecondsClock, memory_
 from appliance.testing import basic_credentials as basic
 from appliance.testing import fired as result
 
-SETTINGS = AuthSettings(cache_seconds=60, max_failures=3, failure_window=100, lockout_seconds=300)
+SETTINGS = AuthSettings(
+    cache_seconds=60,
+    max_failures=3,
+    failure_window=100,
+    lockout_seconds=300,
+    lockout_check_seconds=10,
+    max_address_failures=8,
+    known_good_seconds=3600,
+)
 KEY = b"k" * 32
 
 
@@ -263,63 +271,128 @@ def test_unacceptable_credentials_fail_without_the_directory(header: bytes) -> N
     assert auth.tracked_counts == (1, 1)  # counted as a failure
 
 
-# -- the authenticator: lockout --------------------------------------------------------
+# -- the authenticator: lockouts (docs/security.md, Phone lockouts) -------------------
+#
+# SETTINGS: max_failures=3 per user name and per (user name, address) within 100 s,
+# max_address_failures=8 per address; a lockout lasts 300 s, during which a password that
+# is not the remembered right one is checked at most once per 10 s per key.
+
+X, Y = "203.0.113.9", "198.51.100.7"  # X: the guesser's address (a NAT, say)
 
 
-def test_a_user_is_locked_out_after_more_than_max_failures_even_with_the_right_password() -> None:
-    clock = SecondsClock()
-    directory = MemoryDirectory(alice="secret")
-    auth = make(directory, clock)  # max_failures=3, failure_window=100, lockout_seconds=300
-    for i in range(3):
-        got = result(auth.authenticate(basic("alice", f"guess{i}"), f"192.0.2.{i}"))
-        assert got == AuthResult(False, 401, "bad credentials")
-        clock.now += 10
-    # The fourth failure within the window starts the lockout.
-    got = result(auth.authenticate(basic("ALICE", "guess3"), "192.0.2.3"))
-    assert got == AuthResult(False, 429, "locked out", 300)
-    directory.calls.clear()
-    clock.now += 100.5
-    for name, source in [("alice", "192.0.2.4"), ("Alice", "198.51.100.7")]:
-        got = result(auth.authenticate(basic(name, "secret"), source))
-        assert got == AuthResult(False, 429, "locked out", 200)
-    assert directory.calls == []
-    clock.now += 199.5
-    assert result(auth.authenticate(basic("alice", "secret"), "192.0.2.4")).ok
-    assert directory.calls == [("alice", "secret")]
+def lock_out(auth: Authenticator, user: str = "alice", source: str = X) -> None:
+    """Guess `user` from `source` until the lockout starts (max_failures + 1 failures)."""
+    got = [result(auth.authenticate(basic(user, f"guess{i}"), source)) for i in range(4)]
+    assert [g.status for g in got] == [401, 401, 401, 429]
+    assert got[-1].reason == "locked out"
 
 
-def test_a_locked_out_user_is_refused_even_with_remembered_credentials() -> None:
+def test_a_lockout_holds_a_guesser_to_one_check_per_interval() -> None:
+    """Defect 5 (c): a guesser keeps being refused, with the checks bounded."""
     clock = SecondsClock()
     directory = MemoryDirectory(alice="secret")
     auth = make(directory, clock)
-    assert result(auth.authenticate(basic("alice", "secret"), "192.0.2.1")).ok
+    lock_out(auth)
+    directory.calls.clear()
+    got = result(auth.authenticate(basic("alice", "guess"), X))
+    assert (got.status, got.reason, got.retry_after) == (429, "locked out", 10)
+    statuses = set()
+    for i in range(1000):  # a guess every 0.3 s for 300 s: the whole lockout
+        got = result(auth.authenticate(basic("alice", f"more{i}"), X))
+        statuses.add((got.status, got.reason))
+        clock.now += 0.3
+    assert statuses == {(429, "locked out")}  # checked ones too: the lockout goes on
+    assert len(directory.calls) <= 300 / 10 + 1
+    # Guessing from other addresses as well adds at most one check per interval.
+    directory.calls.clear()
+    for i in range(1000):
+        result(auth.authenticate(basic("alice", f"spread{i}"), f"192.0.2.{i % 200}"))
+        clock.now += 0.1
+    assert len(directory.calls) <= 3 + 2 * (100 / 10 + 1)
+
+
+def test_the_right_password_gets_in_during_a_lockout_caused_by_others() -> None:
+    """Defect 5 (a): six wrong passwords for alice from X, then alice's own password."""
+    clock = SecondsClock()
+    directory = MemoryDirectory(alice="secret")
+    auth = make(directory, clock)
+    lock_out(auth)
+    # From another address: at once (the guesser's checks never take its slot).
+    assert result(auth.authenticate(basic("alice", "secret"), Y)) == AuthResult(
+        True, 200, "ok", user="alice"
+    )
+    # From the guesser's own address, never signed in from: after the interval at most.
+    auth = make(directory, clock)
+    lock_out(auth)
+    got = result(auth.authenticate(basic("alice", "secret"), X))
+    assert (got.status, got.reason, got.retry_after) == (429, "locked out", 10)
+    clock.now += 10
+    assert result(auth.authenticate(basic("alice", "secret"), X)).ok
+    # A guess in between does not take that turn away for long: one check per interval.
+    got = result(auth.authenticate(basic("alice", "guess"), X))
+    assert (got.status, got.retry_after) == (429, 10)
+
+
+def test_the_remembered_right_password_passes_every_lockout_at_once() -> None:
+    clock = SecondsClock()
+    directory = MemoryDirectory(alice="secret")
+    auth = make(directory, clock)
+    assert result(auth.authenticate(basic("alice", "secret"), X)).ok
+    clock.now += 61  # past cache_seconds: no longer cached, still the known right one
+    lock_out(auth)
+    for i in range(9):  # and the address too (max_address_failures=8)
+        result(auth.authenticate(basic(f"user{i}", "guess"), X))
+    directory.calls.clear()
+    for source in (X, Y):
+        got = result(auth.authenticate(basic("alice", "secret"), source))
+        assert got.ok, source
+    assert directory.calls == [("alice", "secret")]  # checked (then cached), not waved in
+    assert result(auth.authenticate(basic("alice", "guess"), X)).status == 429
+    # Once the directory says no (the password changed), it is an ordinary guess again.
+    directory.users["alice"] = "changed"
+    clock.now += 61
+    assert result(auth.authenticate(basic("alice", "secret"), Y)).status == 429
+    clock.now += 10
+    assert result(auth.authenticate(basic("alice", "changed"), Y)).ok
+
+
+def test_a_guesser_at_a_nat_does_not_lock_out_the_other_users_there() -> None:
+    """Defect 5 (b): six wrong passwords for alice from the NAT address X, then bob."""
+    clock = SecondsClock()
+    directory = MemoryDirectory(alice="secret", bob="pw", carol="pw3")
+    auth = make(directory, clock)
+    lock_out(auth)
+    assert result(auth.authenticate(basic("bob", "pw"), X)) == AuthResult(
+        True, 200, "ok", user="bob"
+    )
+    # A sprayer (one guess per user name) is held back per address past
+    # max_address_failures (8 failures within the window)...
     for i in range(4):
-        result(auth.authenticate(basic("alice", f"guess{i}"), f"198.51.100.{i}"))
+        assert result(auth.authenticate(basic(f"user{i}", "guess"), X)).status == 401
+    got = result(auth.authenticate(basic("user4", "guess"), X))
+    assert (got.status, got.retry_after) == (429, 10)
     directory.calls.clear()
-    got = result(auth.authenticate(basic("alice", "secret"), "192.0.2.1"))
-    assert (got.status, got.reason) == (429, "locked out")
+    for i in range(5, 100):
+        result(auth.authenticate(basic(f"user{i}", "guess"), X))
     assert directory.calls == []
+    # ...a new phone there gets in at the address's next check (within 10 s),
+    got = result(auth.authenticate(basic("carol", "pw3"), X))
+    assert (got.status, got.reason, got.retry_after) == (429, "locked out", 10)
+    clock.now += 10
+    assert result(auth.authenticate(basic("carol", "pw3"), X)).ok
+    # ...and the phones that signed in from it before go on at once (bob, not cached now).
+    clock.now += 61
+    assert result(auth.authenticate(basic("bob", "pw"), X)).ok
+    assert result(auth.authenticate(basic("bob", "wrong"), X)).status == 401
+    # Other addresses are not affected at all.
+    assert result(auth.authenticate(basic("user1", "pw"), Y)).status == 401
 
 
-def test_a_source_is_locked_out_after_more_than_max_failures_across_user_names() -> None:
-    clock = SecondsClock()
-    directory = MemoryDirectory(alice="secret", bob="pw")
-    auth = make(directory, clock)
-    for i in range(3):
-        got = result(auth.authenticate(basic(f"user{i}", "guess"), "203.0.113.9"))
-        assert got.status == 401
-    got = result(auth.authenticate(basic("user3", "guess"), "203.0.113.9"))
-    assert got == AuthResult(False, 429, "locked out", 300)
-    directory.calls.clear()
-    clock.now += 299
-    for header in [basic("alice", "secret"), None, b"Basic !!!!"]:
-        got = result(auth.authenticate(header, "203.0.113.9"))
-        assert got == AuthResult(False, 429, "locked out", 1)
-    assert directory.calls == []
-    # Other addresses, and the same user names from them, are not affected.
-    assert result(auth.authenticate(basic("alice", "secret"), "203.0.113.10")).ok
-    clock.now += 1
-    assert result(auth.authenticate(basic("bob", "pw"), "203.0.113.9")).ok
+def test_missing_credentials_are_401_even_from_a_locked_out_address() -> None:
+    auth = make(MemoryDirectory(), SecondsClock())
+    for i in range(9):
+        result(auth.authenticate(basic(f"user{i}", "guess"), X))
+    assert result(auth.authenticate(None, X)) == AuthResult(False, 401, "no credentials")
 
 
 def test_failures_older_than_the_window_do_not_count() -> None:
@@ -333,25 +406,28 @@ def test_failures_older_than_the_window_do_not_count() -> None:
     assert result(auth.authenticate(basic("alice", "guess"), "192.0.2.1")).status == 429
 
 
-def test_a_success_clears_the_users_failures_but_not_the_sources() -> None:
+def test_a_lockout_ends_after_lockout_seconds() -> None:
+    clock = SecondsClock()
+    directory = MemoryDirectory(alice="secret")
+    auth = make(directory, clock)
+    lock_out(auth)
+    clock.now += 299
+    assert result(auth.authenticate(basic("alice", "guess"), X)).status == 429
+    clock.now += 300  # the last failure was checked at 299: its lockout was not renewed
+    assert result(auth.authenticate(basic("alice", "guess"), X)).status == 401
+
+
+def test_a_sign_in_gives_a_guesser_no_new_tries() -> None:
+    """A success clears no failures: a phone's sign-in must not reset a guesser's count."""
     clock = SecondsClock()
     auth = make(MemoryDirectory(alice="secret"), clock)
     for i in range(3):
         assert result(auth.authenticate(basic("alice", "guess"), f"192.0.2.{i}")).status == 401
     assert result(auth.authenticate(basic("alice", "secret"), "192.0.2.50")).ok
-    for i in range(3):
-        assert result(auth.authenticate(basic("alice", "guess"), f"198.51.100.{i}")).status == 401
-    # The user name is at three failures again, not six.
-    assert result(auth.authenticate(basic("alice", "guess"), "198.51.100.3")).status == 429
-
-
-def test_a_success_does_not_clear_the_sources_failures() -> None:
-    auth = make(MemoryDirectory(alice="secret"), SecondsClock())
-    for i in range(3):
-        assert result(auth.authenticate(basic(f"x{i}", "guess"), "203.0.113.1")).status == 401
-    assert result(auth.authenticate(basic("alice", "secret"), "203.0.113.1")).ok
-    got = result(auth.authenticate(basic("x9", "guess"), "203.0.113.1"))
+    got = result(auth.authenticate(basic("alice", "guess"), "198.51.100.3"))
     assert (got.status, got.reason) == (429, "locked out")
+    # ...and the phone itself goes on: cached, and then its address is trusted.
+    assert result(auth.authenticate(basic("alice", "secret"), "192.0.2.50")).reason == "cached"
 
 
 def test_tracked_failures_are_bounded() -> None:
@@ -447,7 +523,12 @@ def test_failures_and_lockouts_are_logged_with_fields_and_never_the_password(
     assert len(failures) == 4
     assert {(e["user"], e["source"]) for e in failures} == {("alice", "192.0.2.7")}
     lockouts = [e for e in log_events if "until" in e]
-    assert {e.get("user", e.get("source")) for e in lockouts} == {"alice", "192.0.2.7"}
+    # The user name, and the user name from that address (the address has one failure).
+    assert {(e.get("user"), e.get("source")) for e in lockouts} == {
+        ("alice", None),
+        ("alice", "192.0.2.7"),
+    }
+    assert {e["event"] for e in lockouts} == {"auth.lockout"}
     assert all(e["until"] == 1_000_000.0 + 300 for e in lockouts)
     text = "\n".join(str(formatEvent(e)) + repr(e) for e in log_events)
     assert "hunter2" not in text

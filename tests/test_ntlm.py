@@ -166,10 +166,39 @@ def test_a_wrong_password_counts_toward_the_lockout(
     assert statuses == [401, 401, 401, 429]
     assert len(named(events, "auth.failure")) == 4
     assert named(events, "auth.lockout")
-    # Locked out: the right password is refused too, by NTLM and by Basic.
+    # Locked out: a password is checked once per auth.lockout_check_seconds (60 s by
+    # default), and the last failure took this turn; NTLM and Basic count together.
     assert handshake(auth, source="192.0.2.50").status == 429
     basic = fired(auth.authenticate(basic_credentials(USER, PASSWORD), "192.0.2.51"))
     assert basic.status == 429
+
+
+def test_the_right_ntlm_answer_gets_in_during_a_lockout_and_a_guesser_does_not(
+    store: Store, events: list[LogEvent]
+) -> None:
+    """Defect 5 (d): NTLM answers differ every time (nothing to remember), so what lets the
+    right one in is the check slot the guesser's address cannot take."""
+    clock = SecondsClock()
+    local = LocalDirectory(lambda: store)
+    settings = AuthSettings(max_failures=3, lockout_check_seconds=10)
+    auth = Authenticator(local, settings, clock, run_blocking=inline, ntlm=local)
+    guesser = "203.0.113.9"  # a NAT, say
+    statuses = [handshake(auth, "wrong", source=guesser).status for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    # From another address: at once. Another user behind the guesser's NAT: at once.
+    assert handshake(auth, source="198.51.100.7").ok
+    add_user(store, "bob", PASSWORD, "test")
+    assert handshake(auth, user="bob", source=guesser).ok
+    # From the guesser's address: at its next check, 10 s on.
+    assert handshake(auth, source=guesser).status == 429
+    clock.now += 10
+    assert handshake(auth, source=guesser).ok
+    # The guesser: 300 handshakes over 150 s, all refused, at most one checked per 10 s.
+    checked = len(named(events, "auth.failure"))
+    for _ in range(300):
+        assert handshake(auth, "wrong", source=guesser).status == 429
+        clock.now += 0.5
+    assert len(named(events, "auth.failure")) - checked <= 150 / 10 + 1
 
 
 def test_a_type_3_without_a_challenge_on_its_session_is_refused(auth: Authenticator) -> None:

@@ -155,6 +155,11 @@ class AuthSettings:
     max_failures: int = field(default=5, metadata={"check": positive})
     failure_window: float = field(default=300.0, metadata={"check": positive})
     lockout_seconds: float = field(default=900.0, metadata={"check": positive})
+    # A lockout is a guard, not a wall (docs/security.md, Phone lockouts): the remembered
+    # right password still passes; other passwords get one check per lockout_check_seconds.
+    lockout_check_seconds: float = field(default=60.0, metadata={"check": positive})
+    max_address_failures: int = field(default=50, metadata={"check": positive})  # a NAT's
+    known_good_seconds: float = field(default=7 * 86400.0, metadata={"check": positive})
     ldap: LdapSettings = LdapSettings()
     # NTLM beside Basic (docs/protocol.md §2): Lync's external handler challenged with NTLM.
     ntlm: bool = True

@@ -3,9 +3,11 @@
 Checking a password is slow on purpose (argon2id, or a network round trip for LDAP: see
 `appliance.phones.directories`), so the authenticator remembers a success for
 `auth.cache_seconds` under a keyed HMAC of the credentials, runs every real check off the
-reactor thread, and refuses guessing: more than `auth.max_failures` failures within
-`auth.failure_window` seconds, per user name and per client address, lock that name or
-address out for `auth.lockout_seconds`.
+reactor thread, and holds guessing back without locking the right password out: the
+remembered success and the user's last right password (its HMAC, for
+`auth.known_good_seconds`) are looked at before any lockout, and a lockout (per user name,
+per user name and address, per address: `appliance.phones.lockouts`) only limits how often
+other passwords are checked.
 
 NTLM (when an `NtlmVerifier` is given): a Type 1 message gets a challenge kept in the
 connection's `NtlmSession`; the Type 3 that answers it is checked on the pool like a Basic
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import secrets
 import weakref
 from collections import OrderedDict
@@ -42,7 +43,7 @@ from appliance.phones.credentials import (
     parse_basic,
 )
 from appliance.phones.directories import Directory, NtlmVerifier, loggable_name
-from appliance.phones.lockouts import Failures
+from appliance.phones.lockouts import Guard
 from appliance.phones.ntlm import (
     NtlmError,
     NtlmSession,
@@ -66,7 +67,7 @@ __all__ = [
 
 
 CACHE_SIZE = 10_000  # remembered successes
-TRACKED_KEYS = 100_000  # user names, and separately client addresses, with failures
+TRACKED_KEYS = 100_000  # user names, pairs, and client addresses with failures, each
 MAX_PENDING = 64  # distinct checks waiting for or running in the pool
 BUSY_RETRY_AFTER = 5  # seconds
 
@@ -77,6 +78,7 @@ class _Check:
 
     username: str
     user_key: str
+    source: str  # the address that started it (counted as running for it)
     waiters: list[tuple[defer.Deferred[AuthResult], str]]
     remember: bool  # a success goes to the cache (Basic; NTLM answers differ every time)
 
@@ -88,12 +90,13 @@ class Authenticator:
     returns a Deferred of its bool: the service passes a ThreadPoolRunner on its reactor,
     tests pass `defer.maybeDeferred` to run checks inline.
 
-    Order of decisions: a locked-out address, then missing or malformed credentials, then a
-    locked-out user name (all answered without the directory, even for the right password),
-    then the cache of recent successes, then the directory. A success clears the user name's
-    failures (not the address's). Concurrent requests with the same uncached credentials
-    share one check; at most `max_failures` + 1 checks per user name run or are recent at a
-    time, so parallel guesses cannot outrun the lockout.
+    Order of decisions: missing or malformed credentials (401), then the cache of recent
+    successes (200 without a check), then the user's last right password (checked whatever
+    the lockouts), then the lockouts (`Guard.admit`: a check now, or 429 without one),
+    then the directory. A success counts no failure away (a guesser gains no new tries
+    from a phone's sign-in); it makes the (user name, address) pair trusted. Concurrent
+    requests with the same uncached credentials share one check; parallel guesses cannot
+    outrun the lockouts (checks in flight count as failures to come).
     """
 
     def __init__(
@@ -117,14 +120,9 @@ class Authenticator:
         self._cache_size = cache_size
         self._max_pending = max_pending
         self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
-        self._users = Failures(
-            settings.max_failures, settings.failure_window, settings.lockout_seconds, tracked_keys
-        )
-        self._sources = Failures(
-            settings.max_failures, settings.failure_window, settings.lockout_seconds, tracked_keys
-        )
+        self._good: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # last right ones
+        self._guard = Guard(settings, tracked_keys)
         self._checks: dict[bytes, _Check] = {}
-        self._user_checks: dict[str, int] = {}
         self._ntlm = ntlm
         self._sessions: weakref.WeakSet[NtlmSession] = weakref.WeakSet()
 
@@ -140,9 +138,6 @@ class Authenticator:
     ) -> defer.Deferred[AuthResult]:
         """Decide one request. `session` is its connection's NTLM state (None: Basic only)."""
         now = self._clock()
-        until = self._sources.locked_until(source, now)
-        if until is not None:
-            return defer.succeed(_locked(until, now))
         if session is not None and self._ntlm is not None:
             if is_ntlm(header):
                 return self._ntlm_step(header, source, session, now)
@@ -155,19 +150,15 @@ class Authenticator:
                 return defer.succeed(NO_CREDENTIALS)
             return defer.succeed(_malformed(source))
         username, password = credentials
-        user_key = username.casefold()
-        until = self._users.locked_until(user_key, now)
-        if until is not None:
-            return defer.succeed(_locked(until, now))
         if not acceptable(username, password):
-            return defer.succeed(self._failed(username, [source], now)[source])
+            return defer.succeed(self._guard.fail(username, [source], now)[source])
         digest = self._digest(username, password)
         if self._cached(username, digest, now):
-            self._users.clear(user_key)
             return defer.succeed(AuthResult(True, 200, AuthReason.CACHED, user=username))
+        known = self._known_good(username.casefold(), digest, now)
         directory = self._directory
         return self._check(
-            digest, username, source, now, lambda: directory.verify(username, password), True
+            digest, username, source, now, lambda: directory.verify(username, password), known
         )
 
     def _check(
@@ -177,9 +168,11 @@ class Authenticator:
         source: str,
         now: float,
         work: Callable[[], bool],
-        remember: bool,
+        known: bool | None,
     ) -> defer.Deferred[AuthResult]:
-        """Run `work` on the pool, shared by identical requests, within the bounds."""
+        """Run `work` on the pool, shared by identical requests, within the bounds.
+        `known`: Basic, and whether it is the user's last right password (which no
+        lockout holds back); None: NTLM (never remembered)."""
         user_key = username.casefold()
         waiter: defer.Deferred[AuthResult] = defer.Deferred()
         check = self._checks.get(digest)
@@ -189,11 +182,14 @@ class Authenticator:
         if len(self._checks) >= self._max_pending:
             log.warn("auth busy: {count} checks pending", count=len(self._checks))
             return defer.succeed(AuthResult(False, 429, AuthReason.BUSY, BUSY_RETRY_AFTER))
-        running = self._user_checks.get(user_key, 0)
-        if self._users.recent(user_key, now) + running > self._settings.max_failures:
-            return defer.succeed(AuthResult(False, 429, AuthReason.THROTTLED, 1))
-        self._checks[digest] = _Check(username, user_key, [(waiter, source)], remember)
-        self._user_checks[user_key] = running + 1
+        if known:
+            self._guard.start(user_key, source)
+        else:
+            refused = self._guard.admit(user_key, source, now)
+            if refused is not None:
+                return defer.succeed(refused)
+        remember = known is not None
+        self._checks[digest] = _Check(username, user_key, source, [(waiter, source)], remember)
         d = defer.maybeDeferred(self._run_blocking, work)
         d.addBoth(self._checked, digest, username)
         return waiter
@@ -234,11 +230,8 @@ class Authenticator:
         except NtlmError:
             return defer.succeed(_malformed(source))
         username = response.user
-        until = self._users.locked_until(username.casefold(), now)
-        if until is not None:
-            return defer.succeed(_locked(until, now))
         if not username or response.anonymous:
-            return defer.succeed(self._failed(username, [source], now)[source])
+            return defer.succeed(self._guard.fail(username, [source], now)[source])
         if not response.v2 and not self._settings.ntlm_allow_v1:
             log.info(
                 "auth failure for {user} from {source}: {reason} ({version})",
@@ -250,9 +243,7 @@ class Authenticator:
             )
             return defer.succeed(AuthResult(False, 401, AuthReason.NTLM_V1_REFUSED))
         digest = hmac.new(self._key, b"ntlm\0" + token, hashlib.sha256).digest()
-        d = self._check(
-            digest, username, source, now, lambda: verifier.verify_ntlm(response), False
-        )
+        d = self._check(digest, username, source, now, lambda: verifier.verify_ntlm(response), None)
 
         def authorise(result: AuthResult) -> AuthResult:
             if result.ok:
@@ -266,9 +257,7 @@ class Authenticator:
 
     def _checked(self, outcome: bool | Failure, digest: bytes, username: str) -> None:
         check = self._checks.pop(digest)
-        left = self._user_checks.pop(check.user_key) - 1
-        if left:
-            self._user_checks[check.user_key] = left
+        self._guard.finish(check.user_key, check.source)
         now = self._clock()
         sources = [source for _, source in check.waiters]
         if isinstance(outcome, Failure):
@@ -278,49 +267,16 @@ class Authenticator:
         elif outcome is True:
             if check.remember:
                 self._remember(username, digest, now)
-            self._users.clear(check.user_key)
+            for source in sources:
+                self._guard.trust(check.user_key, source, now)
             results = dict.fromkeys(sources, AuthResult(True, 200, AuthReason.OK, user=username))
         else:
-            results = self._failed(username, sources, now)
+            good = self._good.get(check.user_key)
+            if good is not None and hmac.compare_digest(good[0], digest):
+                del self._good[check.user_key]  # the password changed since
+            results = self._guard.fail(username, sources, now)
         for waiter, source in check.waiters:
             waiter.callback(results[source])
-
-    def _failed(self, username: str, sources: list[str], now: float) -> dict[str, AuthResult]:
-        """Count one failure for the user name and one for each client address."""
-        user_until = self._users.fail(username.casefold(), now)
-        if user_until is not None:
-            log.warn(
-                "auth lockout of user {user} for {seconds} s",
-                user=loggable_name(username),
-                until=user_until,
-                seconds=self._settings.lockout_seconds,
-                event="auth.lockout",
-            )
-        results: dict[str, AuthResult] = {}
-        for source in dict.fromkeys(sources):
-            log.info(
-                "auth failure for {user} from {source}: {reason}",
-                user=loggable_name(username),
-                source=source,
-                reason=AuthReason.BAD_CREDENTIALS,
-                event="auth.failure",
-            )
-            source_until = self._sources.fail(source, now)
-            if source_until is not None:
-                log.warn(
-                    "auth lockout of source {source} for {seconds} s",
-                    source=source,
-                    until=source_until,
-                    seconds=self._settings.lockout_seconds,
-                    event="auth.lockout",
-                )
-            untils = [u for u in (user_until, source_until) if u is not None]
-            results[source] = (
-                _locked(max(untils), now)
-                if untils
-                else AuthResult(False, 401, AuthReason.BAD_CREDENTIALS)
-            )
-        return results
 
     # -- the cache of recent successes ------------------------------------------------------
 
@@ -339,19 +295,34 @@ class Authenticator:
             return False
         return hmac.compare_digest(remembered, digest)
 
+    def _known_good(self, user_key: str, digest: bytes, now: float) -> bool:
+        entry = self._good.get(user_key)
+        if entry is None or entry[1] <= now:
+            return False
+        return hmac.compare_digest(entry[0], digest)
+
     def _remember(self, username: str, digest: bytes, now: float) -> None:
         self._cache.pop(username, None)
         self._cache[username] = (digest, now + self._settings.cache_seconds)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
+        user_key = username.casefold()
+        self._good.pop(user_key, None)
+        self._good[user_key] = (digest, now + self._settings.known_good_seconds)
+        while len(self._good) > self._cache_size:
+            self._good.popitem(last=False)
 
     def forget(self, username: str | None = None) -> None:
-        """Drop remembered successes: one user name's (any case), or all of them."""
+        """Drop remembered successes, right passwords and trusted addresses: one user
+        name's (any case), or all of them."""
         if username is None:
             self._cache.clear()
+            self._good.clear()
         else:
             for name in [n for n in self._cache if n.casefold() == username.casefold()]:
                 del self._cache[name]
+            self._good.pop(username.casefold(), None)
+        self._guard.forget(None if username is None else username.casefold())
         for session in list(self._sessions):
             if username is None or (session.user or "").casefold() == username.casefold():
                 session.reset()
@@ -363,7 +334,7 @@ class Authenticator:
     @property
     def tracked_counts(self) -> tuple[int, int]:
         """How many user names and client addresses have failures or lockouts on record."""
-        return len(self._users), len(self._sources)
+        return len(self._guard), self._guard.addresses
 
 
 def _malformed(source: str) -> AuthResult:
@@ -374,7 +345,3 @@ def _malformed(source: str) -> AuthResult:
         event="auth.failure",
     )
     return MALFORMED
-
-
-def _locked(until: float, now: float) -> AuthResult:
-    return AuthResult(False, 429, AuthReason.LOCKED_OUT, max(1, math.ceil(until - now)))

@@ -13,7 +13,8 @@ SYSTEM_PACKAGES := cabextract gcab openssl curl slapd ldap-utils rsyslog dnsutil
 STAMP_SYS := $(VENV)/.system-packages
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck bench bench-import bench-serve bench-dns setup clean sample fuzz
+.PHONY: run test check lint typecheck bench bench-import bench-serve bench-dns setup clean sample fuzz \
+	soak constraints
 
 setup: $(STAMP)
 
@@ -34,11 +35,26 @@ $(STAMP_SYS): Makefile
 	fi
 	@mkdir -p $(VENV) && touch $@
 
-$(STAMP): pyproject.toml $(STAMP_SYS)
+# constraints.txt pins every package (runtime, test and their dependencies) to the versions
+# tested; pyproject.toml keeps the floors. `make constraints` refreshes it (docs/security.md).
+$(STAMP): pyproject.toml constraints.txt $(STAMP_SYS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	@touch $@
+
+# resolve pyproject.toml afresh (the newest versions it allows) in a scratch venv and freeze
+# that into constraints.txt; then `make test` and commit both
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip install -q --upgrade pip
+	.venv-constraints/bin/python -m pip install -q -e '.[test]'
+	{ echo "# pip constraints: the versions make setup installs, as tested. Do not edit:"; \
+	  echo "# make constraints regenerates it (Python $$(.venv-constraints/bin/python -c \
+	    'import platform; print(platform.python_version())'), $$(date -u +%F))."; \
+	  .venv-constraints/bin/python -m pip freeze --exclude-editable; } > constraints.txt
+	rm -rf .venv-constraints
 
 UC := $(PY) -m appliance --data-dir $(DATA_DIR)
 
@@ -80,5 +96,11 @@ bench-dns: $(STAMP)
 
 bench: bench-import bench-serve bench-dns
 
+# the appliance under a fleet's traffic for SOAK_SECONDS (bench/soak.py): fails on any error
+# or when RSS or open descriptors grow after warm-up; report in bench/out/soak-*.json
+SOAK_SECONDS ?= 3600
+soak: $(STAMP)
+	$(PY) bench/soak.py --seconds $(SOAK_SECONDS)
+
 clean:
-	rm -rf $(VENV) $(DATA_DIR) bench/out test-artifacts
+	rm -rf $(VENV) .venv-constraints $(DATA_DIR) bench/out test-artifacts

@@ -242,7 +242,7 @@ class Tally:
         started = time.monotonic()
         try:
             result = call()
-        except (Wrong, OSError, http.client.HTTPException, ValueError) as e:
+        except Exception as e:  # any failure is an error of the run (a pool would hide it)
             self.error(kind, f"{type(e).__name__}: {e}")
             return None
         elapsed = time.monotonic() - started

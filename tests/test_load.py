@@ -101,6 +101,16 @@ def test_the_hour_warms_up_for_five_minutes() -> None:
     assert soak.warmup_seconds(120) == 30
 
 
+def test_any_exception_of_a_request_counts_as_an_error() -> None:
+    soak = bench_module("soak")
+    tally = soak.Tally()
+    assert tally.timed("check", lambda: 1 / 0) is None
+    assert tally.timed("check", lambda: 42) == 42
+    assert tally.summary()["check"]["errors"] == 1
+    assert tally.summary()["check"]["ok"] == 1
+    assert tally.first_errors == ["check: ZeroDivisionError: division by zero"]
+
+
 def test_percentile_is_nearest_rank() -> None:
     soak = bench_module("soak")
     values = [float(v) for v in range(1, 101)]

@@ -9,6 +9,7 @@ folder (root only; the test says why it skips otherwise). What needs a real serv
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import stat
@@ -25,19 +26,27 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 
 from appliance.admin import accounts, sessions
-from appliance.catalogue import sample_check
+from appliance.catalogue import Reason, choose_update, sample_check
 from appliance.config import AdminSettings, AuthSettings, Config, load_config
 from appliance.ops.checks import check_files
 from appliance.phones import Authenticator, FileCheckService, LocalDirectory, PhoneService
 from appliance.service import steady_seconds
 from appliance.store import Store
 from appliance.testing import (
+    CU6,
+    CU7,
+    CU8,
+    CX600,
+    PHONE_MAC,
     FixedClock,
     MemoryDirectory,
     approved_sample,
     basic_credentials,
+    catalog_of,
+    device_request,
     fired,
     inline,
+    make_rule,
     phone_client,
     settle,
 )
@@ -449,3 +458,15 @@ def test_a_phone_lockout_lasts_its_length_whatever_the_wall_clock_does() -> None
     assert attempt("guess again") == 401  # checked again: the lockout is over
     times.wall += 2 * YEAR  # and forward two
     assert clock() - times.elapsed == pytest.approx(1_800_000_000.0 - 50.0)
+
+
+def test_the_decision_does_not_offer_a_broken_update_and_says_why() -> None:
+    rule = make_rule(CU8, pending=CU6)
+    broken = dataclasses.replace(catalog_of(rule), broken=frozenset({(CX600.folded(), CU8)}))
+    decision = choose_update(device_request(version=CU7), broken)
+    assert (decision.offers, decision.reason) == ((), Reason.BROKEN_FILES)
+    assert "fails verification" in decision.detail
+    # only the broken version is held back: a test device still gets the pending one
+    test_device = device_request(version=CU7, mac=PHONE_MAC)
+    tested = dataclasses.replace(broken, test_macs=frozenset({PHONE_MAC}))
+    assert [o.version for o in choose_update(test_device, tested).offers] == [CU6]

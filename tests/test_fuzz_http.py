@@ -13,7 +13,8 @@ from tests.fuzz.strategies import budget, inputs
 
 def test_the_http_seeds_are_answered() -> None:
     statuses = [targets.http(data)[9:12] for data in targets.http_seeds()]
-    assert statuses[:4] == [b"200", b"200", b"206", b"200"]  # check, *Ext + password, ranges, file
+    # a check, an *Ext check with a password, two ranges, a file, a chunked check, a log
+    assert statuses[:6] == [b"200", b"200", b"206", b"200", b"400", b"201"]
     assert targets.http_ext(targets.http_seeds()[1])[9:12] == b"200"  # *Ext with a password
 
 

@@ -447,7 +447,7 @@ def http_seeds() -> list[bytes]:
         b"GET " + IMAGE + b" HTTP/1.0\r\n\r\n",
         b"POST /RequestHandler/ucdevice.upx HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
         b"\r\n\r\n5\r\n<Requ\r\n0\r\n\r\n",
-        b"PUT /DeviceUpdateLogs/log.txt?mac=00-04-F2-00-00-01 HTTP/1.1\r\nHost: x\r\n"
+        b"PUT /RequestHandler/Files?filename=x.clg&mac=00-04-F2-00-00-01 HTTP/1.1\r\nHost: x\r\n"
         b"Content-Length: 5\r\n\r\nhello",
         check + check,  # pipelined
     ]

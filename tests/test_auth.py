@@ -497,6 +497,20 @@ def test_at_most_max_pending_checks_wait_for_the_pool() -> None:
     assert result(d).status == 401
 
 
+def test_checks_in_flight_are_bounded_per_address() -> None:
+    """One address cannot fill the pool with guesses for many user names (nor outrun its
+    failure budget), while other addresses go on."""
+    runner = HeldRunner()
+    auth = make(MemoryDirectory(), SecondsClock(), run_blocking=runner)  # 8 per address
+    waiting = [auth.authenticate(basic(f"user{i}", "guess"), X) for i in range(20)]
+    assert len(runner.held) == 9  # 8 failures to come, then one more would pass the budget
+    assert {(got.status, got.reason) for got in map(result, waiting[9:])} == {(429, "throttled")}
+    elsewhere = auth.authenticate(basic("user0", "other guess"), Y)
+    assert len(runner.held) == 10
+    runner.release()
+    assert result(elsewhere).status == 401
+
+
 def test_a_directory_error_is_503_and_not_a_failure() -> None:
     class Broken:
         def verify(self, username: str, password: str) -> bool:

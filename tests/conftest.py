@@ -64,6 +64,7 @@ SLOW_FILES = {
     "test_ntlm_serve.py",  # a serving appliance with curl --ntlm, requests-ntlm, pyspnego
     "test_ntlm_winbind.py",  # a Samba AD DC in a network namespace, ntlm_auth, curl --ntlm
     "test_serve.py",  # a serving appliance with curl and openssl
+    "test_downloads_serve.py",  # a serving appliance: curl, stalled and dropped sockets
     "test_plain_http_serve.py",  # a serving appliance with curl over plain HTTP
     "test_tls.py",  # openssl s_client against each TLS profile
     "test_users_cli.py",  # the CLI as a process

@@ -102,6 +102,12 @@ class ServiceSettings:
     idle_timeout: float = field(default=15.0, metadata={"check": positive})
     max_connections: int = field(default=4096, metadata={"check": positive})
     max_downloads: int = field(default=256, metadata={"check": positive})
+    # Image downloads (docs/phones.md): at most this many at once from one client address
+    # (after trusted proxies); a body the client stops taking for download_stall_seconds
+    # is aborted; a Range header of more than max_ranges ranges is ignored (whole file).
+    max_downloads_per_client: int = field(default=8, metadata={"check": positive})
+    download_stall_seconds: float = field(default=60.0, metadata={"check": positive})
+    max_ranges: int = field(default=4, metadata={"check": positive})
     retry_after: int = field(default=120, metadata={"check": positive})
     # Capture mode (docs/phones.md): keep the first capture_per_model checks of each phone
     # model and every unparsable check, with TLS details and the answer, in

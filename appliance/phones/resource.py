@@ -18,15 +18,15 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, resource, server, static
+from twisted.web import resource, server
 
 from appliance.catalogue import FileVerifier
 from appliance.config import Config
-from appliance.model import StoredFile
 from appliance.phones.admission import Admission, auth_headers, fired, make_admitter
 from appliance.phones.answers import Answers, RouteKind
 from appliance.phones.auth import Authenticator, AuthResult
 from appliance.phones.codec import CONTENT_TYPE, BaseUrls, CheckError, parse_check
+from appliance.phones.downloads import Download, Downloads
 from appliance.phones.records import DeviceLogError, Records, store_device_log
 from appliance.store import Store
 from appliance.web import GuardedRequest, Rejection
@@ -64,7 +64,7 @@ class PhoneService:
         self.now = now
         self.answers = Answers(store, BaseUrls.from_config(config), FileVerifier(config.store_dir))
         self.records = Records(config, store, now)
-        self.active_downloads = 0
+        self.downloads = Downloads(config.service)
 
     def set_urls(self, urls: BaseUrls) -> None:
         """The base URLs answers carry (known once the listeners have their ports)."""
@@ -191,33 +191,9 @@ class PhoneResource(resource.Resource):
             return _plain(request, 404, "not found")
         if not self.service.answers.intact(stored):  # its hash, once per size and time
             return _plain(request, 503, "this file fails verification; not served")
-        settings = self.service.config.service
-        if self.service.active_downloads >= settings.max_downloads:
-            request.setHeader(b"retry-after", str(settings.retry_after).encode())
-            return _plain(request, 503, "too many downloads at once; retry later")
-        if request.setETag(f'"{stored.sha256}"'.encode()) == http.CACHED:
-            return b""
-        self.service.active_downloads += 1
-        request.notifyFinish().addBoth(self._download_done, request, stored, admission)
-        request.setHeader(b"x-content-sha256", stored.sha256.encode())
-        image = static.File(str(path), defaultType="application/octet-stream")
-        out: bytes | int = image.render(request)
-        return out
-
-    def _download_done(
-        self, outcome: object, request: server.Request, stored: StoredFile, admission: Admission
-    ) -> None:
-        self.service.active_downloads -= 1
-        complete = not isinstance(outcome, Failure)
-        log.info(
-            "image download {path} to {client} ({zone}): {status}{partial}",
-            path=stored.path.as_posix(),
-            client=admission.client,
-            zone=admission.zone.value,
-            status=request.code,
-            partial="" if complete else " (interrupted)",
-            event="image.download",
-        )
+        # Found and inside the store: slots, Range and the body are downloads.py's.
+        download = Download(stored, admission.client, admission.zone)
+        return self.service.downloads.serve(request, path, download)
 
     # -- PUT/POST Files -------------------------------------------------------------------
 

@@ -1,0 +1,406 @@
+"""Image downloads: which bytes a Range gets, the slots, in process (issue 13, defects 1, 2).
+
+The Range rules are pure (`phones.ranges`) and tested with a table; the answers go
+through a real GuardedSite over memory (`appliance.testing.phone_client`). The stalled
+readers, curl's resume and the dropped connections need real sockets: see
+test_downloads_serve.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from appliance.catalogue import sample_check
+from appliance.config import Config, load_config
+from appliance.model import Zone
+from appliance.phones import Authenticator, LocalDirectory, PhoneService
+from appliance.phones.downloads import Body, Download, DownloadLimit, DownloadSlots, Part, Slot
+from appliance.phones.ranges import ByteRange, RangeAnswer, if_range_holds, plan_ranges
+from appliance.store import Store
+from appliance.testing import FixedClock, approved_sample, inline, phone_client, settle
+
+NOW = datetime(2026, 12, 6, 9, 30, tzinfo=UTC)
+CHECK = "http://ucupdates.test/RequestHandler/ucdevice.upx"
+SIZE = 256 * 1024  # the sample image
+MAX_RANGES = 4
+
+
+# -- which bytes: the pure rules ----------------------------------------------------------
+
+
+def _r(*spans: tuple[int, int]) -> tuple[ByteRange, ...]:
+    return tuple(ByteRange(first, last - first + 1) for first, last in spans)
+
+
+@pytest.mark.parametrize(
+    ("header", "answer", "ranges"),
+    [
+        (None, RangeAnswer.WHOLE, ()),
+        (b"bytes=0-99", RangeAnswer.PARTIAL, _r((0, 99))),
+        (b"bytes=1000-", RangeAnswer.PARTIAL, _r((1000, 9999))),  # a phone's resume
+        (b"bytes=-500", RangeAnswer.PARTIAL, _r((9500, 9999))),
+        (b"bytes=-50000", RangeAnswer.PARTIAL, _r((0, 9999))),
+        (b"bytes=9990-20000", RangeAnswer.PARTIAL, _r((9990, 9999))),
+        (b"BYTES = 0-0", RangeAnswer.PARTIAL, _r((0, 0))),
+        (b"bytes=0-9, 20-29,,40-", RangeAnswer.PARTIAL, _r((0, 9), (20, 29), (40, 9999))),
+        (b"bytes=0-9,10-19", RangeAnswer.PARTIAL, _r((0, 9), (10, 19))),  # adjacent
+        (b"bytes=0-9,20000-", RangeAnswer.PARTIAL, _r((0, 9))),  # past the end: dropped
+        (b"bytes=10000-", RangeAnswer.UNSATISFIABLE, ()),
+        (b"bytes=-0", RangeAnswer.UNSATISFIABLE, ()),
+        (b"bytes=20000-30000,-0", RangeAnswer.UNSATISFIABLE, ()),
+        # ignored: the whole file
+        (b"bytes=" + b",".join([b"0-"] * 5000), RangeAnswer.WHOLE, ()),
+        (b"bytes=0-,0-", RangeAnswer.WHOLE, ()),
+        (b"bytes=0-99,50-150", RangeAnswer.WHOLE, ()),
+        (b"bytes=100-199,0-9", RangeAnswer.WHOLE, ()),
+        (b"bytes=-100,0-9", RangeAnswer.WHOLE, ()),
+        (b"bytes=0-0,2-2,4-4,6-6,8-8", RangeAnswer.WHOLE, ()),  # more than MAX_RANGES
+        (b"bytes=9-0", RangeAnswer.WHOLE, ()),
+        (b"bytes=a-b", RangeAnswer.WHOLE, ()),
+        (b"bytes=-", RangeAnswer.WHOLE, ()),
+        (b"bytes=+1-2", RangeAnswer.WHOLE, ()),
+        (b"bytes=" + b"9" * 5000 + b"-", RangeAnswer.WHOLE, ()),
+        (b"items=0-9", RangeAnswer.WHOLE, ()),
+        (b"bytes 0-9", RangeAnswer.WHOLE, ()),
+        (b"bytes=", RangeAnswer.WHOLE, ()),
+    ],
+)
+def test_which_ranges_are_honoured(
+    header: bytes | None, answer: RangeAnswer, ranges: tuple[ByteRange, ...]
+) -> None:
+    plan = plan_ranges(header, 10_000, MAX_RANGES)
+    assert (plan.answer, plan.ranges) == (answer, ranges)
+    assert sum(r.size for r in plan.ranges) <= 10_000
+    assert bool(plan.ignored) == (answer is RangeAnswer.WHOLE and header is not None)
+
+
+def test_if_range_matches_only_the_strong_etag_or_the_exact_date() -> None:
+    etag = b'"abc"'
+    modified = datetime(2026, 12, 1, 8, 0, 0, tzinfo=UTC)
+    assert if_range_holds(None, etag, modified)
+    assert if_range_holds(b'"abc"', etag, modified)
+    assert not if_range_holds(b'"abd"', etag, modified)
+    assert not if_range_holds(b'W/"abc"', etag, modified)
+    assert if_range_holds(format_datetime(modified, usegmt=True).encode(), etag, modified)
+    later = datetime(2026, 12, 1, 8, 0, 1, tzinfo=UTC)
+    assert not if_range_holds(format_datetime(later, usegmt=True).encode(), etag, modified)
+    assert not if_range_holds(b"yesterday", etag, modified)
+
+
+# -- the slots ---------------------------------------------------------------------------
+
+
+def test_slots_are_capped_in_all_and_per_client_and_given_back_once() -> None:
+    slots = DownloadSlots(total=5, per_client=2)
+    a1, a2 = slots.take("192.0.2.1"), slots.take("192.0.2.1")
+    assert isinstance(a1, Slot) and isinstance(a2, Slot)
+    assert slots.take("192.0.2.1") is DownloadLimit.PER_CLIENT
+    others = [slots.take(f"192.0.2.{n}") for n in (2, 3, 4)]
+    assert slots.take("192.0.2.9") is DownloadLimit.ALL
+    a1.release()
+    a1.release()  # a second release (finish, then connection lost) gives nothing back
+    assert slots.active == 4
+    assert isinstance(slots.take("192.0.2.1"), Slot)
+    assert slots.take("192.0.2.1") is DownloadLimit.ALL
+    for slot in [a2, *others]:
+        assert isinstance(slot, Slot)
+        slot.release()
+    assert slots.active == 1
+    assert slots.by_client == {"192.0.2.1": 1}
+
+
+# -- the answers, in process ---------------------------------------------------------------
+
+
+@dataclass
+class Phones:
+    config: Config
+    store: Store
+    service: PhoneService
+    client: StubTreq
+    url: str
+    sha256: str
+
+
+@pytest.fixture
+def phones(tmp_path: Path) -> Iterator[Phones]:
+    config = load_config(None, tmp_path / "data")
+    store = approved_sample(config, FixedClock(NOW), version="4.0.7577.4400")
+    authenticator = Authenticator(
+        LocalDirectory(lambda: store), config.auth, lambda: 0.0, run_blocking=inline
+    )
+    service = PhoneService(config, store, authenticator, lambda: NOW)
+    client = phone_client(service)
+    response = settle(client, client.post(CHECK, data=sample_check("4.0.7577.4366")))
+    body = settle(client, response.content()).decode()
+    base = re.search(r"<BaseURL>[^<]*/(DeviceUpdateFiles_Int/[^<]+)</BaseURL>", body)
+    name = re.search(r"<FileName>([^<]+)</FileName>", body)
+    sha = re.search(r"<SHA256>([^<]+)</SHA256>", body)
+    assert base and name and sha, body
+    url = f"http://ucupdates.test/{base.group(1)}/{name.group(1)}"
+    yield Phones(config, store, service, client, url, sha.group(1))
+    service.close()
+    store.close()
+
+
+def fetch(
+    phones: Phones, headers: dict[str, str], method: str = "GET"
+) -> tuple[int, dict[str, str], bytes]:
+    sent = {k: [v] for k, v in headers.items()}
+    response = settle(phones.client, phones.client.request(method, phones.url, headers=sent))
+    body = settle(phones.client, response.content())
+    got = {k.decode().lower(): v[0].decode() for k, v in response.headers.getAllRawHeaders()}
+    if isinstance(response.length, int):  # Twisted's client keeps Content-Length apart
+        got["content-length"] = str(response.length)
+    return response.code, got, body
+
+
+def whole(phones: Phones, headers: dict[str, str]) -> None:
+    code, got, body = fetch(phones, headers)
+    assert code == 200
+    assert got["content-length"] == str(SIZE)
+    assert hashlib.sha256(body).hexdigest() == phones.sha256
+    assert phones.service.downloads.slots.active == 0
+
+
+def test_five_thousand_copies_of_the_whole_file_get_it_once(phones: Phones) -> None:
+    # Before: 206, multipart, Content-Length 5,000 times the file's size.
+    whole(phones, {"Range": "bytes=" + ",".join(["0-"] * 5000)})
+
+
+@pytest.mark.parametrize(
+    "ranges", ["0-,0-", "0-99,50-150", "100-199,0-9", "-100,0-9", "0-0,2-2,4-4,6-6,8-8", "x"]
+)
+def test_overlapping_out_of_order_or_too_many_ranges_get_the_whole_file(
+    phones: Phones, ranges: str
+) -> None:
+    whole(phones, {"Range": f"bytes={ranges}"})
+
+
+def test_a_resume_gets_the_rest(phones: Phones) -> None:
+    _, _, full = fetch(phones, {})
+    code, got, body = fetch(phones, {"Range": "bytes=1000-"})
+    assert code == 206
+    assert got["content-range"] == f"bytes 1000-{SIZE - 1}/{SIZE}"
+    assert got["content-length"] == str(SIZE - 1000)
+    assert body == full[1000:]
+    code, got, body = fetch(phones, {"Range": "bytes=-10"})
+    assert (code, got["content-range"], body) == (
+        206,
+        f"bytes {SIZE - 10}-{SIZE - 1}/{SIZE}",
+        full[-10:],
+    )
+
+
+def test_a_few_ordered_ranges_get_a_multipart_answer_of_the_announced_length(
+    phones: Phones,
+) -> None:
+    _, _, full = fetch(phones, {})
+    code, got, body = fetch(phones, {"Range": "bytes=0-9,100-109,-5"})
+    assert code == 206
+    assert got["content-type"].startswith("multipart/byteranges; boundary=")
+    assert int(got["content-length"]) == len(body) < 1000
+    for first, last in ((0, 9), (100, 109), (SIZE - 5, SIZE - 1)):
+        part = f"content-range: bytes {first}-{last}/{SIZE}\r\n\r\n".encode()
+        assert re.search(re.escape(part) + re.escape(full[first : last + 1]), body, re.I)
+
+
+def test_a_range_past_the_end_is_416(phones: Phones) -> None:
+    code, got, _ = fetch(phones, {"Range": f"bytes={SIZE}-"})
+    assert code == 416
+    assert got["content-range"] == f"bytes */{SIZE}"
+    assert phones.service.downloads.slots.active == 0
+
+
+def test_if_range_with_the_etag_resumes_and_with_another_gets_the_whole_file(
+    phones: Phones,
+) -> None:
+    _, headers, _ = fetch(phones, {})
+    etag = headers["etag"]
+    assert etag == f'"{phones.sha256}"'
+    code, _, body = fetch(phones, {"Range": "bytes=10-", "If-Range": etag})
+    assert (code, len(body)) == (206, SIZE - 10)
+    code, _, body = fetch(phones, {"Range": "bytes=10-", "If-Range": '"another"'})
+    assert (code, len(body)) == (200, SIZE)
+    code, _, body = fetch(phones, {"Range": "bytes=10-", "If-Range": headers["last-modified"]})
+    assert (code, len(body)) == (206, SIZE - 10)
+
+
+def test_head_and_if_none_match_take_no_slot(phones: Phones) -> None:
+    code, got, body = fetch(phones, {}, method="HEAD")
+    assert (code, body) == (200, b"")  # its Content-Length: test_serve.py, over a socket
+    assert got["accept-ranges"] == "bytes"
+    code, _, body = fetch(phones, {"If-None-Match": got["etag"]})
+    assert (code, body) == (304, b"")
+    assert phones.service.downloads.slots.active == 0
+
+
+def test_a_client_over_its_share_of_slots_gets_503_and_others_do_not(phones: Phones) -> None:
+    slots = phones.service.downloads.slots
+    per_client = phones.config.service.max_downloads_per_client
+    held = [slots.take("127.0.0.1") for _ in range(per_client)]
+    code, got, _ = fetch(phones, {})
+    assert code == 503
+    assert got["retry-after"] == str(phones.config.service.retry_after)
+    for slot in held:
+        assert isinstance(slot, Slot)
+        slot.release()
+    whole(phones, {})
+
+
+# -- the body: every way it ends releases its slot once -----------------------------------
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.aborted = 0
+
+    def abortConnection(self) -> None:
+        self.aborted += 1
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.transport = FakeTransport()
+        self._waitingForTransport = False
+
+
+class FakeSite:
+    def __init__(self, reactor: MemoryReactorClock) -> None:
+        self.reactor = reactor
+
+
+class FakeRequest:
+    """What a Body uses of a twisted.web Request, and a way to lose the connection."""
+
+    def __init__(self, reactor: MemoryReactorClock) -> None:
+        self.site = FakeSite(reactor)
+        self.channel: FakeChannel | None = FakeChannel()
+        self.code = 200
+        self.written: list[bytes] = []
+        self.finished = False
+        self._disconnected = False
+        self.producer: Any = None
+        self._done: list[Deferred[None]] = []
+
+    def notifyFinish(self) -> Deferred[None]:
+        self._done.append(Deferred())
+        return self._done[-1]
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        assert streaming
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        assert not self.finished and not self._disconnected
+        self.written.append(data)
+
+    def finish(self) -> None:
+        assert not self.finished and not self._disconnected
+        self.finished = True
+        for d in self._done:
+            d.callback(None)
+
+    def lose(self) -> None:
+        self._disconnected = True
+        self.channel = None
+        for d in self._done:
+            d.errback(Failure(ConnectionLost()))
+
+
+def start_body(
+    tmp_path: Path, size: int, slots: DownloadSlots
+) -> tuple[Body, FakeRequest, MemoryReactorClock, Any]:
+    image = tmp_path / "image"
+    image.write_bytes(bytes(range(256)) * (size // 256))
+    reactor = MemoryReactorClock()
+    request = FakeRequest(reactor)
+    slot = slots.take("192.0.2.1")
+    assert isinstance(slot, Slot)
+    settings = load_config(None, tmp_path / "data").service
+    stored: Any = SimpleNamespace(path=PurePosixPath("a/b.nbt"))
+    download = Download(stored, "192.0.2.1", Zone.INTERNAL)
+    opened = image.open("rb")
+    parts = [Part(b"", ByteRange(0, size))]
+    body = Body(cast(Any, request), opened, parts, b"", slot, settings, download)
+    body.start()
+    return body, request, reactor, opened
+
+
+def test_a_body_that_is_taken_finishes_and_frees_its_slot(tmp_path: Path) -> None:
+    slots = DownloadSlots(4, 4)
+    body, request, reactor, opened = start_body(tmp_path, 4 * 1024 * 1024, slots)
+    for _ in range(100):  # a batch a reactor turn while the connection takes it
+        if request.finished:
+            break
+        reactor.advance(0)
+    assert request.finished and request.producer is None
+    assert sum(map(len, request.written)) == 4 * 1024 * 1024
+    assert opened.closed and slots.active == 0
+
+
+def test_a_body_paused_past_the_stall_time_is_aborted_once(
+    tmp_path: Path, log_events: list[Any]
+) -> None:
+    slots = DownloadSlots(4, 4)
+    body, request, reactor, opened = start_body(tmp_path, 4 * 1024 * 1024, slots)
+    body.pauseProducing()
+    stall = load_config(None, tmp_path / "data").service.download_stall_seconds
+    reactor.advance(stall - 1)
+    body.resumeProducing()  # progress: the clock starts again at the next pause
+    body.pauseProducing()
+    reactor.advance(stall - 1)
+    assert request.channel is not None and request.channel.transport.aborted == 0
+    reactor.advance(1)
+    transport = request.channel.transport
+    assert transport.aborted == 1
+    assert opened.closed
+    request.lose()  # what the abort leads to
+    body.resumeProducing()  # a late resume or stop after the end does nothing
+    body.stopProducing()
+    reactor.advance(stall * 2)
+    assert transport.aborted == 1
+    assert slots.active == 0 and slots.by_client == {}
+    assert [
+        e["event"] for e in log_events if e.get("event", "").startswith(("download", "image"))
+    ] == [
+        "download.stalled",
+        "image.download",
+    ]
+
+
+def test_a_body_whose_connection_is_lost_stops_writing_and_frees_its_slot_once(
+    tmp_path: Path, log_events: list[Any]
+) -> None:
+    slots = DownloadSlots(4, 4)
+    body, request, reactor, opened = start_body(tmp_path, 4 * 1024 * 1024, slots)
+    written = len(request.written)
+    request.lose()  # the transport never calls stopProducing (as after loseConnection)
+    for _ in range(10):
+        reactor.advance(0)
+        body.resumeProducing()
+    body.stopProducing()
+    assert len(request.written) == written and not request.finished
+    assert opened.closed and slots.active == 0
+    failures = [e for e in log_events if e.get("log_failure") is not None]
+    assert failures == []
+    lines = [e for e in log_events if e.get("event") == "image.download"]
+    assert [e["partial"] for e in lines] == [" (interrupted)"]

@@ -299,4 +299,4 @@ def test_clients_dropping_multi_range_responses_leave_one_line_and_no_traceback(
     levels = {json.dumps(json.loads(r).get("log_level")) for r in text.split("\x1e") if r.strip()}
     assert not [level for level in levels if "critical" in level or "error" in level], levels
     dropped = served.events("image.download")[before:]
-    assert {e["client"] for e in dropped} == {"127.0.0.1"}
+    assert {(e["client"], e["partial"]) for e in dropped} == {("127.0.0.1", " (interrupted)")}

@@ -404,3 +404,26 @@ def test_a_body_whose_connection_is_lost_stops_writing_and_frees_its_slot_once(
     assert failures == []
     lines = [e for e in log_events if e.get("event") == "image.download"]
     assert [e["partial"] for e in lines] == [" (interrupted)"]
+
+
+def test_an_image_of_many_batches_downloads_whole_in_process(tmp_path: Path) -> None:
+    config = load_config(None, tmp_path / "data")
+    size = 3 * 1024 * 1024 + 5  # more than one batch (BATCH chunks a reactor turn)
+    store = approved_sample(config, FixedClock(NOW), version="4.0.7577.4400", image_size=size)
+    authenticator = Authenticator(
+        LocalDirectory(lambda: store), config.auth, lambda: 0.0, run_blocking=inline
+    )
+    service = PhoneService(config, store, authenticator, lambda: NOW)
+    try:
+        client = phone_client(service)
+        response = settle(client, client.post(CHECK, data=sample_check("4.0.7577.4366")))
+        body = settle(client, response.content()).decode()
+        base = re.search(r"<BaseURL>[^<]*/(DeviceUpdateFiles_Int/[^<]+)</BaseURL>", body)
+        name = re.search(r"<FileName>([^<]+)</FileName>", body)
+        assert base and name, body
+        got = settle(client, client.get(f"http://ucupdates.test/{base.group(1)}/{name.group(1)}"))
+        assert (got.code, len(settle(client, got.content()))) == (200, size)
+        assert service.downloads.slots.active == 0
+    finally:
+        service.close()
+        store.close()

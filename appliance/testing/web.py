@@ -38,16 +38,20 @@ def memory_client(make_site: Callable[[MemoryReactorClock], Site]) -> StubTreq:
 def settle(stub: StubTreq, d: defer.Deferred[Any]) -> Any:
     """Move bytes between client and server until `d` fires, in bounded rounds.
 
-    A file goes out through static.File's pull producer, which Twisted's HTTPChannel pumps
-    with the global cooperator; that schedules on the global reactor, which is not running
-    here, so each round also runs its calls that are due (no sockets are involved).
+    An image's body (`phones.downloads.Body`) writes a batch of chunks a reactor turn, on
+    the site's reactor: the client's memory reactor, whose calls that are due each round
+    runs (its clock does not move). Pull producers elsewhere are pumped by Twisted's global
+    cooperator, which schedules on the global reactor, not running here: each round runs
+    its due calls too (no sockets are involved).
     """
     box: list[Any] = []
     d.addBoth(box.append)
+    memory = stub._agent._memoryReactor
     for _ in range(SETTLE_ROUNDS):
         if box:
             break
         stub.flush()  # type: ignore[no-untyped-call]
+        memory.advance(0)
         global_reactor.runUntilCurrent()
     if not box:
         raise AssertionError("the in-memory request did not complete")

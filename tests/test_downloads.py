@@ -29,8 +29,9 @@ from appliance.catalogue import sample_check
 from appliance.config import Config, load_config
 from appliance.model import Zone
 from appliance.phones import Authenticator, LocalDirectory, PhoneService
-from appliance.phones.downloads import Body, Download, DownloadLimit, DownloadSlots, Part, Slot
+from appliance.phones.image_body import Body, Download, Part
 from appliance.phones.ranges import ByteRange, RangeAnswer, if_range_holds, plan_ranges
+from appliance.phones.slots import DownloadLimit, DownloadSlots, Slot
 from appliance.store import Store
 from appliance.testing import FixedClock, approved_sample, inline, phone_client, settle
 

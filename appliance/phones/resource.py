@@ -26,7 +26,8 @@ from appliance.phones.admission import Admission, auth_headers, fired, make_admi
 from appliance.phones.answers import Answers, RouteKind
 from appliance.phones.auth import Authenticator, AuthResult
 from appliance.phones.codec import CONTENT_TYPE, BaseUrls, CheckError, parse_check
-from appliance.phones.downloads import Download, Downloads
+from appliance.phones.downloads import Downloads
+from appliance.phones.image_body import Download
 from appliance.phones.records import DeviceLogError, Records, store_device_log
 from appliance.store import Store
 from appliance.web import GuardedRequest, Rejection

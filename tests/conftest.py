@@ -85,6 +85,7 @@ SLOW_TESTS = {
     "test_health_is_200_when_the_process_is_well",
     "test_health_is_503_with_what_failed_after_its_cache_expires",
     "test_health_reports_the_certificate_and_the_service_state",
+    "test_health_for_a_stranger_is_only_the_status",
     "test_https_check_completes_a_handshake_with_the_certificate_in_use",
     "test_dnsmasq_with_the_snippet_answers_with_our_bytes",
     "test_local_directory_spends_as_long_on_unknown_users",

@@ -277,6 +277,16 @@ def test_an_admin_session(browser: Any, panel: Panel, tmp_path: Path) -> None:
     page.open("/devices")
     page.until(lambda: "/login?next=%2Fdevices" in browser.current_url, "logged out for good")
     page.shot("logged-out")
+
+    # -- a link to the login page that names another site (issue 13, defect 6) ----------------
+    # Before: the script went to any `next` starting with one "/": /\evil.example is
+    # //evil.example to a browser.
+    page.open("/login?next=/%5Cevil.example")
+    page.find("#login-name").send_keys(USER)
+    page.find("#login-password").send_keys(PASSWORD, Keys.ENTER)
+    page.until(lambda: browser.current_url == panel.url + "/updates", "home, not evil.example")
+    page.find("#logout").click()
+    page.until(lambda: browser.current_url.endswith("/login"), "the login page again")
     # no script error, no CSP violation, no 404: only the wrong password's 401
     problems = [e["message"] for e in browser.get_log("browser")]
     assert [m for m in problems if "/api/login - " not in m or "401" not in m] == []

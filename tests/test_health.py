@@ -475,6 +475,11 @@ def test_check_command_exits_2_naming_what_failed(appliance: Appliance) -> None:
 # -- /health -------------------------------------------------------------------------------------
 
 
+def signed_in(request: object) -> bool:
+    """/health's `authorised`: as for a request with a Control Panel session."""
+    return True
+
+
 def get(health: HealthResource) -> tuple[int, dict[str, Any], list[bytes]]:
     request = DummyRequest([b""])
     request.method = b"GET"
@@ -486,7 +491,9 @@ def get(health: HealthResource) -> tuple[int, dict[str, Any], list[bytes]]:
 def test_health_is_200_when_the_process_is_well(
     config: Config, imported: Store, creds: ServerCredentials
 ) -> None:
-    status, body, content_type = get(HealthResource(config, imported, FixedClock(NOW)))
+    status, body, content_type = get(
+        HealthResource(config, imported, FixedClock(NOW), authorised=signed_in)
+    )
     assert status == 200 and content_type == [b"application/json"]
     assert body["status"] == "ok"
     assert [c["name"] for c in body["checks"]] == [
@@ -503,7 +510,7 @@ def test_health_is_503_with_what_failed_after_its_cache_expires(
     config: Config, imported: Store, creds: ServerCredentials
 ) -> None:
     clock = FixedClock(NOW)
-    health = HealthResource(config, imported, clock, cache_seconds=10)
+    health = HealthResource(config, imported, clock, cache_seconds=10, authorised=signed_in)
     assert get(health)[0] == 200
     (config.store_dir / imported.stored_files()[0].path).unlink()
     assert get(health)[0] == 200  # still the cached result
@@ -523,7 +530,7 @@ def test_health_reports_the_certificate_and_the_service_state(
 
     clock = FixedClock(NOW)
     clock.now += timedelta(days=LEAF_DAYS - 5)
-    status, body, _ = get(HealthResource(config, imported, clock, Service()))
+    status, body, _ = get(HealthResource(config, imported, clock, Service(), authorised=signed_in))
     assert status == 503
     by_name = {c["name"]: c for c in body["checks"]}
     assert not by_name["certificate"]["ok"]
@@ -534,9 +541,26 @@ def test_health_reports_the_certificate_and_the_service_state(
         "warning": False,
     }
     Service.running = 0
-    status, body, _ = get(HealthResource(config, imported, FixedClock(NOW), Service()))
+    status, body, _ = get(
+        HealthResource(config, imported, FixedClock(NOW), Service(), authorised=signed_in)
+    )
     assert status == 503
     assert [c["name"] for c in body["checks"] if not c["ok"]] == ["serving"]
+
+
+def test_health_for_a_stranger_is_only_the_status(
+    config: Config, imported: Store, creds: ServerCredentials
+) -> None:
+    # Before: every check's detail (folders, the certificate's path, the listeners) to anyone.
+    class Service:
+        running = 1
+        ports = {"internal-https": (HOST, 8443), "admin": (HOST, 9443)}
+
+    status, body, _ = get(HealthResource(config, imported, FixedClock(NOW), Service()))
+    assert (status, body) == (200, {"status": "ok"})
+    (config.store_dir / imported.stored_files()[0].path).unlink()
+    status, body, _ = get(HealthResource(config, imported, FixedClock(NOW), Service()))
+    assert (status, body) == (503, {"status": "fail"})
 
 
 # -- the expiry warning in serve ---------------------------------------------------------------

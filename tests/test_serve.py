@@ -585,6 +585,67 @@ def test_headers_over_the_limit_close_the_connection(served: Served) -> None:
     assert offered(served.check(check_body()))[0] == APPROVED
 
 
+@pytest.mark.parametrize("end", [b"", b"\r\n"], ids=["no-crlf", "crlf"])
+def test_an_over_long_header_line_gets_431_at_once(served: Served, end: bytes) -> None:
+    # Before: no answer, and the connection closed only by the idle timeout (15 s).
+    head = f"POST {CHECK_PATH} HTTP/1.1\r\nHost: {FQDN}\r\n".encode()
+    line = b"X-Long: " + b"a" * (2 * MAX_HEADER_BYTES) + end
+    started = time.monotonic()
+    with served.raw() as sock:
+        sock.sendall(head + line)
+        response, closed = read_until_closed(sock, IO_SECONDS)
+    assert status_of(response) == 431
+    assert closed and time.monotonic() - started < 2
+    assert offered(served.check(check_body()))[0] == APPROVED
+
+
+@pytest.mark.parametrize("listener", ["internal-https", "external-https", "admin"])
+def test_options_star_and_health_name_no_software_or_path(served: Served, listener: str) -> None:
+    # Before: `Server: TwistedWeb/26.10.0`, and /health's checks (folders, listeners) to anyone.
+    with served.raw(listener) as sock:
+        sock.sendall(f"OPTIONS * HTTP/1.1\r\nHost: {FQDN}\r\n\r\n".encode())
+        sock.sendall(f"GET /health HTTP/1.1\r\nHost: {FQDN}\r\nConnection: close\r\n\r\n".encode())
+        response, _ = read_until_closed(sock, IO_SECONDS)
+    assert status_of(response) == 204
+    assert b"twisted" not in response.lower()
+    assert response.count(b"\r\nServer: ucupdates\r\n") == 2
+    assert str(served.data).encode() not in response
+    assert b"listening" not in response
+    if listener == "admin":
+        assert b'"status"' in response and b'"checks"' not in response
+
+
+def test_a_refused_request_streaming_an_endless_body_is_cut_off(served: Served) -> None:
+    """An external check without credentials (401 from its headers) whose chunked body
+    never ends, sent by a client that ignores the answer and the TLS close_notify."""
+    # Before: read (and decrypted) for 30 s, about 7 GB on loopback.
+    head = f"POST {EXT_CHECK_PATH} HTTP/1.1\r\nHost: {FQDN}\r\nContent-Type: text/xml\r\n"
+    chunk = b"4000\r\n" + b"<" * 0x4000 + b"\r\n"
+    sent, response = 0, b""
+    started = time.monotonic()
+    with served.raw("external-https") as sock:
+        sock.sendall((head + "Transfer-Encoding: chunked\r\n\r\n").encode())
+        while time.monotonic() - started < IO_SECONDS:
+            try:
+                sock.settimeout(0)
+                response += sock.recv(65536)
+            except (ssl.SSLWantReadError, BlockingIOError, ssl.SSLZeroReturnError):
+                pass
+            except OSError:
+                break
+            try:
+                sock.settimeout(2)
+                sock.sendall(chunk)
+            except OSError:  # reset, or the TLS stream cut
+                break
+            sent += len(chunk)
+    elapsed = time.monotonic() - started
+    assert status_of(response) == 401
+    assert elapsed < 3, f"still sending after {elapsed:.1f} s ({sent / 1e6:.0f} MB)"
+    assert sent < 64 * 2**20  # what the kernel's socket buffers hold, not what was read
+    assert offered(served.check(check_body()))[0] == APPROVED
+
+
 def test_stalled_client_is_disconnected(served: Served) -> None:
     with served.raw() as sock:
         sock.sendall(b"POST /RequestHandler/ucdev")

@@ -150,6 +150,15 @@ def locked_until(account: AdminAccount, now: datetime, longest: float | None = N
     return account.locked_until
 
 
+def recent_failures(account: AdminAccount, now: datetime, settings: AdminSettings) -> int:
+    """The account's wrong passwords within the failure window."""
+    window_start = iso(now - timedelta(seconds=settings.failure_window_seconds))
+    first = account.first_failure_at
+    if first is None or first < window_start or first > iso(now):  # (or the clock went back)
+        return 0
+    return account.failures
+
+
 def record_failure(
     store: Store, account: AdminAccount, now: datetime, settings: AdminSettings
 ) -> str | None:
@@ -191,6 +200,11 @@ class AddressFailures:
             del self._locked[address]  # clock went back: not held until it catches up
             return None
         return until - now
+
+    def recent(self, address: str, now: float) -> int:
+        """The address's wrong passwords within the failure window."""
+        window = self.settings.failure_window_seconds
+        return sum(1 for t in self._failures.get(address, []) if 0 <= now - t < window)
 
     def fail(self, address: str, now: float) -> None:
         window = self.settings.failure_window_seconds

@@ -2,10 +2,16 @@
 
 A login checks the password off the reactor thread (argon2id is slow on purpose), and
 locks out an account, and separately a client address, after too many wrong passwords.
+
+A failure counts only once its check is done, so the checks under way count too: an
+account (or an address) with `max_failures` minus its recent failures checks in flight
+gets 429 and Retry-After until one ends (as the phones' authenticator throttles). Forty
+parallel wrong logins run at most `max_failures` checks, and the account ends locked.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -15,7 +21,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web import server
 
-from appliance.admin.accounts import AddressFailures, locked_until, password_matches, record_failure
+from appliance.admin.accounts import (
+    AddressFailures,
+    locked_until,
+    password_matches,
+    recent_failures,
+    record_failure,
+)
 from appliance.admin.call import Call
 from appliance.admin.sessions import (
     Login,
@@ -30,6 +42,9 @@ from appliance.config import AdminSettings
 from appliance.store import Store
 
 log = Logger(namespace="ucupdates.admin")
+
+MAX_CHECKS = 16  # password checks in flight at once, all accounts and addresses together
+RETRY_SECONDS = 1  # Retry-After while the checks under way use up the allowance
 
 
 class SessionsApi:
@@ -47,6 +62,8 @@ class SessionsApi:
         self.reactor = reactor
         self.settings = settings
         self.address_failures = AddressFailures(settings)
+        self.checking_accounts: Counter[str] = Counter()  # checks in flight per account name
+        self.checking_addresses: Counter[str] = Counter()  # and per client address
 
     def login(self, call: Call) -> defer.Deferred[Reply]:
         body = call.json()
@@ -58,11 +75,15 @@ class SessionsApi:
         if left is not None:
             raise _locked(left, "too many wrong passwords from this address")
         account = self.store.admin_account(name) if len(name) <= 64 else None
+        failed = 0
         if account is not None:
             until = locked_until(account, self.clock(), self.settings.lockout_seconds)
             if until is not None:
                 seconds = (datetime.fromisoformat(until) - self.clock()).total_seconds()
                 raise _locked(seconds, "too many wrong passwords for this account")
+            failed = recent_failures(account, self.clock(), self.settings)
+        key = name.lower()[:64]  # the store finds accounts by lower(name)
+        self._start_check(key, failed, address)
         pool = self.reactor.getThreadPool()
         checked = deferToThreadPool(self.reactor, pool, password_matches, account, password)
 
@@ -95,7 +116,42 @@ class SessionsApi:
                 headers=[(b"set-cookie", session_cookie(login.token, self.settings))],
             )
 
-        return checked.addCallback(decided)
+        def done(result: Any) -> Any:
+            self._end_check(key, address)
+            return result
+
+        # `decided` counts a failure before the check stops counting as under way.
+        return checked.addCallback(decided).addBoth(done)
+
+    def _start_check(self, key: str, failed: int, address: str) -> None:
+        """Count a check as under way, or refuse it (429) when the checks already under way
+        could use up what is left of the account's or the address's allowance."""
+        allowed = self.settings.max_failures
+        recent = self.address_failures.recent(address, self.reactor.seconds())
+        if self.checking_accounts[key] + failed >= allowed:
+            why = "password checks for this account under way"
+        elif self.checking_addresses[address] + recent >= allowed:
+            why = "password checks from this address under way"
+        elif self.checking_accounts.total() >= MAX_CHECKS:
+            why = "too many password checks under way"
+        else:
+            self.checking_accounts[key] += 1
+            self.checking_addresses[address] += 1
+            return
+        log.info(
+            "admin login throttled for {name} from {address}: {why}",
+            name=key,
+            address=address,
+            why=why,
+            event="admin.login.throttled",
+        )
+        raise _locked(RETRY_SECONDS, why)
+
+    def _end_check(self, key: str, address: str) -> None:
+        for counter, item in ((self.checking_accounts, key), (self.checking_addresses, address)):
+            counter[item] -= 1
+            if counter[item] <= 0:
+                del counter[item]
 
     def logout(self, call: Call) -> Reply:
         assert call.login is not None

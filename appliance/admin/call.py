@@ -16,6 +16,28 @@ from twisted.web import server
 from appliance.admin.sessions import Login
 from appliance.admin.web import ApiError, Reply
 
+# The API's bodies are flat (an object, its lists of ids). The parser recurses: 100,000
+# nested `[` raised RecursionError (a 500 and a traceback); a few hundred levels parse.
+MAX_JSON_DEPTH = 32
+_TOO_DEEP = object()
+
+
+def json_depth(value: Any) -> int:
+    """How deep a parsed JSON value's arrays and objects nest (counted without recursing)."""
+    depth = 0
+    level = [value]
+    while True:
+        inner = [
+            v
+            for item in level
+            if isinstance(item, (list, dict))
+            for v in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not any(isinstance(item, (list, dict)) for item in level):
+            return depth
+        depth += 1
+        level = inner
+
 
 @dataclass
 class Call:
@@ -48,10 +70,16 @@ class Call:
             raise ApiError(400, "send the request body as JSON (Content-Type: application/json)")
         content: Any = self.request.content
         raw = content.read(self.max_json_bytes + 1) if content is not None else b""
+        if len(raw) > self.max_json_bytes:
+            raise ApiError(413, f"request body over {self.max_json_bytes} bytes")
         try:
             body = json.loads(raw or b"{}")
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "the request body is not valid JSON") from None
+        except RecursionError:
+            body = _TOO_DEEP  # refused below
+        if body is _TOO_DEEP or json_depth(body) > MAX_JSON_DEPTH:
+            raise ApiError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
         return body

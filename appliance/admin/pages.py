@@ -17,6 +17,7 @@ from twisted.web import server
 
 from appliance.admin import charts, inventory
 from appliance.admin.api import Api
+from appliance.admin.redirects import HOME, safe_next
 from appliance.admin.sessions import Login
 from appliance.admin.web import ApiError, Reply
 from appliance.model import Role, RuleState
@@ -65,9 +66,11 @@ class Pages:
         if path == "/":
             return _redirect("/updates" if login else "/login")
         if path == "/login":
+            # where to go once logged in: one of these pages, never another site
+            target = safe_next(_query(request, b"next"), (HOME, *self.bodies))
             if login is not None:
-                return _redirect("/updates")
-            return _html(_layout("Log in", "/login", None, _login_body()))
+                return _redirect(target)
+            return _html(_layout("Log in", "/login", None, _login_body(target)))
         if path not in self.bodies:
             return _not_found()
         if login is None:
@@ -92,6 +95,17 @@ class Pages:
 
 def _html(page: str) -> Reply:
     return Reply(body=page.encode("utf-8"), content_type=b"text/html; charset=utf-8")
+
+
+def _query(request: server.Request, name: bytes) -> str | None:
+    args: dict[bytes, list[bytes]] = request.args or {}
+    values = args.get(name)
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _redirect(where: str) -> Reply:
@@ -154,9 +168,9 @@ def _viewer_note(login: Login) -> str:
     )
 
 
-def _login_body() -> str:
+def _login_body(target: str) -> str:
     return (
-        '<form id="login-form" class="card narrow" novalidate>'
+        f'<form id="login-form" class="card narrow" data-next="{escape(target)}" novalidate>'
         '<p class="field"><label for="login-name">Account name</label>'
         '<input id="login-name" name="name" autocomplete="username" required autofocus></p>'
         '<p class="field"><label for="login-password">Password</label>'

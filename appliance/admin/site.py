@@ -158,7 +158,11 @@ def make_admin_site(
     api = Api(config, store, clock, reactor, settings, openapi)
     panel = ControlPanel(api, pages.Pages(api))
     root = _Root(panel)
-    health: Any = HealthResource(config, store, clock, service)  # an IResource
+
+    def signed_in(request: server.Request) -> bool:  # the checks' details are for admins
+        return api.login_of(request) is not None
+
+    health: Any = HealthResource(config, store, clock, service, authorised=signed_in)
     root.putChild(b"health", health)
     uploads = config.data_dir / UPLOADS
     _sweep_uploads(uploads)

@@ -3,6 +3,8 @@
 `/health` runs the checks about the process itself (`checks.process_checks`: config,
 certificate, store and files) and says whether the service is running with its
 listeners; `ucupdates check` (in `checks`) also goes to the listeners from outside.
+Anyone who reaches the admin listener may ask /health, so without a Control Panel session
+it says only the overall status: the details name files, folders and listeners.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ CACHE_SECONDS = 10.0  # /health answers from results this fresh
 
 
 class HealthResource(resource.Resource):
-    """GET /health: `{"status": "ok"|"fail", "checks": [...]}`, 200 or 503.
+    """GET /health: `{"status": "ok"|"warn"|"fail", "checks": [...]}`, 200 or 503; the
+    checks only for a request that `authorised` accepts (a Control Panel session).
 
     The config, the certificate, the store and its files, and, given the service (an
     `ApplianceService`), that it is running with its listeners. Results are kept for
@@ -43,6 +46,7 @@ class HealthResource(resource.Resource):
         clock: Callable[[], datetime],
         service: Any = None,
         cache_seconds: float = CACHE_SECONDS,
+        authorised: Callable[[server.Request], bool] | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # Twisted: unannotated
         self.config = config
@@ -50,6 +54,7 @@ class HealthResource(resource.Resource):
         self.clock = clock
         self.service = service
         self.cache_seconds = cache_seconds
+        self.authorised = authorised or (lambda request: False)
         self._cached: tuple[datetime, list[CheckResult]] | None = None
 
     def results(self) -> list[CheckResult]:
@@ -77,7 +82,10 @@ class HealthResource(resource.Resource):
         http_request.setResponseCode(200 if all(r.ok for r in results) else 503)
         http_request.setHeader(b"content-type", b"application/json")
         http_request.setHeader(b"cache-control", b"no-store")
-        return json.dumps(report(results), indent=2).encode() + b"\n"
+        body = report(results)
+        if not self.authorised(request):
+            body = {"status": body["status"]}
+        return json.dumps(body, indent=2).encode() + b"\n"
 
 
 def log_certificate_expiry(creds: ServerCredentials, now: datetime, warn_days: int) -> str | None:

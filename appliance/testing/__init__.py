@@ -57,6 +57,8 @@ from appliance.testing.users import (
 from appliance.testing.web import (
     InlinePool,
     InlineReactor,
+    QueuedPool,
+    QueuedReactor,
     inline,
     memory_client,
     phone_client,
@@ -80,6 +82,8 @@ __all__ = [
     "FixedClock",
     "InlinePool",
     "InlineReactor",
+    "QueuedPool",
+    "QueuedReactor",
     "MemoryDirectory",
     "MemorySender",
     "NOW",

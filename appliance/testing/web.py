@@ -84,6 +84,38 @@ class InlineReactor(MemoryReactorClock):
         f(*args, **kwargs)
 
 
+class QueuedPool:
+    """A thread pool that holds the work until `run()`: the work stays in flight."""
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[Callable[[bool, Any], None], Callable[[], Any]]] = []
+        self.submitted = 0
+
+    def callInThreadWithCallback(
+        self, on_result: Callable[[bool, Any], None], work: Callable[..., Any], *args: Any
+    ) -> None:
+        self.submitted += 1
+        self.queue.append((on_result, lambda: work(*args)))
+
+    def run(self) -> int:
+        """Run the work held so far (and none it adds); returns how many ran."""
+        held, self.queue = self.queue, []
+        for on_result, work in held:
+            InlinePool().callInThreadWithCallback(on_result, work)
+        return len(held)
+
+
+class QueuedReactor(InlineReactor):
+    """A memory reactor whose thread-pool work waits in `pool` until the test runs it."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted: unannotated
+        self.pool = QueuedPool()
+
+    def getThreadPool(self) -> QueuedPool:  # type: ignore[override]
+        return self.pool
+
+
 def inline(work: Callable[[], bool]) -> defer.Deferred[bool]:
     """The authenticator's `run_blocking`, running each password check at once."""
     return defer.succeed(work())

@@ -7,6 +7,13 @@ a body over the limit, 401 for an external request without credentials, 429 for 
 locked-out client); the body is then counted as it streams (chunked bodies too). Each
 request must arrive whole within `request_timeout` (slowloris); idle keep-alive
 connections close after `idle_timeout`; at most `max_connections` are open at once.
+
+A header line, or all the headers, over `max_header_bytes` get a 431 at once. Every
+refusal (`reject`, and Twisted's own 400s) answers, stops reading what the client sends,
+and closes; the connection is cut after `LINGER_SECONDS` at the latest (a TLS client that
+never sends its close_notify, while it streams an endless body, would otherwise be read
+until the idle timeout: 6 GB in 30 s on loopback). No answer names the software: the
+Server header says `ucupdates`, and `OPTIONS *` gets an empty 204.
 """
 
 from __future__ import annotations
@@ -23,6 +30,12 @@ from twisted.web import http, server
 from appliance.config import ServiceSettings
 
 log = Logger()
+
+# A refused client has this long to read the answer before its connection is cut (and a
+# connection closed for idleness this long to send its TLS close_notify).
+LINGER_SECONDS = 1.0
+_PHRASES = {431: b"Request Header Fields Too Large"}  # not in Twisted's table
+SERVER = b"ucupdates"  # the Server header: never Twisted's name and version
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,27 @@ class GuardedRequest(server.Request):
         super().__init__(*args, **kwargs)
         self._body_bytes = 0
 
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        if name in (b"Server", "Server") and value == server.version:
+            value = SERVER  # Twisted's default, set before any resource runs
+        super().setHeader(name, value)
+
+    def process(self) -> None:
+        if self.path != b"*":
+            super().process()
+            return
+        # `OPTIONS *` asks about the server, not a resource: an empty answer (Twisted's own
+        # names itself). `*` goes with OPTIONS only (RFC 9112 3.2.4).
+        channel: Any = self.channel
+        self.site = channel.site
+        self.setHeader(b"server", SERVER)
+        if self.method == b"OPTIONS":
+            self.setResponseCode(204)
+        else:
+            self.setResponseCode(400)
+            self.setHeader(b"content-length", b"0")
+        self.finish()
+
     def handleContentChunk(self, data: bytes) -> None:
         self._body_bytes += len(data)
         if self._body_bytes > self.max_body:
@@ -79,16 +113,21 @@ class GuardedRequest(server.Request):
 
 class GuardedChannel(http.HTTPChannel):
     site: GuardedSite
+    abortTimeout = 1  # s (Twisted: 15) from an idle timeout's close to the cut
 
     def __init__(self) -> None:
         super().__init__()
         self._deadline: Any = None  # an IDelayedCall while a request is arriving
+        self._linger: Any = None  # an IDelayedCall once a refusal is sent
         self._rejected = False
         self.auth_state: Any = None  # what `admit` keeps per connection (NTLM's handshake)
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.totalHeadersSize = self.site.limits.max_header_bytes
+        # One line may not be longer than all the headers together (Twisted: 16 KiB, and
+        # then a silent close that TLS delays until the idle timeout).
+        self.MAX_LENGTH = self.site.limits.max_header_bytes
         self.setTimeout(self.site.limits.idle_timeout)
 
     def dataReceived(self, data: bytes) -> None:
@@ -99,6 +138,24 @@ class GuardedChannel(http.HTTPChannel):
         if self._deadline is None and not self._rejected and not self._handlingRequest:
             self._deadline = self.callLater(self.site.limits.request_timeout, self._too_slow)
         super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._headers_too_large()
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._headers_too_large()
+
+    def _headers_too_large(self) -> None:
+        limit = self.site.limits.max_header_bytes
+        self.reject(Rejection(431, f"request line or headers over {limit} bytes"))
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own refusals (a malformed request line, header or chunk): a bare 400
+        # and a close that a TLS client could hold open while it sends on.
+        self.reject(Rejection(400, "malformed request"))
 
     def allHeadersReceived(self) -> None:
         request = self.requests[-1]
@@ -134,13 +191,14 @@ class GuardedChannel(http.HTTPChannel):
         return b"text/plain; charset=utf-8", rejection.reason.encode("utf-8", "replace") + b"\n", []
 
     def reject(self, rejection: Rejection) -> None:
-        """Answer now, ignore whatever else the client sends, and close."""
+        """Answer now, read nothing more from the client, and close (cut after
+        `LINGER_SECONDS` if the client has not closed its side by then)."""
         if self._rejected:
             return
         self._rejected = True
         self._cancel_deadline()
         content_type, body, extra = self.rejection_body(rejection)
-        phrase = http.RESPONSES.get(rejection.status, b"Error")
+        phrase = _PHRASES.get(rejection.status) or http.RESPONSES.get(rejection.status, b"Error")
         head = [
             b"HTTP/1.1 %d %s" % (rejection.status, phrase),
             b"Content-Type: " + content_type,
@@ -153,10 +211,25 @@ class GuardedChannel(http.HTTPChannel):
         transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         noop: Callable[..., None] = lambda *args: None  # noqa: E731
         self.dataReceived = self.lineReceived = self.rawDataReceived = noop  # type: ignore[method-assign]
-        self.loseConnection()
+        # Read no more: over TLS the close waits for the client's close_notify, and a
+        # client streaming a body would be read (and decrypted) until then.
+        pause = getattr(transport, "pauseProducing", None)
+        if pause is not None:
+            pause()
+        self.loseConnection()  # (unregisters the channel: nothing resumes the reads)
+        self._linger = self.callLater(LINGER_SECONDS, self._cut)
+
+    def _cut(self) -> None:
+        self._linger = None
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_deadline()
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
         self.site.open_connections -= 1
         super().connectionLost(reason)
 

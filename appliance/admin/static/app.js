@@ -149,8 +149,8 @@
       if (!name || !password) { error.textContent = "Give your account name and password."; return; }
       try {
         await api("POST", "/api/login", { name, password: $("#login-password").value });
-        const next = new URLSearchParams(location.search).get("next") || "";
-        location.href = next.startsWith("/") && !next.startsWith("//") ? next : "/updates";
+        // the server checked ?next= and kept only one of the Control Panel's own pages
+        location.href = form.dataset.next || "/";
       } catch (e) {
         error.textContent = e.message;
         $("#login-password").value = "";

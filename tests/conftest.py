@@ -70,6 +70,7 @@ SLOW_FILES = {
     "test_users_cli.py",  # the CLI as a process
 }
 SLOW_TESTS = {
+    "test_opening_the_database_again_keeps_the_locks_of_open_connections",  # 2 processes
     "test_a_disk_that_fills_during_the_import_fails_cleanly",
     "test_a_log_upload_on_a_full_disk_is_refused_with_507_and_leaves_nothing",  # mount
     "test_a_second_import_waits_for_none_and_says_why",

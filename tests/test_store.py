@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
@@ -16,6 +18,7 @@ from appliance.testing import (
     CU7,
     CU8,
     CX600,
+    REPO,
     FixedClock,
     add_update,
     seen_device,
@@ -512,3 +515,33 @@ def test_times_are_utc_with_z() -> None:
         assert store.insert_rule(CX600, CU8).updated_at == "2013-04-02T09:30:00Z"
     finally:
         store.close()
+
+
+def test_opening_the_database_again_keeps_the_locks_of_open_connections(tmp_path: Path) -> None:
+    """A second Store.open in the same process must not drop the first connection's locks:
+    closing any descriptor of a file drops every POSIX lock the process holds on it, and
+    then another process, as the database's last user, deletes the WAL under our writes."""
+    path = tmp_path / "ucupdates.sqlite3"
+
+    def in_another_process(code: str) -> str:
+        script = f"from appliance.store import Store; s = Store.open({str(path)!r}); {code}"
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            check=True,
+            cwd=REPO,
+            timeout=60,
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout.strip()
+
+    first = Store.open(path)
+    try:
+        first.append_event("test", "first", "before")
+        Store.open(path).close()
+        in_another_process("s.events(1); s.close()")
+        for i in range(20):
+            first.append_event("test", "write", f"after {i}")
+        assert in_another_process("print(len(s.events(100)))") == "21"
+    finally:
+        first.close()

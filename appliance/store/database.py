@@ -48,9 +48,16 @@ DATABASE_MODE = 0o600
 
 def _private_files(path: Path) -> None:
     """Create the database file 0600 if missing (SQLite would make it 0644 under umask
-    022); take every permission for others off an existing one and its -wal and -shm."""
+    022); take every permission for others off an existing one and its -wal and -shm.
+
+    An existing file is never opened here: closing any descriptor of a file drops every
+    POSIX lock this process holds on it, SQLite's included, so another connection of the
+    same process (the import thread's, say) would lose its locks ("disk I/O error").
+    """
     try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, DATABASE_MODE))
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, DATABASE_MODE))
+    except FileExistsError:
+        pass
     except OSError as e:
         raise StoreError(f"{path}: cannot open the database: {e.strerror}") from e
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):

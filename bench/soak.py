@@ -72,6 +72,13 @@ SAMPLE_SECONDS = 2.0
 RSS_TOLERANCE = 8 * 1024 * 1024  # fitted growth after warm-up, bytes
 FD_TOLERANCE = 8.0  # fitted growth after warm-up, descriptors
 WORKERS = 16
+# OpenSSL's server session cache (SSL_SESSION_CACHE_MAX_SIZE_DEFAULT): the appliance keeps
+# every TLS session (OP_NO_TICKET, timeout 7,200 s) up to this many per listener, about
+# 1.1 KB each, so RSS grows by ~21 MiB until it is full (9 new TLS connections a second
+# here fill it in 38 min). Longer runs fill it first with bare handshakes, so that what
+# is measured after warm-up is the steady state, not a bounded cache filling up.
+TLS_SESSION_CACHE = 20_480
+FILL_FROM_SECONDS = 600  # runs at least this long fill the cache first
 
 
 # -- the appliance --------------------------------------------------------------------------
@@ -140,8 +147,8 @@ class PinnedHTTPS(http.client.HTTPSConnection):
         self.sock = self._tls.wrap_socket(raw, server_hostname=FQDN)
 
 
-def phone_mac(n: int) -> str:
-    n %= FLEET
+def phone_mac(n: int, fleet: int = FLEET) -> str:
+    n %= fleet
     return f"00-04-F2-01-{n >> 8:02X}-{n & 0xFF:02X}"
 
 
@@ -336,16 +343,43 @@ def judge(samples: list[tuple[float, int, int]], seconds: float) -> dict[str, An
 # -- the soak -------------------------------------------------------------------------------
 
 
-def visit(target: Target, tally: Tally, n: int) -> None:
+def handshake(target: Target) -> None:
+    """A TLS handshake with the internal HTTPS listener, then close (one cached session)."""
+    raw = socket.create_connection((HOST, target.ports["internal-https"]), IO_SECONDS)
+    with target.tls.wrap_socket(raw, server_hostname=FQDN):
+        pass
+
+
+def fill_tls_cache(target: Target, count: int = TLS_SESSION_CACHE) -> dict[str, Any]:
+    """`count` bare handshakes (a tenth more), as fast as the listener takes them."""
+    before = rss_and_fds(target.pid)
+    started = time.monotonic()
+    tally = Tally()
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(count + count // 10):
+            pool.submit(tally.timed, "handshake", lambda: handshake(target))
+    after = rss_and_fds(target.pid)
+    return {
+        "handshakes": tally.done.get("handshake", 0),
+        "errors": tally.errors.get("handshake", 0),
+        "seconds": round(time.monotonic() - started, 1),
+        "rss_before_mib": round(before[0] / 2**20, 2) if before else None,
+        "rss_after_mib": round(after[0] / 2**20, 2) if after else None,
+    }
+
+
+def visit(target: Target, tally: Tally, n: int, fleet: int = FLEET) -> None:
     """What phone n does at boot: both DNS names, an update check, the download."""
     for name in DNS_NAMES:
         tally.timed("dns", lambda name=name: dns_query(target.ports["dns-udp"], name))
-    offer = tally.timed("check", lambda: update_check(target, phone_mac(n)))
+    offer = tally.timed("check", lambda: update_check(target, phone_mac(n, fleet)))
     if offer is not None:
         tally.timed("download", lambda: download(target, offer, plain=n % 2 == 0))
 
 
-def soak(target: Target, seconds: float, rate: float) -> tuple[Tally, dict[str, Any]]:
+def soak(
+    target: Target, seconds: float, rate: float, fleet: int = FLEET
+) -> tuple[Tally, dict[str, Any]]:
     """Visits at `rate` a second for `seconds`, sampling the serve process meanwhile."""
     tally = Tally()
     samples: list[tuple[float, int, int]] = []
@@ -365,7 +399,7 @@ def soak(target: Target, seconds: float, rate: float) -> tuple[Tally, dict[str, 
     sampler.start()
     planned = int(seconds * rate)
     behind = 0.0
-    offset = random.randrange(FLEET)
+    offset = random.randrange(fleet)
     with ThreadPoolExecutor(WORKERS) as pool:
         for n in range(planned):
             due = started + n / rate
@@ -374,7 +408,7 @@ def soak(target: Target, seconds: float, rate: float) -> tuple[Tally, dict[str, 
                 time.sleep(due - now)
             else:
                 behind = max(behind, now - due)
-            pool.submit(visit, target, tally, offset + n)
+            pool.submit(visit, target, tally, offset + n, fleet)
     elapsed = time.monotonic() - started
     stop.set()
     sampler.join(timeout=10)
@@ -388,26 +422,42 @@ def soak(target: Target, seconds: float, rate: float) -> tuple[Tally, dict[str, 
     return tally, run
 
 
-def run(seconds: float, rate: float, out: Path, work: Path) -> tuple[bool, dict[str, Any]]:
+def run(
+    seconds: float,
+    rate: float,
+    out: Path,
+    work: Path,
+    fleet: int = FLEET,
+    fill: bool | None = None,
+) -> tuple[bool, dict[str, Any]]:
     """Prepare, serve, soak, judge; the report is written to `out`/soak-<time>.json."""
     config = prepare(work)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     ended_badly = None
     tally = Tally()
     outcome: dict[str, Any] = {}
+    filled: dict[str, Any] | None = None
+    if fill is None:
+        fill = seconds >= FILL_FROM_SECONDS
     try:
         with running(work, config) as target:
-            tally, outcome = soak(target, seconds, rate)
+            if fill:
+                filled = fill_tls_cache(target)
+            tally, outcome = soak(target, seconds, rate, fleet)
     except AssertionError as e:  # serve's exit status or a traceback in its log
         ended_badly = str(e)[-2000:]
     requests = tally.summary()
-    errors = sum(tally.errors.values()) + (ended_badly is not None)
+    errors = (
+        sum(tally.errors.values()) + (ended_badly is not None) + (filled or {}).get("errors", 0)
+    )
     memory = judge(outcome.get("samples", []), seconds)
     passed = errors == 0 and memory["flat"] and bool(outcome)
     report = {
         "started": stamp,
         "seconds": seconds,
         "rate_visits_per_s": rate,
+        "fleet": fleet,
+        "tls_cache_fill": filled,
         "per_visit": {"dns": len(DNS_NAMES), "check": 1, "download": 1},
         "image_bytes": IMAGE_SIZE,
         "requests": requests,
@@ -450,11 +500,20 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=float, default=float(os.environ.get("SOAK_SECONDS", 3600))
     )
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help="visits per second")
+    parser.add_argument("--fleet", type=int, default=FLEET, help="distinct phones (MACs)")
+    parser.add_argument(
+        "--fill-tls-cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"fill the TLS session cache first (default: for runs of {FILL_FROM_SECONDS} s+)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="soak-") as work:
-        passed, report = run(args.seconds, args.rate, args.out, Path(work))
+        passed, report = run(
+            args.seconds, args.rate, args.out, Path(work), args.fleet, args.fill_tls_cache
+        )
     for line in report["first_errors"]:
         print("  " + line)
     if report["serve_ended_badly"]:

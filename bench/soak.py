@@ -6,6 +6,8 @@ DNS for both discovery names (`ucupdates-r2.<domain>`, `ucupdates.<domain>`, ove
 sends an update check over a new TLS connection (phones do not keep connections), and
 downloads the image it was offered (every other visit over the internal plain-HTTP
 listener, as the BaseURL says, the others over HTTPS), checking its size and SHA-256.
+Each phone sends from its own loopback address (127.1.x.y), so per-address limits
+(download slots per client, DNS response rate limiting) see a fleet, not one host.
 
 The rate: the fleet benchmark that will set "twice the peak" does not exist yet, so the
 default is derived from a fleet of 10,000 phones that all check within one hour after a
@@ -136,20 +138,29 @@ def running(work: Path, config: Path) -> Iterator[Target]:
 
 
 class PinnedHTTPS(http.client.HTTPSConnection):
-    """HTTPS to 127.0.0.1 with SNI and Host of FQDN, the certificate checked against it."""
+    """HTTPS to 127.0.0.1 with SNI and Host of FQDN, the certificate checked against it,
+    from the source address given (a phone's own)."""
 
-    def __init__(self, port: int, context: ssl.SSLContext) -> None:
+    def __init__(self, port: int, context: ssl.SSLContext, source: str = HOST) -> None:
         super().__init__(FQDN, port, timeout=IO_SECONDS, context=context)
         self._tls = context
+        self._source = source
 
     def connect(self) -> None:
-        raw = socket.create_connection((HOST, self.port), IO_SECONDS)
+        raw = socket.create_connection((HOST, self.port), IO_SECONDS, (self._source, 0))
         self.sock = self._tls.wrap_socket(raw, server_hostname=FQDN)
 
 
 def phone_mac(n: int, fleet: int = FLEET) -> str:
     n %= fleet
     return f"00-04-F2-01-{n >> 8:02X}-{n & 0xFF:02X}"
+
+
+def phone_address(n: int, fleet: int = FLEET) -> str:
+    """Phone n's own loopback address (127.1.x.y: Linux routes all of 127/8 to lo), so
+    that per-address limits (download slots, DNS rate limits) see a fleet, not one host."""
+    n %= fleet
+    return f"127.{1 + (n >> 16)}.{(n >> 8) & 0xFF}.{n & 0xFF}"
 
 
 @dataclass(frozen=True)
@@ -159,10 +170,10 @@ class Offer:
     sha256: str
 
 
-def update_check(target: Target, mac: str) -> Offer:
+def update_check(target: Target, mac: str, source: str = HOST) -> Offer:
     """One update check on a new TLS connection; the image offered, or raises `Wrong`
     naming what was wrong with the answer."""
-    conn = PinnedHTTPS(target.ports["internal-https"], target.tls)
+    conn = PinnedHTTPS(target.ports["internal-https"], target.tls, source)
     try:
         conn.request("POST", CHECK_PATH, sample_check(RUNNING, mac), {"Content-Type": "text/xml"})
         response = conn.getresponse()
@@ -185,14 +196,15 @@ def update_check(target: Target, mac: str) -> Offer:
     return Offer(urlsplit(base).path + "/" + name, IMAGE_SIZE, sha256.lower())
 
 
-def download(target: Target, offer: Offer, plain: bool) -> int:
+def download(target: Target, offer: Offer, plain: bool, source: str = HOST) -> int:
     """GET the offered image over the internal plain-HTTP or HTTPS listener, its size and
     SHA-256 checked against the offer; its size, or `Wrong`."""
     conn: http.client.HTTPConnection
     if plain:
-        conn = http.client.HTTPConnection(HOST, target.ports["internal-http"], timeout=IO_SECONDS)
+        port = target.ports["internal-http"]
+        conn = http.client.HTTPConnection(HOST, port, IO_SECONDS, (source, 0))
     else:
-        conn = PinnedHTTPS(target.ports["internal-https"], target.tls)
+        conn = PinnedHTTPS(target.ports["internal-https"], target.tls, source)
     try:
         conn.request("GET", offer.path, headers={"Host": FQDN})
         response = conn.getresponse()
@@ -211,10 +223,11 @@ def download(target: Target, offer: Offer, plain: bool) -> int:
     return size
 
 
-def dns_query(port: int, name: str) -> None:
+def dns_query(port: int, name: str, source: str = HOST) -> None:
     """An A query over UDP; `Wrong` unless NOERROR with an address for `name`."""
     query = DNSRecord.question(name, "A")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
         s.settimeout(IO_SECONDS / 2)
         s.sendto(query.pack(), (HOST, port))
         for _ in range(10):  # bounded: a stray datagram is skipped
@@ -370,11 +383,12 @@ def fill_tls_cache(target: Target, count: int = TLS_SESSION_CACHE) -> dict[str, 
 
 def visit(target: Target, tally: Tally, n: int, fleet: int = FLEET) -> None:
     """What phone n does at boot: both DNS names, an update check, the download."""
+    source = phone_address(n, fleet)
     for name in DNS_NAMES:
-        tally.timed("dns", lambda name=name: dns_query(target.ports["dns-udp"], name))
-    offer = tally.timed("check", lambda: update_check(target, phone_mac(n, fleet)))
+        tally.timed("dns", lambda name=name: dns_query(target.ports["dns-udp"], name, source))
+    offer = tally.timed("check", lambda: update_check(target, phone_mac(n, fleet), source))
     if offer is not None:
-        tally.timed("download", lambda: download(target, offer, plain=n % 2 == 0))
+        tally.timed("download", lambda: download(target, offer, n % 2 == 0, source))
 
 
 def soak(

@@ -51,6 +51,10 @@ def log_events() -> Iterator[list[LogEvent]]:
 # process, slapd, rsyslogd, dnsmasq, Chromium, debootstrap, a serving appliance) or spends
 # seconds on purpose (faults, memory, lockout timing). `make test` runs both.
 SLOW_FILES = {
+    "test_bad_input.py",  # the catalogue of hostile input, 80 cases with before/after state
+    "test_fuzz_codecs.py",  # hypothesis over the codecs (make fuzz runs them longer)
+    "test_fuzz_http.py",  # hypothesis over the admission guard
+    "test_fuzz_packages.py",  # hypothesis over the importer
     "test_admin_api.py",  # a Control Panel process over TLS (test_admin_web.py: in process)
     "test_admin_browser.py",  # Chromium
     "test_admin_remote.py",  # a serving appliance driven by the CLI

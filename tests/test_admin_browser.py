@@ -278,7 +278,7 @@ def test_an_admin_session(browser: Any, panel: Panel, tmp_path: Path) -> None:
     page.until(lambda: "/login?next=%2Fdevices" in browser.current_url, "logged out for good")
     page.shot("logged-out")
 
-    # -- a link to the login page that names another site (issue 13, defect 6) ----------------
+    # -- a link to the login page that names another site ----------------
     # Before: the script went to any `next` starting with one "/": /\evil.example is
     # //evil.example to a browser.
     page.open("/login?next=/%5Cevil.example")

@@ -1,4 +1,4 @@
-"""The Control Panel against a hostile client, in process (issue 13, defects 4, 6 and 7).
+"""The Control Panel against a hostile client, in process.
 
 The admin listener's real site receives raw HTTP on in-memory connections, each from the
 client address a test chooses. The password checks wait in a queued thread pool until

@@ -11,7 +11,7 @@ obeys `reload` and `counters` on standard input (what SIGHUP and a CLI command w
 - `refusing`: external too, without an external address; its upstream never answers
   (127.0.0.1 may recurse all the same: `dns.forward_networks`); at most 3 TCP connections;
 - `guarded`: only 127.0.0.1 is internal (so dig -b 127.0.0.2 is an outside client), with
-  dnsmasq upstream, which logs every query it gets: no open resolver (issue 13).
+  dnsmasq upstream, which logs every query it gets: no open resolver.
 
 Traffic goes only to 127.0.0.1 (from 127.0.0.1, or 127.0.0.2 as an outside client).
 """
@@ -638,7 +638,7 @@ def test_fuzzed_packets_do_not_hurt(responders: Responders) -> None:
     assert dig(inside.port, NAME).answers == [(NAME + ".", "A", INTERNAL_V4)]
 
 
-# -- slowloris on DNS over TCP (issue 13, "What else to build" 4) ---------------------------------
+# -- slowloris on DNS over TCP ------------------------------------------------------------
 
 LORIS = """\
 import json, select, socket, sys, time

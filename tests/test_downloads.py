@@ -1,4 +1,4 @@
-"""Image downloads: which bytes a Range gets, the slots, in process (issue 13, defects 1, 2).
+"""Image downloads: which bytes a Range gets, the slots, in process.
 
 The Range rules are pure (`phones.ranges`) and tested with a table; the answers go
 through a real GuardedSite over memory (`appliance.testing.phone_client`). The stalled

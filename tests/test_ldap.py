@@ -388,7 +388,7 @@ def test_authenticator_over_ldap(slapd: Slapd) -> None:
         429,
     ]
     assert len(ldap.calls) == 4
-    # Locked out, but not the right password (issue 13, defect 5): remembered, it passes...
+    # Locked out, but not the right password: remembered, it passes...
     assert check("alice", ALICE_PASSWORD).reason == "cached"
     assert len(ldap.calls) == 4
     # ...and once the cache has expired, the user's last right password is checked at once,

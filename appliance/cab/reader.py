@@ -8,7 +8,7 @@ and member sizes verified on the way, SHA-256 computed as the data goes to disk)
 and Quantum folders, which Python cannot decode, go through the `cabextract` program.
 
 cabarchive is not used for reading: it holds the whole archive in memory and has no
-limits (pitfalls §3).
+limits (measured: a 448 KiB cab of zeros took 385 MiB).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 `Downloads.serve` answers a GET or HEAD of a stored image once `resource.py` has found it
 in the catalogue and checked its path. It replaces Twisted's `static.File`, which honoured
-any Range header (pitfalls §9) and streamed through a pull producer that nothing watched:
+any Range header, overlapping ones included, and streamed through a pull producer that
+nothing watched:
 
 - which bytes: `ranges.plan_ranges` (one range, or up to `service.max_ranges` in order and
   not overlapping; otherwise the whole file, or 416);

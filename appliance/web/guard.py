@@ -1,6 +1,6 @@
 """Limits on everything an HTTP client controls, enforced as the bytes arrive.
 
-Twisted reads a whole request body before any resource runs (pitfalls §2), so the checks
+Twisted reads a whole request body before any resource runs (no built-in cap), so the checks
 that must come first happen here, when the headers are in: a site-supplied `admit`
 function sees method, path, declared length and headers and may refuse at once (413 for
 a body over the limit, 401 for an external request without credentials, 429 for a

@@ -279,7 +279,7 @@ RELAY = "10.0.0.1"  # the relay agent the seeds name in giaddr, and the one conf
 
 @functools.cache
 def _relays() -> dict[str, Any]:
-    """`relays=` for `decide` once it takes the configured relays (issue 13, defect 7)."""
+    """`relays=` for `decide` once it takes the configured relays."""
     import inspect
 
     from appliance.config import Network

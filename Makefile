@@ -13,7 +13,7 @@ SYSTEM_PACKAGES := cabextract gcab openssl curl slapd ldap-utils rsyslog dnsutil
 STAMP_SYS := $(VENV)/.system-packages
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck bench bench-import bench-serve bench-dns setup clean sample fuzz \
+.PHONY: run test check lint typecheck bench bench-check bench-serve bench-dns bench-import setup clean sample fuzz \
 	soak constraints
 
 setup: $(STAMP)
@@ -85,16 +85,20 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check appliance tests bench
 	$(VENV)/bin/mypy
 
+# benchmarks against the reference tools, interleaved on the same machine; each prints its
+# table and writes bench/out/<name>.json (docs/benchmarks.md)
 bench-import: $(STAMP)
 	$(PY) bench/bench_import.py
 
-bench-serve: $(STAMP)
-	$(PY) bench/bench_serve.py
+bench-check: $(STAMP)
+	$(PY) bench/bench_checks.py
+
+bench-serve: bench-check
 
 bench-dns: $(STAMP)
 	$(PY) bench/bench_dns.py
 
-bench: bench-import bench-serve bench-dns
+bench: bench-check bench-dns bench-import
 
 # the appliance under a fleet's traffic for SOAK_SECONDS (bench/soak.py): fails on any error
 # or when RSS or open descriptors grow after warm-up; report in bench/out/soak-*.json

@@ -1,8 +1,8 @@
--- wrk script of bench/bench_serve.py (wrk -s bench/serve.lua ...).
+-- wrk script of bench/harness.py (wrk -s bench/wrk.lua ...).
 --
 -- With BENCH_WRK_BODY naming a file, every request is a POST of that file's bytes with
 -- Content-Type text/xml (an update check); without it, wrk's plain GET. done() prints one
--- line, "BENCH {json}", with wrk's exact counters (microseconds, bytes), so the script
+-- line, "BENCH {json}", with wrk's exact counters (microseconds, bytes), so the harness
 -- does not have to parse wrk's rounded human-readable summary.
 
 local body_file = os.getenv("BENCH_WRK_BODY")
@@ -17,11 +17,8 @@ end
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    'BENCH {"duration_us": %d, "requests": %d, "bytes": %d, "connect_errors": %d, '
-      .. '"read_errors": %d, "write_errors": %d, "status_errors": %d, "timeouts": %d, '
-      .. '"latency_mean_us": %.1f, "latency_p50_us": %d, "latency_p90_us": %d, '
-      .. '"latency_p99_us": %d, "latency_max_us": %d}\n',
+    'BENCH {"duration_us": %d, "requests": %d, "bytes": %d, "connect": %d, "read": %d, '
+      .. '"write": %d, "timeout": %d, "p50_us": %d, "p99_us": %d, "max_us": %d}\n',
     summary.duration, summary.requests, summary.bytes, e.connect, e.read, e.write,
-    e.status, e.timeout, latency.mean, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max))
+    e.timeout, latency:percentile(50), latency:percentile(99), latency.max))
 end

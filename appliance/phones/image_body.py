@@ -1,17 +1,26 @@
-"""The body of an image download: pushed while the connection takes it, cut when it stalls.
+"""The body of an image download: sent while the connection takes it, cut when it stalls.
 
 `downloads.Downloads` decides status, headers and slot, then hands the open file, the
-parts to send and the slot to a `Body`. The body is a push producer: Twisted pauses it
-when the connection's write buffer is full and resumes it when that drains. Paused for
-`service.download_stall_seconds` in a row means the client stopped reading: the
-connection is aborted (`download.stalled`). However the body ends (finished, connection
-lost, aborted), the file is closed and the slot released once, and nothing more is
-written; the `image.download` line says how it ended.
+parts to send and the slot to a body, after the response head has been written. A
+`TransportBody` writes to a raw transport and is its push producer:
+
+- on a plain TCP connection it sends with `os.sendfile` from the page cache to the
+  socket (`web.SocketWriter`), the multipart heads between the spans, once the head
+  written through the transport has gone;
+- on anything else (TLS, memory transports in tests) it reads large pieces and writes
+  them, a bounded batch a reactor turn, and stops at the transport's first pause: a
+  slow client holds about one transport buffer, not more.
+
+No progress for `service.download_stall_seconds` in a row (paused, or the socket full)
+means the client stopped reading: the connection is aborted (`download.stalled`).
+However the body ends (sent, connection lost, aborted), the file is closed and the slot
+released once, the producer unregistered, and the `image.download` line says how it
+ended. `Body` is the same behind a twisted.web Request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -23,11 +32,14 @@ from appliance.config import ServiceSettings
 from appliance.model import StoredFile, Zone
 from appliance.phones.ranges import ByteRange
 from appliance.phones.slots import Slot
+from appliance.web import SocketWriter, sendfile_transport, transport_pending
 
 log = Logger(namespace="ucupdates.phone")
 
-CHUNK = 64 * 1024  # bytes read and written at a time
-BATCH = 16  # chunks written in one reactor turn while the transport keeps taking them
+CHUNK = 64 * 1024  # bytes read and written at a time where Python carries them
+BATCH = 16  # pieces written in one reactor turn while the transport keeps taking them
+SENDFILE_MAX = 8 * 1024 * 1024  # bytes asked of one os.sendfile
+SOCKET_BATCH = 16  # sends in one writable event, before other connections get a turn
 
 
 @dataclass(frozen=True)
@@ -45,66 +57,103 @@ class Download:
     zone: Zone
 
 
-class Body:
-    """A response body read from an open file: an IPushProducer, registered as streaming.
+class TransportBody:
+    """A response body read from an open file and written to `transport`.
 
-    Twisted pauses it when the connection's write buffer is full and resumes it when that
-    drains; paused for `download_stall_seconds` in a row means the client stopped reading,
-    and the connection is aborted. The file is closed and the slot released once, however
-    the body ends.
+    `reactor` provides IReactorTime and IReactorFDSet. The caller has written the head;
+    `start()` registers the body as the transport's streaming producer and sends.
+    `done(True)` follows once every byte is handed to the transport (the producer is
+    unregistered by then), `done(False)` when the body aborted the connection itself.
+    The protocol calls `connection_lost()` from its connectionLost; after it, `done` is
+    not called. Calling `pauseProducing()` before `start()` starts it paused.
     """
 
     def __init__(
         self,
-        request: server.Request,
+        reactor: Any,
+        transport: Any,
         image: IO[bytes],
         parts: list[Part],
         trailer: bytes,
         slot: Slot,
         settings: ServiceSettings,
         download: Download,
+        status: int,
+        done: Callable[[bool], None],
     ) -> None:
-        self._request = request
+        self._reactor = reactor
+        self._transport = transport
         self._image = image
-        self._chunks = _chunks(image, parts, trailer)
+        self._items: list[bytes | ByteRange] = []
+        for part in parts:
+            if part.head:
+                self._items.append(part.head)
+            if part.span.size:
+                self._items.append(part.span)
+        if trailer:
+            self._items.append(trailer)
+        self._index = 0  # the item being sent
+        self._at = 0  # bytes of it sent
         self._slot = slot
         self._download = download
+        self._status = status
+        self._done = done
         self._stall_seconds = settings.download_stall_seconds
-        site: Any = request.site
-        self._clock: Any = site.reactor  # IReactorTime: the one make_service gave the site
         self._paused = False
         self._writing = False
         self._ended = False
-        self._stall: Any = None  # IDelayedCall while paused
+        self._lost = False
+        self._blocked_since: float | None = None  # when progress stopped
+        self._stall: Any = None  # IDelayedCall that checks for a stall
         self._next: Any = None  # IDelayedCall of the next batch
+        self._socket: SocketWriter | None = None
         self.sent = 0
 
     def start(self) -> None:
-        self._request.notifyFinish().addBoth(self._finished)
-        self._request.registerProducer(self, True)
-        # A connection whose buffer is already full (an earlier response on it not taken
-        # yet) does not pause a producer that arrives later: start paused, then.
-        if getattr(self._request.channel, "_waitingForTransport", False):
-            self.pauseProducing()
+        self._transport.registerProducer(self, True)
+        if self._ended:  # the connection had gone: stopProducing came at once
+            return
+        if not self._items:
+            self._complete()
+            return
+        tcp = sendfile_transport(self._transport)
+        if tcp is not None:
+            try:
+                self._socket = SocketWriter(self._reactor, tcp, self._send, self._broken)
+            except OSError:
+                self._socket = None  # out of descriptors: Python carries the bytes
+        if self._socket is not None:
+            self._block()  # until the socket takes a first byte
+            self._socket.wait()
+        elif self._paused:
+            self._block()
         else:
             self._write()
 
-    # -- IPushProducer: called by the connection ------------------------------------------
+    def connection_lost(self) -> None:
+        """The connection is gone (the client left, or the abort took effect)."""
+        self._lost = True
+        self._finish(interrupted=True, unregister=False)
+
+    # -- IPushProducer: called by the transport -------------------------------------------
 
     def pauseProducing(self) -> None:
+        if self._ended:
+            return
         self._paused = True
-        if self._stall is None and not self._ended:
-            self._stall = self._clock.callLater(self._stall_seconds, self._stalled)
+        self._block()
 
     def resumeProducing(self) -> None:
+        if self._ended or self._socket is not None:
+            return  # a socket body is driven by the socket's room, not by the transport
         self._paused = False
-        self._cancel_stall()
+        self._blocked_since = None
         self._write()
 
     def stopProducing(self) -> None:
-        self._end()  # the connection is going; `_finished` follows with its failure
+        self.connection_lost()  # the transport is losing the connection
 
-    # -- writing ---------------------------------------------------------------------------
+    # -- writing where Python carries the bytes --------------------------------------------
 
     def _write(self) -> None:
         self._next = None
@@ -116,30 +165,111 @@ class Body:
                 if self._paused or self._ended:
                     return
                 try:
-                    chunk = next(self._chunks, None)
+                    piece = self._read(CHUNK)
                 except OSError as e:
                     self._abort(f"cannot read the image: {e}")
                     return
-                if chunk is None:
-                    self._complete()
+                self.sent += len(piece)
+                self._transport.write(piece)
+                if self._index == len(self._items):
+                    if not self._ended:
+                        self._complete()
                     return
-                self.sent += len(chunk)
-                self._request.write(chunk)
             if not self._paused and not self._ended:
-                self._next = self._clock.callLater(0, self._write)
+                self._next = self._reactor.callLater(0, self._write)
         finally:
             self._writing = False
 
-    def _complete(self) -> None:
-        request = self._request
-        self._end()
-        if not request._disconnected and not request.finished:
-            request.unregisterProducer()
-            request.finish()
+    def _read(self, limit: int) -> bytes:
+        """The next bytes of the body, at most `limit` of the file at once."""
+        item = self._items[self._index]
+        if isinstance(item, bytes):
+            self._index += 1
+            return item
+        left = item.size - self._at
+        self._image.seek(item.offset + self._at)
+        data = self._image.read(min(limit, left))
+        if not data:  # the file shrank under us: the length sent cannot be kept
+            raise OSError(f"image ended {left} bytes early")
+        self._advance(len(data), item.size)
+        return data
 
-    def _stalled(self) -> None:
+    def _advance(self, count: int, size: int) -> None:
+        self._at += count
+        if self._at == size:
+            self._index += 1
+            self._at = 0
+
+    # -- writing straight to a plain TCP socket --------------------------------------------
+
+    def _send(self) -> None:
+        """The socket has room (the reactor says so, through `SocketWriter`)."""
+        sock = self._socket
+        if self._ended or sock is None:
+            return
+        if transport_pending(self._transport):
+            return  # the head is still in the transport's buffer: it goes first
+        moved = full = False
+        try:
+            for _ in range(SOCKET_BATCH):
+                if self._index == len(self._items):
+                    break
+                item = self._items[self._index]
+                if isinstance(item, bytes):
+                    taken = sock.send(memoryview(item)[self._at :])
+                    full = not taken
+                    size = len(item)
+                else:
+                    left = item.size - self._at
+                    got = sock.sendfile(
+                        self._image.fileno(), item.offset + self._at, min(left, SENDFILE_MAX)
+                    )
+                    if got == 0:
+                        raise OSError(f"image ended {left} bytes early")
+                    taken, full, size = got or 0, got is None, item.size
+                if full:
+                    break
+                moved = True
+                self.sent += taken
+                self._advance(taken, size)
+        except ConnectionError:
+            self._broken()
+            return
+        except OSError as e:
+            self._abort(f"cannot read the image: {e}")
+            return
+        if moved:
+            self._blocked_since = None
+        if self._index == len(self._items):
+            self._complete()
+        elif full:
+            self._block()
+
+    def _broken(self, reason: Failure | None = None) -> None:
+        """The socket failed under us (the client reset it): the connection is lost."""
+        self._finish(interrupted=True, unregister=True)
+        self._transport.abortConnection()  # so the protocol hears of it
+        if not self._lost:
+            self._done(False)
+
+    # -- stalls ------------------------------------------------------------------------------
+
+    def _block(self) -> None:
+        """No progress from now on until `_blocked_since` is cleared; checked after the
+        stall time (one timer, moved on when progress came in between)."""
+        if self._blocked_since is None:
+            self._blocked_since = self._reactor.seconds()
+        if self._stall is None:
+            self._stall = self._reactor.callLater(self._stall_seconds, self._check_stall)
+
+    def _check_stall(self) -> None:
         self._stall = None
-        if self._ended:
+        since = self._blocked_since
+        if self._ended or since is None:
+            return
+        waited = self._reactor.seconds() - since
+        if waited < self._stall_seconds:
+            self._stall = self._reactor.callLater(self._stall_seconds - waited, self._check_stall)
             return
         log.info(
             "image download {path} to {client} stalled: nothing taken for {seconds} s"
@@ -152,6 +282,13 @@ class Body:
         )
         self._abort("stalled")
 
+    # -- the end ------------------------------------------------------------------------------
+
+    def _complete(self) -> None:
+        self._finish(interrupted=False, unregister=True)
+        if not self._lost:
+            self._done(True)
+
     def _abort(self, why: str) -> None:
         if why != "stalled":
             log.error(
@@ -160,54 +297,104 @@ class Body:
                 client=self._download.client,
                 why=why,
             )
-        channel: Any = self._request.channel
-        self._end()
-        if channel is not None and channel.transport is not None:
-            channel.transport.abortConnection()
+        self._finish(interrupted=True, unregister=True)
+        self._transport.abortConnection()
+        if not self._lost:
+            self._done(False)
 
-    def _end(self) -> None:
+    def _finish(self, interrupted: bool, unregister: bool) -> None:
+        """Once, however the body ends: stop, let go of everything, say how it ended."""
         if self._ended:
             return
         self._ended = True
-        self._cancel_stall()
-        if self._next is not None and self._next.active():
-            self._next.cancel()
-        self._next = None
+        for call in (self._stall, self._next):
+            if call is not None and call.active():
+                call.cancel()
+        self._stall = self._next = None
+        if self._socket is not None:
+            self._socket.close()  # before the transport closes: the duplicate holds it open
+        if unregister:
+            self._transport.unregisterProducer()
         self._image.close()
-
-    def _cancel_stall(self) -> None:
-        if self._stall is not None and self._stall.active():
-            self._stall.cancel()
-        self._stall = None
-
-    def _finished(self, outcome: object) -> None:
-        """The request is done: finished, or its connection lost (and then we stop)."""
-        self._end()
         self._slot.release()
-        request = self._request
         stored = self._download.stored
         log.info(
             "image download {path} to {client} ({zone}): {status}{partial}",
             path=stored.path.as_posix(),
             client=self._download.client,
             zone=self._download.zone.value,
-            status=request.code,
-            partial="" if not isinstance(outcome, Failure) else " (interrupted)",
+            status=self._status,
+            partial=" (interrupted)" if interrupted else "",
             event="image.download",
         )
 
 
-def _chunks(image: IO[bytes], parts: list[Part], trailer: bytes) -> Iterator[bytes]:
-    for part in parts:
-        if part.head:
-            yield part.head
-        image.seek(part.span.offset)
-        left = part.span.size
-        while left > 0:
-            data = image.read(min(CHUNK, left))
-            if not data:  # the file shrank under us: the length sent cannot be kept
-                raise OSError(f"image ended {left} bytes early")
-            left -= len(data)
-            yield data
-    if trailer:
-        yield trailer
+class Body:
+    """A `TransportBody` behind a twisted.web Request: the request writes the head and
+    ends the response; the body's bytes go through `request.write`."""
+
+    def __init__(
+        self,
+        request: server.Request,
+        image: IO[bytes],
+        parts: list[Part],
+        trailer: bytes,
+        slot: Slot,
+        settings: ServiceSettings,
+        download: Download,
+    ) -> None:
+        self._request = request
+        site: Any = request.site  # its reactor: the one make_service gave the site
+        transport = _RequestTransport(request)
+        self._body = TransportBody(
+            site.reactor, transport, image, parts, trailer, slot, settings, download,
+            request.code, self._done,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        self._request.notifyFinish().addErrback(self._lost)
+        # A connection whose buffer is already full (an earlier response on it not taken
+        # yet) does not pause a producer that arrives later: start paused, then.
+        if getattr(self._request.channel, "_waitingForTransport", False):
+            self._body.pauseProducing()
+        self._body.start()
+
+    def pauseProducing(self) -> None:
+        self._body.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._body.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._body.stopProducing()
+
+    def _lost(self, reason: Failure) -> None:
+        self._body.connection_lost()
+
+    def _done(self, complete: bool) -> None:
+        request = self._request
+        if complete and not request._disconnected and not request.finished:
+            request.finish()
+
+
+class _RequestTransport:
+    """What a `TransportBody` needs of a transport, through a twisted.web Request."""
+
+    def __init__(self, request: server.Request) -> None:
+        self._request = request
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._request.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        request = self._request
+        if not request._disconnected and not request.finished:
+            request.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        self._request.write(data)
+
+    def abortConnection(self) -> None:
+        channel: Any = self._request.channel
+        if channel is not None and channel.transport is not None:
+            channel.transport.abortConnection()

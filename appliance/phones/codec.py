@@ -12,9 +12,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-
-import defusedxml.ElementTree as SafeET
-from defusedxml import DefusedXmlException
+from xml.parsers import expat
 
 from appliance.catalogue import Decision, Offer
 from appliance.config import Config
@@ -54,56 +52,168 @@ class CheckError(Exception):
         self.reason = reason
 
 
-def _local(tag: object) -> str:
-    return str(tag).rsplit("}", 1)[-1].lower() if isinstance(tag, str) else ""
-
-
-def _text(elem: ET.Element) -> str | None:
-    value = (elem.text or "").strip()
+def _field_text(name: str, text: str) -> str | None:
+    value = text.strip()
     if not value:
         return None
     if len(value) > _MAX_FIELD or not value.isprintable():
-        raise CheckError(400, f"field <{_local(elem.tag)}> is too long or not printable")
+        raise CheckError(400, f"field <{name}> is too long or not printable")
     return value
 
 
-def _module_text(name: str, elem: ET.Element) -> str | None:
+def _module_text(name: str, text: str) -> str | None:
     """A module field. The timestamp is "the time of the update request" (Lync 2010's
     audit schema, docs/protocol.md §5), not a file date: any text is kept as sent, never
     checked, so an odd clock or format can never cost a phone its update."""
-    if name in _MODULE_FIELDS["timestamp"]:
-        return "".join(elem.itertext()).strip() or None
-    return _text(elem)
+    if name == "timestamp":
+        return text.strip() or None
+    return _field_text(name, text)
 
 
 def _first(found: dict[str, str], names: Sequence[str]) -> str | None:
-    return next((found[n] for n in names if n in found), None)
+    for name in names:
+        value = found.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+class _Text:
+    """An element whose text is read: `chunks[start:stop]` of the document's text."""
+
+    __slots__ = ("name", "start", "stop", "leaf")
+
+    def __init__(self, name: str, start: int) -> None:
+        self.name = name  # local name, lower case
+        self.start = start
+        self.stop = -1  # set at its first child (then no leaf) or at its end
+        self.leaf = True
+
+
+class _Module:
+    """A `<Module>` element: its direct children named like module fields, in order."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self) -> None:
+        self.fields: list[_Text] = []
+
+
+class _Refused(Exception):
+    """A DOCTYPE, an entity declaration or an external reference."""
+
+
+def _refuse(*_: object) -> int:
+    raise _Refused
+
+
+_LOCAL_NAMES: dict[str, str] = {}  # expat's "uri}local" -> "local", lower case (bounded)
+
+
+def _local(tag: str) -> str:
+    name = _LOCAL_NAMES.get(tag)
+    if name is None:
+        if len(_LOCAL_NAMES) >= 4096:
+            _LOCAL_NAMES.clear()
+        name = _LOCAL_NAMES[tag] = tag.rpartition("}")[2].lower()
+    return name
+
+
+class _Scan:
+    """A single pass of expat over a check that notes, in document order, the modules
+    and the elements named like fields outside any module, and where their text lies in
+    `chunks` (all the document's character data, in order): a field's text up to its
+    first child (a field with a child is no leaf, and not read), a module field's
+    likewise, a module timestamp's all the text inside it (as `itertext` would)."""
+
+    def __init__(self, body: bytes) -> None:
+        """Raises _Refused, or what expat raises for malformed input or an encoding."""
+        chunks: list[str] = []
+        order: list[_Text | _Module] = []
+        stack: list[tuple[_Text | None, _Module | None, bool]] = []
+        open_: _Text | None = None  # the element whose own text runs (no child yet)
+        module: _Module | None = None  # the current element, if it is a module
+        inside = False  # the current element is a module or inside one
+        push, pop = stack.append, stack.pop
+
+        def start(tag: str, _attributes: object) -> None:
+            nonlocal open_, module, inside
+            if open_ is not None:  # the parent's own text ends at its first child
+                open_.stop = len(chunks)
+                open_.leaf = False
+                open_ = None
+            name = _LOCAL_NAMES.get(tag) or _local(tag)
+            record: _Text | None = None
+            if name == "module":
+                push((None, module, inside))
+                module = _Module()
+                order.append(module)
+                inside = True
+                return
+            if inside:
+                if module is not None and name in _KNOWN_MODULE:
+                    record = _Text(name, len(chunks))
+                    module.fields.append(record)
+                    if name != "timestamp":  # a timestamp's text runs to its end
+                        open_ = record
+            elif name in _KNOWN:
+                record = open_ = _Text(name, len(chunks))
+                order.append(record)
+            push((record, module, inside))
+            module = None
+
+        def end(_tag: str) -> None:
+            nonlocal open_, module, inside
+            record, module, inside = pop()
+            if record is not None and record.stop < 0:
+                record.stop = len(chunks)
+            open_ = None
+
+        parser = expat.ParserCreate(None, "}")  # namespaces: "uri}local"
+        parser.buffer_text = True
+        parser.ordered_attributes = True
+        parser.StartDoctypeDeclHandler = _refuse
+        parser.EntityDeclHandler = _refuse
+        parser.UnparsedEntityDeclHandler = _refuse
+        parser.ExternalEntityRefHandler = _refuse
+        parser.StartElementHandler = start
+        parser.EndElementHandler = end
+        parser.CharacterDataHandler = chunks.append
+        parser.Parse(body, False)  # as ElementTree feeds it: the data, then the end
+        parser.Parse(b"", True)
+        self.chunks = chunks
+        self.order = order
+
+    def text(self, record: _Text) -> str:
+        return "".join(self.chunks[record.start : record.stop])
 
 
 def parse_check(
     body: bytes, zone: Zone = Zone.INTERNAL, address: str | None = None
 ) -> DeviceRequest:
-    """The device's request; CheckError(400) for anything that is not a usable check."""
+    """The device's request; CheckError(400) for anything that is not a usable check.
+
+    One pass of expat over the body (`_Scan`). A DOCTYPE (and with it any entity
+    declaration, external entity or parameter entity) is refused as soon as it starts;
+    of the entities only the five predefined ones and character references exist.
+    Fields are then read in document order, so the first of repeated fields counts
+    and the first unusable one is the reason given."""
     try:
-        root = SafeET.fromstring(body, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except DefusedXmlException:
+        scan = _Scan(body)
+    except _Refused:
         raise CheckError(400, "DTDs and entities are not allowed") from None
-    except (ET.ParseError, LookupError, ValueError) as e:  # an unknown or multi-byte encoding
+    except (expat.ExpatError, LookupError, ValueError) as e:  # an unknown or multi-byte encoding
         raise CheckError(400, f"malformed XML ({e})") from None
     found: dict[str, str] = {}
     modules: list[ReportedModule] = []
-    in_modules: set[int] = set()
-    for elem in root.iter():
-        name = _local(elem.tag)
-        if name == "module":
+    for record in scan.order:
+        if isinstance(record, _Module):
             if len(modules) >= _MAX_MODULES:
                 raise CheckError(400, f"more than {_MAX_MODULES} modules")
-            if id(elem) not in in_modules:  # a nested module's subtree is marked already
-                in_modules.update(id(d) for d in elem.iter())
             fields = {
-                n: t
-                for c in elem
-                if (n := _local(c.tag)) in _KNOWN_MODULE and (t := _module_text(n, c)) is not None
+                f.name: t
+                for f in record.fields
+                if (t := _module_text(f.name, scan.text(f))) is not None
             }
             file_name = _first(fields, _MODULE_FIELDS["file_name"])
             if file_name:
@@ -114,10 +224,10 @@ def parse_check(
                         _first(fields, _MODULE_FIELDS["timestamp"]),
                     )
                 )
-        elif name in _KNOWN and name not in found and len(elem) == 0 and id(elem) not in in_modules:
-            value = _text(elem)
+        elif record.leaf and record.name not in found:
+            value = _field_text(record.name, scan.text(record))
             if value is not None:
-                found[name] = value
+                found[record.name] = value
     get = {key: _first(found, names) for key, names in _FIELDS.items()}
     missing = [k for k in ("brand", "model") if not get[k]]
     if missing:

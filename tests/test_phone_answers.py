@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from appliance.catalogue import Reason
-from appliance.model import RuleState
-from appliance.phones.answers import Answers, RouteKind, route
+from appliance.model import Rule, RuleState
+from appliance.phones.answers import LOOK_SECONDS, Answers, RouteKind, route
 from appliance.phones.codec import BaseUrls
 from appliance.store import Store
 from appliance.testing import CU7, CU8, CX600, add_rule, device_request
@@ -71,3 +72,87 @@ def test_answers_follow_what_another_process_approves(two_processes: tuple[Store
 
     answers.set_urls(BaseUrls.of("other.example.com", 443, "x.example.com", 443))
     assert b"https://other.example.com/" in answers.answer(CHECK)[1]
+
+
+class Ticks:
+    """A monotonic clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def approve(store: Store, rule: Rule) -> None:
+    with store.transaction():
+        store.save_rule(
+            dataclasses.replace(
+                rule, approved_version=CU8, pending_version=None, state=RuleState.APPROVED
+            )
+        )
+
+
+def test_an_approval_through_the_answers_own_connection_is_seen_by_the_next_check(
+    tmp_path: Path,
+) -> None:
+    """`serve`'s admin actions write through the phones' own store: SQLite's data_version
+    does not move for a connection's own commits."""
+    store = Store.open(tmp_path / "db.sqlite")
+    with store.transaction():
+        rule = add_rule(store, CX600, pending=CU8)
+    answers = Answers(store, URLS, clock=Ticks())
+    assert answers.answer(CHECK)[0].reason is Reason.NO_VERSION
+    approve(store, rule)
+    assert answers.answer(CHECK)[0].reason is Reason.APPROVED
+    store.close()
+
+
+def test_another_process_is_seen_at_the_next_look_and_checks_do_not_query_between(
+    two_processes: tuple[Store, Store], tmp_path: Path
+) -> None:
+    phone, admin = two_processes
+    with admin.transaction():
+        rule = add_rule(admin, CX600, pending=CU8)
+    looks = []
+    data_version = phone.data_version
+    phone.data_version = lambda: looks.append(1) or data_version()  # type: ignore[method-assign]
+    ticks = Ticks()
+    answers = Answers(phone, URLS, clock=ticks)
+    for _ in range(100):
+        assert answers.answer(CHECK)[0].reason is Reason.NO_VERSION
+    assert len(looks) == 1  # the first check's; the next 99 asked nothing
+
+    # another process approves: written past the store (its change count is this process's)
+    other = sqlite3.connect(tmp_path / "db.sqlite", isolation_level=None)
+    other.execute(
+        "UPDATE rules SET approved_version = ?, pending_version = NULL, state = ? WHERE id = ?",
+        (CU8, RuleState.APPROVED.value, rule.id),
+    )
+    other.close()
+    assert answers.answer(CHECK)[0].reason is Reason.NO_VERSION  # not looked yet
+    ticks.now += LOOK_SECONDS
+    assert answers.answer(CHECK)[0].reason is Reason.APPROVED
+    assert answers.answer(CHECK)[0].reason is Reason.APPROVED
+    assert len(looks) == 2
+
+
+def test_a_verification_result_is_seen_by_the_next_check(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "db.sqlite")
+    with store.transaction():
+        add_rule(store, CX600, approved=CU8)
+
+    class Verifier:
+        generation = 0
+        broken: frozenset[object] = frozenset()
+
+        def broken_updates(self) -> frozenset[object]:
+            return self.broken
+
+    verifier = Verifier()
+    answers = Answers(store, URLS, verifier, clock=Ticks())  # type: ignore[arg-type]
+    assert answers.answer(CHECK)[0].reason is Reason.APPROVED
+    verifier.broken = frozenset({(CX600.folded(), CU8)})
+    verifier.generation += 1
+    assert answers.answer(CHECK)[0].reason is not Reason.APPROVED
+    store.close()

@@ -1,14 +1,20 @@
 """What the phones are answered: the routes, the catalogue snapshot and remembered answers.
 
-The catalogue is reloaded when another process changed the database (the store's
-`data_version`) or a stored file failed (or passed again) verification
-(`catalogue.FileVerifier`); until then devices that say the same things get the same answer.
+The catalogue is reloaded when it changed; until then devices that say the same things get
+the same answer. No check queries the database to find out: a change this process commits
+(an admin's action, an import, on any connection) moves the store's
+`catalogue_generation`, and a stored file that fails (or passes again) verification moves
+the `catalogue.FileVerifier`'s generation, both seen by the very next check; another
+process's commit (the command line while `serve` runs, another worker) shows in the
+store's `data_version`, looked at no more than every `LOOK_SECONDS`, so it is seen within
+that time.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 
 from appliance.catalogue import Decision, FileVerifier, answer_key, choose_update
@@ -17,6 +23,7 @@ from appliance.phones.codec import BaseUrls, render_response
 from appliance.store import Store
 
 ANSWER_CACHE_SIZE = 4096  # distinct (model, locale, reported versions, test?) answers
+LOOK_SECONDS = 0.1  # how often `data_version` is read, at most: another process's changes
 
 
 class RouteKind(StrEnum):
@@ -50,19 +57,33 @@ def route(path: bytes) -> RouteKind | None:
 class Answers:
     """The catalogue snapshot, the files it references and the answers given from it."""
 
-    def __init__(self, store: Store, urls: BaseUrls, verifier: FileVerifier | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        urls: BaseUrls,
+        verifier: FileVerifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.urls = urls
         self.verifier = verifier
-        self._catalog_version: tuple[int, int] | None = None
+        self.clock = clock
+        self._generations: tuple[int, int] | None = None  # the store's, the verifier's
+        self._data_version: int | None = None
+        self._next_look = 0.0  # when `data_version` is read again (`clock`)
         self._catalog = Catalog()
         self._files: dict[str, StoredFile] = {}
         self._answers: dict[tuple[object, ...], tuple[Decision, bytes]] = {}
 
     def _refresh(self) -> None:
         verified = self.verifier.generation if self.verifier is not None else 0
-        version = (self.store.data_version(), verified)
-        if version == self._catalog_version:
+        generations = (self.store.catalogue_generation(), verified)
+        now = self.clock()
+        if generations == self._generations and now < self._next_look:
+            return
+        self._next_look = now + LOOK_SECONDS
+        data_version = self.store.data_version()  # before loading: a later commit shows
+        if generations == self._generations and data_version == self._data_version:
             return
         self._catalog = self.store.catalog()
         if self.verifier is not None:
@@ -76,7 +97,7 @@ class Answers:
             for f in self.store.stored_files()
             if (f.key.folded(), f.version) in referenced
         }
-        self._catalog_version = version
+        self._generations, self._data_version = generations, data_version
 
     def catalog(self) -> Catalog:
         self._refresh()

@@ -142,6 +142,7 @@ class CatalogueTables(Connection):
             " guid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (*astuple_key(key), pending_version, RuleState.PENDING.value, now, now, guid),
         )
+        self._catalogue_changed()
         rule = self.rule(int(cur.lastrowid or 0))
         assert rule is not None
         return rule
@@ -160,6 +161,7 @@ class CatalogueTables(Connection):
                 rule.id,
             ),
         )
+        self._catalogue_changed()
         saved = self.rule(rule.id)
         if saved is None:
             raise StoreError(f"rule {rule.id} does not exist")
@@ -168,9 +170,11 @@ class CatalogueTables(Connection):
     def set_rule_guid(self, rule_id: int, guid: str | None) -> None:
         """Record the GUID a package assigns to the rule (save_rule leaves it alone)."""
         self._conn.execute("UPDATE rules SET guid = ? WHERE id = ?", (guid, rule_id))
+        self._catalogue_changed()
 
     def delete_rule(self, rule_id: int) -> None:
         self._conn.execute("DELETE FROM rules WHERE id = ?", (rule_id,))
+        self._catalogue_changed()
 
     # -- updates and their files --------------------------------------------------------
 
@@ -220,11 +224,13 @@ class CatalogueTables(Connection):
                 for f in files
             ],
         )
+        self._catalogue_changed()
 
     def delete_update(self, key: RuleKey, version: str) -> None:
         self._conn.execute(
             f"DELETE FROM updates WHERE {_KEY_MATCH} AND version = ?", (*astuple_key(key), version)
         )
+        self._catalogue_changed()
 
     def stored_files(self) -> list[StoredFile]:
         rows = self._conn.execute(
@@ -266,6 +272,7 @@ class CatalogueTables(Connection):
             raise DuplicateError(
                 f"a test device with {kind.value} {identifier} exists already"
             ) from None
+        self._catalogue_changed()
         found = self.test_device(int(cur.lastrowid or 0))
         assert found is not None
         return found
@@ -286,6 +293,7 @@ class CatalogueTables(Connection):
 
     def remove_test_device(self, device_id: int) -> None:
         self._conn.execute("DELETE FROM test_devices WHERE id = ?", (device_id,))
+        self._catalogue_changed()
 
     # -- what the decision reads --------------------------------------------------------
 

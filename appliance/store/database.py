@@ -24,7 +24,7 @@ from pathlib import Path
 
 from appliance.store.admin import AdminTables
 from appliance.store.catalogue import CatalogueTables
-from appliance.store.connection import Clock, utc_now
+from appliance.store.connection import Clock, count_catalogue_change, utc_now
 from appliance.store.devices import DeviceTables
 from appliance.store.errors import SchemaError, StoreError
 
@@ -145,8 +145,11 @@ class Store(CatalogueTables, DeviceTables, AdminTables):
             raise
         else:
             self._conn.execute("COMMIT")
+            if self._catalogue_written:
+                count_catalogue_change()
         finally:
             self._in_transaction = False
+            self._catalogue_written = False
 
     def data_version(self) -> int:
         """Changes when another connection commits (SQLite's `PRAGMA data_version`)."""

@@ -376,4 +376,6 @@ def audit_line(at: datetime, client: str, request: DeviceRequest, decision: Deci
 
 def _clean(field: str) -> str:
     """Nothing a phone sends may break a line of the audit file."""
-    return "".join(c if c.isprintable() and c not in "\r\n" else "?" for c in field)
+    if field.isprintable():  # the usual case: no control character, CR and LF included
+        return field
+    return "".join(c if c.isprintable() else "?" for c in field)

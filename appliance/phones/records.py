@@ -2,8 +2,11 @@
 
 Every check is logged, written as one line of Lync's audit file (docs/protocol.md §9)
 and buffered as a sighting for the inventory, which `flush_inventory` writes in one
-transaction. Device logs the phones upload are stored by `store_device_log` and kept for a
-retention period.
+transaction (a device's last sighting of the second; its record is built then). With
+`batch_audit`, the audit lines of one turn of the reactor are written together at its
+end (before the answers written in that turn leave: transports write on the next turn),
+and `flush_inventory` and `close` write any left. Device logs the phones upload are
+stored by `store_device_log` and kept for a retention period.
 
 Files here may hold what a local user should not read (client addresses, device logs):
 they are created 0600 and their folders 0750 whatever the process umask. A write that
@@ -18,6 +21,7 @@ import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from twisted.logger import Logger
 
@@ -38,6 +42,34 @@ class DeviceLogError(Exception):
     """A device log that cannot be stored now (a full disk, a read-only folder...)."""
 
 
+class _Sighting(NamedTuple):
+    """A check as the inventory keeps it until the next flush."""
+
+    request: DeviceRequest
+    client: str
+    reported: str | None
+    at: datetime
+
+    def device(self, identity: str) -> Device:
+        request, stamp = self.request, iso_utc(self.at)
+        return Device(
+            identity=identity,
+            mac=request.mac,
+            serial=request.serial,
+            device_type=request.device_type,
+            brand=request.brand,
+            model=request.model,
+            revision=request.revision,
+            locale=request.locale,
+            version=self.reported,
+            zone=request.zone,
+            address=self.client,
+            user_id=request.user_id,
+            first_seen=stamp,
+            last_seen=stamp,
+        )
+
+
 class Records:
     """The audit file, the inventory buffer and the captures. Use from the reactor."""
 
@@ -45,11 +77,20 @@ class Records:
         self.config = config
         self.store = store
         self.now = now
-        self._inventory: dict[str, Device] = {}
+        self._inventory: dict[str, _Sighting] = {}
         self._audit: tuple[str, int] | None = None  # today's audit file name, its descriptor
         self._audit_failing = False  # an error was logged; the next success says so
         self._server = config.service.server_name or os.uname().nodename
+        self._schedule: Callable[[Callable[[], None]], object] | None = None
+        self._lines: list[tuple[str, str]] = []  # audit lines to write: (file name, line)
         self.captures = Captures(config, now)
+
+    def batch_audit(self, schedule: Callable[[Callable[[], None]], object]) -> None:
+        """Write the audit lines in batches: `schedule(write)` is called for the first
+        line of a batch and must call `write()` soon, on this thread (`serve` passes
+        `reactor.callLater(0, write)`: the end of the reactor's turn). Without it, each
+        line is written as it comes."""
+        self._schedule = schedule
 
     def record_check(self, request: DeviceRequest, decision: Decision, client: str) -> None:
         now = self.now()
@@ -74,49 +115,52 @@ class Records:
             version=offer.version if offer else None,
             event="update.check",
         )
-        self._write_audit(now, audit_line(now, client, request, decision))
+        name = f"RequestHandlerAuditLog_{self._server}_{now.strftime('%Y%m%d')}.log"
+        line = audit_line(now, client, request, decision)
+        if self._schedule is None:
+            self._write_audit(name, line + "\n")
+        else:
+            if not self._lines:
+                self._schedule(self.write_audit)
+            self._lines.append((name, line))
         identity = request.mac or (f"serial:{request.serial}" if request.serial else f"ip:{client}")
-        stamp = iso_utc(now)
-        self._inventory[identity] = Device(
-            identity=identity,
-            mac=request.mac,
-            serial=request.serial,
-            device_type=request.device_type,
-            brand=request.brand,
-            model=request.model,
-            revision=request.revision,
-            locale=request.locale,
-            version=reported,
-            zone=request.zone,
-            address=client,
-            user_id=request.user_id,
-            first_seen=stamp,
-            last_seen=stamp,
-        )
+        self._inventory[identity] = _Sighting(request, client, reported, now)
+
+    def write_audit(self) -> None:
+        """Write the audit lines waiting (`batch_audit`): one write a file."""
+        lines, self._lines = self._lines, []
+        start = 0
+        for end in range(1, len(lines) + 1):  # runs of lines for one file (one day)
+            if end == len(lines) or lines[end][0] != lines[start][0]:
+                text = "".join(line + "\n" for _, line in lines[start:end])
+                self._write_audit(lines[start][0], text)
+                start = end
 
     def flush_inventory(self) -> int:
-        """Write the buffered sightings in one transaction (called every second)."""
+        """Write the buffered sightings in one transaction (called every second), and the
+        audit lines waiting."""
+        self.write_audit()
         if not self._inventory:
             return 0
         pending, self._inventory = self._inventory, {}
         try:
             with self.store.transaction():
-                for device in pending.values():
-                    self.store.record_device(device)
+                for identity, sighting in pending.items():
+                    self.store.record_device(sighting.device(identity))
         except Exception:
             log.failure("could not record {count} device sightings", count=len(pending))
-            for identity, device in pending.items():
-                self._inventory.setdefault(identity, device)
+            for identity, sighting in pending.items():
+                self._inventory.setdefault(identity, sighting)
             return 0
         return len(pending)
 
-    def _write_audit(self, now: datetime, line: str) -> None:
-        """Append one line to the day's file (named by `now`: after the clock goes back, an
-        earlier day's file is appended to, never replaced). One unbuffered write a line, so
-        a failed write leaves nothing queued to come out torn later; the first failure of a
-        streak is logged, and the recovery."""
-        name = f"RequestHandlerAuditLog_{self._server}_{now.strftime('%Y%m%d')}.log"
-        data = (line + "\n").encode("utf-8")
+    def _write_audit(self, name: str, text: str) -> None:
+        """Append whole lines to the day's file `name` (named by the check's time: after
+        the clock goes back, an earlier day's file is appended to, never replaced). One
+        unbuffered write (of a line, or of a batch), so a failed write leaves nothing
+        queued to come out torn later; the first failure of a streak is logged, and the
+        recovery."""
+        data = text.encode("utf-8")
         try:
             if self._audit is None or self._audit[0] != name:
                 self._close_audit()
@@ -147,7 +191,7 @@ class Records:
             self._audit = None
 
     def close(self) -> None:
-        self.flush_inventory()
+        self.flush_inventory()  # and the audit lines waiting
         self._close_audit()
 
 

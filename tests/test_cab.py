@@ -601,6 +601,63 @@ def test_a_bad_checksum_is_refused_and_nothing_is_left(compression: str, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bad_checksum_is_the_error_even_when_the_block_also_breaks_inflate(
+    tmp_path: Path,
+) -> None:
+    # The checksums are verified on a helper thread beside the inflating: a corrupt block
+    # that zlib refuses first is still reported by its checksum, and nothing is left.
+    data = random.Random(12).randbytes(40 * 32768)
+    blocks = history_blocks(data)
+    cab = bytearray(build_cab([RawFile(b"fw.bin", len(data))], [RawFolder(TYPE_MSZIP, blocks)]))
+    at = cab.index(blocks[5][0]) + 2  # the first byte of block 5's deflate stream
+    cab[at] = 0xFF  # BTYPE 11: no such block type
+    path = tmp_path / "c.cab"
+    path.write_bytes(bytes(cab))
+    with pytest.raises(zlib.error, match="invalid block type"):
+        zlib.decompressobj(-15, zdict=data[4 * 32768 : 5 * 32768]).decompress(
+            bytes(cab[at : at + 100])
+        )
+    with pytest.raises(
+        CabError, match=r"^corrupt archive: bad checksum in data block 5 of folder 0$"
+    ):
+        open_package(path, LIMITS).extract(["fw.bin"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [(30_000, "gives more than 30000 bytes"), (32_000, "gives more than 32000 bytes")],
+)
+def test_a_block_that_inflates_to_more_than_it_declares_is_refused(
+    declared: int, message: str, tmp_path: Path
+) -> None:
+    data = random.Random(13).randbytes(32768)
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    payload = b"CK" + deflate.compress(data) + deflate.flush()
+    path = tmp_path / "more.cab"
+    path.write_bytes(
+        build_cab([RawFile(b"a.bin", declared)], [RawFolder(TYPE_MSZIP, [(payload, declared)])])
+    )
+    with pytest.raises(CabError, match=rf"^corrupt archive: data block 0 of folder 0 {message}$"):
+        open_package(path, LIMITS).extract(["a.bin"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_block_that_inflates_to_less_than_it_declares_is_refused(tmp_path: Path) -> None:
+    data = random.Random(14).randbytes(20_000)
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    payload = b"CK" + deflate.compress(data) + deflate.flush()
+    path = tmp_path / "less.cab"
+    path.write_bytes(
+        build_cab([RawFile(b"a.bin", 30_000)], [RawFolder(TYPE_MSZIP, [(payload, 30_000)])])
+    )
+    with pytest.raises(
+        CabError,
+        match=r"^corrupt archive: data block 0 of folder 0 gives 20000 bytes instead of 30000$",
+    ):
+        open_package(path, LIMITS).extract(["a.bin"], tmp_path / "out")
+
+
 def test_truncated_archives_are_refused(files: dict[str, bytes], tmp_path: Path) -> None:
     whole = make_cab(tmp_path / "whole.cab", files).read_bytes()
     cuts = sorted(

@@ -82,17 +82,17 @@ class _Sink:
         self.pending_bytes = 0
         self.written = 0
         self.digest = ""
+        self.written_to = 0  # bytes written to fd (on the writing thread)
+        self.flushed_to = 0  # bytes whose write-back has been started
 
     def add(self, piece: memoryview) -> None:
         self.pieces.append(piece)
         self.pending_bytes += len(piece)
 
     def take(self) -> list[memoryview]:
-        """The pending pieces, joined: one call per batch on each helper thread means
-        fewer hand-overs of the GIL than one per 32 KiB block."""
+        """The pending pieces, as they are: the helper threads hash and write them without
+        joining them first (a copy of every byte on the reading thread)."""
         pieces = self.pieces
-        if len(pieces) > 1:
-            pieces = [memoryview(b"".join(pieces))]
         self.pieces, self.pending_bytes = [], 0
         return pieces
 
@@ -114,7 +114,8 @@ class _Sink:
     def write_pieces(self, pieces: list[memoryview] | None) -> None:
         if pieces is not None:
             if self.fd >= 0:
-                _write_all(self.fd, pieces)
+                self.flushed_to = _write_all(self.fd, pieces, self.written_to, self.flushed_to)
+                self.written_to += sum(len(p) for p in pieces)
             if self.buffer is not None:
                 for piece in pieces:
                     self.buffer += piece
@@ -124,13 +125,32 @@ class _Sink:
             self.fd = -1
 
 
-def _write_all(fd: int, pieces: list[memoryview]) -> None:
+def _write_all(fd: int, pieces: list[memoryview], at: int, flushed: int) -> int:
+    """Write `pieces` at offset `at`; start the write-back of what is written once a few
+    MiB have gathered, and return where it has been started to.
+
+    The disk then works while the rest is inflated, and the fsync that closes each file
+    finds little left to do (about 0.12 s a 256 MiB file here otherwise, while the queue
+    behind it fills). POSIX_FADV_DONTNEED is how Python can ask Linux for it (as
+    sync_file_range would): it starts write-back of the dirty pages in the range, and
+    drops only pages already clean (none, just after writing them). Durability still
+    rests on the fsync alone."""
     total = sum(len(p) for p in pieces)
     written = os.writev(fd, pieces) if len(pieces) <= 512 else 0
     if written < total:
         rest = memoryview(b"".join(pieces))[written:]
         while rest:
             rest = rest[os.write(fd, rest) :]
+    end = at + total
+    if end - flushed >= _WRITE_BACK and _FADVISE is not None:
+        with contextlib.suppress(OSError):
+            _FADVISE(fd, flushed, end - flushed, os.POSIX_FADV_DONTNEED)
+        return end
+    return flushed
+
+
+_WRITE_BACK = 8 << 20  # bytes written before their write-back is started
+_FADVISE = getattr(os, "posix_fadvise", None)
 
 
 _T = TypeVar("_T")

@@ -3,9 +3,10 @@
 `open_package` finds the cabinet (in a `.cab`, or embedded in a self-extracting `.exe`),
 reads its header tables and refuses anything over the limits or with an unsafe member
 name before a single block is decompressed. `Cabinet.extract` then streams the members
-out: MSZIP and stored folders are decoded here block by block (checksums, block sizes
-and member sizes verified on the way, SHA-256 computed as the data goes to disk); LZX
-and Quantum folders, which Python cannot decode, go through the `cabextract` program.
+out: MSZIP and stored folders are decoded block by block (`blocks`: checksums, block sizes
+and member sizes verified on the way; `output`: SHA-256 computed as the data goes to
+disk), each on its own thread; LZX and Quantum folders, which Python cannot decode, go
+through the `cabextract` program.
 
 cabarchive is not used for reading: it holds the whole archive in memory and has no
 limits (measured: a 448 KiB cab of zeros took 385 MiB).
@@ -15,13 +16,12 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from appliance.cab.external import _extract_external
+from appliance.cab.blocks import _Checker, folder_blocks
 from appliance.cab.format import (
     _BATCH,
     _DATA,
@@ -38,7 +38,6 @@ from appliance.cab.format import (
     _Folder,
     _Layout,
     _read_at,
-    _verify_checksum,
     checksum,
 )
 from appliance.cab.format import ATTR_NAME_IS_UTF as ATTR_NAME_IS_UTF
@@ -176,6 +175,8 @@ class Cabinet:
                 f"{member.name} is {member.size} bytes; at most {max_bytes} are accepted"
             )
         if self._layout.folders[member.folder].kind in ("lzx", "quantum"):
+            import tempfile  # rare: load it then
+
             with tempfile.TemporaryDirectory(prefix="ucupdates-cab-") as tmp:
                 self.extract([member.name], Path(tmp))
                 return (Path(tmp) / member.name).read_bytes()
@@ -216,6 +217,8 @@ class Cabinet:
                     name = s.member.name
                     done[name] = ExtractedMember(name, s.written, s.digest, s.path)
             if external:
+                from appliance.cab.external import _extract_external  # rare: load it then
+
                 done.update(
                     _extract_external(self.path, self._layout, external, dest_dir, write, cleanup)
                 )
@@ -241,16 +244,19 @@ class Cabinet:
         if not by_folder:
             return
         output = _Output()
+        checker = _Checker()
         output.start()
+        checker.start()
         try:
             with open(self.path, "rb", buffering=_READ_BUFFER) as f:
                 if os.fstat(f.fileno()).st_size < self.base_offset + self.size:
                     raise CabError("truncated archive: the file shrank after it was opened")
                 for index in sorted(by_folder):
                     folder = self._layout.folders[index]
-                    self._stream_folder(f, folder, by_folder[index], output, cleanup)
+                    self._stream_folder(f, folder, by_folder[index], output, checker, cleanup)
                     yield None
         finally:
+            checker.stop()
             output.stop()
         output.raise_error()
 
@@ -260,6 +266,7 @@ class Cabinet:
         folder: _Folder,
         sinks: list[_Sink],
         output: _Output,
+        checker: _Checker,
         cleanup: _Cleanup,
     ) -> None:
         sinks = sorted(sinks, key=lambda s: (s.member.offset, s.member.size))
@@ -272,7 +279,7 @@ class Cabinet:
         active: list[_Sink] = []
         next_up = 0
         pos = 0
-        for block in self._blocks(f, folder, need):
+        for block in folder_blocks(f, folder, self._layout.data_reserve, need, checker):
             stop = pos + len(block)
             while next_up < len(pending) and pending[next_up].member.offset < stop:
                 cleanup.open(pending[next_up])
@@ -296,51 +303,3 @@ class Cabinet:
             pos = stop
         if active or next_up < len(pending):
             raise CabError(f"corrupt archive: folder {folder.index} ends early")
-
-    def _blocks(self, f: IO[bytes], folder: _Folder, need: int) -> Iterator[bytes]:
-        """The folder's uncompressed data, one verified CFDATA block at a time.
-
-        The checksum stays on this thread: it is the part of reading that holds the GIL,
-        and on a helper thread it would stall this one (measured slower)."""
-        f.seek(folder.data_offset)
-        header_size = _DATA.size + self._layout.data_reserve
-        history = b""
-        produced = 0
-        for n in range(folder.blocks):
-            if produced >= need:
-                return
-            header = f.read(header_size)
-            if len(header) != header_size:
-                raise CabError(f"truncated archive: data block {n} of folder {folder.index}")
-            csum, cb_data, cb_uncomp = _DATA.unpack_from(header)
-            data = f.read(cb_data)
-            if len(data) != cb_data:
-                raise CabError(f"truncated archive: data block {n} of folder {folder.index}")
-            if csum:
-                _verify_checksum(csum, header, data, n, folder.index)
-            if folder.kind == "none":
-                out = data
-            else:
-                if data[:2] != b"CK":
-                    raise CabError(
-                        f"corrupt archive: data block {n} of folder {folder.index} "
-                        "has no MSZIP signature"
-                    )
-                inflate = (
-                    zlib.decompressobj(-15, zdict=history) if history else zlib.decompressobj(-15)
-                )
-                try:
-                    out = inflate.decompress(memoryview(data)[2:], cb_uncomp + 1)
-                except zlib.error as e:
-                    raise CabError(
-                        f"corrupt archive: data block {n} of folder {folder.index} "
-                        f"does not inflate ({e})"
-                    ) from e
-                history = out if len(out) >= 32768 else (history + out)[-32768:]
-            if len(out) != cb_uncomp:
-                raise CabError(
-                    f"corrupt archive: data block {n} of folder {folder.index} "
-                    f"gives {len(out)} bytes instead of {cb_uncomp}"
-                )
-            produced += cb_uncomp
-            yield out

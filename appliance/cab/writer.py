@@ -15,13 +15,15 @@ import tempfile
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from appliance.cab.format import _FILE, _FOLDER, _HEADER, ATTR_NAME_IS_UTF, checksum
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 __all__ = ["CabEntry", "CabWriteError", "write_cab"]
 
@@ -66,6 +68,8 @@ def write_cab(out: Path, entries: Sequence[CabEntry], *, compression: str = "msz
         files += _FILE.pack(entry.size, offset, 0, date, time, attribs) + raw + b"\0"
         offset += entry.size
     data_at = coff_files + len(files)
+
+    from concurrent.futures import ThreadPoolExecutor  # only here: `import` never needs it
 
     fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     tmp = Path(tmp_name)

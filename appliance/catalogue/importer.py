@@ -11,12 +11,10 @@ which `catalogue.recover` sweeps at the next start, together with the staging fo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
@@ -31,6 +29,7 @@ from appliance.catalogue.package_format import (
     PackageUpdate,
     parse_update_info,
 )
+from appliance.catalogue.verify import FileDigest
 from appliance.config import Config
 from appliance.model import FileRole, NewFile, RuleKey
 from appliance.store import Store
@@ -121,16 +120,6 @@ def import_package(
         raise PackageError(f"{path.name}: {e.strerror or e}{where}") from e
 
 
-def _hash_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -157,9 +146,12 @@ class _Import:
     def run(self) -> ImportResult:
         # The package's own digest is computed beside the extraction (hashlib releases
         # the GIL); it is awaited only where it is needed.
-        with ThreadPoolExecutor(1, thread_name_prefix="package-sha256") as pool:
-            digest = pool.submit(_hash_file, self.path)
+        digest = FileDigest(self.path, "package-sha256")
+        digest.start()
+        try:
             return self._run(digest.result)
+        finally:
+            digest.join()
 
     def _run(self, package_digest: Callable[[], tuple[str, int]]) -> ImportResult:
         limits = self.config.imports

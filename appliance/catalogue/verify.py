@@ -16,19 +16,32 @@ A file whose size and time are unchanged is not read again: corruption that keep
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import threading
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-
-from twisted.logger import Logger
+from typing import TYPE_CHECKING
 
 from appliance.model import StoredFile
 
-log = Logger(namespace="ucupdates.catalogue")
+if TYPE_CHECKING:
+    from twisted.logger import Logger
+
 
 CHUNK = 1 << 20  # bytes read per step
+
+
+@functools.cache
+def _log() -> Logger:
+    """The catalogue's logger, made on first use: Twisted's logging takes about 30 ms to
+    load, which short commands such as `import` (which never log here) need not pay."""
+    from twisted.logger import Logger
+
+    return Logger(namespace="ucupdates.catalogue")
+
 
 UpdateId = tuple[tuple[str, ...], str]  # a rule key (folded) and a version
 
@@ -49,6 +62,33 @@ def hash_steps(path: Path) -> Generator[None, None, str]:
             digest.update(chunk)
             yield
     return digest.hexdigest()
+
+
+class FileDigest(threading.Thread):
+    """A file's SHA-256 (hex) and size, computed on a thread of its own: `result()`
+    waits for them, or raises the OSError the reading met."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.path = path
+        self._outcome: tuple[str, int] | BaseException = OSError("not hashed yet")
+
+    def run(self) -> None:
+        try:
+            digest, size = hashlib.sha256(), 0
+            with self.path.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+            self._outcome = (digest.hexdigest(), size)
+        except BaseException as e:  # handed to the thread that asks for the result
+            self._outcome = e
+
+    def result(self) -> tuple[str, int]:
+        self.join()
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        return self._outcome
 
 
 def file_sha256(path: Path) -> str:
@@ -121,7 +161,7 @@ class FileVerifier:
         if problem is not None and not was_broken:
             self._broken.setdefault(update, set()).add(stored.path)
             self.generation += 1
-            log.error(
+            _log().error(
                 "stored file {path} of {key} {version} fails verification ({problem}): "
                 "that version is not offered until the file is restored",
                 path=stored.path.as_posix(),
@@ -136,7 +176,7 @@ class FileVerifier:
             if not paths:
                 del self._broken[update]
             self.generation += 1
-            log.info(
+            _log().info(
                 "stored file {path} of {key} {version} matches its hash again",
                 path=stored.path.as_posix(),
                 key="/".join(stored.key.folded()),

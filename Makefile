@@ -13,7 +13,8 @@ SYSTEM_PACKAGES := cabextract gcab openssl curl slapd ldap-utils rsyslog dnsutil
 STAMP_SYS := $(VENV)/.system-packages
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint typecheck bench bench-check bench-serve bench-dns bench-import setup clean sample fuzz \
+.PHONY: run test check lint typecheck bench bench-check bench-download bench-serve bench-dns bench-import \
+	bench-profile setup clean sample fuzz \
 	soak constraints
 
 setup: $(STAMP)
@@ -86,19 +87,26 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 # benchmarks against the reference tools, interleaved on the same machine; each prints its
-# table and writes bench/out/<name>.json (docs/benchmarks.md)
-bench-import: $(STAMP)
-	$(PY) bench/bench_import.py
-
+# table and writes bench/out/<name>.json (docs/benchmarks.md). `make bench` runs them all
+# (about 8 minutes on 2 cores).
 bench-check: $(STAMP)
 	$(PY) bench/bench_checks.py
 
-bench-serve: bench-check
+bench-download: $(STAMP)
+	$(PY) bench/bench_downloads.py
+
+bench-serve: bench-check bench-download
 
 bench-dns: $(STAMP)
 	$(PY) bench/bench_dns.py
 
-bench: bench-check bench-dns bench-import
+bench-import: $(STAMP)
+	$(PY) bench/bench_import.py
+
+bench-profile: $(STAMP)
+	$(PY) bench/bench_profile.py --tls10
+
+bench: bench-check bench-download bench-dns bench-import bench-profile
 
 # the appliance under a fleet's traffic for SOAK_SECONDS (bench/soak.py): fails on any error
 # or when RSS or open descriptors grow after warm-up; report in bench/out/soak-*.json

@@ -1,293 +1,181 @@
-"""`make bench-dns`: the DNS responder under dnsperf, beside dnsmasq answering the same name.
+"""`make bench-dns`: the discovery responder of `ucupdates serve` beside dnsmasq.
 
-Both servers run on the same machine in the same run, pinned to one core (taskset -c 0),
-while dnsperf runs on another (-c 1), asking `ucupdates-r2.example.com A` for the same
-number of seconds; with --rounds N they take turns N times and the best round of each
-counts. Reports queries/s, loss and latency, the ratio (aim: at least 0.8x dnsmasq with
-no loss), and an RRL check: one client floods from one /24 at a fixed rate while
-another prefix asks now and then; answers are counted on the client's side.
-Writes bench/out/dns.json. Traffic goes only to 127.0.0.1.
+The realistic mix (a building of phones booting): 80 % `ucupdates-r2.example.com A`, 10 %
+its AAAA, 10 % ten other names (Lync's discovery names, SRV records, NTP and CRL hosts),
+which neither server forwards (no upstreams: both answer REFUSED). dnsmasq answers the
+name with --address and --local (so its AAAA is NODATA, as ours, not REFUSED). dnsperf
+(one client, at most 100 queries in flight, no EDNS) on the client CPU, each server on the
+server CPU, taking turns --reps times for --seconds. Reported: queries/s, loss, and each
+server's CPU time per query (/proc), median ratio and range; aim at least 0.8x, no loss.
+
+Then a rate-limiting check (--rrl-rate answers/s per /24, slip 2): one client floods
+from 127.0.0.1 while another prefix (127.0.1.1) asks ten times a second; answers counted
+on the client side. Writes bench/out/dns.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import select
-import shutil
 import socket
-import struct
-import subprocess
-import sys
-import tempfile
+import statistics
 import time
-from pathlib import Path
+from typing import Any
 
-from appliance.testing import free_port
+import harness as h
+from dnslib import DNSRecord
 
-REPO = Path(__file__).resolve().parent.parent
-DNSMASQ = shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin:/sbin") or "dnsmasq"
-NAME = "ucupdates-r2.example.com"
-HOST = "127.0.0.1"
-
-RUNNER = """\
-import json, sys
-from pathlib import Path
-from twisted.internet import reactor, stdio
-from twisted.protocols.basic import LineReceiver
-from appliance.config import load_config
-from appliance.discovery import make_dns_service
-
-service = make_dns_service(load_config(Path(sys.argv[1])), reactor)
-service.startService()
-
-class Control(LineReceiver):
-    delimiter = b"\\n"
-
-    def lineReceived(self, line):
-        self.sendLine(json.dumps(dict(service.responder.counters)).encode())
-
-    def connectionLost(self, reason):
-        reactor.stop()
-
-print(json.dumps(service.ports), flush=True)
-stdio.StandardIO(Control())
-reactor.run()
-"""
+NAME = f"ucupdates-r2.{h.DOMAIN}"
+OTHERS = [
+    "lyncdiscoverinternal.example.com A",
+    "lyncdiscover.example.com A",
+    "_sipinternaltls._tcp.example.com SRV",
+    "_sip._tls.example.com SRV",
+    "sipinternal.example.com A",
+    "time.windows.com A",
+    "www.example.com A",
+    "pool.ntp.org A",
+    "crl.microsoft.com A",
+    "example.com SOA",
+]
 
 
-def pinned(core: int, argv: list[str]) -> list[str]:
-    return ["taskset", "-c", str(core), *argv] if shutil.which("taskset") else argv
+def mix() -> list[str]:
+    """100 lines, dnsperf's input, asked in order over and over."""
+    lines = []
+    for other in OTHERS:
+        lines += [f"{NAME} A"] * 4 + [f"{NAME} AAAA"] + [f"{NAME} A"] * 4 + [other]
+    return lines
+
+
+def ask(port: int, line: str, source: str = "127.0.0.1") -> str:
+    """rcode and answer count of one query, or "no answer"."""
+    name, qtype = line.split()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        s.settimeout(2)
+        s.sendto(DNSRecord.question(name, qtype).pack(), ("127.0.0.1", port))
+        try:
+            reply = DNSRecord.parse(s.recv(4096))
+        except TimeoutError:
+            return "no answer"
+    return f"{reply.header.rcode} {len(reply.rr)} answers"
 
 
 def query(ident: int) -> bytes:
-    labels = b"".join(bytes([len(p)]) + p.encode() for p in NAME.split("."))
-    return struct.pack("!6H", ident, 0x0100, 1, 0, 0, 0) + labels + b"\x00\x00\x01\x00\x01"
+    packet = DNSRecord.question(NAME, "A")
+    packet.header.id = ident
+    return bytes(packet.pack())
 
 
-class Responder:
-    """`make_dns_service` in its own process, pinned to core 0."""
-
-    def __init__(self, work: Path, rrl: int, slip: int = 2) -> None:
-        config = work / f"dns-{rrl}.toml"
-        config.write_text(
-            f'data_dir = "data"\n[listeners]\ndns = "{HOST}:0"\n'
-            f'[dns]\ninternal_address = "127.0.0.1"\nrrl_responses_per_second = {rrl}\n'
-            f"rrl_slip = {slip}\n"
-        )
-        (work / "runner.py").write_text(RUNNER)
-        argv = pinned(0, [sys.executable, str(work / "runner.py"), str(config)])
-        self.process = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO, text=True
-        )
-        assert self.process.stdout is not None
-        self.port = int(json.loads(self.process.stdout.readline())["dns-udp"][1])
-
-    def counters(self) -> dict[str, int]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write("counters\n")
-        self.process.stdin.flush()
-        return dict(json.loads(self.process.stdout.readline()))
-
-    def stop(self) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        self.process.wait(timeout=10)
-
-
-class Dnsmasq:
-    def __init__(self) -> None:
-        self.port = free_port(socket.SOCK_DGRAM, HOST)
-        argv = [
-            DNSMASQ,
-            "--conf-file=/dev/null",
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            f"--listen-address={HOST}",
-            f"--port={self.port}",
-            "--pid-file=",
-            f"--address=/{NAME}/127.0.0.1",
-        ]
-        self.process = subprocess.Popen(pinned(0, argv), stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-def dnsperf(port: int, seconds: int, queries: Path) -> dict[str, float]:
-    argv = ["dnsperf", "-s", HOST, "-p", str(port), "-d", str(queries), "-l", str(seconds)]
-    text = subprocess.run(
-        pinned(1, [*argv, "-c", "1", "-q", "100"]),
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=True,
-    ).stdout
-
-    def number(label: str) -> float:
-        m = re.search(rf"{label}:\s+([\d.]+)", text)
-        if not m:
-            raise SystemExit(f"dnsperf printed no '{label}':\n{text}")
-        return float(m.group(1))
-
-    return {
-        "qps": number("Queries per second"),
-        "sent": number("Queries sent"),
-        "lost": number("Queries lost"),
-        "latency_ms": number(r"Average Latency \(s\)") * 1000,
-        "latency_stddev_ms": number(r"Latency StdDev \(s\)") * 1000,
-    }
-
-
-def rrl_check(work: Path, rate: int, seconds: float, flood_qps: int) -> dict[str, float]:
-    """One client floods from 127.0.0.1 (127.0.0.0/24); another asks from 127.0.1.1."""
-    responder = Responder(work, rrl=rate)
+def rrl_check(port: int, rate: int, seconds: float, flood_qps: int) -> dict[str, Any]:
+    """A flood from 127.0.0.1 (paced at `flood_qps`), ten queries a second from another
+    /24; full answers, truncated slips and silence counted here."""
     counts = {"sent": 0, "answers": 0, "slipped": 0, "other_sent": 0, "other_answers": 0}
-    try:
-        with (
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood,
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other,
-        ):
-            flood.bind((HOST, 0))
-            other.bind(("127.0.1.1", 0))
-            flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            _flood(flood, other, responder.port, seconds, flood_qps, counts)
-        server = responder.counters()
-    finally:
-        responder.stop()
-    budget = rate * seconds + rate  # a second's worth of burst
-    return {
-        **counts,
-        "seconds": seconds,
-        "rate_limit": rate,
-        "budget": budget,
-        "rrl_dropped": server["rrl_dropped"],
-        "rrl_slipped": server["rrl_slipped"],
-    }
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other,
+    ):
+        flood.bind(("127.0.0.1", 0))
+        other.bind(("127.0.1.1", 0))
+        flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
 
+        def receive(wait: float) -> None:
+            for sock in select.select([flood, other], [], [], wait)[0]:
+                reply = DNSRecord.parse(sock.recv(4096))
+                if sock is other:
+                    counts["other_answers"] += bool(reply.rr)
+                elif reply.rr:
+                    counts["answers"] += 1
+                elif reply.header.tc:
+                    counts["slipped"] += 1
 
-def _flood(
-    flood: socket.socket,
-    other: socket.socket,
-    port: int,
-    seconds: float,
-    qps: int,
-    counts: dict[str, int],
-) -> None:
-    began = time.monotonic()
-    total = int(seconds * qps)
-    for n in range(total):  # paced: query n leaves at n / qps seconds
-        while time.monotonic() - began < n / qps:
-            _receive(flood, other, counts, 0.0005)
-        flood.sendto(query(n & 0xFFFF), (HOST, port))
-        counts["sent"] += 1
-        if n % (qps // 10) == 0:  # ten times a second from the other prefix
-            other.sendto(query(n & 0xFFFF), (HOST, port))
-            counts["other_sent"] += 1
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline:
-        _receive(flood, other, counts, 0.05)
-
-
-def _receive(
-    flood: socket.socket, other: socket.socket, counts: dict[str, int], wait: float
-) -> None:
-    ready, _, _ = select.select([flood, other], [], [], wait)
-    for sock in ready:
-        reply = sock.recv(4096)
-        ancount, flags = (
-            struct.unpack_from("!H", reply, 6)[0],
-            struct.unpack_from("!H", reply, 2)[0],
-        )
-        if sock is other:
-            counts["other_answers"] += int(ancount > 0)
-        elif ancount:
-            counts["answers"] += 1
-        elif flags & 0x0200:
-            counts["slipped"] += 1
+        began = time.monotonic()
+        for n in range(int(seconds * flood_qps)):
+            while time.monotonic() - began < n / flood_qps:
+                receive(0.0005)
+            flood.sendto(query(n & 0xFFFF), ("127.0.0.1", port))
+            counts["sent"] += 1
+            if n % (flood_qps // 10) == 0:
+                other.sendto(query(n & 0xFFFF), ("127.0.0.1", port))
+                counts["other_sent"] += 1
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            receive(0.05)
+    return {**counts, "rate_limit": rate, "seconds": seconds, "budget": int(rate * (seconds + 1))}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=int, default=10, help="dnsperf run length")
-    parser.add_argument("--rounds", type=int, default=2, help="turns each server takes")
-    parser.add_argument("--rrl-rate", type=int, default=100, help="responses/s in the RRL check")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=5, help="length of each dnsperf run")
+    parser.add_argument("--reps", type=int, default=3, help="A B pairs")
+    parser.add_argument("--rrl-rate", type=int, default=100, help="answers/s in the RRL check")
     parser.add_argument("--flood-qps", type=int, default=5000, help="the flooding client's rate")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
-    for tool, package in (("dnsperf", "dnsperf"), (DNSMASQ, "dnsmasq-base")):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} is not installed (Debian package {package})")
-    out_dir = REPO / "bench" / "out"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench-dns-") as tmp:
-        work = Path(tmp)
+    machine = h.machine_check()
+    h.pin_self()
+    report: dict[str, Any] = {"machine": machine, "args": vars(args)}
+    with h.workdir("dns", args.keep) as work:
         queries = work / "queries.txt"
-        queries.write_text(f"{NAME} A\n")
-        runs: dict[str, list[dict[str, float]]] = {"dnsmasq": [], "ucupdates": []}
-        for _ in range(args.rounds):
-            dnsmasq = Dnsmasq()
-            try:
-                runs["dnsmasq"].append(dnsperf(dnsmasq.port, args.seconds, queries))
-            finally:
-                dnsmasq.stop()
-            ours = Responder(work, rrl=100_000_000)
-            try:
-                runs["ucupdates"].append(dnsperf(ours.port, args.seconds, queries))
-                counters = ours.counters()
-            finally:
-                ours.stop()
-        rrl = rrl_check(work, args.rrl_rate, 3.0, args.flood_qps)
-    best = {name: max(results, key=lambda r: r["qps"]) for name, results in runs.items()}
-    report = {
-        "machine": {"cpus": os.cpu_count(), "load": os.getloadavg()},
-        "seconds": args.seconds,
-        "rounds": runs,
-        "best": best,
-        "ratio": best["ucupdates"]["qps"] / best["dnsmasq"]["qps"],
-        "ucupdates_counters": counters,
-        "rrl": rrl,
-    }
-    print_report(report)
-    (out_dir / "dns.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwritten: {out_dir / 'dns.json'}")
+        queries.write_text("\n".join(mix()) + "\n")
+
+        def config(rrl: int) -> Any:
+            dns = f'[dns]\ninternal_address = "127.0.0.1"\nrrl_responses_per_second = {rrl}\n'
+            return h.prepare_appliance(work, None, dns)
+
+        with h.Fleet(work) as fleet:
+            uc = fleet.ucupdates(config(100_000_000))
+            ref = fleet.dnsmasq(h.free_port(), f"--address=/{NAME}/127.0.0.1", f"--local=/{NAME}/")
+            ports = {"ucupdates": uc.ports["dns-udp"], "dnsmasq": ref.ports["dns"]}
+            servers = {"ucupdates": uc, "dnsmasq": ref}
+            distinct = list(dict.fromkeys(mix()))
+            report["answers"] = {n: {q: ask(p, q) for q in distinct} for n, p in ports.items()}
+            for q in distinct:
+                print(f"  {q}: " + "; ".join(f"{n} {a[q]}" for n, a in report["answers"].items()))
+            print("\n## DNS, realistic mix")
+            runs = h.interleave(
+                list(ports),
+                args.reps,
+                lambda n, _: h.measured(
+                    servers[n], lambda: h.dnsperf(ports[n], queries, args.seconds)
+                ),
+            )
+            report["mix"] = h.compare(runs, "ucupdates", "dnsmasq")
+        print(f"\n## RRL: {args.rrl_rate} answers/s per /24, a {args.flood_qps} q/s flood")
+        with h.Fleet(work) as fleet:
+            uc = fleet.ucupdates(config(args.rrl_rate))
+            report["rrl"] = rrl_check(uc.ports["dns-udp"], args.rrl_rate, 3.0, args.flood_qps)
+    report["machine_after"] = {"load_average": [round(x, 2) for x in os.getloadavg()]}
+    print_table(report)
+    h.write_report("dns", report)
 
 
-def print_report(report: dict[str, object]) -> None:
-    best: dict[str, dict[str, float]] = report["best"]  # type: ignore[assignment]
-    machine: dict[str, object] = report["machine"]  # type: ignore[assignment]
-    load = ", ".join(f"{x:.1f}" for x in machine["load"])  # type: ignore[attr-defined]
-    print(f"\n### dnsperf, {report['seconds']} s, server on core 0, dnsperf on core 1\n")
-    print(f"{machine['cpus']} CPUs, load average {load} at the end; best round of each\n")
-    print("| server | queries/s | lost | avg latency | latency stddev |")
-    print("|---|---|---|---|---|")
-    for name, r in best.items():
-        print(
-            f"| {name} | {r['qps']:,.0f} | {r['lost']:.0f} of {r['sent']:.0f} "
-            f"| {r['latency_ms']:.3f} ms | {r['latency_stddev_ms']:.3f} ms |"
+def print_table(report: dict[str, Any]) -> None:
+    r = report["mix"]
+    cells = []
+    for name in ("ucupdates", "dnsmasq"):
+        runs = r["runs"][name]
+        cpu = statistics.median(x["server_cpu_per_request_us"] for x in runs)
+        lost = sum(x["lost"] for x in runs)
+        sent = sum(x["sent"] for x in runs)
+        cells.append(
+            f"{r['rate'][name]:,.0f} q/s, {cpu:.1f} µs CPU per query, lost {lost} of {sent:,}"
         )
-    print(f"\nratio ucupdates / dnsmasq: {report['ratio']:.2f}x (aim: at least 0.8x, no loss)")
-    rrl: dict[str, float] = report["rrl"]  # type: ignore[assignment]
-    print(
-        f"\n### RRL: {rrl['rate_limit']:.0f} responses/s per /24, slip 2, "
-        f"{rrl['seconds']:.0f} s flood\n"
-    )
-    print("| flooding client | sent | full answers | budget | slipped (TC) | no reply |")
+    print("\n| work | ucupdates | dnsmasq | ratio, rate | ratio, CPU per query | aim |")
     print("|---|---|---|---|---|---|")
-    none = rrl["sent"] - rrl["answers"] - rrl["slipped"]
     print(
-        f"| 127.0.0.1 (127.0.0.0/24) | {rrl['sent']:.0f} | {rrl['answers']:.0f} "
-        f"| {rrl['budget']:.0f} | {rrl['slipped']:.0f} | {none:.0f} |"
+        f"| DNS, 80 % A / 10 % AAAA / 10 % other | {cells[0]} | {cells[1]} "
+        f"| {h.fmt_ratio(r['ratio_rate'])} | {h.fmt_ratio(r['ratio_server_cpu_per_request_us'])} "
+        "| ≥ 0.8x, no loss |"
     )
+    q = report["rrl"]
+    silent = q["sent"] - q["answers"] - q["slipped"]
     print(
-        f"\nanother prefix (127.0.1.1) during the flood: {rrl['other_answers']:.0f} of "
-        f"{rrl['other_sent']:.0f} answered; server counters: {rrl['rrl_dropped']:.0f} dropped, "
-        f"{rrl['rrl_slipped']:.0f} slipped"
+        f"\nRRL: the flood sent {q['sent']:,}: {q['answers']} full answers (budget "
+        f"{q['budget']}), {q['slipped']:,} truncated, {silent:,} unanswered; another prefix: "
+        f"{q['other_answers']} of {q['other_sent']} answered"
     )
 
 

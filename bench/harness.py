@@ -47,9 +47,9 @@ _CPUS = frozenset(os.sched_getaffinity(0))
 PINNED = bool(shutil.which("taskset")) and {SERVER_CPU, CLIENT_CPU} <= _CPUS
 
 
-def pinned(cpu: int, argv: list[str]) -> list[str]:
+def pinned(cpu: int | None, argv: list[str]) -> list[str]:
     """`argv` under `taskset -c cpu` (every thread it starts inherits the CPU)."""
-    return ["taskset", "-c", str(cpu), *argv] if PINNED else argv
+    return ["taskset", "-c", str(cpu), *argv] if PINNED and cpu is not None else argv
 
 
 def pin_self(cpu: int = CLIENT_CPU) -> None:
@@ -59,8 +59,7 @@ def pin_self(cpu: int = CLIENT_CPU) -> None:
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        return s.bind(("127.0.0.1", 0)) or int(s.getsockname()[1])
 
 
 def machine_check(seconds: float = 1.0) -> dict[str, Any]:
@@ -134,7 +133,7 @@ class Fleet(contextlib.ExitStack):
         self.work = work
 
     def _popen(self, name: str, argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-        with (self.work / f"{name}.log").open("ab") as log:
+        with (self.work / f"{name}.log").open("wb") as log:  # a fresh log per start
             return subprocess.Popen(
                 pinned(SERVER_CPU, argv), stdin=subprocess.DEVNULL, stderr=log,
                 stdout=kw.pop("stdout", log), start_new_session=True, **kw,
@@ -187,11 +186,11 @@ class Fleet(contextlib.ExitStack):
         return "\n".join((self.work / f"{name}.log").read_text(errors="replace").splitlines()[-20:])
 
 
-def prepare_appliance(work: Path, package: Path, **service: Any) -> Path:
-    """A data folder with `package` imported and approved, and a config for it: every
-    listener on 127.0.0.1 port 0, `[service]` overrides; returns the config's path."""
+def prepare_appliance(work: Path, package: Path | None, tables: str = "", **service: Any) -> Path:
+    """A data folder with `package` imported and approved (if any), and a config for it:
+    every listener on 127.0.0.1 port 0, `[service]` overrides, then `tables` (TOML)."""
     data = work / "data"
-    for args in (("import", str(package)), ("approve", "--all-pending")):
+    for args in (("import", str(package)), ("approve", "--all-pending")) if package else ():
         cli = [sys.executable, "-m", "appliance", "--data-dir", str(data), *args]
         result = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, check=False)
         if result.returncode != 0:
@@ -201,9 +200,9 @@ def prepare_appliance(work: Path, package: Path, **service: Any) -> Path:
     config.write_text(
         f'data_dir = "{data}"\ndomains = ["{DOMAIN}"]\n[listeners]\n'
         + "".join(f'{n} = "127.0.0.1:0"\n' for n in names)
-        + "[service]\n"
-        + "".join(f"{k} = {json.dumps(v)}\n" for k, v in service.items())
-    )
+        + "[service]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in service.items())
+        + tables
+    )  # fmt: skip
     return config
 
 
@@ -312,7 +311,7 @@ def dnsperf(port: int, queries: Path, seconds: float, clients: int = 1) -> dict[
     }  # fmt: skip
 
 
-def timed(argv: list[str], cpu: int = SERVER_CPU, **kw: Any) -> dict[str, Any]:
+def timed(argv: list[str], cpu: int | None = SERVER_CPU, **kw: Any) -> dict[str, Any]:
     """Wall seconds and peak RSS of one run of `argv` on `cpu`, by GNU time (wait4 from
     here would not do: Linux carries a parent's peak RSS across fork and exec)."""
     out = _run(pinned(cpu, ["/usr/bin/time", "-f", "TIME %e %M", *argv]), 3600, **kw)
@@ -321,14 +320,16 @@ def timed(argv: list[str], cpu: int = SERVER_CPU, **kw: Any) -> dict[str, Any]:
 
 
 def measured(server: Server, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """`run()` (a client run returning "requests" and "seconds") with the server's CPU
-    time over it: rate, the server's CPU share of one core, CPU per request."""
-    before = cpu_seconds(server.pid)
+    """`run()` (a client run: "requests", "seconds") with the rate, the server's CPU share
+    and CPU per request, and the client's CPU share (its processes): which one limits."""
+    before, kids = cpu_seconds(server.pid), os.times()
     r = run()
-    used = cpu_seconds(server.pid) - before
+    used, after = cpu_seconds(server.pid) - before, os.times()
     r["rate"] = r["requests"] / r["seconds"]
     r["server_cpu_share"] = round(used / r["seconds"], 3)
     r["server_cpu_per_request_us"] = round(1e6 * used / max(int(r["requests"]), 1), 2)
+    client = after.children_user + after.children_system - kids.children_user - kids.children_system
+    r.setdefault("client_cpu_share", round(client / r["seconds"], 3))
     return r
 
 
@@ -345,7 +346,7 @@ def interleave(
 
 
 def _brief(r: dict[str, Any]) -> str:
-    keys = ("rate", "server_cpu_per_request_us", "server_cpu_share", "seconds", "peak_rss_bytes")
+    keys = ("rate", "server_cpu_per_request_us", "server_cpu_share", "client_cpu_share", "seconds")
     return ", ".join(f"{k} {r[k]:,.6g}" for k in keys if isinstance(r.get(k), (int, float)))
 
 

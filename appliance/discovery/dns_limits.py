@@ -8,37 +8,72 @@ whether it may recurse, and its RRL prefix).
 from __future__ import annotations
 
 import ipaddress
+from collections import deque
 from dataclasses import dataclass
 from enum import IntEnum
 
 from appliance.config import Network, ZoneSettings
+from appliance.discovery.dns_wire import HEADER, folded_key, with_question
 from appliance.model import Zone
 from appliance.zones import zone_of
+
+HEADER_SIZE = HEADER.size
 
 
 class ReplyCache:
     """Packed replies for repeated questions, at most `size` of them, oldest evicted first.
 
-    The key is the query without its ID (flags, question, OPT), the view (`Client.view`:
-    internal or not, recursing or not) and the transport; the value is the reply without
-    its ID, so a hit costs a dict look-up and one concatenation.
+    One table per view (`Client.view`: internal or not, recursing or not) and transport;
+    its key is the query without its ID (flags, question, OPT), its value the reply without
+    its ID, so a hit costs a dict look-up and one concatenation. A query whose name has
+    capital letters is also filed under its lower-case spelling (dns_wire.folded_key), so
+    the same question in any letter case is a hit, with the question copied as asked.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._replies: dict[tuple[bytes, int, bool], bytes] = {}
+        self._tables: dict[tuple[int, bool], dict[bytes, bytes]] = {
+            (view, tcp): {} for view in range(4) for tcp in (False, True)
+        }
+        self._order: deque[tuple[dict[bytes, bytes], bytes]] = deque()  # oldest first
 
     def __len__(self) -> int:
-        return len(self._replies)
+        return len(self._order)
+
+    def table(self, view: int, tcp: bool) -> dict[bytes, bytes]:
+        """The replies for one view and transport, by the query without its ID (read-only:
+        the responder's fastest path looks up here itself)."""
+        return self._tables[view, tcp]
 
     def get(self, query: bytes, view: int, tcp: bool) -> bytes | None:
-        tail = self._replies.get((query[2:], view, tcp))
-        return None if tail is None else query[:2] + tail
+        table = self._tables[view, tcp]
+        tail = table.get(query[2:])
+        if tail is not None:
+            return query[:2] + tail
+        folded = folded_key(query)
+        if folded is None:
+            return None
+        tail = table.get(folded[0])
+        return None if tail is None else with_question(query, tail, folded[1])
 
     def put(self, query: bytes, view: int, tcp: bool, reply: bytes) -> None:
-        if len(self._replies) >= self.size:
-            del self._replies[next(iter(self._replies))]
-        self._replies[(query[2:], view, tcp)] = reply[2:]
+        table = self._tables[view, tcp]
+        self._add(table, query[2:], reply[2:])
+        folded = folded_key(query)
+        if folded is not None:
+            key, end = folded
+            if reply[HEADER_SIZE:end] == query[HEADER_SIZE:end]:  # the question as asked
+                # filed as the reply to the lower-case spelling, whose exact key `key` is
+                lowered = key[HEADER_SIZE - 2 : end - 2]
+                self._add(table, key, reply[2:HEADER_SIZE] + lowered + reply[end:])
+
+    def _add(self, table: dict[bytes, bytes], key: bytes, value: bytes) -> None:
+        if key not in table:
+            if len(self._order) >= self.size:
+                oldest, old_key = self._order.popleft()
+                del oldest[old_key]
+            self._order.append((table, key))
+        table[key] = value
 
 
 class Verdict(IntEnum):

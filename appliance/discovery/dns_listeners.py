@@ -11,7 +11,6 @@ trickling in every few seconds does not keep a connection open) and in any case 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from twisted.internet.protocol import (
@@ -34,6 +33,7 @@ class DnsDatagramProtocol(DatagramProtocol):
 
     def __init__(self, responder: DnsResponder) -> None:
         self.responder = responder
+        self._datagram = responder.datagram
         self._sendto: Callable[[bytes, Any], int] = lambda data, addr: 0
 
     def startProtocol(self) -> None:
@@ -42,12 +42,18 @@ class DnsDatagramProtocol(DatagramProtocol):
         self._sendto = self.transport.socket.sendto
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.responder.handle(datagram, addr[0], False, partial(self._write, addr=addr))
+        reply = self._datagram(datagram, addr, self._write)
+        if reply is not None:
+            try:
+                self._sendto(reply, addr)
+            except OSError:  # the socket's buffer is full: like a datagram lost on the way
+                self.responder.counters["send_errors"] += 1
 
     def _write(self, reply: bytes, addr: Any) -> None:
+        """A reply that comes later (an upstream's answer)."""
         try:
             self._sendto(reply, addr)
-        except OSError:  # the socket's buffer is full: like a datagram lost on the way
+        except OSError:
             self.responder.counters["send_errors"] += 1
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -35,6 +36,7 @@ from appliance.discovery.dns_limits import Client, RateLimiter, ReplyCache, Verd
 log = Logger(namespace="ucupdates.dns")
 
 Send = Callable[[bytes], None]
+Write = Callable[[bytes, Any], None]  # a reply and the client's address
 MAX_CLIENTS = 65_536  # remembered client classifications
 
 COUNTERS = (
@@ -80,6 +82,7 @@ class DnsResponder:
         self.last_reload_error: str | None = None
         self.limiter = RateLimiter(settings.rrl_responses_per_second, settings.rrl_slip)
         self._clients: dict[str, Client] = {}
+        self._udp: dict[str, tuple[dict[bytes, bytes], Client]] = {}  # UDP table, client
         self._serial = 0
         self._rrl_logged = -1.0
         self._timeouts_logged, self._timeouts_quiet = -1.0, 0
@@ -109,6 +112,7 @@ class DnsResponder:
             names=tuple(str(name) for name in self.settings.names),
         )
         self._table, self._cache = table, ReplyCache(self.settings.cache_entries)
+        self._udp = {}  # its entries hold the old cache's tables
 
     def reload(self) -> tuple[str, ...]:
         """Read the domains again and swap the answer table; on error keep the old one."""
@@ -133,10 +137,50 @@ class DnsResponder:
         self.counters["tcp_queries" if tcp else "udp_queries"] += 1
         client = self._clients.get(host) or self._classify(host)
         cached = self._cache.get(data, client.view, tcp)
-        if cached is not None:
-            self.counters["cache_hits"] += 1
-            self._send(cached, client, tcp, send)
+        if cached is None:
+            self._decide(data, client, tcp, send)
             return
+        self.counters["cache_hits"] += 1
+        if tcp:
+            send(cached)
+        else:
+            self._send(cached, client, send)
+
+    def datagram(self, data: bytes, addr: Any, write: Write) -> bytes | None:
+        """One UDP query from `addr`: the reply to send now, or None when there is none
+        yet (`write(reply, addr)` is called later: forwarded), or none at all (limited,
+        malformed). What `handle` does, with less on the way for a repeated question."""
+        counters = self.counters
+        counters["udp_queries"] += 1
+        known = self._udp.get(addr[0])
+        if known is None:
+            known = self._know(addr[0])
+        tail = known[0].get(data[2:])
+        if tail is not None:
+            reply = data[:2] + tail
+        else:
+            cased = self._cache.get(data, known[1].view, False)  # another letter case?
+            if cased is None:
+                self._decide(data, known[1], False, lambda later: write(later, addr))
+                return None
+            reply = cased
+        counters["cache_hits"] += 1
+        verdict = self.limiter.check(known[1].prefix, self.clock())
+        return self._limited(verdict, reply) if verdict else reply
+
+    def _know(self, host: str) -> tuple[dict[bytes, bytes], Client]:
+        client = self._clients.get(host) or self._classify(host)
+        known = self._udp[host] = (self._cache.table(client.view, False), client)
+        return known
+
+    def _classify(self, host: str) -> Client:
+        if len(self._clients) >= MAX_CLIENTS:
+            self._clients.clear()
+            self._udp.clear()
+        client = self._clients[host] = classify(host, self.zones, self.settings.forward_networks)
+        return client
+
+    def _decide(self, data: bytes, client: Client, tcp: bool, send: Send) -> None:
         outcome = respond(data, client.internal, tcp, self._table, client.recurse)
         if outcome.action is Action.DROP:
             self.counters["malformed"] += 1
@@ -146,28 +190,26 @@ class DnsResponder:
             self.counters["local_replies"] += 1
             if outcome.cacheable:
                 self._cache.put(data, client.view, tcp, outcome.reply)
-            self._send(outcome.reply, client, tcp, send)
+            if tcp:
+                send(outcome.reply)
+            else:
+                self._send(outcome.reply, client, send)
 
-    def _classify(self, host: str) -> Client:
-        if len(self._clients) >= MAX_CLIENTS:
-            self._clients.clear()
-        client = self._clients[host] = classify(host, self.zones, self.settings.forward_networks)
-        return client
+    def _send(self, reply: bytes, client: Client, send: Send) -> None:
+        """Over UDP: sent, truncated or not at all, as the rate limit says."""
+        verdict = self.limiter.check(client.prefix, self.clock())
+        limited = self._limited(verdict, reply) if verdict else reply  # SEND is 0
+        if limited is not None:
+            send(limited)
 
-    def _send(self, reply: bytes, client: Client, tcp: bool, send: Send) -> None:
-        if not tcp:
-            verdict = self.limiter.check(client.prefix, self.clock())
-            if verdict:  # SEND is 0
-                self._limited(verdict, reply, send)
-                return
-        send(reply)
-
-    def _limited(self, verdict: Verdict, reply: bytes, send: Send) -> None:
+    def _limited(self, verdict: Verdict, reply: bytes) -> bytes | None:
+        """What goes out instead of `reply` when the rate limit says DROP or SLIP."""
         if verdict is Verdict.SLIP:
             self.counters["rrl_slipped"] += 1
-            send(truncate(reply, question_end(reply), False))
+            limited: bytes | None = truncate(reply, question_end(reply), False)
         else:
             self.counters["rrl_dropped"] += 1
+            limited = None
         now = self.clock()
         if self.limiter.engaged and now - self._rrl_logged >= 1.0:  # at most 32 lines a second
             self._rrl_logged = now
@@ -179,16 +221,19 @@ class DnsResponder:
                     event="dns.rrl",
                 )
             self.limiter.engaged.clear()
+        return limited
 
     def _forward(
         self, data: bytes, outcome: Outcome, client: Client, tcp: bool, send: Send
     ) -> None:
         def done(answer: bytes | None) -> None:
-            if answer is None:
-                self._send(outcome.reply, client, tcp, send)  # SERVFAIL
-            else:
+            if answer is not None:
                 self.counters["upstream_answers"] += 1
-                self._send(relay(answer, data, outcome, tcp), client, tcp, send)
+            reply = outcome.reply if answer is None else relay(answer, data, outcome, tcp)
+            if tcp:  # SERVFAIL when no upstream answered
+                send(reply)
+            else:
+                self._send(reply, client, send)
 
         assert self.forwarder is not None  # respond() forwards only when there is one
         self.counters["forwarded"] += 1

@@ -42,7 +42,15 @@ from dnslib import (
     DNSRecord,
 )
 
-from appliance.discovery.dns_wire import OUR_UDP_SIZE, Question, read_question, refusal
+from appliance.discovery.dns_wire import (
+    OUR_UDP_SIZE,
+    SOA_TIMES,
+    Question,
+    apex_at,
+    nxdomain,
+    read_question,
+    refusal,
+)
 
 PLAIN_UDP_SIZE = 512  # the limit for a query without EDNS
 HEADER = struct.Struct("!HHHHHH")
@@ -161,6 +169,9 @@ def respond(
         name = query[HEADER.size : plain.name_end].lower()
         if plain.qclass not in (CLASS_IN, CLASS_ANY) or not name.endswith(table.wire_apexes):
             return _not_ours(query, plain, table, recurse)
+        below = _below_ours(query, plain, internal, tcp, table, recurse)
+        if below is not None:
+            return below
     try:
         record = DNSRecord.parse(query)
     except Exception:  # dnslib raises DNSError, and on some input others (RecursionError)
@@ -180,8 +191,29 @@ def _not_ours(query: bytes, q: Question, table: AnswerTable, recurse: bool) -> O
     if q.qclass in (CLASS_IN, CLASS_ANY) and table.forwarding and recurse:
         servfail = refusal(query, q, SERVFAIL, flags)
         return Outcome(Action.FORWARD, servfail, "forward", False, limit, q.end, q.edns)
-    reply = refusal(query, q, REFUSED, flags)
-    return Outcome(Action.REPLY, reply, "refused", True, limit, q.end, q.edns)
+    return Outcome(
+        Action.REPLY, refusal(query, q, REFUSED, flags), "refused", True, limit, q.end, q.edns
+    )
+
+
+def _below_ours(
+    query: bytes, q: Question, internal: bool, tcp: bool, table: AnswerTable, recurse: bool
+) -> Outcome | None:
+    """NXDOMAIN (or REFUSED) for a plain query of a name below one of ours, without
+    dnslib: a flood of made-up names must not cost a parse each. None: not that case."""
+    start = apex_at(query, q, table.wire_apexes)
+    if start <= HEADER.size or not 0 <= table.serial <= 0xFFFFFFFF or table.ttl > 0xFFFFFFFF:
+        return None  # the apex itself (its answers are few, and cached), or no apex
+    view = table.internal if internal else table.external
+    limit = min(max(PLAIN_UDP_SIZE, q.udp_size), OUR_UDP_SIZE) if q.edns else PLAIN_UDP_SIZE
+    flags = QR | (q.flags & (RD_BIT | CD)) | (RA if table.forwarding and recurse else 0)
+    if not view.served or q.qtype in (T_AXFR, T_IXFR):
+        reply = refusal(query, q, REFUSED, flags)
+        return Outcome(Action.REPLY, reply, "refused", True, limit, q.end, q.edns)
+    reply = nxdomain(query, q, start, flags | AA, table.ttl, table.serial)
+    if not tcp and len(reply) > limit:
+        reply = truncate(reply, q.end, q.edns)
+    return Outcome(Action.REPLY, reply, "nxdomain", True, limit, q.end, q.edns)
 
 
 def _header_only(query: bytes, rcode: int, kind: str) -> Outcome:
@@ -280,7 +312,7 @@ def _addresses(apex: DNSLabel, view: Addresses, ttl: int) -> list[RR]:
 
 def _soa(apex: DNSLabel, table: AnswerTable) -> RR:
     rname = DNSLabel((HOSTMASTER, *apex.label))
-    times = (3600, 600, 86400, table.ttl)  # refresh, retry, expire, negative-answer TTL
+    times = (*SOA_TIMES, table.ttl)  # refresh, retry, expire, negative-answer TTL
     return RR(apex, T_SOA, ttl=table.ttl, rdata=SOA(apex, rname, (table.serial, *times)))
 
 

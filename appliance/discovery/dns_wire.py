@@ -17,7 +17,13 @@ from typing import NamedTuple
 HEADER = struct.Struct("!HHHHHH")
 _TAIL = struct.Struct("!HH")  # type, class
 _OPT = struct.Struct("!HHIH")  # type, UDP size, extended RCODE/version/flags, data length
-T_OPT = 41
+_RR = struct.Struct("!HHIH")  # type, class, TTL, data length (after the owner name)
+_POINTER = struct.Struct("!H")
+_SOA_TIMES = struct.Struct("!IIIII")
+T_SOA, T_OPT = 6, 41
+NXDOMAIN = 3
+SOA_TIMES = (3600, 600, 86400)  # refresh, retry, expire; then the negative-answer TTL
+HOSTMASTER = b"\x0ahostmaster"  # the SOA's mailbox, before the apex
 OUR_UDP_SIZE = 1232  # what we advertise in OPT, and the most we send over UDP
 MAX_NAME_TEXT = 253  # dnslib refuses to pack longer names (their text form, without the dot)
 
@@ -112,13 +118,38 @@ def with_question(query: bytes, tail: bytes, end: int) -> bytes:
     return query[:2] + tail[: HEADER.size - 2] + query[HEADER.size : end] + tail[end - 2 :]
 
 
+def apex_at(query: bytes, q: Question, wire_apexes: tuple[bytes, ...]) -> int:
+    """Where in `query` the longest of `wire_apexes` (lower case) that ends the name
+    starts, on a label boundary; 0 when none does."""
+    offset, name = HEADER.size, query[HEADER.size : q.name_end].lower()
+    while offset < q.name_end - 1:
+        if name[offset - HEADER.size :] in wire_apexes:
+            return offset
+        offset += 1 + query[offset]
+    return 0
+
+
+def nxdomain(query: bytes, q: Question, apex: int, flags: int, ttl: int, serial: int) -> bytes:
+    """NXDOMAIN for a name below the apex at offset `apex`, with the apex's SOA in
+    authority, as dns_answer packs it with dnslib: every name a pointer to the question."""
+    pointer = _POINTER.pack(0xC000 | apex)
+    rdata = pointer + HOSTMASTER + pointer + _SOA_TIMES.pack(serial, *SOA_TIMES, ttl)
+    soa = pointer + _RR.pack(T_SOA, 1, ttl, len(rdata)) + rdata
+    header = HEADER.pack(0, flags | NXDOMAIN, 1, 0, 1, int(q.edns))
+    return query[:2] + header[2:] + query[HEADER.size : q.end] + soa + _our_opt(q, NXDOMAIN)
+
+
 def refusal(query: bytes, q: Question, rcode: int, flags: int) -> bytes:
     """REFUSED (or SERVFAIL) for `q`: the header with `flags`, the question as asked, and
     our OPT record when the query had one, as dns_answer packs it with dnslib. It is never
     over 512 bytes (a name of at most 253 characters), so never truncated."""
     header = HEADER.pack(0, flags | rcode, 1, 0, 0, int(q.edns))
-    reply = query[:2] + header[2:] + query[HEADER.size : q.end]
-    if q.edns:
-        ttl = (rcode >> 4) << 24 | (q.opt_ttl & 0x8000)  # version 0; DO echoed
-        reply += b"\x00" + _OPT.pack(T_OPT, OUR_UDP_SIZE, ttl, 0)
-    return reply
+    return query[:2] + header[2:] + query[HEADER.size : q.end] + _our_opt(q, rcode)
+
+
+def _our_opt(q: Question, rcode: int) -> bytes:
+    """Our OPT record when the query had one (version 0, its DO bit echoed), else none."""
+    if not q.edns:
+        return b""
+    ttl = (rcode >> 4) << 24 | (q.opt_ttl & 0x8000)
+    return b"\x00" + _OPT.pack(T_OPT, OUR_UDP_SIZE, ttl, 0)

@@ -120,13 +120,13 @@ def _begin_logging(config: Config, reactor: Any, log_format: str) -> None:
         LogLevelFilterPredicate,
         globalLogBeginner,
         jsonFileLogObserver,
-        textFileLogObserver,
     )
 
+    from appliance.cli.console import text_observer
     from appliance.ops import SyslogError, make_syslog_observer
 
     observer: Any = (
-        jsonFileLogObserver(sys.stderr) if log_format == "json" else textFileLogObserver(sys.stderr)
+        jsonFileLogObserver(sys.stderr) if log_format == "json" else text_observer(sys.stderr)
     )
     predicate: Any = LogLevelFilterPredicate(LogLevel.info)
     filtered: Any = FilteringLogObserver(observer, [predicate])

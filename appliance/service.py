@@ -29,7 +29,6 @@ from appliance.phones import (
     FileCheckService,
     LdapDirectory,
     LocalDirectory,
-    PhoneResource,
     PhoneService,
     ThreadPoolRunner,
     clean_device_logs,
@@ -37,7 +36,7 @@ from appliance.phones import (
 )
 from appliance.store import Store
 from appliance.tls import ServerCredentials, context_factory
-from appliance.web import GuardedSite, Limits
+from appliance.web import LeanFactory, Limits
 
 log = Logger(namespace="ucupdates.service")
 
@@ -190,17 +189,15 @@ def make_service(
         ntlm=ntlm_verifier(config.auth, config.db_path),
     )
     phone = PhoneService(config, store, authenticator, clock)
+    phone.records.batch_audit(lambda write: reactor.callLater(0, write))  # one write a turn
     root = ApplianceService(phone, config)
     limits = Limits.of(config.service)
-    resource = PhoneResource(phone)
     for listener in listeners(config):
-        admit = phone.admitter(listener.external, plain_http=listener.profile is None)
-        site = GuardedSite(resource, admit, limits, reactor=reactor)
-        factory: Any = site
-        wrapped: Any = site
+        routes = phone.routes(listener.external, plain_http=listener.profile is None)
+        factory: Any = LeanFactory(routes, limits, reactor)
         if listener.profile is not None:
             tls: Any = context_factory(credentials, listener.profile)
-            factory = TLSMemoryBIOFactory(tls, False, wrapped)
+            factory = TLSMemoryBIOFactory(tls, False, factory, clock=reactor)
         server = SharedPortServer(listener, factory, reactor)
         server.setServiceParent(root)
 

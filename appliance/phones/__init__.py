@@ -11,7 +11,7 @@ from appliance.phones.directories import (
 )
 from appliance.phones.ntlm import NtlmResponse
 from appliance.phones.records import clean_device_logs
-from appliance.phones.resource import PhoneResource, PhoneService
+from appliance.phones.resource import PhoneRoutes, PhoneService
 from appliance.phones.verification import FileCheckService
 from appliance.phones.winbind import WinbindVerifier
 
@@ -24,7 +24,7 @@ __all__ = [
     "LocalDirectory",
     "NtlmResponse",
     "NtlmVerifier",
-    "PhoneResource",
+    "PhoneRoutes",
     "PhoneService",
     "ThreadPoolRunner",
     "WinbindVerifier",

@@ -2,7 +2,8 @@
 
 The zone (internal or external, after trusted proxies), the body limit, refusals of the
 plain-HTTP listener to external clients, and the credentials (Basic, or NTLM bound to
-the connection) of external requests. `appliance.web`'s `GuardedSite` calls the admitter.
+the connection) of external requests. The listener's `appliance.web.Channel` calls the
+admitter with the request as parsed so far (method, target, headers).
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from appliance.model import Zone
 from appliance.phones.answers import RouteKind, route
 from appliance.phones.auth import Authenticator, AuthResult
 from appliance.phones.ntlm import NtlmSession
-from appliance.web import GuardedRequest, Rejection
-from appliance.zones import client_address, zone_of
+from appliance.web import LeanRequest, Rejection
+from appliance.zones import client_address, is_external_path, zone_of
 
 log = Logger(namespace="ucupdates.phone")
+
+PLACES = 4096  # (peer, X-Forwarded-For, path kind) -> (client, zone) remembered
 
 
 @dataclass(frozen=True)
@@ -58,21 +61,34 @@ def auth_headers(result: AuthResult, realm: str, ntlm: bool = False) -> list[tup
     return [(b"WWW-Authenticate", b"NTLM"), basic] if ntlm else [basic]
 
 
+Admit = Callable[[LeanRequest, int | None], Rejection | None]
+
+
 def make_admitter(
     config: Config, authenticator: Authenticator, external_listener: bool, plain_http: bool
-) -> Callable[..., Rejection | None]:
+) -> Admit:
     """The admission of one listener; on the plain-HTTP one (`plain_http`), nothing
     external is served: 403, and the event `http.external_refused`."""
+    places: dict[tuple[str, tuple[bytes, ...], bool], tuple[str, Zone]] = {}
 
-    def admit(
-        request: GuardedRequest, method: bytes, path: bytes, length: int | None
-    ) -> Rejection | None:
+    def place(peer: str, forwarded: list[bytes], path: bytes) -> tuple[str, Zone]:
+        """Client and zone, remembered (the same few peers ask again and again)."""
+        key = (peer, tuple(forwarded), is_external_path(path))
+        found = places.get(key)
+        if found is None:
+            client = client_address(peer, forwarded, config.zones)
+            found = (client, zone_of(client, external_listener, path, config.zones))
+            if len(places) >= PLACES:
+                places.clear()
+            places[key] = found
+        return found
+
+    def admit(request: LeanRequest, length: int | None) -> Rejection | None:
+        path = request.target
         kind = route(path)
-        transport: Any = request.channel.transport
-        peer = transport.getPeer()
-        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
-        client = client_address(getattr(peer, "host", "?"), forwarded, config.zones)
-        zone = zone_of(client, external_listener, path, config.zones)
+        peer = request.channel.peer
+        forwarded = request.values(b"x-forwarded-for")
+        client, zone = place(getattr(peer, "host", "?"), forwarded, path)
         if plain_http and zone is Zone.EXTERNAL:
             log.info(
                 "plain HTTP refused to external {client} ({path})",
@@ -97,7 +113,7 @@ def make_admitter(
         auth = None
         if zone is Zone.EXTERNAL and kind is not None:
             auth = authenticator.authenticate(
-                request.requestHeaders.getRawHeaders(b"authorization", [None])[0],
+                request.first(b"authorization"),
                 client,
                 ntlm_session(authenticator, request),
             )
@@ -121,7 +137,7 @@ def make_admitter(
     return admit
 
 
-def ntlm_session(authenticator: Authenticator, request: GuardedRequest) -> NtlmSession | None:
+def ntlm_session(authenticator: Authenticator, request: LeanRequest) -> NtlmSession | None:
     """The NTLM state of the request's connection (made on its first request)."""
     if not authenticator.ntlm_enabled:
         return None

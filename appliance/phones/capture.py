@@ -18,12 +18,13 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.logger import Logger
-from twisted.web import server
+from twisted.web.http_headers import Headers
 
 from appliance.config import Config
 from appliance.model import Capture, CapturedTls, DeviceRequest, Zone
 from appliance.ops import CaptureFolder, capture_id
 from appliance.store import iso_utc
+from appliance.web import LeanRequest
 
 log = Logger(namespace="ucupdates.phone")
 
@@ -91,7 +92,8 @@ class Captures:
 
     def keep(
         self,
-        request: server.Request,
+        request: LeanRequest,
+        status: int,
         body: bytes,
         answer: bytes,
         client: str,
@@ -99,7 +101,7 @@ class Captures:
         reason: str,
         device: DeviceRequest | None = None,
     ) -> Capture | None:
-        """Write a capture of `request` and the `answer` it got (status: request.code)."""
+        """Write a capture of `request` and the `answer` it got (with `status`)."""
         if not self.settings.capture:
             return None
         now = self.now()
@@ -107,9 +109,12 @@ class Captures:
         if model is not None:
             reason = f"one of the first checks of {model} (answer: {reason})"
         transport: Any = getattr(request.channel, "transport", None)
+        grouped = Headers()  # names as Twisted spelled them, grouped in first-seen order
+        for name, value in request.raw_headers:
+            grouped.addRawHeader(name, value)
         headers = tuple(
             safe_header(name, value)
-            for name, values in request.requestHeaders.getAllRawHeaders()
+            for name, values in grouped.getAllRawHeaders()
             for value in values
         )
         capture = Capture(
@@ -120,12 +125,12 @@ class Captures:
             zone=zone,
             model=model,
             method=request.method.decode("latin-1"),
-            target=request.uri.decode("latin-1"),
-            http_version=request.clientproto.decode("latin-1"),
+            target=request.target.decode("latin-1"),
+            http_version="HTTP/1.0" if request.http10 else "HTTP/1.1",
             headers=headers,
             body=body,
             tls=tls_of(transport),
-            status=int(request.code),
+            status=status,
             answer=answer,
         )
         for _ in range(100):  # ids are taken only after a restart within the same second

@@ -1,19 +1,21 @@
 """Image downloads: the Range answer, the slots, and a body that cannot be held forever.
 
 `Downloads.serve` answers a GET or HEAD of a stored image once `resource.py` has found it
-in the catalogue and checked its path. It replaces Twisted's `static.File`, which honoured
-any Range header, overlapping ones included, and streamed through a pull producer that
-nothing watched:
+in the catalogue and checked its path: `ETag` (the file's SHA-256) with If-None-Match and
+`Last-Modified` with If-Modified-Since (304, as Twisted's `Request.setETag` and
+`setLastModified` decide it), then the head, written at once, and the body. Unlike
+Twisted's `static.File`, which honoured any Range header, overlapping ones included, and
+streamed through a pull producer that nothing watched:
 
 - which bytes: `ranges.plan_ranges` (one range, or up to `service.max_ranges` in order and
   not overlapping; otherwise the whole file, or 416);
 - slots: at most `service.max_downloads` bodies at once, and at most
   `service.max_downloads_per_client` per client address (after trusted proxies); beyond
   either, 503 with Retry-After (`download.refused`). HEAD and 304 take no slot;
-- stalls: the body is a push producer; while the connection's write buffer does not drain
-  (Twisted pauses the producer) for `service.download_stall_seconds`, the connection is
-  aborted (`download.stalled`). The slot is released exactly once: when the body is
-  finished, or when the connection is lost (the client went, or the stall abort).
+- stalls: the body (`image_body.TransportBody`) is the transport's push producer; while
+  nothing moves for `service.download_stall_seconds`, the connection is aborted
+  (`download.stalled`). The slot is released exactly once: when the body is finished, or
+  when the connection is lost (the client went, or the stall abort).
 
 `slots.py` counts the slots and `image_body.py` sends the body. A check to run on the file
 before it is served (a hash, say) belongs in `Downloads.serve`, before a slot is taken.
@@ -28,10 +30,10 @@ from pathlib import Path
 from typing import IO
 
 from twisted.logger import Logger
-from twisted.web import http, server
+from twisted.web.http import datetimeToString, stringToDatetime
 
 from appliance.config import ServiceSettings
-from appliance.phones.image_body import Body, Download, Part
+from appliance.phones.image_body import Download, Part, TransportBody
 from appliance.phones.ranges import (
     ByteRange,
     RangeAnswer,
@@ -41,10 +43,13 @@ from appliance.phones.ranges import (
     plan_ranges,
 )
 from appliance.phones.slots import DownloadLimit, DownloadSlots
+from appliance.web import LeanRequest, render
+from appliance.web import text_answer as plain
 
 log = Logger(namespace="ucupdates.phone")
 
 OCTETS = b"application/octet-stream"
+OCTETS_LINE = b"Content-Type: " + OCTETS
 
 
 class Downloads:
@@ -54,42 +59,52 @@ class Downloads:
         self.settings = settings
         self.slots = DownloadSlots(settings.max_downloads, settings.max_downloads_per_client)
 
-    def serve(self, request: server.Request, path: Path, download: Download) -> bytes | int:
+    def serve(self, request: LeanRequest, path: Path, download: Download) -> None:
         """Answer GET or HEAD of the image at `path` (found, and inside the store)."""
         stored = download.stored
         etag = f'"{stored.sha256}"'.encode()
-        if request.setETag(etag) == http.CACHED:
-            return b""
+        headers = [b"ETag: " + etag]
+        tags = request.headers.get(b"if-none-match")
+        if tags and (etag in tags.split() or b"*" in tags.split()):
+            _answer(request, 304, headers)
+            return
         try:
             image: IO[bytes] = path.open("rb")
         except OSError as e:
             log.error("cannot open image {path}: {error}", path=str(path), error=e.strerror)
-            return _plain(request, 404, "not found")
+            plain(request, 404, "not found", headers)
+            return
         try:
-            return self._answer(request, image, etag, download)
+            self._answer(request, image, etag, download, headers)
         except BaseException:
             image.close()
             raise
 
     def _answer(
-        self, request: server.Request, image: IO[bytes], etag: bytes, download: Download
-    ) -> bytes | int:
+        self,
+        request: LeanRequest,
+        image: IO[bytes],
+        etag: bytes,
+        download: Download,
+        headers: list[bytes],
+    ) -> None:
         stat = os.fstat(image.fileno())
         size = stat.st_size
         modified = datetime.fromtimestamp(int(stat.st_mtime), UTC)
-        request.setHeader(b"accept-ranges", b"bytes")
-        request.setHeader(b"x-content-sha256", download.stored.sha256.encode())
-        if request.setLastModified(modified.timestamp()) == http.CACHED:
+        headers.append(b"Accept-Ranges: bytes")
+        headers.append(b"X-Content-SHA256: " + download.stored.sha256.encode())
+        headers.append(b"Last-Modified: " + datetimeToString(int(modified.timestamp())))
+        if _unmodified_since(request, int(modified.timestamp())):
             image.close()
-            return b""
+            _answer(request, 304, headers)
+            return
         if request.method == b"HEAD":
             image.close()
-            request.setHeader(b"content-type", OCTETS)
-            request.setHeader(b"content-length", b"%d" % size)
-            return b""
+            _answer(request, 200, [*headers, OCTETS_LINE], length=size)
+            return
         plan = RangePlan(RangeAnswer.WHOLE)
-        if if_range_holds(request.getHeader(b"if-range"), etag, modified):
-            plan = plan_ranges(request.getHeader(b"range"), size, self.settings.max_ranges)
+        if if_range_holds(request.headers.get(b"if-range"), etag, modified):
+            plan = plan_ranges(request.headers.get(b"range"), size, self.settings.max_ranges)
         if plan.ignored:
             log.info(
                 "range header from {client} ignored ({why}): whole file sent",
@@ -99,22 +114,49 @@ class Downloads:
             )
         if plan.answer is RangeAnswer.UNSATISFIABLE:
             image.close()
-            request.setHeader(b"content-range", b"bytes */%d" % size)
-            return _plain(request, 416, "range not satisfiable")
+            headers.append(b"Content-Range: bytes */%d" % size)
+            plain(request, 416, "range not satisfiable", headers)
+            return
         slot = self.slots.take(download.client)
         if isinstance(slot, DownloadLimit):
             image.close()
-            return self._refuse(request, slot, download)
+            self._refuse(request, slot, download, headers)
+            return
         try:
-            parts, trailer = self._head(request, plan, size)
-            body = Body(request, image, parts, trailer, slot, self.settings, download)
+            status, length, parts, trailer = self._head(plan, size, headers)
+            channel = request.channel
+            head = render(
+                status,
+                headers,
+                b"",
+                channel.dates.line(),
+                close=not request.keep_alive,
+                http10=request.http10,
+                length=length,
+            )
+            body = TransportBody(
+                channel.clock,
+                channel.transport,
+                image,
+                parts,
+                trailer,
+                slot,
+                self.settings,
+                download,
+                status,
+                lambda sent: channel.finish(request, sent),
+            )
         except BaseException:
             slot.release()
             raise
+        request.on_lost = body.connection_lost
+        channel.write(request, head)
+        channel.lend_transport()
         body.start()
-        return server.NOT_DONE_YET
 
-    def _refuse(self, request: server.Request, limit: DownloadLimit, download: Download) -> bytes:
+    def _refuse(
+        self, request: LeanRequest, limit: DownloadLimit, download: Download, headers: list[bytes]
+    ) -> None:
         log.info(
             "image download to {client} refused: {limit} reached ({active} active)",
             client=download.client,
@@ -122,24 +164,23 @@ class Downloads:
             active=self.slots.active,
             event="download.refused",
         )
-        request.setHeader(b"retry-after", str(self.settings.retry_after).encode())
-        return _plain(request, 503, "too many downloads at once; retry later")
+        headers.append(b"Retry-After: " + str(self.settings.retry_after).encode())
+        plain(request, 503, "too many downloads at once; retry later", headers)
 
     @staticmethod
-    def _head(request: server.Request, plan: RangePlan, size: int) -> tuple[list[Part], bytes]:
-        """Set the status and headers; the parts of the body and what ends it."""
+    def _head(
+        plan: RangePlan, size: int, headers: list[bytes]
+    ) -> tuple[int, int, list[Part], bytes]:
+        """Status, Content-Length and the header lines (added to `headers`); the parts
+        of the body and what ends it."""
         if plan.answer is RangeAnswer.WHOLE:
-            request.setResponseCode(200)
-            request.setHeader(b"content-type", OCTETS)
-            request.setHeader(b"content-length", b"%d" % size)
-            return ([Part(b"", ByteRange(0, size))] if size else []), b""
-        request.setResponseCode(206)
+            headers.append(OCTETS_LINE)
+            return 200, size, ([Part(b"", ByteRange(0, size))] if size else []), b""
         if len(plan.ranges) == 1:
             (only,) = plan.ranges
-            request.setHeader(b"content-type", OCTETS)
-            request.setHeader(b"content-range", content_range(only, size))
-            request.setHeader(b"content-length", b"%d" % only.size)
-            return [Part(b"", only)], b""
+            headers.append(OCTETS_LINE)
+            headers.append(b"Content-Range: " + content_range(only, size))
+            return 206, only.size, [Part(b"", only)], b""
         boundary = secrets.token_hex(16).encode()
         parts = [
             Part(
@@ -151,12 +192,26 @@ class Downloads:
         ]
         trailer = b"\r\n--%s--\r\n" % boundary
         length = sum(len(p.head) + p.span.size for p in parts) + len(trailer)
-        request.setHeader(b"content-type", b"multipart/byteranges; boundary=" + boundary)
-        request.setHeader(b"content-length", b"%d" % length)
-        return parts, trailer
+        headers.append(b"Content-Type: multipart/byteranges; boundary=" + boundary)
+        return 206, length, parts, trailer
 
 
-def _plain(request: server.Request, status: int, text: str) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    return text.encode() + b"\n"
+def _unmodified_since(request: LeanRequest, modified: int) -> bool:
+    """If-Modified-Since at or after the file's time (a date that does not parse: no)."""
+    since = request.headers.get(b"if-modified-since")
+    if not since:
+        return False
+    try:
+        when = stringToDatetime(since.split(b";", 1)[0])
+    except (ValueError, IndexError, OverflowError):
+        return False
+    return bool(when >= modified)
+
+
+def _answer(request: LeanRequest, status: int, headers: list[bytes], length: int = 0) -> None:
+    """A 304, or the head of a HEAD."""
+    channel = request.channel
+    date = channel.dates.line()
+    close = not request.keep_alive
+    out = render(status, headers, b"", date, close=close, http10=request.http10, length=length)
+    channel.complete(request, out)

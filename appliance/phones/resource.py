@@ -1,9 +1,11 @@
-"""The phones' HTTP side (Twisted): update checks, image downloads, device log uploads.
+"""The phones' HTTP side: update checks, image downloads, device log uploads.
 
 `PhoneService` holds what every listener shares: the answers (`answers.py`), the records
-(`records.py`) and the download slots. `PhoneResource` answers one listener's requests;
-`admit` runs when a request's headers are in (`appliance.web`'s `GuardedSite`) and
-decides zone, body limit and credentials before any body is read.
+(`records.py`) and the download slots. `PhoneRoutes` is one listener's routes for the
+lean HTTP server (`appliance.web.LeanFactory`): `admit` runs when a request's headers are
+in (`admission.py`: zone, body limit, credentials, before any body), `handle` answers a
+whole request. A check's answer goes out as bytes remembered whole for the second
+(`appliance.web`'s `Rendered`): the same answer body costs one look-up.
 """
 
 from __future__ import annotations
@@ -14,15 +16,14 @@ import secrets
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import PurePosixPath
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qs, unquote_to_bytes
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import resource, server
 
 from appliance.catalogue import FileVerifier
 from appliance.config import Config
-from appliance.phones.admission import Admission, auth_headers, fired, make_admitter
+from appliance.phones.admission import Admission, Admit, auth_headers, fired, make_admitter
 from appliance.phones.answers import Answers, RouteKind
 from appliance.phones.auth import Authenticator, AuthResult
 from appliance.phones.codec import CONTENT_TYPE, BaseUrls, CheckError, parse_check
@@ -30,7 +31,8 @@ from appliance.phones.downloads import Downloads
 from appliance.phones.image_body import Download
 from appliance.phones.records import DeviceLogError, Records, store_device_log
 from appliance.store import Store
-from appliance.web import GuardedRequest, Rejection
+from appliance.web import LeanRequest, Rejection
+from appliance.web import text_answer as plain
 
 log = Logger(namespace="ucupdates.phone")
 
@@ -47,6 +49,9 @@ _LOG_TYPE_BY_EXTENSION = {
     ".xml": "Config",
 }
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+CHECK_HEADERS = (b"Content-Type: " + CONTENT_TYPE, b"Cache-Control: no-store")
+
+Handler = Callable[[LeanRequest, Admission], None]
 
 
 class PhoneService:
@@ -78,157 +83,168 @@ class PhoneService:
     def close(self) -> None:
         self.records.close()
 
-    # -- admission: when the headers are in -----------------------------------------------
-
-    def admitter(
-        self, external_listener: bool, plain_http: bool = False
-    ) -> Callable[..., Rejection | None]:
+    def admitter(self, external_listener: bool, plain_http: bool = False) -> Admit:
         """The admission of one listener (`admission.make_admitter`)."""
         return make_admitter(self.config, self.authenticator, external_listener, plain_http)
 
+    def routes(self, external_listener: bool, plain_http: bool = False) -> PhoneRoutes:
+        """One listener's routes, for `appliance.web.LeanFactory`."""
+        return PhoneRoutes(self, self.admitter(external_listener, plain_http))
 
-class PhoneResource(resource.Resource):
+
+class PhoneRoutes:
     """Every path of one phone-facing listener."""
 
-    isLeaf = True
-
-    def __init__(self, service: PhoneService) -> None:
-        super().__init__()
+    def __init__(self, service: PhoneService, admit: Admit) -> None:
         self.service = service
-
-    def render(self, request: server.Request) -> bytes | int:
-        assert isinstance(request, GuardedRequest)
-        admission: Admission = request.admission
-        request.setHeader(b"server", b"ucupdates")
-        if admission.kind is None:
-            return _plain(request, 404, "not found")
-        allowed = _METHODS[admission.kind]
-        if request.method not in allowed:
-            request.setHeader(b"allow", b", ".join(allowed))
-            return _plain(request, 405, "method not allowed")
-        handlers = {
+        self._admit = admit
+        self._handlers: dict[RouteKind, Handler] = {
             RouteKind.CHECK: self._check,
             RouteKind.UPLOAD: self._upload,
             RouteKind.FILES: self._file,
         }
-        handler = handlers[admission.kind]
+
+    def admit(self, request: LeanRequest, length: int | None) -> Rejection | None:
+        return self._admit(request, length)
+
+    def handle(self, request: LeanRequest) -> None:
+        admission: Admission = request.admission
+        if admission.kind is None:
+            plain(request, 404, "not found")
+            return
+        allowed = _METHODS[admission.kind]
+        if request.method not in allowed:
+            plain(request, 405, "method not allowed", [b"Allow: " + b", ".join(allowed)])
+            return
+        handler = self._handlers[admission.kind]
         if admission.auth is None:
-            return handler(request, admission)
+            handler(request, admission)
+            return
         done = fired(admission.auth)
         if done is not None:
-            return self._authorised(request, admission, handler, done)
+            self._authorised(request, admission, handler, done)
+            return
 
         def later(result: AuthResult) -> None:
-            if request.finished or request._disconnected:
-                return
-            out = self._authorised(request, admission, handler, result)
-            if isinstance(out, bytes):
-                request.write(out)
-                request.finish()
+            if not request.channel.gone:
+                self._authorised(request, admission, handler, result)
 
         def failed(failure: Failure) -> None:
             log.failure("authentication failed unexpectedly", failure)
-            if not request.finished and not request._disconnected:
-                request.write(_plain(request, 500, "internal error"))
-                request.finish()
+            if not request.channel.gone:
+                plain(request, 500, "internal error")
 
         admission.auth.addCallbacks(later, failed)
-        return server.NOT_DONE_YET
 
     def _authorised(
-        self,
-        request: server.Request,
-        admission: Admission,
-        handler: Callable[[server.Request, Admission], bytes | int],
-        result: AuthResult,
-    ) -> bytes | int:
+        self, request: LeanRequest, admission: Admission, handler: Handler, result: AuthResult
+    ) -> None:
         if not result.ok:
             ntlm = self.service.authenticator.ntlm_enabled
-            for name, value in auth_headers(result, self.service.config.auth.realm, ntlm):
-                request.responseHeaders.addRawHeader(name, value)
-            return _plain(request, result.status, result.reason)
-        return handler(request, admission)
+            headers = auth_headers(result, self.service.config.auth.realm, ntlm)
+            plain(request, result.status, result.reason, [n + b": " + v for n, v in headers])
+            return
+        handler(request, admission)
 
     # -- POST ucdevice.upx ------------------------------------------------------------------
 
-    def _check(self, request: server.Request, admission: Admission) -> bytes | int:
-        assert request.content is not None
-        body = request.content.read()
+    def _check(self, request: LeanRequest, admission: Admission) -> None:
+        service = self.service
+        body = request.body
         try:
             device = parse_check(body, admission.zone, admission.client)
         except CheckError as e:
             log.info(
                 "bad update check from {client}: {reason}", client=admission.client, reason=e.reason
             )
-            refusal = _plain(request, e.status, e.reason)
-            self.service.records.captures.keep(
-                request, body, refusal, admission.client, admission.zone, f"unparsable: {e.reason}"
-            )
-            return refusal
-        decision, response = self.service.answers.answer(device)
-        self.service.records.record_check(device, decision, admission.client)
-        request.setHeader(b"content-type", CONTENT_TYPE)
-        request.setHeader(b"cache-control", b"no-store")
-        captures = self.service.records.captures  # capture mode's hook (phones/capture.py)
+            refusal = plain(request, e.status, e.reason)
+            service.records.captures.keep(
+                request, e.status, body, refusal, admission.client, admission.zone,
+                f"unparsable: {e.reason}",
+            )  # fmt: skip
+            return
+        decision, answer = service.answers.answer(device)
+        service.records.record_check(device, decision, admission.client)
+        channel = request.channel
+        channel.complete(
+            request,
+            channel.rendered.cached(
+                200, CHECK_HEADERS, answer, not request.keep_alive, request.http10
+            ),
+        )
+        captures = service.records.captures  # capture mode's hook (phones/capture.py)
         if captures.wants(device):
             why = decision.reason.value
-            captures.keep(request, body, response, admission.client, admission.zone, why, device)
-        return response
+            client, zone = admission.client, admission.zone
+            captures.keep(request, 200, body, answer, client, zone, why, device)
 
     # -- GET /DeviceUpdateFiles_*/ --------------------------------------------------------
 
-    def _file(self, request: server.Request, admission: Admission) -> bytes | int:
-        raw = request.path.split(b"/", 2)[2] if request.path.count(b"/") >= 2 else b""
+    def _file(self, request: LeanRequest, admission: Admission) -> None:
+        path = request.path
+        raw = path.split(b"/", 2)[2] if path.count(b"/") >= 2 else b""
         relative = unquote_to_bytes(raw).decode("utf-8", "replace")
         parts = PurePosixPath(relative).parts
         if not parts or any(p in ("..", ".") or "\\" in p or "\0" in p for p in parts):
-            return _plain(request, 404, "not found")
-        stored = self.service.answers.referenced_file("/".join(parts))
+            plain(request, 404, "not found")
+            return
+        answers = self.service.answers
+        stored = answers.referenced_file("/".join(parts))
         if stored is None:
-            return _plain(request, 404, "not found")
+            plain(request, 404, "not found")
+            return
         store_dir = self.service.config.store_dir
-        path = store_dir / stored.path
-        if not os.path.realpath(path).startswith(os.path.realpath(store_dir) + os.sep):
-            return _plain(request, 404, "not found")
-        if not self.service.answers.intact(stored):  # its hash, once per size and time
-            return _plain(request, 503, "this file fails verification; not served")
+        found = store_dir / stored.path
+        if not os.path.realpath(found).startswith(os.path.realpath(store_dir) + os.sep):
+            plain(request, 404, "not found")
+            return
+        if not answers.intact(stored):  # its hash, once per size and time
+            plain(request, 503, "this file fails verification; not served")
+            return
         # Found and inside the store: slots, Range and the body are downloads.py's.
-        download = Download(stored, admission.client, admission.zone)
-        return self.service.downloads.serve(request, path, download)
+        self.service.downloads.serve(
+            request, found, Download(stored, admission.client, admission.zone)
+        )
 
     # -- PUT/POST Files -------------------------------------------------------------------
 
-    def _upload(self, request: server.Request, admission: Admission) -> bytes | int:
-        settings = self.service.config.device_logs
-        assert request.content is not None
-        body = request.content.read()
-        args = request.args or {}
+    def _upload(self, request: LeanRequest, admission: Admission) -> None:
+        service = self.service
+        settings = service.config.device_logs
+        body = request.body
+        query = request.target.split(b"?", 1)
+        args = parse_qs(query[1], keep_blank_values=True) if len(query) == 2 else {}
         name = _arg(args, b"filename", b"name", b"file") or _disposition_name(request)
         if not name:
-            return _plain(request, 400, "no file name (query parameter 'filename')")
+            plain(request, 400, "no file name (query parameter 'filename')")
+            return
         base = _SAFE_NAME.sub("_", PurePosixPath(name.replace("\\", "/")).name).strip("._")[:96]
         extension = os.path.splitext(base)[1].lower()
         if extension not in settings.valid_extensions:
-            return _plain(request, 415, f"file extension {extension or '(none)'} is not accepted")
+            plain(request, 415, f"file extension {extension or '(none)'} is not accepted")
+            return
         log_type = _arg(args, b"type", b"logtype") or _LOG_TYPE_BY_EXTENSION.get(
             extension, "Diaglog"
         )
         valid = {t.casefold(): t for t in settings.valid_types}
         if log_type.casefold() not in valid:
-            return _plain(request, 400, f"log type {log_type!r} is not accepted")
+            plain(request, 400, f"log type {log_type!r} is not accepted")
+            return
         if not body:
-            return _plain(request, 400, "empty upload")
+            plain(request, 400, "empty upload")
+            return
         device = _arg(args, b"mac", b"serial", b"device") or admission.client
-        stamp = self.service.now().strftime("%Y%m%dT%H%M%S")
+        stamp = service.now().strftime("%Y%m%dT%H%M%S")
         safe_device = _SAFE_NAME.sub("_", device)[:64]
-        folder = self.service.config.logs_dir / "Client" / valid[log_type.casefold()]
+        folder = service.config.logs_dir / "Client" / valid[log_type.casefold()]
         name = f"{safe_device}_{stamp}_{secrets.token_hex(3)}_{base}"
         try:
             target = store_device_log(folder, name, body)
         except DeviceLogError as e:  # a full disk: refused, nothing left half-written
             log.error("cannot store device log {name}: {error}", name=name, error=str(e))
-            request.setHeader(b"retry-after", str(self.service.config.service.retry_after).encode())
-            return _plain(request, 507, "cannot store the log now")
+            retry = b"Retry-After: " + str(service.config.service.retry_after).encode()
+            plain(request, 507, "cannot store the log now", [retry])
+            return
         log.info(
             "device log {name} ({type}, {size} bytes) from {client}",
             name=target.name,
@@ -237,8 +253,8 @@ class PhoneResource(resource.Resource):
             client=admission.client,
             event="device.log",
         )
-        request.setResponseCode(201)
-        return b""
+        channel = request.channel
+        channel.complete(request, channel.render(request, 201, (), b""))
 
 
 def _arg(args: dict[bytes, list[bytes]], *names: bytes) -> str | None:
@@ -250,17 +266,9 @@ def _arg(args: dict[bytes, list[bytes]], *names: bytes) -> str | None:
     return None
 
 
-def _disposition_name(request: server.Request) -> str | None:
-    header = request.getHeader(b"content-disposition")
+def _disposition_name(request: LeanRequest) -> str | None:
+    header = request.headers.get(b"content-disposition")
     if not header:
         return None
-    m = re.search(
-        r'filename="?([^";]+)"?', header.decode("latin-1") if isinstance(header, bytes) else header
-    )
+    m = re.search(r'filename="?([^";]+)"?', header.decode("latin-1"))
     return m.group(1) if m else None
-
-
-def _plain(request: server.Request, status: int, text: str) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    return text.encode() + b"\n"

@@ -1,8 +1,9 @@
-"""HTTP sites in process: real requests through a real Site, over memory, no sockets.
+"""HTTP servers in process: real requests through the real server, over memory, no sockets.
 
-`memory_client(make_site)` is treq's StubTreq, but the requests reach the site the
-appliance builds (a GuardedSite with its admission, or the Control Panel's site) rather
-than a plain Site around a resource. `settle` moves the bytes until a response is there.
+`memory_client(make_site)` is treq's StubTreq, but the requests reach the server the
+appliance builds (a phone listener's `LeanFactory` with its admission, or the Control
+Panel's site) rather than a plain Site around a resource. `settle` moves the bytes until a
+response is there.
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 
-from appliance.phones import PhoneResource, PhoneService
-from appliance.web import GuardedSite, Limits
+from appliance.phones import PhoneService
+from appliance.web import LeanFactory, Limits
 
 SETTLE_ROUNDS = 10_000  # each round moves what is buffered; a download needs one per chunk
 
 
-def memory_client(make_site: Callable[[MemoryReactorClock], Site]) -> StubTreq:
+def memory_client(make_site: Callable[[MemoryReactorClock], Any]) -> StubTreq:
     """A treq client whose requests reach `make_site(reactor)` over an in-memory transport.
 
     The site gets the client's memory reactor, so its timers run only when the test says.
@@ -38,7 +38,7 @@ def memory_client(make_site: Callable[[MemoryReactorClock], Site]) -> StubTreq:
 def settle(stub: StubTreq, d: defer.Deferred[Any]) -> Any:
     """Move bytes between client and server until `d` fires, in bounded rounds.
 
-    An image's body (`phones.downloads.Body`) writes a batch of chunks a reactor turn, on
+    An image's body (`phones.image_body.TransportBody`) writes a batch a reactor turn, on
     the site's reactor: the client's memory reactor, whose calls that are due each round
     runs (its clock does not move). Pull producers elsewhere are pumped by Twisted's global
     cooperator, which schedules on the global reactor, not running here: each round runs
@@ -123,11 +123,11 @@ def inline(work: Callable[[], bool]) -> defer.Deferred[bool]:
 
 def phone_site(
     service: PhoneService, reactor: Any, external: bool = False, plain_http: bool = False
-) -> GuardedSite:
-    """A phone listener's site as `make_service` builds it (internal HTTPS by default)."""
-    admit = service.admitter(external, plain_http=plain_http)
-    limits = Limits.of(service.config.service)
-    return GuardedSite(PhoneResource(service), admit, limits, reactor=reactor)
+) -> LeanFactory:
+    """A phone listener's server as `make_service` builds it (internal HTTPS by default),
+    without the TLS around it."""
+    routes = service.routes(external, plain_http=plain_http)
+    return LeanFactory(routes, Limits.of(service.config.service), reactor)
 
 
 def phone_client(

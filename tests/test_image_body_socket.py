@@ -1,18 +1,22 @@
-"""An image body on a real plain TCP connection: os.sendfile, stalls, resets, descriptors.
+"""An image body on a real TCP connection, plain and TLS: stalls, resets, descriptors.
 
 A private epoll reactor (not the global one) listens on a loopback port with a small
 protocol that, on the first bytes of a request, writes a head through its transport and
-starts a `TransportBody`, as the phone listener's protocol does. The client is a
-non-blocking socket driven from the same thread: the test turns the reactor and reads,
-in bounded rounds. os.sendfile is counted to show the bytes took that path; the
+starts a `TransportBody`, as the phone listener's protocol does; for TLS behind
+Twisted's TLSMemoryBIOFactory with the phone listeners' context (TLS 1.0 to 1.3). The
+client is a non-blocking socket driven from the same thread: the test turns the reactor
+and reads, in bounded rounds. os.sendfile (plain) and os.preadv (TLS, the file read
+beside Twisted's write path) are counted to show the bytes took the socket path; the
 process's descriptors are counted to show the duplicate is let go however it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -23,13 +27,17 @@ from typing import Any
 import pytest
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from appliance.config import load_config
+from appliance.config import TlsProfile, load_config
 from appliance.model import Zone
 from appliance.phones.image_body import Download, Part, TransportBody
 from appliance.phones.ranges import ByteRange
 from appliance.phones.slots import DownloadSlots, Slot
+from appliance.tls import context_factory, ensure_test_certificates
+
+pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 
 SIZE = 8 * 1024 * 1024 + 3  # well past the kernel's socket buffers
 STALL = 0.5
@@ -42,6 +50,7 @@ HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
 @dataclasses.dataclass
 class Server:
     reactor: EPollReactor
+    tls: str  # "plain", or the client's TLS version: "tls1.0", "tls1.3"
     port: int
     image: Path
     data: bytes
@@ -111,20 +120,33 @@ def fds() -> int:
 
 @pytest.fixture
 def sendfiles(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Bytes of the file read by os.sendfile or os.preadv (TLS), call by call."""
     counted: list[int] = []
-    real = os.sendfile
+    real_sendfile, real_preadv = os.sendfile, os.preadv
 
     def sendfile(out: int, source: int, offset: int | None, count: int) -> int:
-        sent = real(out, source, offset, count)
+        sent = real_sendfile(out, source, offset, count)
         counted.append(sent)
         return sent
 
+    def preadv(source: int, buffers: list[Any], offset: int) -> int:
+        got = real_preadv(source, buffers, offset)
+        counted.append(got)
+        return got
+
     monkeypatch.setattr(os, "sendfile", sendfile)
+    monkeypatch.setattr(os, "preadv", preadv)
     return counted
 
 
+@pytest.fixture(params=["plain", "tls1.3", "tls1.0"])
+def tls(request: pytest.FixtureRequest) -> str:
+    version: str = request.param
+    return version
+
+
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+def make_server(tmp_path: Path, tls: str) -> Iterator[Callable[..., Server]]:
     reactors: list[EPollReactor] = []
 
     def make(parts: list[Part] | None = None, trailer: bytes = b"", head: bytes = b"") -> Server:
@@ -133,9 +155,13 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         image.write_bytes(data)
         reactor = EPollReactor()
         reactors.append(reactor)
-        factory = Factory.forProtocol(OneBody)
+        factory: Any = Factory.forProtocol(OneBody)
+        if tls != "plain":
+            creds = ensure_test_certificates(tmp_path / "tls", ["localhost"])
+            contexts = context_factory(creds, TlsProfile.LPE_LEGACY)
+            factory = TLSMemoryBIOFactory(contexts, False, factory, reactor)
         parts = [Part(b"", ByteRange(0, SIZE))] if parts is None else parts
-        server = Server(reactor, 0, image, data, DownloadSlots(4, 4), parts, trailer)
+        server = Server(reactor, tls, 0, image, data, DownloadSlots(4, 4), parts, trailer)
         server.head = head or HEAD % SIZE
         OneBody.server = server
         listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -146,35 +172,54 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     for reactor in reactors:
         for port in list(reactor.getReaders()) + list(reactor.getWriters()):
             if port is not reactor.waker:
-                port.connectionLost(Failure(ConnectionError("test over")))
+                with contextlib.suppress(Exception):  # a connection already half gone
+                    port.connectionLost(Failure(ConnectionError("test over")))
         reactor.removeAll()
         reactor.waker.connectionLost(None)
 
 
 def client(server: Server, rcvbuf: int | None = None) -> socket.socket:
+    """Connected (TLS: handshake done) and the request sent; non-blocking."""
     sock = socket.socket()
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect(("127.0.0.1", server.port))
     sock.setblocking(False)
-    sock.send(b"GET /image HTTP/1.1\r\nHost: x\r\n\r\n")
+    if server.tls != "plain":
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        if server.tls == "tls1.0":  # a phone's: TLS 1.0, AES128-SHA
+            context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1
+            context.set_ciphers("AES128-SHA:@SECLEVEL=0")
+        sock = context.wrap_socket(sock, do_handshake_on_connect=False)
+        box: list[bool] = []
+
+        def handshake() -> None:
+            try:
+                sock.do_handshake()  # type: ignore[attr-defined]
+                box.append(True)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+
+        server.until("the TLS handshake", lambda: bool(box), handshake)
+    request = b"GET /image HTTP/1.1\r\nHost: x\r\n\r\n"
+    server.until("the request sent", lambda: bool(sock.send(request)), lambda: None)
     return sock
 
 
 def reader(sock: socket.socket, into: bytearray, most: int | None = None) -> Callable[[], None]:
-    """Reads what has come (up to `most` bytes in all); notes the end as b"" appended."""
+    """Reads what has come (up to `most` bytes in all); closes the socket at the end."""
 
     def read() -> None:
-        while most is None or len(into) < most:
+        while sock.fileno() != -1 and (most is None or len(into) < most):
             try:
                 got = sock.recv(256 * 1024 if most is None else min(65536, most - len(into)))
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 return
-            except ConnectionResetError:
+            except (ConnectionResetError, ssl.SSLError):
                 got = b""
             if not got:
                 sock.close()
-                into.extend(b"")
                 return
             into.extend(got)
 
@@ -188,7 +233,7 @@ def ended(server: Server, done: list[bool], baseline: int) -> None:
     assert fds() <= baseline
 
 
-def test_a_whole_image_goes_by_sendfile(make_server: Any, sendfiles: list[int]) -> None:
+def test_a_whole_image_goes_by_the_socket(make_server: Any, sendfiles: list[int]) -> None:
     server = make_server()
     baseline = fds()
     sock = client(server)
@@ -214,7 +259,7 @@ def test_a_head_larger_than_the_socket_takes_goes_first(
     assert server.done == [True]
 
 
-def test_multipart_heads_go_between_sendfile_spans(make_server: Any, sendfiles: list[int]) -> None:
+def test_multipart_heads_go_between_the_spans(make_server: Any, sendfiles: list[int]) -> None:
     spans = [ByteRange(5, 3 * 1024 * 1024), ByteRange(4 * 1024 * 1024, 100)]
     parts = [Part(b"\r\n--b\r\nPart: %d\r\n\r\n" % n, s) for n, s in enumerate(spans)]
     server = make_server(parts=parts, trailer=b"\r\n--b--\r\n", head=b"HEAD\r\n\r\n")

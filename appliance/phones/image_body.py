@@ -5,11 +5,14 @@ parts to send and the slot to a body, after the response head has been written. 
 `TransportBody` writes to a raw transport and is its push producer:
 
 - on a plain TCP connection it sends with `os.sendfile` from the page cache to the
-  socket (`web.SocketWriter`), the multipart heads between the spans, once the head
-  written through the transport has gone;
-- on anything else (TLS, memory transports in tests) it reads large pieces and writes
-  them, a bounded batch a reactor turn, and stops at the transport's first pause: a
-  slow client holds about one transport buffer, not more.
+  socket, the multipart heads between the spans, once the head written through the
+  transport has gone; over TLS on TCP it encrypts 64 KiB pieces and sends the records
+  to the socket itself (`web.socket_writer`), whatever the socket does not take going to
+  the transport's buffer;
+- on anything else (memory transports in tests) it reads pieces and writes them, a
+  bounded batch a reactor turn, and stops at the transport's first pause.
+
+Either way a slow client holds about one transport buffer of memory, not more.
 
 No progress for `service.download_stall_seconds` in a row (paused, or the socket full)
 means the client stopped reading: the connection is aborted (`download.stalled`).
@@ -32,13 +35,13 @@ from appliance.config import ServiceSettings
 from appliance.model import StoredFile, Zone
 from appliance.phones.ranges import ByteRange
 from appliance.phones.slots import Slot
-from appliance.web import SocketWriter, sendfile_transport, transport_pending
+from appliance.web import SocketWriter, socket_writer
 
 log = Logger(namespace="ucupdates.phone")
 
 CHUNK = 64 * 1024  # bytes read and written at a time where Python carries them
 BATCH = 16  # pieces written in one reactor turn while the transport keeps taking them
-SENDFILE_MAX = 8 * 1024 * 1024  # bytes asked of one os.sendfile
+SEND_MAX = 8 * 1024 * 1024  # bytes asked of one os.sendfile (TLS: web.sendfile.PIECE)
 SOCKET_BATCH = 16  # sends in one writable event, before other connections get a turn
 
 
@@ -116,12 +119,7 @@ class TransportBody:
         if not self._items:
             self._complete()
             return
-        tcp = sendfile_transport(self._transport)
-        if tcp is not None:
-            try:
-                self._socket = SocketWriter(self._reactor, tcp, self._send, self._broken)
-            except OSError:
-                self._socket = None  # out of descriptors: Python carries the bytes
+        self._socket = socket_writer(self._reactor, self._transport, self._send, self._broken)
         if self._socket is not None:
             self._block()  # until the socket takes a first byte
             self._socket.wait()
@@ -144,11 +142,12 @@ class TransportBody:
         self._block()
 
     def resumeProducing(self) -> None:
-        if self._ended or self._socket is not None:
-            return  # a socket body is driven by the socket's room, not by the transport
+        if self._ended:
+            return
         self._paused = False
-        self._blocked_since = None
-        self._write()
+        self._blocked_since = None  # what we gave the transport has gone
+        if self._socket is None:
+            self._write()  # a socket body goes on when the socket has room
 
     def stopProducing(self) -> None:
         self.connection_lost()  # the transport is losing the connection
@@ -203,35 +202,31 @@ class TransportBody:
     # -- writing straight to a plain TCP socket --------------------------------------------
 
     def _send(self) -> None:
-        """The socket has room (the reactor says so, through `SocketWriter`)."""
+        """The socket has room (the reactor says so, through the writer)."""
         sock = self._socket
-        if self._ended or sock is None:
-            return
-        if transport_pending(self._transport):
-            return  # the head is still in the transport's buffer: it goes first
-        moved = full = False
+        if self._ended or sock is None or not sock.ready():
+            return  # what went through the transport (the head) goes first
+        moved = False
         try:
             for _ in range(SOCKET_BATCH):
                 if self._index == len(self._items):
                     break
                 item = self._items[self._index]
                 if isinstance(item, bytes):
-                    taken = sock.send(memoryview(item)[self._at :])
-                    full = not taken
+                    taken, full = sock.send(memoryview(item)[self._at :])
                     size = len(item)
                 else:
-                    left = item.size - self._at
-                    got = sock.sendfile(
-                        self._image.fileno(), item.offset + self._at, min(left, SENDFILE_MAX)
-                    )
-                    if got == 0:
+                    left, size = item.size - self._at, item.size
+                    where = item.offset + self._at
+                    taken, full = sock.send_file(self._image.fileno(), where, min(left, SEND_MAX))
+                    if not taken and not full:
                         raise OSError(f"image ended {left} bytes early")
-                    taken, full, size = got or 0, got is None, item.size
+                if taken:
+                    moved = True
+                    self.sent += taken
+                    self._advance(taken, size)
                 if full:
                     break
-                moved = True
-                self.sent += taken
-                self._advance(taken, size)
         except ConnectionError:
             self._broken()
             return
@@ -242,7 +237,7 @@ class TransportBody:
             self._blocked_since = None
         if self._index == len(self._items):
             self._complete()
-        elif full:
+        else:  # the socket may take no more (the kernel need not say so with EAGAIN)
             self._block()
 
     def _broken(self, reason: Failure | None = None) -> None:

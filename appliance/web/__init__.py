@@ -6,7 +6,7 @@ from appliance.web.guard import GuardedChannel, GuardedRequest, GuardedSite, Lim
 from appliance.web.lean import LeanChannel, LeanFactory
 from appliance.web.request import LeanRequest, Routes, text_answer
 from appliance.web.responses import Dates, Rendered, render
-from appliance.web.sendfile import SocketWriter, sendfile_transport, transport_pending
+from appliance.web.sendfile import SocketWriter, TlsWriter, socket_writer
 
 __all__ = [
     "Dates",
@@ -21,8 +21,8 @@ __all__ = [
     "Rendered",
     "Routes",
     "SocketWriter",
+    "TlsWriter",
     "render",
-    "sendfile_transport",
+    "socket_writer",
     "text_answer",
-    "transport_pending",
 ]

@@ -1,14 +1,18 @@
-"""Writing straight to a plain TCP connection's socket, beside Twisted: `os.sendfile`.
+"""Writing a file straight to a TCP connection's socket, beside Twisted.
 
 A response body read from a file need not pass through Python at all on a plain TCP
-connection: `os.sendfile` moves it from the page cache to the socket. Twisted's transport
-offers no hook for a writer of its own, so a `SocketWriter` holds a duplicate of the
-socket's descriptor and registers that with the reactor as a write descriptor while it
-waits for room (the reactor keys its registrations by descriptor number, so the
-transport's own registrations are not disturbed). Bytes must not be written through the
-transport and through the writer at the same time: the writer sends only once the
-transport's own buffer is empty (`transport_pending`), and the caller writes nothing
-through the transport until the writer is closed.
+connection: `os.sendfile` moves it from the page cache to the socket (`SocketWriter`). Over
+TLS (`TlsWriter`), a piece is read into a buffer kept for the purpose, encrypted by the
+connection's own TLS state in one call, and the records sent to the socket from a second
+such buffer: no bytes objects, no 16 KiB slices, no copies into Twisted's write buffer,
+except for what the socket does not take at once.
+
+Twisted's transport offers no hook for a writer of its own, so a `SocketWriter` holds a
+duplicate of the socket's descriptor and registers that with the reactor as a write
+descriptor while it waits for room (the reactor keys its registrations by descriptor
+number, so the transport's own registrations are not disturbed). The writer sends only
+once what was written through the transport has gone (`ready`), and the caller writes
+nothing through the transport until the writer is closed.
 
 The duplicate keeps the socket open: it is closed before the transport closes the
 connection (`close`), or the client would see no close until it is.
@@ -20,14 +24,38 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.bindings.openssl.binding import Binding
+from OpenSSL import SSL
 from twisted.internet import tcp
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
+PIECE = 64 * 1024  # plaintext encrypted and sent at once over TLS: at most this is left
+# in Twisted's buffer when the socket is full (a slow client holds no more)
+_binding = Binding()
+_plain = bytearray(PIECE)  # one reactor thread: one pair of buffers for every connection
+_records = _binding.ffi.new("char[]", PIECE + 8 * 1024)  # PIECE's records and their framing
 
-def sendfile_transport(transport: object) -> tcp.Server | None:
-    """The transport, if it is a plain TCP server connection `os.sendfile` can write to."""
-    if type(transport) is tcp.Server and hasattr(os, "sendfile"):
-        return transport
+
+def socket_writer(
+    reactor: Any,  # IReactorFDSet
+    transport: object,
+    writable: Callable[[], None],
+    lost: Callable[[Failure], None],
+) -> SocketWriter | None:
+    """A writer for `transport` if it is plain TCP (sendfile) or TLS over plain TCP;
+    None for anything else (memory transports) or when out of descriptors."""
+    try:
+        if type(transport) is tcp.Server and hasattr(os, "sendfile"):
+            return SocketWriter(reactor, transport, writable, lost)
+        if (
+            isinstance(transport, TLSMemoryBIOProtocol)
+            and type(transport.transport) is tcp.Server
+            and getattr(transport.getHandle(), "_from_ssl", None) is not None
+        ):
+            return TlsWriter(reactor, transport.transport, writable, lost, transport)
+    except OSError:
+        pass
     return None
 
 
@@ -39,23 +67,24 @@ def transport_pending(transport: tcp.Server) -> int:
 
 
 class SocketWriter:
-    """Sends to a TCP transport's socket through a duplicate descriptor (an
+    """Sends a file to a plain TCP transport's socket through a duplicate descriptor (an
     IWriteDescriptor to the reactor, which asks no more than its four methods).
 
     `wait()` asks the reactor to call `writable` once the socket has room (level
     triggered: again and again while it has, until `rest()`); `lost(reason)` is called
     if the reactor finds the socket broken while it waits. `close()` is safe to call
-    more than once and ends both.
+    more than once and ends both. The sends raise OSError when the socket is broken.
     """
 
     def __init__(
         self,
-        reactor: Any,  # IReactorFDSet
+        reactor: Any,
         transport: tcp.Server,
         writable: Callable[[], None],
         lost: Callable[[Failure], None],
     ) -> None:
         self._reactor = reactor
+        self._tcp = transport
         self._fd = os.dup(transport.fileno())
         self._writable = writable
         self._lost = lost
@@ -78,10 +107,6 @@ class SocketWriter:
 
     # -- for the caller -------------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
     def wait(self) -> None:
         if not self._waiting and self._fd >= 0:
             self._waiting = True
@@ -92,20 +117,22 @@ class SocketWriter:
             self._waiting = False
             self._reactor.removeWriter(self)
 
-    def send(self, data: memoryview) -> int:
-        """Bytes of `data` the socket took; 0 when it is full. OSError when broken."""
-        try:
-            return os.write(self._fd, data)
-        except BlockingIOError:
-            return 0
+    def ready(self) -> bool:
+        """Nothing written through the transport is still waiting to go first."""
+        return not transport_pending(self._tcp)
 
-    def sendfile(self, source: int, offset: int, count: int) -> int | None:
-        """Bytes of `source` at `offset` the socket took (up to `count`); None when it is
-        full; 0 when `source` ends before `offset`. OSError when broken."""
+    def send(self, data: memoryview) -> tuple[int, bool]:
+        """(bytes of `data` the socket took, whether it is full now)."""
+        taken = self._write(data)
+        return taken, taken < len(data)
+
+    def send_file(self, source: int, offset: int, count: int) -> tuple[int, bool]:
+        """(bytes of `source` at `offset` the socket took, up to `count`; whether it is
+        full now). (0, False) when `source` ends before `offset`."""
         try:
-            return os.sendfile(self._fd, source, offset, count)
+            return os.sendfile(self._fd, source, offset, count), False
         except BlockingIOError:
-            return None
+            return 0, True
 
     def close(self) -> None:
         """Stop waiting and let go of the duplicate descriptor (removed from the reactor
@@ -114,3 +141,66 @@ class SocketWriter:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
+
+    def _write(self, data: memoryview) -> int:
+        try:
+            return os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
+
+
+class TlsWriter(SocketWriter):
+    """Sends a file over TLS (`TLSMemoryBIOProtocol` over plain TCP), piece by piece.
+
+    Encrypts with the connection's `OpenSSL.SSL.Connection`, reads the records out of its
+    memory BIO (pyOpenSSL's `_from_ssl`: no public accessor; through cryptography's
+    binding, as `tls.contexts` does for the context) and sends them to the socket. What
+    the socket does not take goes to the TCP transport's buffer, in order, and the socket
+    counts as full; nothing is sent beside that buffer, the TLS layer's pending writes or
+    its small-write aggregator while they hold anything (`ready`).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        transport: tcp.Server,
+        writable: Callable[[], None],
+        lost: Callable[[Failure], None],
+        tls: Any,
+    ) -> None:
+        super().__init__(reactor, transport, writable, lost)
+        self._tls = tls
+        self._connection: SSL.Connection = tls.getHandle()
+        self._bio = self._connection._from_ssl
+
+    def ready(self) -> bool:
+        aggregator = getattr(self._tls, "_aggregator", None)
+        waiting = getattr(aggregator, "_buffer", None) or self._tls._appSendBuffer
+        return not waiting and super().ready()
+
+    def send_file(self, source: int, offset: int, count: int) -> tuple[int, bool]:
+        view = memoryview(_plain)[: min(count, PIECE)]
+        got = os.preadv(source, [view], offset)
+        return self.send(view[:got]) if got else (0, False)
+
+    def send(self, data: memoryview) -> tuple[int, bool]:
+        done = 0  # pyOpenSSL sets SSL_MODE_ENABLE_PARTIAL_WRITE: a record per call, maybe
+        rest = None
+        try:
+            while done < len(data):
+                done += self._connection.send(data[done:])
+        except SSL.WantReadError:  # the TLS layer must read first: Twisted queues the rest
+            rest = bytes(data[done:])
+        except SSL.Error as e:
+            raise ConnectionError(f"TLS: {e}") from e
+        full = rest is not None
+        lib, ffi = _binding.lib, _binding.ffi
+        while (size := lib.BIO_read(self._bio, _records, len(_records))) > 0:
+            records = ffi.buffer(_records, size)
+            sent = 0 if full else self._write(memoryview(records))
+            if sent < size:
+                full = True
+                self._tcp.write(records[sent:])
+        if rest is not None:
+            self._tls.write(rest)  # after the records before it
+        return len(data), full

@@ -5,7 +5,8 @@ folder (each file fsynced), renamed into `DeviceUpdateStore/<DeviceType>/<Brand>
 <Model>/<Revision>/<Locale>/<Version>/<UpdateType>/`, the folders fsynced, and then one
 store transaction records the files, the rules and the event. The transaction is the
 commit point: a process killed before it leaves only files the catalogue does not list,
-which `catalogue.recover` sweeps at the next start, together with the staging folder.
+which `catalogue.recover` sweeps at the next start, together with the staging folder
+(`durable` gives the argument in full: what is fsynced when, and what a crash leaves).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from appliance.cab import CabError, Cabinet, CabLimits, ExtractedMember, open_package
 from appliance.catalogue import lifecycle
 from appliance.catalogue.actions import data_lock, recover_locked
+from appliance.catalogue.durable import fsync_folders
 from appliance.catalogue.package_format import (
     UPDATE_INFO,
     PackageFormatError,
@@ -118,14 +120,6 @@ def import_package(
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
         raise PackageError(f"{path.name}: {e.strerror or e}{where}") from e
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -312,8 +306,7 @@ class _Import:
             while parent != store_dir.parent and parent not in touched:
                 touched.add(parent)
                 parent = parent.parent
-        for folder in sorted(touched, key=lambda d: len(d.parts), reverse=True):
-            _fsync_dir(folder)
+        fsync_folders(sorted(touched, key=lambda d: len(d.parts), reverse=True))
         return moved
 
     def _commit(

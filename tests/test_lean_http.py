@@ -142,6 +142,17 @@ def test_head_gets_the_length_without_the_body(factory: LeanFactory) -> None:
     assert out.endswith(b"\r\n\r\n") and b"Content-Length: 5\r\n" in out
 
 
+def test_an_admitted_request_expecting_100_continue_gets_it_before_its_body(
+    factory: LeanFactory,
+) -> None:
+    conn = connect(factory)
+    head = b"POST /now HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    assert conn.send(head) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert bodies(conn.send(b"ok")) == [b"/now:ok"]
+    refused = connect(factory).send(head.replace(b"2\r\n", b"200\r\n"))
+    assert statuses(refused) == [413] and b"100 Continue" not in refused
+
+
 def test_options_star_is_an_empty_204_and_other_star_requests_400(factory: LeanFactory) -> None:
     conn = connect(factory)
     out = conn.send(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -182,6 +182,10 @@ class LeanChannel(Connection):
         if rejection is not None:
             self._refuse(rejection)
             raise _Stop
+        expect = headers.get(b"expect", b"").lower() == b"100-continue"
+        if expect and not request.http10 and self._busy is None and not self._queue:
+            transport: Any = self.transport  # admitted: the client may send its body
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, data: bytes) -> None:
         request = self._request

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import random
 import shutil
 import struct
@@ -217,6 +219,34 @@ def test_a_write_error_propagates_as_oserror_and_removes_the_partial_file(tmp_pa
     )
     assert proc.stdout.split() == ["OSError", "27"], proc.stderr  # EFBIG
     assert tree(dest) == {}
+
+
+def test_an_fsync_error_propagates_and_every_file_is_closed_and_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Finished files are fsynced and closed on threads of their own: an error there still
+    # fails the extraction, and no descriptor is left open.
+    files = {f"f{i}.bin": random.Random(i).randbytes(50_000) for i in range(12)}
+    cab = open_package(make_cab(tmp_path / "c.cab", files), LIMITS)
+    real = os.fsync
+    calls: list[int] = []
+
+    def failing(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 5:
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="Input/output error"):
+        cab.extract(files, tmp_path / "out")
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert tree(tmp_path / "out") == {}
+    monkeypatch.setattr(os, "fsync", real)
+    assert {n: e.sha256 for n, e in cab.extract(files, tmp_path / "again").items()} == {
+        n: sha(d) for n, d in files.items()
+    }
 
 
 def test_writer_refuses_a_producer_that_lies_about_the_size(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ class _Cleanup:
         self.sinks.append(sink)
 
     def close_all(self) -> None:
-        """Close what the output thread has not (it closes each file after its fsync)."""
+        """Close what the output threads have not (they close each file after its fsync)."""
         for sink in self.sinks:
             if sink.fd >= 0:
                 with contextlib.suppress(OSError):
@@ -111,18 +111,18 @@ class _Sink:
         self.digest = self.hash.hexdigest()
 
     # on the writing thread
-    def write_pieces(self, pieces: list[memoryview] | None) -> None:
-        if pieces is not None:
-            if self.fd >= 0:
-                self.flushed_to = _write_all(self.fd, pieces, self.written_to, self.flushed_to)
-                self.written_to += sum(len(p) for p in pieces)
-            if self.buffer is not None:
-                for piece in pieces:
-                    self.buffer += piece
-        elif self.fd >= 0:
-            os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = -1
+    def write_pieces(self, pieces: list[memoryview]) -> None:
+        if self.fd >= 0:
+            self.flushed_to = _write_all(self.fd, pieces, self.written_to, self.flushed_to)
+            self.written_to += sum(len(p) for p in pieces)
+        if self.buffer is not None:
+            for piece in pieces:
+                self.buffer += piece
+
+    def hand_over(self) -> int:
+        """The finished file's descriptor, now the caller's to fsync and close (-1: none)."""
+        fd, self.fd = self.fd, -1
+        return fd
 
 
 def _write_all(fd: int, pieces: list[memoryview], at: int, flushed: int) -> int:
@@ -187,20 +187,72 @@ class _Worker(Generic[_T]):
                     self.error = e
 
 
+class _Syncer:
+    """fsyncs and closes finished files, a few at a time, on threads of its own.
+
+    The writing thread goes on with the next file meanwhile, and the disk cache flushes
+    that several fsyncs wait for at once are merged into fewer. Every file is fsynced
+    before `stop` returns; after an error the rest are only closed."""
+
+    def __init__(self, threads: int = 4) -> None:
+        self._queue: queue.Queue[int | None] = queue.Queue(_QUEUE_DEPTH)
+        self._threads = [
+            threading.Thread(target=self._work, name="cab-fsync", daemon=True)
+            for _ in range(threads)
+        ]
+        self._stopped = False
+        self.error: OSError | None = None
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def put(self, fd: int) -> None:
+        self._queue.put(fd)
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            for _ in self._threads:
+                self._queue.put(None)
+            for thread in self._threads:
+                thread.join()
+
+    def _work(self) -> None:
+        while (fd := self._queue.get()) is not None:
+            try:
+                if self.error is None:
+                    os.fsync(fd)
+            except OSError as e:  # handed to the caller's thread
+                self.error = self.error or e
+            finally:
+                os.close(fd)
+
+
 _Job = tuple[_Sink, list[memoryview] | None]
 
 
 class _Output:
     """Hashes on one helper thread and writes on another: hashlib and os.writev release
-    the GIL, so both overlap with reading, checksumming and inflating on the caller's."""
+    the GIL, so both overlap with reading, checksumming and inflating on the caller's;
+    finished files are fsynced on the `_Syncer`'s."""
 
     def __init__(self) -> None:
         self._hasher = _Worker[_Job]("cab-hash", lambda job: job[0].hash_pieces(job[1]))
-        self._writer = _Worker[_Job]("cab-write", lambda job: job[0].write_pieces(job[1]))
+        self._writer = _Worker[_Job]("cab-write", self._write)
+        self._syncer = _Syncer()
 
     def start(self) -> None:
         self._hasher.start()
         self._writer.start()
+        self._syncer.start()
+
+    def _write(self, job: _Job) -> None:
+        sink, pieces = job
+        if pieces is not None:
+            sink.write_pieces(pieces)
+        elif (fd := sink.hand_over()) >= 0:
+            self._syncer.put(fd)
 
     def send(self, sink: _Sink) -> None:
         if sink.pieces:
@@ -212,10 +264,11 @@ class _Output:
     def stop(self) -> None:
         self._hasher.stop()
         self._writer.stop()
+        self._syncer.stop()  # after the writer, which hands it the files
 
     def raise_error(self) -> None:
         # an OSError from writing wins: it says why the data went missing
-        for error in (self._writer.error, self._hasher.error):
+        for error in (self._writer.error, self._syncer.error, self._hasher.error):
             if error is not None:
                 raise error
 

@@ -88,7 +88,7 @@ lint: $(STAMP)
 
 # benchmarks against the reference tools, interleaved on the same machine; each prints its
 # table and writes bench/out/<name>.json (docs/benchmarks.md). `make bench` runs them all
-# (about 8 minutes on 2 cores).
+# and prints one table of the results (about 6 minutes on 2 cores).
 bench-check: $(STAMP)
 	$(PY) bench/bench_checks.py
 
@@ -107,6 +107,7 @@ bench-profile: $(STAMP)
 	$(PY) bench/bench_profile.py --tls10
 
 bench: bench-check bench-download bench-dns bench-import bench-profile
+	$(PY) bench/summary.py
 
 # the appliance under a fleet's traffic for SOAK_SECONDS (bench/soak.py): fails on any error
 # or when RSS or open descriptors grow after warm-up; report in bench/out/soak-*.json

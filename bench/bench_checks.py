@@ -254,20 +254,19 @@ def print_table(report: dict[str, Any]) -> None:
             f"| {title} | {cells[0]} | {cells[1]} | {h.fmt_ratio(r['ratio_rate'])} "
             f"| {h.fmt_ratio(r['ratio_server_cpu_per_request_us'])} | {aim} |"
         )
-    for key in ("tls10_new", "tls10_resumed"):
-        if key in report:
-            for name, runs in report[key]["runs"].items():
-                share = statistics.median(x["client_cpu_share"] for x in runs)
+    for key in WORKS:
+        for name, runs in report.get(key, {}).get("runs", {}).items():
+            share = statistics.median(x["client_cpu_share"] for x in runs)
+            line = f"- {key}, against {name}: the client used {share:.0%} of its CPU"
+            if key != "keepalive":
                 ceiling = statistics.median(x["client_checks_per_cpu_s"] or 0 for x in runs)
-                errors = sum(x["errors"] for x in runs)
                 resumed = sum(x["resumed"] for x in runs)
                 total = sum(x["requests"] for x in runs)
-                print(
-                    f"- {key}, against {name}: client CPU {share:.0%} of its core, "
-                    f"{ceiling:,.0f} checks per client CPU-second (its ceiling), "
-                    f"{errors} errors, {resumed:,} of {total:,} resumed"
+                line += (
+                    f", {ceiling:,.0f} checks per client CPU-second (its ceiling on one core), "
+                    f"{resumed:,} of {total:,} resumed"
                 )
-
+            print(f"{line}, {sum(x['errors'] for x in runs)} errors")
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ another ID and spelling, and through the responder's UDP entry (`datagram`) besi
 from __future__ import annotations
 
 import random
+import socket
 import struct
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from dnslib import EDNS0, QTYPE, RR, A, DNSRecord, EDNSOption
 from appliance.config import DnsSettings, Network, ZoneSettings
 from appliance.discovery.dns_answer import Addresses, AnswerTable, respond
 from appliance.discovery.dns_limits import ReplyCache
+from appliance.discovery.dns_listeners import DnsDatagramProtocol, DnsUdpPort
 from appliance.discovery.dns_responder import DnsResponder
 from appliance.discovery.dns_wire import read_question
 
@@ -293,3 +295,66 @@ def test_reload_empties_what_the_udp_entry_remembers(tmp_path: Path) -> None:
     r.reload()
     again = _ask(r, packet, addr)
     assert again is not None and DNSRecord.parse(again).header.rcode == 5  # REFUSED now
+
+
+class FakeSocket:
+    """Datagrams to read, then EAGAIN; what is sent lands in `sent` (or fails when full)."""
+
+    def __init__(self, datagrams: list[tuple[bytes, tuple[Any, ...]]], full: bool = False):
+        self.datagrams, self.full = list(datagrams), full
+        self.sent: list[tuple[bytes, tuple[Any, ...]]] = []
+
+    def recvfrom(self, size: int) -> tuple[bytes, tuple[Any, ...]]:
+        if not self.datagrams:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return self.datagrams.pop(0)
+
+    def sendto(self, data: bytes, addr: tuple[Any, ...]) -> int:
+        if self.full:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        self.sent.append((data, addr))
+        return len(data)
+
+
+def _port(responder: DnsResponder, sock: FakeSocket, family: int) -> DnsUdpPort:
+    port = DnsUdpPort(0, DnsDatagramProtocol(responder), "::1" if family == 10 else "")
+    port.socket, port.addressFamily = sock, family
+    port.protocol.makeConnection(port)  # as startListening does, past the socket
+    return port
+
+
+@pytest.mark.parametrize(
+    ("family", "addr", "seen"),
+    [
+        (socket.AF_INET, ("127.0.0.1", 4000), ("127.0.0.1", 4000)),
+        (socket.AF_INET6, ("::1", 4000, 0, 0), ("::1", 4000)),
+    ],
+)
+def test_the_udp_port_answers_each_datagram_in_its_read_loop(
+    family: int, addr: tuple[Any, ...], seen: tuple[Any, ...]
+) -> None:
+    r = _responder()
+    packets = [query(ident=n) for n in range(5)] + [b"junk", query("www.example.org")]
+    sock = FakeSocket([(p, addr) for p in packets])
+    _port(r, sock, family).doRead()
+    assert [a for _, a in sock.sent] == [seen] * 6  # the junk gets no answer
+    assert [struct.unpack_from("!H", d)[0] for d, _ in sock.sent[:5]] == list(range(5))
+    assert r.counters["udp_queries"] == 7 and r.counters["malformed"] == 1
+    assert r.counters["cache_hits"] == 4
+
+
+def test_the_udp_port_reads_a_batch_then_lets_the_reactor_go_round() -> None:
+    r = _responder(rrl_responses_per_second=1000)
+    sock = FakeSocket([(query(ident=n % 65536), ("127.0.0.1", 4000)) for n in range(300)])
+    port = _port(r, sock, socket.AF_INET)
+    port.doRead()
+    assert len(sock.sent) == DnsUdpPort.BATCH and len(sock.datagrams) == 300 - DnsUdpPort.BATCH
+    port.doRead()
+    assert len(sock.sent) == 300
+
+
+def test_the_udp_port_counts_answers_the_kernel_would_not_take() -> None:
+    r = _responder()
+    sock = FakeSocket([(query(ident=n), ("127.0.0.1", 4000)) for n in range(3)], full=True)
+    _port(r, sock, socket.AF_INET).doRead()
+    assert r.counters["send_errors"] == 3 and sock.datagrams == []

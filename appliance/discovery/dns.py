@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -39,7 +38,7 @@ from appliance.config import Address, Config, ConfigError
 from appliance.discovery.dhcp_domains import DhcpDomainsError
 from appliance.discovery.dns_answer import Addresses
 from appliance.discovery.dns_forward import Forwarder
-from appliance.discovery.dns_listeners import DnsDatagramProtocol, DnsStreamFactory
+from appliance.discovery.dns_listeners import DnsDatagramProtocol, DnsStreamFactory, listen_udp
 from appliance.discovery.dns_responder import DnsResponder
 
 log = Logger(namespace="ucupdates.dns")
@@ -111,7 +110,7 @@ class DnsService(service.MultiService):
         host, wanted = self.address.host, self.address.port
         last = CannotListenError(host, wanted, None)  # type: ignore[no-untyped-call]
         for _ in range(1 if wanted else 20):  # port 0: find one free for both
-            udp = self._listen(self.reactor.listenUDP, wanted, DnsDatagramProtocol(self.responder))
+            udp = self._listen(wanted, DnsDatagramProtocol(self.responder))
             try:
                 tcp = self.reactor.listenTCP(
                     udp.getHost().port, self.stream_factory, 1024, interface=host
@@ -123,9 +122,9 @@ class DnsService(service.MultiService):
             return udp, tcp
         raise OSError(f"cannot listen on {self.address} (dns, tcp): {last.socketError}")
 
-    def _listen(self, method: Callable[..., Any], port: int, protocol: Any) -> Any:
+    def _listen(self, port: int, protocol: DnsDatagramProtocol) -> Any:
         try:
-            return method(port, protocol, interface=self.address.host)
+            return listen_udp(self.reactor, port, protocol, self.address.host)
         except CannotListenError as e:
             raise OSError(f"cannot listen on {self.address} (dns, udp): {e.socketError}") from e
 

@@ -98,8 +98,10 @@ class RateLimiter:
     ) -> None:
         self.rate, self.slip = float(rate), slip
         self.max_prefixes, self.log_interval = max_prefixes, log_interval
-        # prefix -> [tokens, last update, limited responses, last logged]
+        # prefix -> [tokens, last update, limited responses, last logged]; always this
+        # dict (`buckets`: the responder's fastest path reads it too)
         self._buckets: dict[str, list[float]] = {}
+        self.buckets = self._buckets
         self.engaged: list[tuple[str, float]] = []
 
     def check(self, prefix: str, now: float) -> Verdict:

@@ -10,21 +10,69 @@ trickling in every few seconds does not keep a connection open) and in any case 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import udp
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import (
     DatagramProtocol,
     Protocol,
     ServerFactory,
     connectionDone,
 )
+from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from appliance.config import DnsSettings
 from appliance.discovery.dns_forward import FRAME
 from appliance.discovery.dns_responder import DnsResponder
+
+log = Logger(namespace="ucupdates.dns")
+
+
+def listen_udp(reactor: Any, port: int, protocol: DnsDatagramProtocol, interface: str) -> Any:
+    """`reactor.listenUDP`, with DnsUdpPort on the real (posix) reactors."""
+    if not isinstance(reactor, PosixReactorBase):
+        return reactor.listenUDP(port, protocol, interface=interface)
+    listening = DnsUdpPort(port, protocol, interface, reactor=reactor)  # type: ignore[no-untyped-call]
+    listening.startListening()  # type: ignore[no-untyped-call]
+    return listening
+
+
+class DnsUdpPort(udp.Port):
+    """Twisted's UDP port, whose read loop answers each datagram itself: what its own loop
+    and DnsDatagramProtocol.datagramReceived do, with less on the way, since most DNS
+    queries cost less than the calls around them. It reads until the socket is empty, or
+    after a batch lets the reactor see to the other sockets."""
+
+    BATCH = 256
+
+    def doRead(self) -> None:
+        protocol: DnsDatagramProtocol = self.protocol
+        answer, write = protocol.responder.datagram, protocol.write_later
+        counters = protocol.responder.counters
+        receive, send, size = self.socket.recvfrom, self.socket.sendto, self.maxPacketSize
+        six = self.addressFamily == socket.AF_INET6
+        for _ in range(self.BATCH):
+            try:
+                data, addr = receive(size)
+            except OSError:  # empty (EAGAIN), or an ICMP error for an earlier answer
+                return
+            if six:
+                addr = addr[:2]  # no flow and scope IDs, as udp.Port gives them
+            try:
+                reply = answer(data, addr, write)
+            except Exception:
+                log.failure("dns: answering a datagram from {addr}", addr=addr)
+                continue
+            if reply is not None:
+                try:
+                    send(reply, addr)
+                except OSError:  # the socket's buffer is full: like a datagram lost
+                    counters["send_errors"] += 1
 
 
 class DnsDatagramProtocol(DatagramProtocol):
@@ -42,14 +90,14 @@ class DnsDatagramProtocol(DatagramProtocol):
         self._sendto = self.transport.socket.sendto
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        reply = self._datagram(datagram, addr, self._write)
+        reply = self._datagram(datagram, addr, self.write_later)
         if reply is not None:
             try:
                 self._sendto(reply, addr)
             except OSError:  # the socket's buffer is full: like a datagram lost on the way
                 self.responder.counters["send_errors"] += 1
 
-    def _write(self, reply: bytes, addr: Any) -> None:
+    def write_later(self, reply: bytes, addr: Any) -> None:
         """A reply that comes later (an upstream's answer)."""
         try:
             self._sendto(reply, addr)

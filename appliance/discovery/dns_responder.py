@@ -12,7 +12,6 @@ listeners (dns_listeners) only move bytes to and from it.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -78,9 +77,10 @@ class DnsResponder:
         self.external = Addresses(settings.external_address, settings.external_address6)
         self.clock = clock
         self.forwarder = forwarder
-        self.counters: Counter[str] = Counter({name: 0 for name in COUNTERS})
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)  # a plain dict: quicker
         self.last_reload_error: str | None = None
         self.limiter = RateLimiter(settings.rrl_responses_per_second, settings.rrl_slip)
+        self._buckets, self._rate = self.limiter.buckets, self.limiter.rate
         self._clients: dict[str, Client] = {}
         self._udp: dict[str, tuple[dict[bytes, bytes], Client]] = {}  # UDP table, client
         self._serial = 0
@@ -165,7 +165,15 @@ class DnsResponder:
                 return None
             reply = cased
         counters["cache_hits"] += 1
-        verdict = self.limiter.check(known[1].prefix, self.clock())
+        prefix = known[1].prefix
+        bucket = self._buckets.get(prefix)
+        if bucket is not None:  # RateLimiter.check when it says SEND, written out
+            now, rate = self.clock(), self._rate
+            tokens = bucket[0] + (now - bucket[1]) * rate
+            if tokens >= 1.0:
+                bucket[0], bucket[1] = (rate if tokens > rate else tokens) - 1.0, now
+                return reply
+        verdict = self.limiter.check(prefix, self.clock())  # the bucket is as it was
         return self._limited(verdict, reply) if verdict else reply
 
     def _know(self, host: str) -> tuple[dict[bytes, bytes], Client]:

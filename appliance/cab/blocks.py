@@ -2,11 +2,11 @@
 
 The CFDATA checksum is a XOR of 32-bit words, computed with Python integers: it holds the
 GIL, while zlib releases it. So the checksums run on a helper thread (`_Checker`) at the
-same time as the inflating on the caller's, one block at a time, in block order. Nothing a
-block yields counts until the checksums have caught up: `folder_blocks` waits for them at
-the end of the folder (and on any error, so that a bad checksum, the likelier cause, is the
-error reported), and the caller keeps its output uncommitted until then. A bad block is
-refused exactly as before; only the moment it is noticed moves, by at most
+same time as the inflating on the caller's, a few blocks at a time, in block order.
+Nothing a block yields counts until the checksums have caught up: `folder_blocks` waits
+for them at the end of the folder (and on any error, so that a bad checksum, the likelier
+cause, is the error reported), and the caller keeps its output uncommitted until then. A
+bad block is refused all the same; only the moment it is noticed moves, by at most twice
 `_CHECK_AHEAD` blocks.
 """
 

@@ -152,13 +152,18 @@ class LeanChannel(Connection):
         request = self._request
         assert request is not None
         lower = name.lower()
-        if lower in request.headers:
+        headers = request.headers
+        if lower in headers:
             request.repeated = True
-        request.headers[lower] = value
-        request.raw_headers.append((name, value))
-        self._count(len(name) + len(value) + 2)
-        if len(request.raw_headers) > MAX_HEADERS:
-            self._refuse(Rejection(400, "malformed request"))
+        headers[lower] = value
+        raw = request.raw_headers
+        raw.append((name, value))
+        self._head += len(name) + len(value) + 2
+        if self._head > self.limits.max_header_bytes or len(raw) > MAX_HEADERS:
+            if len(raw) > MAX_HEADERS:
+                self._refuse(Rejection(400, "malformed request"))
+            else:
+                self._headers_too_large()
             raise _Stop
 
     def on_headers_complete(self) -> None:

@@ -10,7 +10,8 @@ limits and forwards, and the protocols in dns_listeners move the bytes.
 The responder answers for the discovery names itself, `<name>.<domain>` for each of
 `dns.names` (default `ucupdates-r2` and `ucupdates`, docs/protocol.md §3) in each domain
 (dns_answer decides and packs),
-reuses packed replies for repeated questions with only the ID patched, limits responses
+reuses packed replies for repeated questions with only the ID patched (and the question
+copied as asked when only its letter case differs), limits responses
 per client prefix over UDP (RRL, with slip), and forwards every other name (dns_forward) to
 `dns.upstreams` over UDP (random IDs and source ports, timeouts, a bounded table of
 outstanding queries; TCP when an answer comes back truncated), relaying the answer with

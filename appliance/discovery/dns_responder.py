@@ -6,6 +6,8 @@ zone, and whether it may recurse: `dns.forward_networks`), answers from the pack
 cache, decides with dns_answer, limits UDP responses per client prefix (RRL, with slip;
 these three in dns_limits), and hands other names to the forwarder (dns_forward), for
 clients that may recurse only (others are REFUSED: no open resolver).
+`DnsResponder.datagram` is the same for one UDP datagram, returning the reply to send
+at once, so that a repeated question costs a few look-ups and no call back.
 It owns the answer table (swapped whole on reload) and the counters. No sockets: the
 listeners (dns_listeners) only move bytes to and from it.
 """

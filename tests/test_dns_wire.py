@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from dnslib import EDNS0, QTYPE, RR, A, DNSRecord, EDNSOption
+from twisted.logger import capturedLogs
 
 from appliance.config import DnsSettings, Network, ZoneSettings
 from appliance.discovery.dns_answer import Addresses, AnswerTable, respond
@@ -268,8 +269,11 @@ def test_the_udp_entry_answers_as_handle_does(host: str, tmp_path: Path) -> None
 def test_the_udp_entry_keeps_the_rate_limit() -> None:
     r = _responder(rrl_responses_per_second=4, rrl_slip=2)
     packet, addr = query(), ("198.51.100.7", 5353)
-    sent = [reply for reply in (_ask(r, packet, addr) for _ in range(10)) if reply]
+    with capturedLogs() as events:
+        sent = [reply for reply in (_ask(r, packet, addr) for _ in range(10)) if reply]
     dropped = 10 - len(sent)
+    [rrl] = [e for e in events if e.get("event") == "dns.rrl"]
+    assert rrl["prefix"] == "198.51.100.0/24" and rrl["rate"] == 4
     full = [p for p in sent if not p[2] & 0x02]
     slipped = [p for p in sent if p[2] & 0x02]
     assert len(full) == 4 and len(slipped) == 3 and dropped == 3

@@ -2,10 +2,10 @@
 
 `respond(query, internal, tcp, table)` parses a query with dnslib, decides and packs the
 reply, the shape of dnslib's `DNSHandler.get_reply`; plain queries for names not ours or
-below ours are packed by hand (dns_wire), byte for byte the same. The appliance is authoritative for
-the discovery names only, `<name>.<domain>` for each of the table's names (by default
-`ucupdates-r2` and Lync 2010's `ucupdates`) in each domain, each a zone apex with a
-synthetic SOA and NS:
+below ours are packed by hand (dns_wire), byte for byte the same. The appliance is
+authoritative for the discovery names only, `<name>.<domain>` for each of the table's
+names (by default `ucupdates-r2` and Lync 2010's `ucupdates`) in each domain, each a zone
+apex with a synthetic SOA and NS:
 
 - A/AAAA at the apex: the view's address (internal or external client), else NODATA;
   ANY gets one address record only (RFC 8482); SOA and NS are answered; other types are NODATA;

@@ -3,10 +3,11 @@
 Most queries are plain: one question whose name has no compression pointer, and at most
 one OPT record without options. For those, `read_question` takes the header and question
 apart by hand, `folded_key` gives the reply cache a key that ignores the name's letter
-case (a resolver's 0x20 mixed case would otherwise miss every time), and `refusal`
-packs the replies for names that are not ours (REFUSED, or the SERVFAIL kept for when a
-forwarded query gets no answer) byte for byte as dnslib would. Anything unusual returns
-None, and dns_answer takes the full path through dnslib.
+case (a resolver's 0x20 mixed case would otherwise miss every time), `refusal` packs
+the replies for names that are not ours (REFUSED, or the SERVFAIL kept for when a
+forwarded query gets no answer) and `nxdomain` those for names below ours (found by
+`apex_at`), byte for byte as dnslib would. Anything unusual returns None, and dns_answer
+takes the full path through dnslib.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def read_question(query: bytes) -> Question | None:
         return None
     offset, size = HEADER.size, len(query)
     try:
-        while length := query[offset]:  # at most 127 labels fit in the 255 bytes below
-            if length > 63:  # a pointer, or a label type nobody uses
+        while length := query[offset]:
+            if length > 63 or offset > 255 + HEADER.size:  # a pointer, or too long a name
                 return None
             offset += 1 + length
     except IndexError:

@@ -137,8 +137,9 @@ def print_table(report: dict[str, Any]) -> None:
         cells = []
         for name in ("ucupdates", "cabextract"):
             seconds = statistics.median(x["seconds"] for x in r["runs"][name])
+            cpu = statistics.median(x["cpu_seconds"] for x in r["runs"][name])
             peak = max(x["peak_rss_bytes"] for x in r["runs"][name])
-            cells.append(f"{seconds:.2f} s, peak RSS {peak / 2**20:.0f} MiB")
+            cells.append(f"{seconds:.2f} s ({cpu:.2f} CPU s), peak RSS {peak / 2**20:.0f} MiB")
         print(
             f"| import, {mb} MB package ({report['args']['corpus']}) | {cells[0]} | {cells[1]} "
             f"| {h.fmt_ratio(r['ratio_time'])} | ≤ 1.5x, memory flat |"

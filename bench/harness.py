@@ -53,8 +53,7 @@ def pinned(cpu: int | None, argv: list[str]) -> list[str]:
 
 
 def pin_self(cpu: int = CLIENT_CPU) -> None:
-    if PINNED:
-        os.sched_setaffinity(0, {cpu})
+    os.sched_setaffinity(0, {cpu} if PINNED else _CPUS)
 
 
 def free_port() -> int:
@@ -312,11 +311,12 @@ def dnsperf(port: int, queries: Path, seconds: float, clients: int = 1) -> dict[
 
 
 def timed(argv: list[str], cpu: int | None = SERVER_CPU, **kw: Any) -> dict[str, Any]:
-    """Wall seconds and peak RSS of one run of `argv` on `cpu`, by GNU time (wait4 from
-    here would not do: Linux carries a parent's peak RSS across fork and exec)."""
-    out = _run(pinned(cpu, ["/usr/bin/time", "-f", "TIME %e %M", *argv]), 3600, **kw)
-    seconds, kib = out.rsplit("TIME ", 1)[1].split()[:2]
-    return {"seconds": float(seconds), "peak_rss_bytes": int(kib) * 1024}
+    """Wall seconds, peak RSS and CPU seconds of a run of `argv` on `cpu`, by GNU time
+    (wait4 from here would not do: Linux carries a parent's peak RSS across exec)."""
+    out = _run(pinned(cpu, ["/usr/bin/time", "-f", "TIME %e %M %U %S", *argv]), 3600, **kw)
+    seconds, kib, user, system = out.rsplit("TIME ", 1)[1].split()[:4]
+    cpu_s = round(float(user) + float(system), 2)  # on all CPUs together
+    return {"seconds": float(seconds), "peak_rss_bytes": int(kib) << 10, "cpu_seconds": cpu_s}
 
 
 def measured(server: Server, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:

@@ -89,7 +89,8 @@ def rows() -> list[tuple[str, ...]]:
         for mb in imp["args"]["sizes"]:
             r = imp[f"{mb}MB"]
             cells = [
-                f"{med(r['runs'][n], 'seconds'):.2f} s, peak RSS "
+                f"{med(r['runs'][n], 'seconds'):.2f} s "
+                f"({med(r['runs'][n], 'cpu_seconds'):.2f} CPU s), peak RSS "
                 f"{max(x['peak_rss_bytes'] for x in r['runs'][n]) / MIB:.0f} MiB"
                 for n in ("ucupdates", "cabextract")
             ]

@@ -172,6 +172,7 @@ class TlsWriter(SocketWriter):
         self._tls = tls
         self._connection: SSL.Connection = tls.getHandle()
         self._bio = self._connection._from_ssl
+        self._full = False  # the socket refused some of this piece's records
 
     def ready(self) -> bool:
         aggregator = getattr(self._tls, "_aggregator", None)
@@ -184,23 +185,43 @@ class TlsWriter(SocketWriter):
         return self.send(view[:got]) if got else (0, False)
 
     def send(self, data: memoryview) -> tuple[int, bool]:
-        done = 0  # pyOpenSSL sets SSL_MODE_ENABLE_PARTIAL_WRITE: a record per call, maybe
-        rest = None
+        # pyOpenSSL sets SSL_MODE_ENABLE_PARTIAL_WRITE: a call encrypts one record (16 KiB),
+        # which is moved out of the BIO at once (a memory BIO keeps the largest size it
+        # ever held, per connection), and the records go to the socket in one write.
+        self._full, done, filled, rest = False, 0, 0, None
         try:
             while done < len(data):
                 done += self._connection.send(data[done:])
+                filled = self._drain(filled)
         except SSL.WantReadError:  # the TLS layer must read first: Twisted queues the rest
             rest = bytes(data[done:])
         except SSL.Error as e:
             raise ConnectionError(f"TLS: {e}") from e
-        full = rest is not None
-        lib, ffi = _binding.lib, _binding.ffi
-        while (size := lib.BIO_read(self._bio, _records, len(_records))) > 0:
-            records = ffi.buffer(_records, size)
-            sent = 0 if full else self._write(memoryview(records))
-            if sent < size:
-                full = True
-                self._tcp.write(records[sent:])
+        self._out(self._drain(filled))
         if rest is not None:
+            self._full = True
             self._tls.write(rest)  # after the records before it
-        return len(data), full
+        return len(data), self._full
+
+    def _drain(self, filled: int) -> int:
+        """Move what the BIO holds into the record buffer after `filled` bytes (sending the
+        buffer when it is full); how much it holds now."""
+        while True:
+            if filled == len(_records):
+                self._out(filled)
+                filled = 0
+            size = _binding.lib.BIO_read(self._bio, _records + filled, len(_records) - filled)
+            if size <= 0:
+                return filled
+            filled += size
+
+    def _out(self, filled: int) -> None:
+        """Send the record buffer's first `filled` bytes; what the socket does not take
+        (and everything once it has refused some) to the TCP transport's buffer."""
+        if not filled:
+            return
+        records = _binding.ffi.buffer(_records, filled)
+        sent = 0 if self._full else self._write(memoryview(records))
+        if sent < filled:
+            self._full = True
+            self._tcp.write(records[sent:])

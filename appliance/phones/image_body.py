@@ -18,7 +18,7 @@ No progress for `service.download_stall_seconds` in a row (paused, or the socket
 means the client stopped reading: the connection is aborted (`download.stalled`).
 However the body ends (sent, connection lost, aborted), the file is closed and the slot
 released once, the producer unregistered, and the `image.download` line says how it
-ended. `Body` is the same behind a twisted.web Request.
+ended. `Body` is the same behind a twisted.web Request (the shape it had before).
 """
 
 from __future__ import annotations
@@ -326,7 +326,8 @@ class TransportBody:
 
 class Body:
     """A `TransportBody` behind a twisted.web Request: the request writes the head and
-    ends the response; the body's bytes go through `request.write`."""
+    ends the response; the body's bytes go through `request.write`. The phone listeners
+    no longer run twisted.web; this is the call shape the body had there."""
 
     def __init__(
         self,

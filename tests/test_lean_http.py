@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -229,6 +230,25 @@ def test_nothing_is_answered_while_the_client_takes_nothing(factory: LeanFactory
     assert conn.send(get(b"/now") + get(b"/now")) == b""
     channel.resumeProducing()  # type: ignore[attr-defined]
     assert statuses(conn.transport.value()) == [200, 200]
+
+
+def test_a_client_taking_answers_slowly_is_not_idle(factory: LeanFactory) -> None:
+    conn = connect(factory)
+    channel: Any = conn.channel
+    full = conn.transport.write
+
+    def write_and_fill(data: bytes) -> None:  # every answer fills the write buffer
+        full(data)
+        channel.pauseProducing()
+
+    conn.transport.write = write_and_fill  # type: ignore[method-assign]
+    channel.pauseProducing()
+    conn.send(get(b"/now") * 3)
+    for answered in range(1, 4):  # one answer every 10 s: 30 s in all, idle_timeout 15 s
+        factory.reactor.advance(10)
+        assert not conn.transport.disconnecting
+        channel.resumeProducing()  # the client took what was written
+        assert statuses(conn.transport.value()) == [200] * answered
 
 
 def test_a_long_head_after_a_pipelined_request_is_not_miscounted(factory: LeanFactory) -> None:

@@ -312,6 +312,8 @@ class LeanChannel(Connection):
             self._close()
             return
         self._produce(True)
+        if self._queue:  # an answer sent is progress: the keep-alive clock starts again
+            self._idle_since = self.clock.seconds()
         if not self._dispatching:
             self._next()
 

@@ -124,6 +124,11 @@ def download_events(log_events: list[Any]) -> list[tuple[str, str]]:
     ]
 
 
+def test_a_memory_transport_gets_no_socket_writer(tmp_path: Path) -> None:
+    run = start(tmp_path)
+    assert run.body._socket is None  # its bytes go through transport.write
+
+
 def test_a_body_is_written_in_bounded_batches_and_ends_once(
     tmp_path: Path, log_events: list[Any]
 ) -> None:

@@ -36,6 +36,7 @@ from appliance.phones.image_body import Download, Part, TransportBody
 from appliance.phones.ranges import ByteRange
 from appliance.phones.slots import DownloadSlots, Slot
 from appliance.tls import context_factory, ensure_test_certificates
+from appliance.web import SocketWriter, TlsWriter
 
 pytestmark = pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 
@@ -241,6 +242,9 @@ def test_a_whole_image_goes_by_the_socket(make_server: Any, sendfiles: list[int]
     server.until("the body sent", lambda: len(got) >= len(server.head) + SIZE, reader(sock, got))
     assert bytes(got) == server.head + server.data
     assert sum(sendfiles) == SIZE and server.bodies[0].sent == SIZE
+    # the Twisted and pyOpenSSL internals the writers read are there (else: no writer)
+    writer = type(server.bodies[0]._socket)
+    assert writer is (SocketWriter if server.tls == "plain" else TlsWriter)
     sock.close()
     server.until("the connection closed", lambda: bool(server.lost), lambda: None)
     ended(server, [True], baseline + 1)  # the listening port's descriptor stays

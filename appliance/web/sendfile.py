@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
@@ -44,19 +44,36 @@ def socket_writer(
     lost: Callable[[Failure], None],
 ) -> SocketWriter | None:
     """A writer for `transport` if it is plain TCP (sendfile) or TLS over plain TCP;
-    None for anything else (memory transports) or when out of descriptors."""
+    None for anything else (memory transports), when out of descriptors, or when the
+    Twisted or pyOpenSSL internals read here are not there (a writer that could not see
+    what waits in the transport could send out of order; without one, the body's bytes
+    go through the transport)."""
     try:
-        if type(transport) is tcp.Server and hasattr(os, "sendfile"):
+        if _plain_tcp(transport) and hasattr(os, "sendfile"):
             return SocketWriter(reactor, transport, writable, lost)
         if (
             isinstance(transport, TLSMemoryBIOProtocol)
-            and type(transport.transport) is tcp.Server
+            and _plain_tcp(transport.transport)
+            and isinstance(getattr(transport, "_appSendBuffer", None), list)
+            and _INTERNALS_TLS.issubset(dir(getattr(transport, "_aggregator", _NoAggregator)))
             and getattr(transport.getHandle(), "_from_ssl", None) is not None
         ):
             return TlsWriter(reactor, transport.transport, writable, lost, transport)
     except OSError:
         pass
     return None
+
+
+_INTERNALS_TCP = {"dataBuffer", "offset", "_tempDataLen"}  # abstract.FileDescriptor's
+_INTERNALS_TLS = {"_buffer"}  # tls._AggregateSmallWrites'
+
+
+class _NoAggregator:
+    _buffer: list[bytes] = []
+
+
+def _plain_tcp(transport: object) -> TypeGuard[tcp.Server]:
+    return type(transport) is tcp.Server and _INTERNALS_TCP.issubset(dir(transport))
 
 
 def transport_pending(transport: tcp.Server) -> int:

@@ -138,21 +138,24 @@ class _Import:
         self.actor, self.checkpoint = actor, checkpoint
 
     def run(self) -> ImportResult:
+        limits = self.config.imports
+        # Alone: the tables' walk makes a system call per data block, and each one would
+        # wait for the GIL behind another thread (seconds for a 1 GB package, loaded).
+        cab = open_package(
+            self.path,
+            CabLimits(limits.max_entries, limits.max_total_bytes, limits.max_ratio),
+        )
         # The package's own digest is computed beside the extraction (hashlib releases
         # the GIL); it is awaited only where it is needed.
         digest = FileDigest(self.path, "package-sha256")
         digest.start()
         try:
-            return self._run(digest.result)
+            return self._run(cab, digest.result)
         finally:
             digest.join()
 
-    def _run(self, package_digest: Callable[[], tuple[str, int]]) -> ImportResult:
+    def _run(self, cab: Cabinet, package_digest: Callable[[], tuple[str, int]]) -> ImportResult:
         limits = self.config.imports
-        cab = open_package(
-            self.path,
-            CabLimits(limits.max_entries, limits.max_total_bytes, limits.max_ratio),
-        )
         try:
             xml = cab.read_small(UPDATE_INFO, limits.max_xml_bytes)
         except KeyError:

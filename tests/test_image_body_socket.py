@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import socket
 import ssl
@@ -336,3 +337,19 @@ def test_a_file_that_shrinks_under_sendfile_aborts(
     [error] = [e for e in log_events if "aborted" in e.get("log_format", "")]
     assert "image ended" in error["why"]
     ended(server, [False], baseline)
+
+
+@pytest.mark.parametrize("tls", ["plain"])
+def test_a_file_sendfile_refuses_is_read_and_written(
+    make_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(out: int, source: int, offset: int | None, count: int) -> int:
+        raise OSError(errno.EINVAL, "no sendfile on this file system")
+
+    monkeypatch.setattr(os, "sendfile", refused)
+    server = make_server()
+    sock = client(server)
+    got = bytearray()
+    server.until("the body sent", lambda: len(got) >= len(server.head) + SIZE, reader(sock, got))
+    assert bytes(got) == server.head + server.data
+    assert server.done == [True]

@@ -20,6 +20,7 @@ connection (`close`), or the client would see no close until it is.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from typing import Any, TypeGuard
@@ -34,6 +35,7 @@ PIECE = 64 * 1024  # plaintext encrypted and sent at once over TLS: at most this
 # in Twisted's buffer when the socket is full (a slow client holds no more)
 _binding = Binding()
 _plain = bytearray(PIECE)  # one reactor thread: one pair of buffers for every connection
+_NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 _records = _binding.ffi.new("char[]", PIECE + 8 * 1024)  # PIECE's records and their framing
 
 
@@ -106,6 +108,7 @@ class SocketWriter:
         self._writable = writable
         self._lost = lost
         self._waiting = False
+        self._copying = False  # os.sendfile refused the file: pieces read and written
 
     # -- IWriteDescriptor: called by the reactor while we wait ----------------------------
 
@@ -146,10 +149,18 @@ class SocketWriter:
     def send_file(self, source: int, offset: int, count: int) -> tuple[int, bool]:
         """(bytes of `source` at `offset` the socket took, up to `count`; whether it is
         full now). (0, False) when `source` ends before `offset`."""
-        try:
-            return os.sendfile(self._fd, source, offset, count), False
-        except BlockingIOError:
-            return 0, True
+        if not self._copying:
+            try:
+                return os.sendfile(self._fd, source, offset, count), False
+            except BlockingIOError:
+                return 0, True
+            except OSError as e:
+                if e.errno not in _NO_SENDFILE:
+                    raise
+                self._copying = True  # a file system without sendfile: read and write
+        view = memoryview(_plain)[: min(count, PIECE)]
+        got = os.preadv(source, [view], offset)
+        return self.send(view[:got]) if got else (0, False)
 
     def close(self) -> None:
         """Stop waiting and let go of the duplicate descriptor (removed from the reactor

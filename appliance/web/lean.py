@@ -39,7 +39,7 @@ from appliance.web.responses import Dates, Rendered, render
 
 log = Logger()
 
-MAX_HEADERS = 500  # header lines in one request (Twisted's limit: 400 beyond)
+MAX_HEADERS = 500  # header lines in one request, as twisted.web allowed (beyond: 400)
 REQUEST_LINE_SLACK = 10  # bytes of a request line besides method and target (" HTTP/1.1")
 
 

@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "admin": 4,
     "service": 5,
     "testing": 5,
+    "phonesim": 5,
     "cli": 6,
 }
 # The module that starts the running service and so may import the global reactor; and the

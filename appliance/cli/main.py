@@ -42,6 +42,7 @@ from appliance.cli.packages import (
     run_import,
     run_make_sample,
 )
+from appliance.cli.phonesim import add_phone_sim_parser, run_phone_sim
 from appliance.cli.remote import RemoteError, add_remote_arguments, credentials, run_remote
 from appliance.cli.rules import (
     add_explain_parser,
@@ -59,13 +60,15 @@ from appliance.store import Store, StoreError
 
 Command = Callable[[argparse.Namespace, Config, Store, str], int]
 
-# The commands that need no store (make-sample-package, dhcp-options, certs, check, capture).
+# The commands that need no store (make-sample-package, dhcp-options, certs, check, capture,
+# phone-sim).
 _WITHOUT_STORE: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "make-sample-package": run_make_sample,
     "dhcp-options": run_dhcp_options,
     "certs": lambda args, config: certs_command(config, args),
     "check": run_check,
     "capture": run_capture,
+    "phone-sim": run_phone_sim,
 }
 _COMMANDS: dict[str, Command] = {
     "serve": serve,
@@ -117,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_capture_parser(sub)
     add_dhcp_options_parser(sub)
     add_make_sample_parser(sub)
+    add_phone_sim_parser(sub)
     return parser
 
 

@@ -1,0 +1,238 @@
+"""The phone simulator's parts without a network: the check it sends (read by the
+appliance's own parser), the answers it reads, the DHCPINFORM it sends and the DHCPACK it
+reads (answered by the appliance's own responder logic), its NTLM client (checked by the
+appliance's own NTLM server side), the fleet's identities, scheduler and summary.
+
+`tests/test_phonesim_serve.py` runs it against a real `ucupdates serve`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import pytest
+
+from appliance.cli.main import main
+from appliance.discovery.dhcp_answer import InformAnswers, decide
+from appliance.discovery.dhcp_codec import parse_packet
+from appliance.discovery.dhcp_options import option43, option120
+from appliance.model import Zone
+from appliance.passwords import nt_hash
+from appliance.phones.codec import parse_check
+from appliance.phones.ntlm import challenge_message, check_response, read_authenticate
+from appliance.phonesim import (
+    MODELS,
+    BadAnswer,
+    FleetSpec,
+    Net,
+    PhoneIdentity,
+    PhoneState,
+    Round,
+    Schedule,
+    Settings,
+    authenticate,
+    check_body,
+    fleet,
+    negotiate,
+    parse_answer,
+    percentile,
+    phone_tls,
+    run_fleet,
+    runs_json,
+    summary_text,
+    system_information,
+)
+from appliance.phonesim.dhcp import inform_packet, read_info, read_options
+
+PHONE = PhoneIdentity("Aastra", "6725ip", "A", "FRA", "00-04-F2-10-00-07", "64167F000007", "a<b")
+SHA = "ab" * 32
+
+
+# -- the check and the answer -------------------------------------------------------------
+
+
+def test_the_appliance_reads_the_check_the_phone_sends() -> None:
+    request = parse_check(check_body(PHONE, "4.0.7577.4366"), Zone.INTERNAL, "127.0.0.1")
+    assert (request.brand, request.model, request.revision, request.locale) == (
+        "Aastra",
+        "6725ip",
+        "A",
+        "FRA",
+    )
+    assert request.serial == "64167F000007" and request.user_id == "a<b"
+    assert request.mac is not None and request.mac.replace(":", "-").upper() == PHONE.mac
+    assert [(m.file_name, m.version) for m in request.modules] == [("CPE.nbt", "4.0.7577.4366")]
+
+
+def test_an_answer_with_modules_is_read_as_the_phones_read_it() -> None:
+    answer = parse_answer(
+        b'<?xml version="1.0" encoding="utf-8"?>\n<Response><Downloads>1</Downloads>'
+        b"<BaseURL>http://u/DeviceUpdateFiles_Int/x</BaseURL>"
+        b"<externalbaseurl>https://e/DeviceUpdateFiles_Ext/x</externalbaseurl>"
+        b"<Modules><Module><FileName>CPE.nbt</FileName><SignatureFileName>CPE.cat"
+        b"</SignatureFileName><Version>4.0.7577.4387</Version><Size>6000</Size>"
+        b"<SHA256>" + SHA.upper().encode() + b"</SHA256><Unknown/></Module></Modules></Response>"
+    )
+    assert answer.downloads == 1 and answer.version == "4.0.7577.4387"
+    assert answer.base_url == "http://u/DeviceUpdateFiles_Int/x"
+    assert answer.external_base_url == "https://e/DeviceUpdateFiles_Ext/x"
+    module = answer.modules[0]
+    assert (module.file_name, module.signature_file_name) == ("CPE.nbt", "CPE.cat")
+    assert (module.size, module.sha256) == (6000, SHA)
+
+
+def test_nothing_to_offer_reads_as_zero_downloads() -> None:
+    answer = parse_answer(b"<Response><Downloads>0</Downloads><BaseURL /></Response>")
+    assert (answer.downloads, answer.version, answer.base_url) == (0, None, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not xml", "not XML"),
+        (b"<Request/>", "not Response"),
+        (b"<Response><Downloads>x</Downloads></Response>", "not one"),
+        (b"<Response><Downloads>1</Downloads></Response>", "no module"),
+        (b'<!DOCTYPE r [<!ENTITY e "x">]><Response>&e;</Response>', "not XML"),
+    ],
+)
+def test_an_answer_that_is_not_the_dialect_is_refused(body: bytes, reason: str) -> None:
+    with pytest.raises(BadAnswer, match=reason):
+        parse_answer(body)
+
+
+# -- DHCP ------------------------------------------------------------------------------------
+
+
+def test_the_inform_is_answered_by_the_appliances_responder_and_read_back() -> None:
+    packet = inform_packet("00-04-F2-10-00-07", "127.0.0.5", 0xBEEF)
+    asked = parse_packet(packet)
+    assert asked.option(60) == b"MS-UC-Client" and asked.option(53) == b"\x08"
+    assert {43, 120} <= set(asked.option(55) or b"")
+    answers = InformAnswers(option43("ucupdates-r2.example.com"), option120(["sip.example.com"]))
+    decision = decide(packet, answers, "127.0.0.1", "127.0.0.5")
+    assert decision.reply is not None and decision.destination == ("127.0.0.5", 68)
+    xid, options = read_options(decision.reply)
+    info = read_info(options)
+    assert xid == 0xBEEF and options[53] == b"\x05"
+    assert info.sip_servers == ("sip.example.com",)
+    assert info.domain == "example.com"  # no option 15: the SIP server's domain
+    assert info.provisioning_url == (
+        "https://ucupdates-r2.example.com:443/CertProv/CertProvisioningService.svc"
+    )
+    assert info.suboptions[1] == "MS-UC-Client"
+
+
+def test_option_15_names_the_domain_when_given() -> None:
+    info = read_info({15: b"corp.example.net\x00", 120: option120(["sip.example.com"])})
+    assert info.domain == "corp.example.net"
+
+
+# -- NTLM ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("user", ["alice@example.com", "EXAMPLE\\alice"])
+def test_the_ntlm_client_is_accepted_by_the_appliances_check(user: str) -> None:
+    server_challenge = bytes(range(8))
+    challenge = challenge_message(negotiate(), server_challenge, "EXAMPLE", "UCUPDATES")
+    token = authenticate(challenge, user, "correct horse")
+    response = read_authenticate(token, server_challenge)
+    assert response.v2 and response.user == user.rpartition("\\")[2]
+    assert check_response(response, bytes.fromhex(nt_hash("correct horse")))
+    assert not check_response(response, bytes.fromhex(nt_hash("wrong horse")))
+
+
+# -- identities and the fleet ---------------------------------------------------------------
+
+
+def test_a_fleet_has_distinct_phones_spread_over_models_locales_zones_and_sources() -> None:
+    spec = FleetSpec(
+        locales=("ENU", "DEU"), external_share=0.25, sources=("127.0.0.2", "127.0.0.3")
+    )
+    phones = fleet(200, spec)
+    assert len({p.mac for p in phones}) == len({p.serial for p in phones}) == 200
+    assert Counter((p.vendor, p.model, p.revision) for p in phones).keys() == set(MODELS)
+    assert Counter(p.locale for p in phones) == {"ENU": 102, "DEU": 98}
+    assert sum(p.external for p in phones) == 50
+    assert Counter(p.source for p in phones) == {"127.0.0.2": 100, "127.0.0.3": 100}
+    assert fleet(200, spec) == phones  # the same spec, the same fleet
+
+
+def test_the_system_information_screen() -> None:
+    screen = system_information(PHONE, PhoneState())
+    assert "Aastra 6725ip" in screen and PHONE.mac in screen and PHONE.serial in screen
+    assert "Current version: 4.0.7577.4366" in screen and "Last update:     never" in screen
+
+
+def test_percentile_is_the_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (
+        50.0,
+        99.0,
+        100.0,
+    )
+    assert percentile([], 50) == 0.0 and percentile([3.0], 99) == 3.0
+
+
+SETTINGS = Settings(Net(phone_tls(None), verify=False), server="http://127.0.0.1:1")
+
+
+def _scripted(outcomes: dict[str, list[str]]) -> object:
+    """A round runner that answers each phone (by MAC) from its script, without a network."""
+    lock = threading.Lock()
+
+    def run(phone: PhoneIdentity, state: PhoneState, settings: Settings) -> Round:
+        with lock:
+            outcome = outcomes[phone.mac].pop(0)
+        if outcome == "updated":
+            state.version = "4.0.7577.4387"
+        record = Round(outcome, None if outcome != "failed" else "http-503")
+        record.seconds = {"check": 0.001} if outcome != "failed" else {}
+        return record
+
+    return run
+
+
+def test_the_fleet_runs_rounds_until_up_to_date_or_failed_or_out_of_rounds() -> None:
+    phones = fleet(6, FleetSpec())
+    script = {
+        phones[0].mac: ["updated", "current"],
+        phones[1].mac: ["current"],
+        phones[2].mac: ["failed"],
+        phones[3].mac: ["updated", "updated"],  # stops at the round limit (2)
+        phones[4].mac: ["updated", "current"],
+        phones[5].mac: ["updated", "current"],
+    }
+    runs, stats = run_fleet(
+        phones,
+        SETTINGS,
+        Schedule(concurrency=2, jitter=0.01, idle=0.0, rounds=2),
+        round_runner=_scripted(script),  # type: ignore[arg-type]
+    )
+    assert [len(r.rounds) for r in runs] == [2, 1, 1, 2, 2, 2]
+    assert all(r.done for r in runs) and all(not s for s in script.values())
+    assert (stats.checks, stats.updates, stats.current) == (9, 5, 4)
+    assert stats.failures == {"http-503": 1}
+    text = summary_text(stats)
+    assert "phones 6, checks 9, updates 5, up to date 4, failed 1" in text
+    assert "failures: http-503 1" in text
+    assert runs_json(runs)[3]["version"] == "4.0.7577.4387"
+
+
+def test_no_round_starts_after_the_deadline() -> None:
+    phones = fleet(3, FleetSpec())
+    runs, stats = run_fleet(
+        phones,
+        SETTINGS,
+        Schedule(deadline=0.0),
+        round_runner=_scripted({p.mac: [] for p in phones}),  # type: ignore[arg-type]
+    )
+    assert stats.checks == 0 and not any(r.done or r.rounds for r in runs)
+
+
+def test_the_command_wants_a_server_or_a_dns_server(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["phone-sim"]) == 2
+    assert "give --server URL" in capsys.readouterr().err
+    assert main(["phone-sim", "--server", "https://127.0.0.1:1"]) == 2
+    assert "--ca FILE" in capsys.readouterr().err

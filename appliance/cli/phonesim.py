@@ -150,7 +150,7 @@ def _progress(out: TextIO) -> Any:
 
     def show(stats: Any) -> None:
         now = time.monotonic()
-        if not tty and now - last[0] < 5.0:
+        if not tty and now - last[0] < 5.0 and not stats.over:
             return
         last[0] = now
         failed = sum(stats.failures.values())

@@ -67,6 +67,7 @@ class Stats:
     finished: int = 0
     running: int = 0
     elapsed: float = 0.0
+    over: bool = False  # the run has ended: the progress callback's last call
 
     def add(self, record: Round) -> None:
         if "check" in record.seconds:
@@ -193,6 +194,9 @@ def run_fleet(
         while stats.running:  # the deadline passed: let running rounds end
             changed.wait(1.0)
     stats.elapsed = time.monotonic() - start
+    stats.over = True
+    if progress is not None:
+        progress(stats)
     return runs, stats
 
 

@@ -654,6 +654,95 @@ def test_a_bad_checksum_is_the_error_even_when_the_block_also_breaks_inflate(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_scan_verifies_the_blocks_in_a_second_process_and_hashes_the_package(
+    tmp_path: Path,
+) -> None:
+    files = {"first.bin": random.Random(15).randbytes(70_000), "second.bin": b"x" * 40_000}
+    path = make_cab(tmp_path / "c.cab", files)
+    cab = open_package(path, LIMITS)
+    scan = cab.scan()
+    try:
+        assert scan.checks_blocks
+        got = cab.extract(files, tmp_path / "out", scan=scan)
+        assert {n: e.sha256 for n, e in got.items()} == {n: sha(d) for n, d in files.items()}
+        assert scan.digest() == (sha(path.read_bytes()), path.stat().st_size)
+    finally:
+        scan.close()
+
+    corrupt_last_block(path)
+    cab = open_package(path, LIMITS)
+    scan = cab.scan()
+    try:
+        with pytest.raises(CabError, match=r"^corrupt archive: bad checksum in data block 3 of"):
+            cab.extract(files, tmp_path / "bad", scan=scan)
+        assert not (tmp_path / "bad").exists()
+        with pytest.raises(CabError, match="bad checksum in data block 3"):
+            scan.digest()
+    finally:
+        scan.close()
+
+
+def test_a_scan_names_the_bad_block_before_the_inflate_error_it_causes(tmp_path: Path) -> None:
+    data = random.Random(12).randbytes(40 * 32768)
+    blocks = history_blocks(data)
+    cab_bytes = bytearray(
+        build_cab([RawFile(b"fw.bin", len(data))], [RawFolder(TYPE_MSZIP, blocks)])
+    )
+    cab_bytes[cab_bytes.index(blocks[5][0]) + 2] = 0xFF  # BTYPE 11 in block 5
+    path = tmp_path / "c.cab"
+    path.write_bytes(bytes(cab_bytes))
+    cab = open_package(path, LIMITS)
+    scan = cab.scan()
+    try:
+        with pytest.raises(CabError, match=r"^corrupt archive: bad checksum in data block 5 of"):
+            cab.extract(["fw.bin"], tmp_path / "out", scan=scan)
+    finally:
+        scan.close()
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_earlier_error_of_the_extraction_is_not_masked_by_a_later_bad_block(
+    tmp_path: Path,
+) -> None:
+    r = random.Random(16)
+    blocks = []
+    for _ in range(4):
+        deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+        blocks.append((b"CK" + deflate.compress(r.randbytes(32768)) + deflate.flush(), 32768))
+    blocks[0] = (blocks[0][0], 30_000)  # block 0 inflates to more than it declares
+    cab_bytes = bytearray(
+        build_cab([RawFile(b"a.bin", 30_000 + 3 * 32768)], [RawFolder(TYPE_MSZIP, blocks)])
+    )
+    cab_bytes[cab_bytes.index(blocks[3][0]) + 100] ^= 0x55  # and block 3's checksum fails
+    path = tmp_path / "c.cab"
+    path.write_bytes(bytes(cab_bytes))
+    cab = open_package(path, LIMITS)
+    scan = cab.scan()
+    try:
+        with pytest.raises(CabError, match="data block 0 of folder 0 gives more than 30000"):
+            cab.extract(["a.bin"], tmp_path / "out", scan=scan)
+    finally:
+        scan.close()
+
+
+def test_without_a_python_to_run_it_the_scan_is_done_in_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", "")
+    files = {"first.bin": random.Random(17).randbytes(70_000), "second.bin": b"y" * 40_000}
+    path = make_cab(tmp_path / "c.cab", files)
+    scan = open_package(path, LIMITS).scan()
+    assert not scan.checks_blocks
+    assert scan.digest() == (sha(path.read_bytes()), path.stat().st_size)
+    corrupt_last_block(path)
+    cab = open_package(path, LIMITS)
+    scan = cab.scan()
+    with pytest.raises(CabError, match=r"^corrupt archive: bad checksum in data block 3 of"):
+        cab.extract(files, tmp_path / "out", scan=scan)
+    scan.close()
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("declared", "message"),
     [(30_000, "gives more than 30000 bytes"), (32_000, "gives more than 32000 bytes")],

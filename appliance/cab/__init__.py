@@ -1,6 +1,7 @@
 """Microsoft Cabinet files: a streaming reader with limits first, a writer, the cabextract path."""
 
 from appliance.cab.reader import CabError, Cabinet, CabLimits, ExtractedMember, open_package
+from appliance.cab.scan import Scan
 from appliance.cab.writer import CabEntry, write_cab
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "CabLimits",
     "Cabinet",
     "ExtractedMember",
+    "Scan",
     "open_package",
     "write_cab",
 ]

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from appliance.cab.blocks import _Checker, folder_blocks
+from appliance.cab.blocks import folder_blocks
 from appliance.cab.format import (
     _BATCH,
     _DATA,
@@ -45,6 +45,7 @@ from appliance.cab.format import FLAG_NEXT_CABINET as FLAG_NEXT_CABINET
 from appliance.cab.format import FLAG_PREV_CABINET as FLAG_PREV_CABINET
 from appliance.cab.format import FLAG_RESERVE_PRESENT as FLAG_RESERVE_PRESENT
 from appliance.cab.output import _Cleanup, _Output, _Sink
+from appliance.cab.scan import Scan
 from appliance.cab.tables import _check_volume, _find_cabinet, _parse_files, _walk_folder
 
 __all__ = [
@@ -185,14 +186,21 @@ class Cabinet:
         self._run(self._streamed({member.folder: [_Sink(member, None, buffer)]}, cleanup), cleanup)
         return bytes(buffer)
 
+    def scan(self) -> Scan:
+        """Start verifying every block's checksum, and hashing the package, in a second
+        process (`appliance.cab.scan`); give it to `extract`, and `close` it when done."""
+        folders = [(f.data_offset, f.blocks) for f in self._layout.folders]
+        return Scan(self.path, self._layout.data_reserve, folders)
+
     def extract(
-        self, names: Iterable[str], dest_dir: Path, *, write: bool = True
+        self, names: Iterable[str], dest_dir: Path, *, write: bool = True, scan: Scan | None = None
     ) -> dict[str, ExtractedMember]:
         """Extract members to `dest_dir / member.name`, or only hash them (`write=False`).
 
         The result is keyed by the members' names as in `members`. A name not in the
         cabinet raises KeyError. On any failure every file and folder this call created
-        is removed; OSError (e.g. a full disk) propagates as it is.
+        is removed; OSError (e.g. a full disk) propagates as it is. With a `scan`, the
+        block checksums are its to verify: this waits for its verdict before returning.
         """
         wanted: dict[str, CabMember] = {}
         for name in names:
@@ -211,7 +219,13 @@ class Cabinet:
                 else:
                     path = dest_dir / m.name if write else None
                     internal.setdefault(m.folder, []).append(_Sink(m, path, None))
-            self._run(self._streamed(internal, cleanup), cleanup)
+            at = [0, 0]  # the folder and block being read: a bad block before wins
+            try:
+                self._run(self._streamed(internal, cleanup, scan, at), cleanup)
+            except CabError:
+                if scan is not None:
+                    scan.check(upto=(at[0], at[1]))
+                raise
             for sinks in internal.values():
                 for s in sinks:
                     name = s.member.name
@@ -222,6 +236,8 @@ class Cabinet:
                 done.update(
                     _extract_external(self.path, self._layout, external, dest_dir, write, cleanup)
                 )
+            if scan is not None:
+                scan.check()
         except BaseException:
             cleanup.undo()
             raise
@@ -240,23 +256,28 @@ class Cabinet:
         finally:
             cleanup.close_all()
 
-    def _streamed(self, by_folder: dict[int, list[_Sink]], cleanup: _Cleanup) -> Iterator[None]:
+    def _streamed(
+        self,
+        by_folder: dict[int, list[_Sink]],
+        cleanup: _Cleanup,
+        scan: Scan | None = None,
+        at: list[int] | None = None,
+    ) -> Iterator[None]:
         if not by_folder:
             return
         output = _Output()
-        checker = _Checker()
         output.start()
-        checker.start()
         try:
             with open(self.path, "rb", buffering=_READ_BUFFER) as f:
                 if os.fstat(f.fileno()).st_size < self.base_offset + self.size:
                     raise CabError("truncated archive: the file shrank after it was opened")
                 for index in sorted(by_folder):
                     folder = self._layout.folders[index]
-                    self._stream_folder(f, folder, by_folder[index], output, checker, cleanup)
+                    self._stream_folder(
+                        f, folder, by_folder[index], output, cleanup, scan, at or [0, 0]
+                    )
                     yield None
         finally:
-            checker.stop()
             output.stop()
         output.raise_error()
 
@@ -266,8 +287,9 @@ class Cabinet:
         folder: _Folder,
         sinks: list[_Sink],
         output: _Output,
-        checker: _Checker,
         cleanup: _Cleanup,
+        scan: Scan | None,
+        at: list[int],
     ) -> None:
         sinks = sorted(sinks, key=lambda s: (s.member.offset, s.member.size))
         for s in sinks:
@@ -279,7 +301,11 @@ class Cabinet:
         active: list[_Sink] = []
         next_up = 0
         pos = 0
-        for block in folder_blocks(f, folder, self._layout.data_reserve, need, checker):
+        verify = scan is None or not scan.checks_blocks
+        blocks = folder_blocks(f, folder, self._layout.data_reserve, need, verify, at)
+        for block in blocks:
+            if scan is not None and at[1] % 256 == 255 and scan.bad_block() is not None:
+                scan.check()  # stop early: the scan found a bad block
             stop = pos + len(block)
             while next_up < len(pending) and pending[next_up].member.offset < stop:
                 cleanup.open(pending[next_up])

@@ -21,7 +21,7 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from appliance.cab import CabError, Cabinet, CabLimits, ExtractedMember, open_package
+from appliance.cab import CabError, Cabinet, CabLimits, ExtractedMember, Scan, open_package
 from appliance.catalogue import lifecycle
 from appliance.catalogue.actions import data_lock, recover_locked
 from appliance.catalogue.durable import fsync_folders
@@ -31,7 +31,6 @@ from appliance.catalogue.package_format import (
     PackageUpdate,
     parse_update_info,
 )
-from appliance.catalogue.verify import FileDigest
 from appliance.config import Config
 from appliance.model import FileRole, NewFile, RuleKey
 from appliance.store import Store
@@ -145,16 +144,15 @@ class _Import:
             self.path,
             CabLimits(limits.max_entries, limits.max_total_bytes, limits.max_ratio),
         )
-        # The package's own digest is computed beside the extraction (hashlib releases
-        # the GIL); it is awaited only where it is needed.
-        digest = FileDigest(self.path, "package-sha256")
-        digest.start()
+        # A second process verifies every block's checksum and hashes the package beside
+        # the extraction; its verdict is awaited only where it is needed.
+        scan = cab.scan()
         try:
-            return self._run(cab, digest.result)
+            return self._run(cab, scan)
         finally:
-            digest.join()
+            scan.close()
 
-    def _run(self, cab: Cabinet, package_digest: Callable[[], tuple[str, int]]) -> ImportResult:
+    def _run(self, cab: Cabinet, scan: Scan) -> ImportResult:
         limits = self.config.imports
         try:
             xml = cab.read_small(UPDATE_INFO, limits.max_xml_bytes)
@@ -170,8 +168,8 @@ class _Import:
         placed = {u: self._place(u, cab) for u in updates}
         new = [u for u in updates if not self.store.has_update(u.key, u.version)]
         old = [u for u in updates if u not in new]
-        if old and not self.store.has_package(package_digest()[0]):
-            self._verify_existing(cab, old, placed)
+        if old and not self.store.has_package(scan.digest()[0]):
+            self._verify_existing(cab, old, placed, scan)
 
         reports = self._plan(updates, placed)
         if (
@@ -179,7 +177,7 @@ class _Import:
             and all(r.outcome is Outcome.UNCHANGED for r in reports)
             and not self._new_guids(reports)
         ):
-            sha256, size = package_digest()
+            sha256, size = scan.digest()
             return ImportResult(self.path.name, sha256, size, tuple(reports), ignored, 0)
 
         to_write = [p for u in new for p in placed[u]]
@@ -198,12 +196,12 @@ class _Import:
         committed = False
         try:
             self.checkpoint("staged")
-            extracted = cab.extract({p.member for p in to_write}, staging / "members")
+            extracted = cab.extract({p.member for p in to_write}, staging / "members", scan=scan)
             self.checkpoint("extracted")
             records = self._records(to_write, extracted)
             moved = self._move(to_write, staging / "members")
             self.checkpoint("moved")
-            sha256, size = package_digest()
+            sha256, size = scan.digest()
             reports = self._commit(reports, new, records, sha256, size, ignored)
             committed = True
             self.checkpoint("committed")
@@ -241,11 +239,15 @@ class _Import:
         return list(placed.values())
 
     def _verify_existing(
-        self, cab: Cabinet, updates: list[PackageUpdate], placed: dict[PackageUpdate, list[_Placed]]
+        self,
+        cab: Cabinet,
+        updates: list[PackageUpdate],
+        placed: dict[PackageUpdate, list[_Placed]],
+        scan: Scan,
     ) -> None:
         """A version already in the store must come with the same bytes."""
         members = {p.member for u in updates for p in placed[u]}
-        digests = cab.extract(members, self.config.staging_dir, write=False)
+        digests = cab.extract(members, self.config.staging_dir, write=False, scan=scan)
         for update in updates:
             stored = {f.path: f.sha256 for f in self.store.update_files(update.key, update.version)}
             for p in placed[update]:

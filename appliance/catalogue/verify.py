@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import threading
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -62,33 +61,6 @@ def hash_steps(path: Path) -> Generator[None, None, str]:
             digest.update(chunk)
             yield
     return digest.hexdigest()
-
-
-class FileDigest(threading.Thread):
-    """A file's SHA-256 (hex) and size, computed on a thread of its own: `result()`
-    waits for them, or raises the OSError the reading met."""
-
-    def __init__(self, path: Path, name: str) -> None:
-        super().__init__(name=name, daemon=True)
-        self.path = path
-        self._outcome: tuple[str, int] | BaseException = OSError("not hashed yet")
-
-    def run(self) -> None:
-        try:
-            digest, size = hashlib.sha256(), 0
-            with self.path.open("rb") as f:
-                while chunk := f.read(CHUNK):
-                    digest.update(chunk)
-                    size += len(chunk)
-            self._outcome = (digest.hexdigest(), size)
-        except BaseException as e:  # handed to the thread that asks for the result
-            self._outcome = e
-
-    def result(self) -> tuple[str, int]:
-        self.join()
-        if isinstance(self._outcome, BaseException):
-            raise self._outcome
-        return self._outcome
 
 
 def file_sha256(path: Path) -> str:

@@ -682,6 +682,21 @@ def test_a_scan_verifies_the_blocks_in_a_second_process_and_hashes_the_package(
         scan.close()
 
 
+def test_a_scan_hashes_the_whole_file_around_an_embedded_cabinet(tmp_path: Path) -> None:
+    files = {"a.bin": random.Random(18).randbytes(90_000), "b.bin": b"z" * 5_000}
+    cab_bytes = make_cab(tmp_path / "c.cab", files).read_bytes()
+    exe = tmp_path / "setup.exe"
+    exe.write_bytes(b"MZ" + random.Random(19).randbytes(3 * 1024 * 1024) + cab_bytes + b"sig" * 99)
+    cab = open_package(exe, LIMITS)
+    scan = cab.scan()
+    try:
+        cab.extract(files, tmp_path / "out", scan=scan)
+        assert scan.digest() == (sha(exe.read_bytes()), exe.stat().st_size)
+    finally:
+        scan.close()
+    assert tree(tmp_path / "out") == files
+
+
 def test_a_scan_names_the_bad_block_before_the_inflate_error_it_causes(tmp_path: Path) -> None:
     data = random.Random(12).randbytes(40 * 32768)
     blocks = history_blocks(data)

@@ -204,12 +204,15 @@ def test_wrong_credentials_are_refused(served: Served) -> None:
 
 class CuttingProxy:
     """Relays TCP from `listen` to the appliance; the first image GET's answer is cut after
-    `keep` bytes. Remembers every request head it relayed."""
+    `keep` bytes (None: nothing is cut). Counts connections, remembers request heads."""
 
-    def __init__(self, listen: tuple[str, int], upstream: tuple[str, int], keep: int) -> None:
+    def __init__(
+        self, listen: tuple[str, int], upstream: tuple[str, int], keep: int | None
+    ) -> None:
         self.upstream, self.keep = upstream, keep
         self.heads: list[bytes] = []
-        self.cut = False
+        self.cut = keep is None  # None: never cut
+        self.connections = 0
         self.server = socket.create_server(listen)
         self.server.settimeout(0.2)
         self.stopping = threading.Event()
@@ -222,6 +225,7 @@ class CuttingProxy:
                 client, _ = self.server.accept()
             except TimeoutError:
                 continue
+            self.connections += 1
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
     def _relay(self, client: socket.socket) -> None:
@@ -233,8 +237,8 @@ class CuttingProxy:
             sent = 0
             try:
                 while data := upstream.recv(65536):
-                    if cut_this.is_set() and sent + len(data) >= self.keep:
-                        client.sendall(data[: self.keep - sent])
+                    if cut_this.is_set() and sent + len(data) >= (self.keep or 0):
+                        client.sendall(data[: (self.keep or 0) - sent])
                         break
                     client.sendall(data)
                     sent += len(data)
@@ -276,6 +280,29 @@ def test_a_cut_download_resumes_with_range(served: Served) -> None:
     assert proxy.cut and records[0].resumed == 1
     ranges = [h for h in proxy.heads if b"\r\nRange: bytes=" in h]
     assert len(ranges) == 1 and b"CPE.nbt" in ranges[0] and b"\r\nIf-Range: " in ranges[0]
+
+
+def test_keep_alive_makes_one_connection_a_round(served: Served) -> None:
+    port = served.ports["internal-http"]
+    proxy = CuttingProxy(("127.0.0.78", port), (HOST, port), keep=None)
+    try:
+        settings = served.settings("internal-http", keep_alive=True)
+        settings = replace(settings, net=replace(settings.net, connect="127.0.0.78"))
+        records, state = rounds(phone(21), settings)
+    finally:
+        proxy.close()
+    assert outcomes(records) == ["updated", "current"] and state.version == APPROVED
+    assert proxy.connections == 2  # check, image and signature; then the second check
+    assert len(proxy.heads) == 4
+
+
+def test_an_external_phone_keeps_its_ntlm_connection_for_the_downloads(served: Served) -> None:
+    me = phone(22, external=True, user_id=USER, source="127.0.0.42")
+    credentials = Credentials(USER, PASSWORD, "ntlm")
+    settings = served.settings("external-https", credentials=credentials, keep_alive=True)
+    records, state = rounds(me, settings)
+    assert outcomes(records) == ["updated", "current"] and state.version == APPROVED
+    assert records[0].auth == "ntlm"
 
 
 # -- discovery -----------------------------------------------------------------------------
@@ -332,14 +359,12 @@ def test_a_fleet_of_50_updates_and_the_inventory_shows_every_phone(served: Serve
         external_user_id=USER,
     )  # fmt: skip
     phones = fleet(50, spec)
-    settings = served.settings(credentials=Credentials(USER, PASSWORD))
-    external = replace(settings, server=f"https://{FQDN}:{served.ports['external-https']}")
-
-    def by_zone(p: PhoneIdentity, state: PhoneState, s: Settings) -> Round:
-        return run_round(p, state, external if p.external else s)
-
+    settings = served.settings(
+        credentials=Credentials(USER, PASSWORD),
+        external_server=f"https://{FQDN}:{served.ports['external-https']}",
+    )
     schedule = Schedule(concurrency=10, jitter=0.5, idle=0.0, rounds=3, deadline=300.0)
-    runs, stats = run_fleet(phones, settings, schedule, round_runner=by_zone)
+    runs, stats = run_fleet(phones, settings, schedule)
     assert dict(stats.failures) == {}
     assert (stats.checks, stats.updates, stats.current) == (100, 50, 50)
     assert len(stats.seconds["check"]) == 100 and len(stats.seconds["download"]) == 50

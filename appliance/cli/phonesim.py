@@ -34,14 +34,21 @@ def add_phone_sim_parser(sub: Any) -> None:
         "--server", dest="check_server", metavar="URL",
         help="the appliance's scheme://host[:port]; skips DHCP and DNS",
     )  # fmt: skip
+    where.add_argument(
+        "--external-server", metavar="URL", help="outside phones' scheme://host[:port]"
+    )
     where.add_argument("--dhcp", metavar="ADDR[:PORT]", help="send a DHCPINFORM here first")
     where.add_argument("--dhcp-client-port", type=int, default=68, metavar="PORT")
     where.add_argument("--dns", metavar="ADDR[:PORT]", help="resolve ucupdates-r2.<domain> here")
     where.add_argument("--domain", help="the DNS domain (default: from DHCP)")
     where.add_argument("--scheme", choices=("https", "http"), default="https")
     where.add_argument("--port", type=int, help="the discovered server's port")
+    where.add_argument("--external-port", type=int, help="the same, for outside phones")
     where.add_argument("--connect", metavar="ADDR", help="connect here whatever a URL names")
     where.add_argument("--source", metavar="ADDR|NETWORK", help="local address(es) to use")
+    where.add_argument(
+        "--keep-alive", action="store_true", help="one connection per host for a round"
+    )
     tls = p.add_argument_group("TLS and credentials")
     tls.add_argument("--ca", type=Path, metavar="FILE", help="CA file that verifies the server")
     tls.add_argument("--insecure", action="store_true", help="verify no certificate")
@@ -128,6 +135,9 @@ def _settings(args: argparse.Namespace) -> Any:
         domain=args.domain,
         credentials=credentials,
         retries=args.retries,
+        keep_alive=args.keep_alive,
+        external_server=args.external_server,
+        external_port=args.external_port,
     )
 
 

@@ -121,6 +121,37 @@ def open_connection(url: str, net: Net) -> tuple[http.client.HTTPConnection, str
     return kind(host, port, net, address), path
 
 
+class Connections:
+    """The connections of one round: a new one for every request (as the phones do), or
+    with `keep_alive` one per scheme, host and port, reused while it stays usable."""
+
+    def __init__(self, net: Net, keep_alive: bool = False) -> None:
+        self.net, self.keep_alive = net, keep_alive
+        self._open: dict[tuple[str, str, int | None], http.client.HTTPConnection] = {}
+
+    def get(self, url: str) -> tuple[http.client.HTTPConnection, str]:
+        if not self.keep_alive:
+            return open_connection(url, self.net)
+        parts = urlsplit(url)
+        key = (parts.scheme, (parts.hostname or "").lower(), parts.port)
+        conn, path = open_connection(url, self.net)
+        return self._open.setdefault(key, conn), path
+
+    def release(self, conn: http.client.HTTPConnection, broken: bool) -> None:
+        """Done with `conn` for now; closed unless kept alive and not `broken`."""
+        if self.keep_alive and not broken:
+            return
+        conn.close()
+        for key, kept in list(self._open.items()):
+            if kept is conn:
+                del self._open[key]
+
+    def close(self) -> None:
+        for conn in self._open.values():
+            conn.close()
+        self._open.clear()
+
+
 def classify(error: BaseException) -> Failure:
     """A network error as a Failure with its cause."""
     if isinstance(error, Failure):
@@ -234,7 +265,7 @@ class Fetched:
 
 def download(
     url: str,
-    net: Net,
+    connections: Connections,
     credentials: Credentials | None,
     retries: int,
     sleep: Callable[[float], None],
@@ -249,7 +280,8 @@ def download(
     sent: str | None = None
     resumed = attempts = wire = 0
     while True:
-        conn, path = open_connection(url, net)
+        conn, path = connections.get(url)
+        broken = True
         try:
             headers = {}
             if have:
@@ -259,6 +291,7 @@ def download(
             response, _ = request(conn, "GET", path, None, credentials, headers)
             if response.status == 503 and attempts < retries:
                 response.read()
+                broken = False
                 attempts += 1
                 sleep(min(float(response.getheader("Retry-After", "1") or 1), 5.0))
                 continue
@@ -277,6 +310,7 @@ def download(
                 wire += len(chunk)
             if total is not None and have < total:
                 raise http.client.IncompleteRead(b"", total - have)
+            broken = False
             return Fetched(have, digest.hexdigest(), sent, resumed, wire)
         except Exception as e:
             failure = classify(e)
@@ -285,4 +319,4 @@ def download(
             attempts += 1
             resumed += 1
         finally:
-            conn.close()
+            connections.release(conn, broken)

@@ -21,12 +21,12 @@ from appliance.phonesim.dns import DnsFailure, discover, query_a
 from appliance.phonesim.http import (
     CHECK_PATH,
     EXTERNAL_CHECK_PATH,
+    Connections,
     Credentials,
     Failure,
     Net,
     classify,
     download,
-    open_connection,
     post_check,
 )
 from appliance.phonesim.identity import (
@@ -55,6 +55,9 @@ class Settings:
     domain: str | None = None
     credentials: Credentials | None = None
     retries: int = 3
+    keep_alive: bool = False  # one connection per host for a round's requests
+    external_server: str | None = None  # outside phones' scheme://host[:port]; else server
+    external_port: int | None = None  # of a discovered server, for outside phones
 
 
 @dataclass
@@ -93,8 +96,9 @@ def _check_url(phone: PhoneIdentity, settings: Settings, record: Round) -> tuple
     """The check URL and the Net to use for it: given, or found by DHCP and DNS."""
     net = settings.net
     path = EXTERNAL_CHECK_PATH if phone.external else CHECK_PATH
-    if settings.server:
-        return settings.server.rstrip("/") + path, net
+    server = (settings.external_server or settings.server) if phone.external else settings.server
+    if server:
+        return server.rstrip("/") + path, net
     domain = settings.domain
     clock = time.monotonic
     if settings.dhcp is not None:
@@ -117,7 +121,8 @@ def _check_url(phone: PhoneIdentity, settings: Settings, record: Round) -> tuple
             name, address = discover(domain, settings.dns, net.timeout, phone.source)
         except (DnsFailure, OSError) as e:
             raise Failure("dns", str(e)) from e
-    port = settings.port or (443 if settings.scheme == "https" else 80)
+    port = (settings.external_port if phone.external else None) or settings.port
+    port = port or (443 if settings.scheme == "https" else 80)
     default = (settings.scheme == "https" and port == 443) or port == 80
     url = f"{settings.scheme}://{name}" + ("" if default else f":{port}") + path
     dns_server, timeout = settings.dns, net.timeout
@@ -138,7 +143,11 @@ def _check_url(phone: PhoneIdentity, settings: Settings, record: Round) -> tuple
 
 
 def _download_all(
-    phone: PhoneIdentity, answer: Answer, net: Net, settings: Settings, record: Round
+    phone: PhoneIdentity,
+    answer: Answer,
+    connections: Connections,
+    settings: Settings,
+    record: Round,
 ) -> None:
     base = answer.external_base_url if phone.external else answer.base_url
     if not base:
@@ -151,7 +160,7 @@ def _download_all(
             names.append((module.signature_file_name, None, None))
         for name, size, sha256 in names:
             fetched = download(
-                f"{base.rstrip('/')}/{name}", net, credentials, settings.retries, time.sleep
+                f"{base.rstrip('/')}/{name}", connections, credentials, settings.retries, time.sleep
             )
             record.bytes += fetched.wire_bytes
             record.files += 1
@@ -168,24 +177,28 @@ def run_round(phone: PhoneIdentity, state: PhoneState, settings: Settings) -> Ro
     when the phone installed a new version."""
     record = Round()
     clock = time.monotonic
+    connections: Connections | None = None
     try:
         url, net = _check_url(phone, settings, record)
         record.server = url
+        connections = Connections(net, settings.keep_alive)
         with _timed(record, "check", clock):
-            conn, path = open_connection(url, net)
+            conn, path = connections.get(url)
+            broken = True
             try:
                 body = check_body(phone, state.version)
                 credentials = settings.credentials if phone.external else None
                 text, record.auth = post_check(conn, path, body, credentials)
                 answer = parse_answer(text)
+                broken = False
             finally:
-                conn.close()
+                connections.release(conn, broken)
         record.offered = answer.version
         if answer.downloads == 0 or answer.version is None or answer.version == state.version:
             record.outcome = "current"
             return record
         with _timed(record, "download", clock):
-            _download_all(phone, answer, net, settings, record)
+            _download_all(phone, answer, connections, settings, record)
         state.version = answer.version  # the restart: the phone now runs what it fetched
         state.last_update = datetime.now(UTC).date()
         record.outcome = "updated"
@@ -194,6 +207,9 @@ def run_round(phone: PhoneIdentity, state: PhoneState, settings: Settings) -> Ro
     except (Failure, OSError, http.client.HTTPException) as e:
         failure = classify(e)
         record.cause, record.detail = failure.cause, str(failure)
+    finally:
+        if connections is not None:
+            connections.close()
     return record
 
 

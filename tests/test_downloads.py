@@ -14,22 +14,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from pathlib import Path, PurePosixPath
-from types import SimpleNamespace
-from typing import Any, cast
+from pathlib import Path
 
 import pytest
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionLost
-from twisted.internet.testing import MemoryReactorClock
-from twisted.python.failure import Failure
 
 from appliance.catalogue import sample_check
 from appliance.config import Config, load_config
-from appliance.model import Zone
 from appliance.phones import Authenticator, LocalDirectory, PhoneService
-from appliance.phones.image_body import Body, Download, Part
 from appliance.phones.ranges import ByteRange, RangeAnswer, if_range_holds, plan_ranges
 from appliance.phones.slots import DownloadLimit, DownloadSlots, Slot
 from appliance.store import Store
@@ -264,147 +256,7 @@ def test_a_client_over_its_share_of_slots_gets_503_and_others_do_not(phones: Pho
     whole(phones, {})
 
 
-# -- the body: every way it ends releases its slot once -----------------------------------
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.aborted = 0
-
-    def abortConnection(self) -> None:
-        self.aborted += 1
-
-
-class FakeChannel:
-    def __init__(self) -> None:
-        self.transport = FakeTransport()
-        self._waitingForTransport = False
-
-
-class FakeSite:
-    def __init__(self, reactor: MemoryReactorClock) -> None:
-        self.reactor = reactor
-
-
-class FakeRequest:
-    """What a Body uses of a twisted.web Request, and a way to lose the connection."""
-
-    def __init__(self, reactor: MemoryReactorClock) -> None:
-        self.site = FakeSite(reactor)
-        self.channel: FakeChannel | None = FakeChannel()
-        self.code = 200
-        self.written: list[bytes] = []
-        self.finished = False
-        self._disconnected = False
-        self.producer: Any = None
-        self._done: list[Deferred[None]] = []
-
-    def notifyFinish(self) -> Deferred[None]:
-        self._done.append(Deferred())
-        return self._done[-1]
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        assert streaming
-        self.producer = producer
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-
-    def write(self, data: bytes) -> None:
-        assert not self.finished and not self._disconnected
-        self.written.append(data)
-
-    def finish(self) -> None:
-        assert not self.finished and not self._disconnected
-        self.finished = True
-        for d in self._done:
-            d.callback(None)
-
-    def lose(self) -> None:
-        self._disconnected = True
-        self.channel = None
-        for d in self._done:
-            d.errback(Failure(ConnectionLost()))
-
-
-def start_body(
-    tmp_path: Path, size: int, slots: DownloadSlots
-) -> tuple[Body, FakeRequest, MemoryReactorClock, Any]:
-    image = tmp_path / "image"
-    image.write_bytes(bytes(range(256)) * (size // 256))
-    reactor = MemoryReactorClock()
-    request = FakeRequest(reactor)
-    slot = slots.take("192.0.2.1")
-    assert isinstance(slot, Slot)
-    settings = load_config(None, tmp_path / "data").service
-    stored: Any = SimpleNamespace(path=PurePosixPath("a/b.nbt"))
-    download = Download(stored, "192.0.2.1", Zone.INTERNAL)
-    opened = image.open("rb")
-    parts = [Part(b"", ByteRange(0, size))]
-    body = Body(cast(Any, request), opened, parts, b"", slot, settings, download)
-    body.start()
-    return body, request, reactor, opened
-
-
-def test_a_body_that_is_taken_finishes_and_frees_its_slot(tmp_path: Path) -> None:
-    slots = DownloadSlots(4, 4)
-    body, request, reactor, opened = start_body(tmp_path, 4 * 1024 * 1024, slots)
-    for _ in range(100):  # a batch a reactor turn while the connection takes it
-        if request.finished:
-            break
-        reactor.advance(0)
-    assert request.finished and request.producer is None
-    assert sum(map(len, request.written)) == 4 * 1024 * 1024
-    assert opened.closed and slots.active == 0
-
-
-def test_a_body_paused_past_the_stall_time_is_aborted_once(
-    tmp_path: Path, log_events: list[Any]
-) -> None:
-    slots = DownloadSlots(4, 4)
-    body, request, reactor, opened = start_body(tmp_path, 4 * 1024 * 1024, slots)
-    body.pauseProducing()
-    stall = load_config(None, tmp_path / "data").service.download_stall_seconds
-    reactor.advance(stall - 1)
-    body.resumeProducing()  # progress: the clock starts again at the next pause
-    body.pauseProducing()
-    reactor.advance(stall - 1)
-    assert request.channel is not None and request.channel.transport.aborted == 0
-    reactor.advance(1)
-    transport = request.channel.transport
-    assert transport.aborted == 1
-    assert opened.closed
-    request.lose()  # what the abort leads to
-    body.resumeProducing()  # a late resume or stop after the end does nothing
-    body.stopProducing()
-    reactor.advance(stall * 2)
-    assert transport.aborted == 1
-    assert slots.active == 0 and slots.by_client == {}
-    assert [
-        e["event"] for e in log_events if e.get("event", "").startswith(("download", "image"))
-    ] == [
-        "download.stalled",
-        "image.download",
-    ]
-
-
-def test_a_body_whose_connection_is_lost_stops_writing_and_frees_its_slot_once(
-    tmp_path: Path, log_events: list[Any]
-) -> None:
-    slots = DownloadSlots(4, 4)
-    body, request, reactor, opened = start_body(tmp_path, 4 * 1024 * 1024, slots)
-    written = len(request.written)
-    request.lose()  # the transport never calls stopProducing (as after loseConnection)
-    for _ in range(10):
-        reactor.advance(0)
-        body.resumeProducing()
-    body.stopProducing()
-    assert len(request.written) == written and not request.finished
-    assert opened.closed and slots.active == 0
-    failures = [e for e in log_events if e.get("log_failure") is not None]
-    assert failures == []
-    lines = [e for e in log_events if e.get("event") == "image.download"]
-    assert [e["partial"] for e in lines] == [" (interrupted)"]
+# -- a body of many batches, in process (the body alone: tests/test_image_body.py) ---------
 
 
 def test_an_image_of_many_batches_downloads_whole_in_process(tmp_path: Path) -> None:

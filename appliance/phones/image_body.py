@@ -18,7 +18,7 @@ No progress for `service.download_stall_seconds` in a row (paused, or the socket
 means the client stopped reading: the connection is aborted (`download.stalled`).
 However the body ends (sent, connection lost, aborted), the file is closed and the slot
 released once, the producer unregistered, and the `image.download` line says how it
-ended. `Body` is the same behind a twisted.web Request (the shape it had before).
+ended.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from typing import IO, Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
 
 from appliance.config import ServiceSettings
 from appliance.model import StoredFile, Zone
@@ -322,75 +321,3 @@ class TransportBody:
             partial=" (interrupted)" if interrupted else "",
             event="image.download",
         )
-
-
-class Body:
-    """A `TransportBody` behind a twisted.web Request: the request writes the head and
-    ends the response; the body's bytes go through `request.write`. The phone listeners
-    no longer run twisted.web; this is the call shape the body had there."""
-
-    def __init__(
-        self,
-        request: server.Request,
-        image: IO[bytes],
-        parts: list[Part],
-        trailer: bytes,
-        slot: Slot,
-        settings: ServiceSettings,
-        download: Download,
-    ) -> None:
-        self._request = request
-        site: Any = request.site  # its reactor: the one make_service gave the site
-        transport = _RequestTransport(request)
-        self._body = TransportBody(
-            site.reactor, transport, image, parts, trailer, slot, settings, download,
-            request.code, self._done,
-        )  # fmt: skip
-
-    def start(self) -> None:
-        self._request.notifyFinish().addErrback(self._lost)
-        # A connection whose buffer is already full (an earlier response on it not taken
-        # yet) does not pause a producer that arrives later: start paused, then.
-        if getattr(self._request.channel, "_waitingForTransport", False):
-            self._body.pauseProducing()
-        self._body.start()
-
-    def pauseProducing(self) -> None:
-        self._body.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._body.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self._body.stopProducing()
-
-    def _lost(self, reason: Failure) -> None:
-        self._body.connection_lost()
-
-    def _done(self, complete: bool) -> None:
-        request = self._request
-        if complete and not request._disconnected and not request.finished:
-            request.finish()
-
-
-class _RequestTransport:
-    """What a `TransportBody` needs of a transport, through a twisted.web Request."""
-
-    def __init__(self, request: server.Request) -> None:
-        self._request = request
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self._request.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        request = self._request
-        if not request._disconnected and not request.finished:
-            request.unregisterProducer()
-
-    def write(self, data: bytes) -> None:
-        self._request.write(data)
-
-    def abortConnection(self) -> None:
-        channel: Any = self._request.channel
-        if channel is not None and channel.transport is not None:
-            channel.transport.abortConnection()

@@ -1,7 +1,7 @@
 """Download slots: how many image bodies are sent at once, in all and per client address.
 
 A `Slot` is taken before a body starts and released once, however the body ends
-(`image_body.Body`); beyond either limit the answer is 503 (`downloads.Downloads`).
+(`image_body.TransportBody`); beyond either limit the answer is 503 (`downloads.Downloads`).
 """
 
 from __future__ import annotations

@@ -204,12 +204,17 @@ def test_wrong_credentials_are_refused(served: Served) -> None:
 
 class CuttingProxy:
     """Relays TCP from `listen` to the appliance; the first image GET's answer is cut after
-    `keep` bytes (None: nothing is cut). Counts connections, remembers request heads."""
+    `keep` bytes (None: nothing is cut), or with `corrupt` its body's first byte flipped.
+    Counts connections, remembers request heads."""
 
     def __init__(
-        self, listen: tuple[str, int], upstream: tuple[str, int], keep: int | None
+        self,
+        listen: tuple[str, int],
+        upstream: tuple[str, int],
+        keep: int | None,
+        corrupt: bool = False,
     ) -> None:
-        self.upstream, self.keep = upstream, keep
+        self.upstream, self.keep, self.corrupt = upstream, keep, corrupt
         self.heads: list[bytes] = []
         self.cut = keep is None  # None: never cut
         self.connections = 0
@@ -235,9 +240,23 @@ class CuttingProxy:
 
         def down() -> None:
             sent = 0
+            head = b""
             try:
                 while data := upstream.recv(65536):
-                    if cut_this.is_set() and sent + len(data) >= (self.keep or 0):
+                    if cut_this.is_set() and self.corrupt and head is not None:
+                        head += data  # flip the body's first byte
+                        end = head.find(b"\r\n\r\n")
+                        if end < 0 or end + 4 >= len(head):
+                            continue
+                        data = head[: end + 4] + bytes([head[end + 4] ^ 0xFF]) + head[end + 5 :]
+                        head = None  # type: ignore[assignment]
+                        client.sendall(data)
+                        continue
+                    if (
+                        cut_this.is_set()
+                        and not self.corrupt
+                        and sent + len(data) >= (self.keep or 0)
+                    ):
                         client.sendall(data[: (self.keep or 0) - sent])
                         break
                     client.sendall(data)
@@ -280,6 +299,20 @@ def test_a_cut_download_resumes_with_range(served: Served) -> None:
     assert proxy.cut and records[0].resumed == 1
     ranges = [h for h in proxy.heads if b"\r\nRange: bytes=" in h]
     assert len(ranges) == 1 and b"CPE.nbt" in ranges[0] and b"\r\nIf-Range: " in ranges[0]
+
+
+def test_a_corrupted_image_fails_its_sha256(served: Served) -> None:
+    port = served.ports["internal-http"]
+    proxy = CuttingProxy(("127.0.0.79", port), (HOST, port), keep=None, corrupt=True)
+    proxy.cut = False  # the first image GET is the one changed
+    try:
+        settings = served.settings("internal-http")
+        settings = replace(settings, net=replace(settings.net, connect="127.0.0.79"))
+        record = run_round(phone(23), PhoneState(), settings)
+    finally:
+        proxy.close()
+    assert (record.outcome, record.cause) == ("failed", "sha256"), record.detail
+    assert "CPE.nbt" in record.detail
 
 
 def test_keep_alive_makes_one_connection_a_round(served: Served) -> None:

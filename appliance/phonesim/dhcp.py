@@ -13,6 +13,7 @@ import os
 import select
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -23,6 +24,24 @@ INFORM, ACK = 8, 5
 VENDOR_CLASS = b"MS-UC-Client"
 ASKED = (1, 15, 43, 120)  # subnet mask, domain name, vendor options, SIP servers
 CLIENT_PORT = 68
+
+
+# The DHCPACK comes to ciaddr:68, so phones sharing an address must take turns: one
+# socket bound there at a time (a fleet runs on threads).
+_turns: dict[tuple[str, int], threading.Lock] = {}
+_turns_lock = threading.Lock()
+
+
+def _turn(source: str, port: int) -> threading.Lock:
+    with _turns_lock:
+        return _turns.setdefault((source, port), threading.Lock())
+
+
+def local_address_towards(server: tuple[str, int]) -> str:
+    """The local IPv4 address the system would send to `server` from (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(server)
+        return str(probe.getsockname()[0])
 
 
 class DhcpFailure(Exception):
@@ -123,12 +142,26 @@ def read_info(options: dict[int, bytes]) -> DhcpInfo:
 def inform(
     server: tuple[str, int],
     mac: str,
-    source: str,
+    source: str | None = None,
     client_port: int = CLIENT_PORT,
     timeout: float = 5.0,
 ) -> DhcpInfo:
-    """Send one DHCPINFORM from `source`:`client_port` to `server`; the DHCPACK's info.
-    Waits at most `timeout` seconds for the ACK with our xid; DhcpFailure otherwise."""
+    """Send one DHCPINFORM from `source` (default: the address towards `server`) and
+    `client_port` to `server`; the DHCPACK's info. Waits at most `timeout` seconds for
+    the ACK with our xid (and for its turn at the address); DhcpFailure otherwise."""
+    source = source or local_address_towards(server)
+    turn = _turn(source, client_port)
+    if not turn.acquire(timeout=timeout):
+        raise DhcpFailure(f"{source}:{client_port} stayed busy with other phones' DHCP")
+    try:
+        return _inform(server, mac, source, client_port, timeout)
+    finally:
+        turn.release()
+
+
+def _inform(
+    server: tuple[str, int], mac: str, source: str, client_port: int, timeout: float
+) -> DhcpInfo:
     xid = int.from_bytes(os.urandom(4), "big")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

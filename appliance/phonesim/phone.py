@@ -107,7 +107,7 @@ def _check_url(phone: PhoneIdentity, settings: Settings, record: Round) -> tuple
                 info = inform(
                     settings.dhcp,
                     phone.mac,
-                    phone.source or "0.0.0.0",  # noqa: S104 - the phone's own address
+                    phone.source,
                     settings.dhcp_client_port,
                     net.timeout,
                 )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from OpenSSL import SSL
 
 from appliance.config import TlsProfile
 from appliance.tls.certificates import CertError
@@ -305,6 +306,13 @@ def test_the_context_is_built_once(tmp_path: Path) -> None:
     creds = ensure_test_certificates(tmp_path / "tls", NAMES)
     factory = context_factory(creds, LPE)
     assert factory.getContext() is factory.getContext()
+
+
+@pytest.mark.parametrize("profile", [LPE, MODERN])
+def test_idle_connections_give_their_buffers_back(tmp_path: Path, profile: TlsProfile) -> None:
+    creds = ensure_test_certificates(tmp_path / "tls", NAMES)
+    context = context_factory(creds, profile).getContext()
+    assert context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS  # set_mode(0) returns the mode
 
 
 def test_a_key_that_does_not_fit_fails_at_start(tmp_path: Path) -> None:

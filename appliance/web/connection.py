@@ -138,3 +138,12 @@ class Connection(Protocol):
         transport: Any = self.transport
         if transport is not None and not self._gone:
             transport.abortConnection()
+
+
+class Refused(Protocol):
+    """A connection over the limit: closed at once (returning None would leave the TLS
+    wrapper failing with an unhandled error and completing the handshake)."""
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.abortConnection()

@@ -32,7 +32,7 @@ import httptools
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from appliance.web.connection import Connection
+from appliance.web.connection import Connection, Refused
 from appliance.web.guard import LINGER_SECONDS, Limits, Rejection
 from appliance.web.request import LeanRequest, Routes
 from appliance.web.responses import Dates, Rendered, render
@@ -388,15 +388,6 @@ class LeanFactory(Factory):
                 peer=addr,
                 count=self.open_connections,
             )
-            return _Refused()
+            return Refused()
         self.open_connections += 1
         return LeanChannel(self, addr)
-
-
-class _Refused(Protocol):
-    """A connection over the limit: closed at once (returning None would leave the TLS
-    wrapper failing with an unhandled error and completing the handshake)."""
-
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        transport.abortConnection()

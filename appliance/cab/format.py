@@ -1,7 +1,7 @@
-"""The MS-CAB format: the types, struct layouts, limits and checksum shared by the reader.
+"""The MS-CAB format: the types, struct layouts, limits and checks shared by the reader.
 
-The lowest of the cabinet modules (`appliance.cab` and its `_cab_*` helpers, and
-`appliance.cabwriter`): it imports none of them.
+Of the cabinet modules it imports only `scanner` (the checksum, standard library only);
+the others import it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO
+
+from appliance.cab.scanner import bad_checksum, block_ok
 
 
 class CabError(Exception):
@@ -68,49 +70,10 @@ _QUEUE_DEPTH = 8  # batches queued per helper thread: about 8 MiB in flight
 
 # --- checksum -------------------------------------------------------------------------
 
-_FOLD_MASKS: dict[int, int] = {}
-
-
-def checksum(data: bytes | bytearray | memoryview, seed: int = 0) -> int:
-    """The MS-CAB checksum: XOR of the little-endian 32-bit words, libmspack's tail rule.
-
-    The words are XOR-folded as one big integer (halving it until 32 bits remain), so a
-    32 KiB block costs a few big-integer operations instead of 8192 Python-level steps.
-    """
-    view = memoryview(data).cast("B")
-    n_words = len(view) >> 2
-    folded = 0
-    if n_words:
-        width = 1  # a power of two >= n_words: the fold masks repeat from block to block
-        while width < n_words:
-            width <<= 1
-        half = width >> 1 if width > 1 else 1
-        split = min(half, n_words) * 4
-        folded = int.from_bytes(view[:split], "little") ^ int.from_bytes(
-            view[split : n_words * 4], "little"
-        )
-        width = half
-        while width > 1:
-            width >>= 1
-            bits = width * 32
-            mask = _FOLD_MASKS.get(bits)
-            if mask is None:
-                mask = _FOLD_MASKS.setdefault(bits, (1 << bits) - 1)
-            folded = (folded & mask) ^ (folded >> bits)
-    tail = 0
-    for byte in view[n_words * 4 :]:  # 3 bytes: b0<<16 | b1<<8 | b2, as libmspack
-        tail = (tail << 8) | byte
-    return seed ^ folded ^ tail
-
 
 def _verify_checksum(csum: int, header: bytes, data: bytes, n: int, folder: int) -> None:
-    body = checksum(data)
-    if checksum(header[4:8], body) == csum:
-        return
-    # MS-CAB's text puts abReserve inside the checksummed range; libmspack leaves it out.
-    if len(header) > _DATA.size and checksum(header[4:], body) == csum:
-        return
-    raise CabError(f"corrupt archive: bad checksum in data block {n} of folder {folder}")
+    if not block_ok(csum, header, data):
+        raise CabError(bad_checksum(folder, n))
 
 
 def _read_at(f: IO[bytes], offset: int, size: int, what: str) -> bytes:

@@ -38,7 +38,6 @@ from appliance.cab.format import (
     _Folder,
     _Layout,
     _read_at,
-    checksum,
 )
 from appliance.cab.format import ATTR_NAME_IS_UTF as ATTR_NAME_IS_UTF
 from appliance.cab.format import FLAG_NEXT_CABINET as FLAG_NEXT_CABINET
@@ -46,6 +45,7 @@ from appliance.cab.format import FLAG_PREV_CABINET as FLAG_PREV_CABINET
 from appliance.cab.format import FLAG_RESERVE_PRESENT as FLAG_RESERVE_PRESENT
 from appliance.cab.output import _Cleanup, _Output, _Sink
 from appliance.cab.scan import Scan
+from appliance.cab.scanner import checksum
 from appliance.cab.tables import _check_volume, _find_cabinet, _parse_files, _walk_folder
 
 __all__ = [

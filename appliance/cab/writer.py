@@ -20,7 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from appliance.cab.format import _FILE, _FOLDER, _HEADER, ATTR_NAME_IS_UTF, checksum
+from appliance.cab.format import _FILE, _FOLDER, _HEADER, ATTR_NAME_IS_UTF
+from appliance.cab.scanner import checksum
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ThreadPoolExecutor

@@ -70,6 +70,7 @@ SLOW_FILES = {
     "test_serve.py",  # a serving appliance with curl and openssl
     "test_downloads_serve.py",  # a serving appliance: curl, stalled and dropped sockets
     "test_plain_http_serve.py",  # a serving appliance with curl over plain HTTP
+    "test_e2e_zones.py",  # network namespaces, a serving appliance, phone-sim in each zone
     "test_tls.py",  # openssl s_client against each TLS profile
     "test_users_cli.py",  # the CLI as a process
 }

@@ -3,9 +3,9 @@
 Like txacme's `MemoryStore` next to `DirectoryStore`: clocks that move only when told
 (`clocks`), records and catalogues for the decision (`records`), stores with rules and
 updates in them (`stores`), phone-user directories that count their checks (`users`), the
-appliance as a process (`processes`), and the HTTP sites in process (`web`). Nothing here
-is used by the running appliance; nothing here imports pytest. `web` needs treq (the test
-extra).
+appliance as a process (`processes`), subnets in network namespaces joined by veth pairs
+(`netns`), and the HTTP sites in process (`web`). Nothing here is used by the running
+appliance; nothing here imports pytest. `web` needs treq (the test extra).
 """
 
 from appliance.testing.clocks import (
@@ -14,6 +14,13 @@ from appliance.testing.clocks import (
     SecondsClock,
 )
 from appliance.testing.logs import MemorySender
+from appliance.testing.netns import (
+    Subnet,
+    in_namespace,
+    namespaces_unavailable,
+    veth_subnet,
+    veth_subnets,
+)
 from appliance.testing.processes import (
     REPO,
     STARTUP_SECONDS,
@@ -111,5 +118,10 @@ __all__ = [
     "seen_device",
     "settle",
     "signature_file",
+    "Subnet",
+    "in_namespace",
+    "namespaces_unavailable",
+    "veth_subnet",
+    "veth_subnets",
     "update_files",
 ]

@@ -78,6 +78,8 @@ class LeanRequest:
 
 
 class Routes(Interface):
+    """What one listener serves: its admission and its answers."""
+
     def admit(self, request: LeanRequest, length: int | None) -> Rejection | None:
         """When the headers are in (`length`: declared, None when chunked): refuse, or
         set `request.max_body` (and attach what the answer needs) and return None."""

@@ -64,7 +64,7 @@ USER, PASSWORD = "alice@example.com", "correct horse battery staple"
 ADMIN, ADMIN_PASSWORD = "admin", "a long admin passphrase"
 MODELS = "Polycom/CX600/A,Polycom/CX500/A,Aastra/6721ip/A,HP/4120/A"  # in the sample package
 PHONES_PER_SUBNET = 14  # .2 to .15 of each subnet; fleets use .9 to .14 (x.8/29)
-PHONE_SECONDS = 60.0  # one phone-sim run: a few phones, rounds without idling
+PHONE_SECONDS = 60.0  # one phone-sim run: a few phones, two or three rounds each
 WAIT_SECONDS = 20.0
 STARTUP_SECONDS = 60.0
 
@@ -265,6 +265,7 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
             f'[zones]\ninternal_networks = ["127.0.0.0/8", "{inside.network}"]\n'
             f'[dhcp]\nenabled = true\nlisten = "{inside.host}:0"\n'
             'sip_servers = ["sip.example.com"]\n'
+            f'[dns]\nexternal_address = "{outside.host}"\n'
             f'[syslog]\nenabled = true\ntarget = "udp://127.0.0.1:{syslog.port}"\n'
         )
         log = base / "serve.log"
@@ -292,10 +293,11 @@ class Run:
 
 
 def phone_sim(app: Appliance, subnet: Subnet, *args: str) -> Run:
-    """`ucupdates phone-sim ARGS` inside the subnet's namespace, no idling between rounds."""
+    """`ucupdates phone-sim ARGS` inside the subnet's namespace; a phone idles 0.2 s (not
+    five minutes) after an update before it restarts and checks again."""
     out = app.data.parent / f"phones-{time.monotonic_ns()}.json"
     argv = [sys.executable, "-m", "appliance", "--data-dir", str(app.data), "phone-sim",
-            "--ca", app.ca, "--idle", "0", "--json", str(out), *args]  # fmt: skip
+            "--ca", app.ca, "--idle", "0.2", "--json", str(out), *args]  # fmt: skip
     env = {**os.environ, "UCUPDATES_PHONE_PASSWORD": PASSWORD}
     result = subprocess.run(
         in_namespace(subnet, argv), cwd=REPO, env=env, capture_output=True, text=True,
@@ -318,6 +320,14 @@ def outside(app: Appliance, *auth: str) -> tuple[str, ...]:
     """An external phone's way in: the external listener (as the reverse proxy publishes)."""
     server = f"https://{FQDN}:{app.ports['external-https']}"
     return ("--external", "--server", server, "--connect", app.outside.host, *auth)
+
+
+def outside_by_dns(app: Appliance) -> tuple[str, ...]:
+    """The same found through the appliance's DNS: its answer for an outside client is the
+    external listener's address (`dns.external_address`), and the phone adds its port."""
+    dns = f"{app.inside.host}:{app.ports['dns-udp']}"
+    port = str(app.ports["external-https"])
+    return ("--external", "--dns", dns, "--domain", "example.com", "--external-port", port)
 
 
 def fleet_sources(subnet: Subnet) -> str:
@@ -394,18 +404,21 @@ def test_phones_inside_and_outside_update_through_the_zones(appliance: Appliance
     assert run.phones[0]["version"] == PENDING
     expected[mac_of(400)] = ("internal", PENDING)
 
-    # Outside: refused without credentials, updated with them, Basic and NTLM.
+    # Outside: refused without credentials, updated with them, Basic and NTLM. The NTLM
+    # fleet asks the appliance's DNS, whose answer for an outside client is the external
+    # listener's address (the split horizon), for the check and for ExternalBaseURL.
     refused = phone_sim(app, app.outside, *outside(app), "--fleet", "3", "--first", "200",
                         "--models", MODELS, "--source", outside_fleet, "--rounds", "1")  # fmt: skip
     assert refused.status == 1 and refused.outcomes() == [["failed:refused-401"]] * 3
-    for scheme, first in (("basic", 200), ("ntlm", 300)):
-        run = phone_sim(app, app.outside, *outside(app, "--user", USER, "--auth", scheme),
+    for way, scheme, first in ((outside(app), "basic", 200), (outside_by_dns(app), "ntlm", 300)):
+        run = phone_sim(app, app.outside, *way, "--user", USER, "--auth", scheme,
                         "--fleet", "3", "--first", str(first), "--models", MODELS,
                         "--source", outside_fleet)  # fmt: skip
         assert run.status == 0 and run.outcomes() == [["updated", "current"]] * 3, run.output
         assert {p["version"] for p in run.phones} == {APPROVED}
         assert {r["auth"] for p in run.phones for r in p["rounds"]} == {scheme}
         expected |= {p["mac"]: ("external", APPROVED) for p in run.phones}
+    assert all("dns" in p["rounds"][0]["seconds"] for p in run.phones)
 
     # The external subnet is external on the internal listeners too: HTTPS asks for a
     # password, plain HTTP is refused outright. Neither check leaves a trace of the phone.

@@ -46,7 +46,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def namespaces_unavailable() -> str | None:
     """Why namespaces and veth pairs cannot be made here (None: they can); found by making
-    and removing one."""
+    one of each, running `true` in the namespace, and removing them."""
     if shutil.which("ip") is None:
         return "needs `ip` (Debian package iproute2)"
     name = f"ucprobe{os.getpid()}"
@@ -56,8 +56,9 @@ def namespaces_unavailable() -> str | None:
         return f"cannot make a network namespace{'' if os.geteuid() == 0 else ' (not root)'}: {e}"
     try:
         _ip("link", "add", f"{name[:11]}a", "type", "veth", "peer", "name", f"{name[:11]}b")
+        _ip("netns", "exec", name, "true")
     except (OSError, subprocess.TimeoutExpired) as e:
-        return f"cannot make a veth pair: {e}"
+        return f"cannot make a veth pair or run a program in a namespace: {e}"
     finally:
         _ip("link", "del", f"{name[:11]}a", check=False)
         _ip("netns", "del", name, check=False)

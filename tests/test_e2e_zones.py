@@ -338,10 +338,6 @@ def one(number: int, source: str) -> tuple[str, ...]:
     return ("--first", str(number), "--source", source)
 
 
-def basic() -> tuple[str, ...]:
-    return ("--user", USER, "--auth", "basic")
-
-
 # -- the inventory, the audit file, syslog ---------------------------------------------------------
 
 
@@ -410,6 +406,7 @@ def test_phones_inside_and_outside_update_through_the_zones(appliance: Appliance
     refused = phone_sim(app, app.outside, *outside(app), "--fleet", "3", "--first", "200",
                         "--models", MODELS, "--source", outside_fleet, "--rounds", "1")  # fmt: skip
     assert refused.status == 1 and refused.outcomes() == [["failed:refused-401"]] * 3
+    assert {p["version"] for p in refused.phones} == {RUNNING}
     for way, scheme, first in ((outside(app), "basic", 200), (outside_by_dns(app), "ntlm", 300)):
         run = phone_sim(app, app.outside, *way, "--user", USER, "--auth", scheme,
                         "--fleet", "3", "--first", str(first), "--models", MODELS,
@@ -435,7 +432,7 @@ def test_phones_inside_and_outside_update_through_the_zones(appliance: Appliance
     _cli(app.data, "approve", "--all-pending")
     movers = (
         (app.inside, (*discovering(app), *one(500, app.inside.phones[1]))),
-        (app.outside, (*outside(app, *basic()), *one(501, app.outside.phones[2]))),
+        (app.outside, (*outside(app, "--user", USER), *one(501, app.outside.phones[2]))),
     )
     for subnet, args in movers:
         run = phone_sim(app, subnet, *args, "--version", APPROVED)

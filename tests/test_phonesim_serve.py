@@ -9,6 +9,7 @@ their own 127.0.0.N. Every wait is bounded; nothing is timed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -204,7 +205,8 @@ def test_wrong_credentials_are_refused(served: Served) -> None:
 
 class CuttingProxy:
     """Relays TCP from `listen` to the appliance; the first image GET's answer is cut after
-    `keep` bytes (None: nothing is cut), or with `corrupt` its body's first byte flipped.
+    `keep` bytes (None: nothing is cut; `stall`: nothing more is sent, the connection is left
+    open), or with `corrupt` its body's first byte flipped.
     Counts connections, remembers request heads."""
 
     def __init__(
@@ -213,8 +215,9 @@ class CuttingProxy:
         upstream: tuple[str, int],
         keep: int | None,
         corrupt: bool = False,
+        stall: bool = False,
     ) -> None:
-        self.upstream, self.keep, self.corrupt = upstream, keep, corrupt
+        self.upstream, self.keep, self.corrupt, self.stall = upstream, keep, corrupt, stall
         self.heads: list[bytes] = []
         self.cut = keep is None  # None: never cut
         self.connections = 0
@@ -258,14 +261,18 @@ class CuttingProxy:
                         and sent + len(data) >= (self.keep or 0)
                     ):
                         client.sendall(data[: (self.keep or 0) - sent])
+                        if self.stall:  # nothing more, nothing closed: the client times out
+                            self.stopping.wait(60)
                         break
                     client.sendall(data)
                     sent += len(data)
             except OSError:
                 pass
             finally:
-                client.close()
-                upstream.close()
+                for end in (client, upstream):  # shutdown: the FIN goes out at once
+                    with contextlib.suppress(OSError):
+                        end.shutdown(socket.SHUT_RDWR)
+                    end.close()
 
         pump = threading.Thread(target=down, daemon=True)
         pump.start()
@@ -298,7 +305,23 @@ def test_a_cut_download_resumes_with_range(served: Served) -> None:
     assert outcomes(records) == ["updated", "current"] and state.version == APPROVED
     assert proxy.cut and records[0].resumed == 1
     ranges = [h for h in proxy.heads if b"\r\nRange: bytes=" in h]
-    assert len(ranges) == 1 and b"CPE.nbt" in ranges[0] and b"\r\nIf-Range: " in ranges[0]
+    assert len(ranges) == 1, (records, proxy.heads)
+    assert b"CPE.nbt" in ranges[0] and b"\r\nIf-Range: " in ranges[0]
+
+
+def test_a_stalled_download_resumes_from_what_arrived(served: Served) -> None:
+    port = served.ports["internal-http"]
+    proxy = CuttingProxy(("127.0.0.80", port), (HOST, port), keep=3000, stall=True)
+    try:
+        settings = served.settings("internal-http")
+        net = replace(settings.net, connect="127.0.0.80", timeout=3.0)
+        record = run_round(phone(24), PhoneState(), replace(settings, net=net))
+    finally:
+        proxy.close()
+    assert record.outcome == "updated" and record.resumed == 1, record.detail
+    ranges = [h for h in proxy.heads if b"\r\nRange: bytes=" in h]
+    start = re.search(rb"\r\nRange: bytes=(\d+)-", ranges[0]) if len(ranges) == 1 else None
+    assert start is not None and int(start.group(1)) > 0, proxy.heads  # the bytes that came
 
 
 def test_a_corrupted_image_fails_its_sha256(served: Served) -> None:
@@ -326,7 +349,7 @@ def test_keep_alive_makes_one_connection_a_round(served: Served) -> None:
         proxy.close()
     assert outcomes(records) == ["updated", "current"] and state.version == APPROVED
     assert proxy.connections == 2  # check, image and signature; then the second check
-    assert len(proxy.heads) == 4
+    assert sum(h.startswith((b"GET ", b"POST ")) for h in proxy.heads) == 4
 
 
 def test_an_external_phone_keeps_its_ntlm_connection_for_the_downloads(served: Served) -> None:
@@ -414,6 +437,7 @@ def test_a_fleet_of_50_updates_and_the_inventory_shows_every_phone(served: Serve
             break
         assert time.monotonic() < deadline, f"{len(seen)} of 50 phones in the inventory"
         time.sleep(0.2)
+    assert {d.mac: d.address for d in seen.values()} == {p.mac: p.source for p in phones}
     zones = {str(d.zone) for d in seen.values()}
     assert sum(str(d.zone) == "external" for d in seen.values()) == 10, zones
 

@@ -304,12 +304,13 @@ def download(
             if total is None:
                 length = response.getheader("Content-Length")
                 total = int(length) if length is not None else None
-            while chunk := response.read(65536):
+            while chunk := response.read1(65536):  # what came, even before a stall
                 digest.update(chunk)
                 have += len(chunk)
                 wire += len(chunk)
             if total is not None and have < total:
                 raise http.client.IncompleteRead(b"", total - have)
+            response.read()  # read1 leaves a finished response open: this ends it
             broken = False
             return Fetched(have, digest.hexdigest(), sent, resumed, wire)
         except Exception as e:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import http.client
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from appliance.phonesim.dhcp import CLIENT_PORT, DhcpFailure, inform
@@ -95,6 +95,8 @@ class _Timer:
 def _check_url(phone: PhoneIdentity, settings: Settings, record: Round) -> tuple[str, Net]:
     """The check URL and the Net to use for it: given, or found by DHCP and DNS."""
     net = settings.net
+    if phone.source is not None:  # every connection from the phone's own address
+        net = replace(net, source=phone.source)
     path = EXTERNAL_CHECK_PATH if phone.external else CHECK_PATH
     server = (settings.external_server or settings.server) if phone.external else settings.server
     if server:
@@ -138,7 +140,7 @@ def _check_url(phone: PhoneIdentity, settings: Settings, record: Round) -> tuple
         return found[key]
 
     if net.connect is None and net.resolve is None:
-        net = Net(net.tls, net.verify, net.timeout, None, net.source, resolve)
+        net = replace(net, resolve=resolve)
     return url, net
 
 

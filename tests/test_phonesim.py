@@ -8,6 +8,7 @@ appliance's own NTLM server side), the fleet's identities, scheduler and summary
 
 from __future__ import annotations
 
+import io
 import threading
 from collections import Counter
 
@@ -31,6 +32,7 @@ from appliance.phonesim import (
     Round,
     Schedule,
     Settings,
+    Stats,
     authenticate,
     check_body,
     fleet,
@@ -236,3 +238,36 @@ def test_the_command_wants_a_server_or_a_dns_server(capsys: pytest.CaptureFixtur
     assert "give --server URL" in capsys.readouterr().err
     assert main(["phone-sim", "--server", "https://127.0.0.1:1"]) == 2
     assert "--ca FILE" in capsys.readouterr().err
+
+
+def test_sources_and_endpoints_of_the_command() -> None:
+    from appliance.cli.phonesim import _endpoint, _sources
+
+    assert _sources("127.0.4.0/30") == ("127.0.4.1", "127.0.4.2")
+    assert _sources("127.0.0.9") == ("127.0.0.9",) and _sources(None) == ()
+    assert len(_sources("127.0.0.0/8")) == 65536  # bounded
+    assert _endpoint("127.0.0.1:5353", 53) == ("127.0.0.1", 5353)
+    assert _endpoint("127.0.0.1", 53) == ("127.0.0.1", 53)
+    assert _endpoint("::1", 53) == ("::1", 53)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_bar_is_redrawn_on_a_terminal_and_printed_as_lines_otherwise() -> None:
+    from appliance.cli.phonesim import _progress
+
+    stats = Stats(phones=4, finished=1, running=2, checks=3, updates=1)
+    terminal, plain = _Terminal(), io.StringIO()
+    for out in (terminal, plain):
+        show = _progress(out)
+        show(stats)
+        show(stats)  # a plain line at most every few seconds...
+        stats.over = True
+        show(stats)  # ...and always the last one
+        stats.over = False
+    assert terminal.getvalue().count("\r[") == 3 and "[#######" in terminal.getvalue()
+    assert plain.getvalue().splitlines() == ["1/4 phones done, 2 running, checks 3, updates 1, "
+                                             "failed 0, 0 s"] * 2  # fmt: skip

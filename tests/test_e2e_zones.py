@@ -27,9 +27,7 @@ import http.client
 import json
 import os
 import re
-import select
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -53,6 +51,7 @@ from appliance.testing import (
     in_namespace,
     namespaces_unavailable,
     run_cli,
+    serving,
     veth_subnets,
 )
 
@@ -179,49 +178,6 @@ def _cli(data: Path, *args: str, stdin: str | None = None) -> str:
     return result.stdout
 
 
-def _listeners(process: subprocess.Popen[bytes], log: Path) -> dict[str, int]:
-    """The ports of serve's `ucupdates is serving:` banner (any address), once complete."""
-    assert process.stdout is not None
-    deadline, out = time.monotonic() + STARTUP_SECONDS, b""
-    while True:
-        text = out.decode(errors="replace")
-        if "ucupdates is serving:\n" in text:
-            lines = text.split("ucupdates is serving:\n", 1)[1].splitlines(keepends=True)
-            ended = [i for i, line in enumerate(lines) if not line.startswith("  ")]
-            if ended and lines[ended[0]].endswith("\n"):
-                listed = [re.fullmatch(r"\s+(\S+)\s+\S+:(\d+)\s*", x) for x in lines[: ended[0]]]
-                return {m.group(1): int(m.group(2)) for m in listed if m}
-        left = deadline - time.monotonic()
-        assert left > 0, f"serve printed no listeners within {STARTUP_SECONDS} s: {log.read_text()}"
-        if select.select([process.stdout], [], [], left)[0]:
-            chunk = os.read(process.stdout.fileno(), 65536)
-            assert chunk, f"serve exited ({process.wait(5)}): {out!r} {log.read_text()}"
-            out += chunk
-
-
-@contextmanager
-def serving(config: Path, log: Path) -> Iterator[dict[str, int]]:
-    """`ucupdates serve` until the block ends; then SIGTERM, and it must stop cleanly."""
-    with log.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "--config", str(config), "serve"],
-            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-        )  # fmt: skip
-    try:
-        yield _listeners(process, log)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            status = process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            status = process.wait(timeout=15)
-        assert process.stdout is not None
-        process.stdout.close()
-    text = log.read_text()
-    assert status == 0 and "Traceback" not in text, f"serve ended with {status}: {text}"
-
-
 def _dhcp_port(log: Path, host: str) -> int:
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
@@ -269,8 +225,10 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
             f'[syslog]\nenabled = true\ntarget = "udp://127.0.0.1:{syslog.port}"\n'
         )
         log = base / "serve.log"
-        with serving(config, log) as ports:
-            yield Appliance(data, ports, _dhcp_port(log, inside.host), inside, outside, syslog)
+        with serving(config, log, startup=STARTUP_SECONDS) as served:
+            yield Appliance(
+                data, served.ports, _dhcp_port(log, inside.host), inside, outside, syslog
+            )
 
 
 # -- phones ---------------------------------------------------------------------------------------

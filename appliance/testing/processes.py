@@ -57,7 +57,8 @@ class Serving:
 
 
 def banner_ports(text: str) -> dict[str, int] | None:
-    """The listeners of serve's `ucupdates is serving:` banner, once it is complete."""
+    """The listeners of serve's `ucupdates is serving:` banner (on any address), once it
+    is complete."""
     lines = text.splitlines(keepends=True)
     for i, line in enumerate(lines):
         if line.strip() == "ucupdates is serving:":
@@ -65,7 +66,7 @@ def banner_ports(text: str) -> dict[str, int] | None:
             for entry in lines[i + 1 :]:
                 if not entry.startswith("  "):
                     return ports if entry.endswith("\n") else None
-                m = re.fullmatch(r"\s+(\S+)\s+127\.0\.0\.1:(\d+)\s*", entry)
+                m = re.fullmatch(r"\s+(\S+)\s+\S+:(\d+)\s*", entry)
                 if m is None:
                     raise AssertionError(f"unexpected listener line {entry!r}")
                 ports[m.group(1)] = int(m.group(2))

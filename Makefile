@@ -14,7 +14,7 @@ STAMP_SYS := $(VENV)/.system-packages
 STAMP := $(VENV)/.installed
 
 .PHONY: run test check lint typecheck bench bench-check bench-download bench-serve bench-dns bench-import \
-	bench-profile setup clean sample fuzz \
+	bench-profile bench-fleet setup clean sample fuzz \
 	soak constraints
 
 setup: $(STAMP)
@@ -106,7 +106,14 @@ bench-import: $(STAMP)
 bench-profile: $(STAMP)
 	$(PY) bench/bench_profile.py --tls10
 
-bench: bench-check bench-download bench-dns bench-import bench-profile
+# FLEET phones (10,000) in the morning storm, at FLEET/10 and 3*FLEET/10 too, and a rollout
+# of FLEET/10 30 MiB downloads (about 5 minutes); figures in bench/out/fleet.json, the
+# charts in docs/fleet-storm.svg and docs/fleet-rollout.svg (docs/benchmarks.md, Fleet)
+FLEET ?= 10000
+bench-fleet: $(STAMP)
+	FLEET=$(FLEET) $(PY) bench/bench_fleet.py
+
+bench: bench-check bench-download bench-dns bench-import bench-profile bench-fleet
 	$(PY) bench/summary.py
 
 # the appliance under a fleet's traffic for SOAK_SECONDS (bench/soak.py): fails on any error

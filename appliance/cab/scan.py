@@ -16,6 +16,7 @@ when it is asked for, and the checksums by the extraction itself.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,8 +36,8 @@ class Scan:
         self._proc: subprocess.Popen[bytes] | None = None
         spec = {"path": str(path), "reserve": data_reserve, "folders": folders}
         try:
-            if not sys.executable:
-                raise OSError("no Python executable to run")
+            if not sys.executable or not os.path.isfile(scanner.__file__ or ""):
+                raise OSError("no Python executable, or no scanner file, to run")
             self._proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", scanner.__file__],
                 stdin=subprocess.PIPE,

@@ -88,7 +88,7 @@ lint: $(STAMP)
 
 # benchmarks against the reference tools, interleaved on the same machine; each prints its
 # table and writes bench/out/<name>.json (docs/benchmarks.md). `make bench` runs them all
-# and prints one table of the results (about 6 minutes on 2 cores).
+# and prints one table of the results (about 10 minutes on 2 cores: bench-fleet, 4, has its own).
 bench-check: $(STAMP)
 	$(PY) bench/bench_checks.py
 

@@ -57,7 +57,7 @@ def _number(v: float) -> str:
 def svg_chart(title: str, subtitle: str, panels: list[Panel], x_label: str = "seconds") -> str:
     """The chart as an SVG document (a string)."""
     xs = [x for p in panels for s in p.series for x, _ in s.points]
-    x_max, x_ticks = axis(max(xs, default=1.0), 6)
+    x_max, x_ticks = axis(max(xs, default=1.0), 8)
     plot_w = WIDTH - LEFT - RIGHT
     height = TOP + len(panels) * (PANEL_H + GAP) + 30
     out = [

@@ -271,3 +271,52 @@ def test_the_progress_bar_is_redrawn_on_a_terminal_and_printed_as_lines_otherwis
     assert terminal.getvalue().count("\r[") == 3 and "[#######" in terminal.getvalue()
     assert plain.getvalue().splitlines() == ["1/4 phones done, 2 running, checks 3, updates 1, "
                                              "failed 0, 0 s"] * 2  # fmt: skip
+
+
+def test_a_phone_told_to_wait_lets_go_of_its_connection_first() -> None:
+    """A 503's Retry-After is waited with the connection closed: a busy appliance does
+    not keep every waiting phone's descriptor."""
+    import hashlib
+    import socket as sockets
+
+    from appliance.phonesim.http import Connections, Net, download, phone_tls
+
+    body = b"image bytes"
+    listener = sockets.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    port = listener.getsockname()[1]
+    closed_before_retry: list[bool] = []
+
+    def serve() -> None:
+        first, _ = listener.accept()
+        first.settimeout(10)
+        first.recv(65536)
+        first.sendall(b"HTTP/1.1 503 Busy\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n")
+        closed_before_retry.append(first.recv(1) == b"")  # EOF: the phone closed it
+        first.close()
+        second, _ = listener.accept()
+        second.settimeout(10)
+        second.recv(65536)
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        second.sendall(head % len(body) + body)
+        second.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    waited: list[tuple[float, bool]] = []
+
+    def sleep(seconds: float) -> None:  # has the server seen the close by the time we wait?
+        for _ in range(40):
+            if closed_before_retry:
+                break
+            threading.Event().wait(0.05)
+        waited.append((seconds, bool(closed_before_retry)))
+
+    net = Net(phone_tls(None), verify=False, timeout=10)
+    try:
+        fetched = download(f"http://127.0.0.1:{port}/f", Connections(net), None, 3, sleep)
+    finally:
+        server.join(10)
+        listener.close()
+    assert waited == [(1.0, True)]
+    assert fetched.size == len(body) and fetched.sha256 == hashlib.sha256(body).hexdigest()

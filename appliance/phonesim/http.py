@@ -279,7 +279,11 @@ def download(
     etag: str | None = None
     sent: str | None = None
     resumed = attempts = wire = 0
+    wait = 0.0  # a 503's Retry-After, waited once the connection is let go
     while True:
+        if wait:
+            sleep(wait)
+            wait = 0.0
         conn, path = connections.get(url)
         broken = True
         try:
@@ -293,7 +297,7 @@ def download(
                 response.read()
                 broken = False
                 attempts += 1
-                sleep(min(float(response.getheader("Retry-After", "1") or 1), 5.0))
+                wait = min(float(response.getheader("Retry-After", "1") or 1), 5.0)
                 continue
             if response.status == 200 and have:  # the file changed: start again
                 digest, have = hashlib.sha256(), 0

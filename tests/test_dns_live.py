@@ -170,11 +170,14 @@ class Responder:
 
 def start(name: str, tmp: Path, config: str) -> Responder:
     (tmp / f"{name}.toml").write_text(config)
-    (tmp / "runner.py").write_text(RUNNER)
+    # A runner file each: rewriting a shared one truncates it under a responder that is
+    # still starting, which then runs an empty script and exits 0 without a word.
+    runner = tmp / f"{name}-runner.py"
+    runner.write_text(RUNNER)
     log = tmp / f"{name}.log"
     with log.open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, str(tmp / "runner.py"), str(tmp / f"{name}.toml")],
+            [sys.executable, str(runner), str(tmp / f"{name}.toml")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=err,

@@ -178,3 +178,37 @@ def test_the_event_log_records_user_changes_without_passwords(tmp_path: Path) ->
         assert PASSWORD not in output
         assert NEW_PASSWORD not in output
         assert "$argon2" not in output
+
+
+@pytest.mark.parametrize(
+    ("stop", "status", "says"),
+    [(KeyboardInterrupt, 130, "interrupted"), (EOFError, 2, "input ended")],
+    ids=["ctrl-c", "ctrl-d"],
+)
+@pytest.mark.parametrize(
+    "argv", [["user", "add", "bob"], ["admin", "add", "bob", "--role", "admin"]]
+)
+def test_a_password_prompt_left_with_ctrl_c_or_ctrl_d_ends_in_one_line(
+    data: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    stop: type[BaseException],
+    status: int,
+    says: str,
+) -> None:
+    import getpass
+    import sys
+
+    from appliance.cli.main import main
+
+    def prompt(_: str = "") -> str:
+        raise stop()
+
+    monkeypatch.setattr(getpass, "getpass", prompt)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    assert main(["--data-dir", str(data), *argv]) == status
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith(f"ucupdates: {says}"), lines
+    assert lines[0].endswith("nothing changed")
+    assert stored(data, "bob") is None

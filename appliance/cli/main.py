@@ -6,8 +6,9 @@ commands; this one builds the parser from them, opens the config and the store, 
 turns errors into one line and an exit status. A group loads what is heavy (the
 Control Panel, Twisted, the discovery responders, TLS) only when its command runs.
 
-Exit status: 0 done; 1 the action failed (one line says why); 2 usage; 65 a package
-that cannot be imported (EX_DATAERR); 78 a configuration error (EX_CONFIG).
+Exit status: 0 done; 1 the action failed (one line says why); 2 usage (also input that
+ended at a prompt); 65 a package that cannot be imported (EX_DATAERR); 78 a configuration
+error (EX_CONFIG); 130 interrupted (Ctrl-C), as a shell reports it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from appliance.cli.captures import add_capture_parser, run_capture
 from appliance.cli.certs import add_certs_parser, certs_command
 from appliance.cli.devices import add_test_device_parser, run_test_device
 from appliance.cli.discovery import add_dhcp_options_parser, run_dhcp_options
-from appliance.cli.exits import EX_CONFIG, EX_DATAERR, EX_FAILED, EX_USAGE, Failure
+from appliance.cli.exits import (
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_FAILED,
+    EX_INTERRUPTED,
+    EX_USAGE,
+    Failure,
+)
 from appliance.cli.ops import (
     add_check_parser,
     add_events_parser,
@@ -142,6 +150,20 @@ def open_store(config: Config) -> Store:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Ctrl-C, or the end of input at a prompt (Ctrl-D at a password),
+    ends it with one line rather than a traceback: nothing was changed by then, as each
+    action commits whole or not at all."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("\nucupdates: interrupted; nothing changed", file=sys.stderr)
+        return EX_INTERRUPTED
+    except EOFError:
+        print("\nucupdates: input ended before it was complete; nothing changed", file=sys.stderr)
+        return EX_USAGE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.server:  # drive a remote appliance through its API
         try:

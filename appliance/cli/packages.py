@@ -46,8 +46,22 @@ def add_clean_files_parser(sub: Any) -> None:
 def add_make_sample_parser(sub: Any) -> None:
     p = sub.add_parser("make-sample-package", help="write a realistic sample package")
     p.add_argument("out", type=Path, metavar="OUT.cab")
-    p.add_argument("--version", dest="package_version", default=DEFAULT_VERSION)
-    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, metavar="BYTES")
+    p.add_argument(
+        "--version",
+        dest="package_version",
+        default=DEFAULT_VERSION,
+        help=f"the firmware version every update in it carries (default {DEFAULT_VERSION}); "
+        "give each sample its own: another one of a version already imported is refused "
+        "(its images differ from the stored ones)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=DEFAULT_IMAGE_SIZE,
+        metavar="BYTES",
+        help="the size of each device update's image, before compression (one image per "
+        f"update; default {DEFAULT_IMAGE_SIZE:,}): the images together are about 8 times it",
+    )
     p.add_argument(
         "--sample-check",
         action="store_true",
@@ -60,7 +74,11 @@ def run_make_sample(args: argparse.Namespace, config: Config) -> int:
     if args.image_size < 1:
         raise Failure("--image-size must be at least 1 byte", EX_USAGE)
     updates = make_sample_package(args.out, args.package_version, args.image_size)
-    print(f"wrote {args.out}: {len(updates)} device updates, version {args.package_version}")
+    images = len(updates) * args.image_size
+    print(
+        f"wrote {args.out}: {len(updates)} device updates, version {args.package_version},"
+        f" {images:,} bytes of images ({args.out.stat().st_size:,} bytes compressed)"
+    )
     if args.sample_check:
         check = config.data_dir / SAMPLE_CHECK
         check.parent.mkdir(parents=True, exist_ok=True)

@@ -283,7 +283,7 @@ def test_ignored(packet: bytes, reason: str) -> None:
     ids=["client-forging-giaddr", "no-relays", "relay-not-configured", "no-sender", "bad-sender"],
 )
 def test_forged_giaddr_is_not_answered(sender: str | None, relays: tuple[Network, ...]) -> None:
-    """Issue 13, defect 7: a forged giaddr from any sender reflected 365-byte replies."""
+    """Reflection: a forged giaddr from any sender reflected 365-byte replies."""
     packet = dhcp_packet(giaddr="127.0.0.9", ciaddr="127.0.0.66")
     decision = decide(packet, ANSWERS, SERVER, sender, relays=relays)
     assert decision.outcome is Outcome.UNTRUSTED_RELAY and decision.reply is None
@@ -586,7 +586,7 @@ def test_live_relayed_inform_is_answered_at_the_relay(live: Live) -> None:
 
 
 def test_live_forged_giaddr_is_not_reflected(live: Live) -> None:
-    """Issue 13, defect 7: a client (127.0.0.3, not in dhcp.relays) naming the relay's
+    """Reflection: a client (127.0.0.3, not in dhcp.relays) naming the relay's
     address as giaddr gets nothing sent there; the relay's own message still is answered."""
     forger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     forger.bind(("127.0.0.3", 0))

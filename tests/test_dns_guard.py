@@ -1,5 +1,5 @@
-"""Issue 13's DNS defects, without sockets: no open resolver, and TCP connections that
-trickle bytes are closed.
+"""The DNS responder's guards (docs/security.md), without sockets: no open resolver,
+and TCP connections that trickle bytes are closed.
 
 Forwarding: a DnsResponder with a real Forwarder on a fake reactor, whose `sent` list
 counts every datagram that would reach an upstream. TCP: the real DnsStreamFactory and
@@ -85,7 +85,7 @@ def ask(r: DnsResponder, packet: bytes, host: str) -> list[DNSRecord]:
 
 
 def test_an_outside_client_is_refused_other_names_and_nothing_reaches_the_upstream() -> None:
-    """Issue 13, defect 3: every client's other names went to the upstreams."""
+    """No open resolver: every client's other names used to go to the upstreams."""
     reactor = FakeReactor()
     r = forwarding_responder(reactor)
     [reply] = ask(r, query("example.org"), OUTSIDE)
@@ -183,7 +183,7 @@ def framed(packet: bytes) -> bytes:
 
 
 def test_a_client_trickling_one_byte_at_a_time_is_closed_after_the_idle_timeout() -> None:
-    """Issue 13, defect 7: one byte every 8 s kept a connection open past the 10 s timeout."""
+    """Slowloris over TCP: one byte every 8 s kept a connection open past the 10 s timeout."""
     reactor = Clock()
     protocol, transport, r = stream(reactor, tcp_idle_timeout=10.0)
     partial = framed(query(OURS))[:-1]  # never completed

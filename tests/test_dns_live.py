@@ -374,7 +374,7 @@ def test_other_names_are_forwarded(responders: Responders) -> None:
 def test_an_outside_client_is_refused_other_names_and_the_upstream_never_hears(
     responders: Responders, transport: str
 ) -> None:
-    """Issue 13, defect 3 (open resolver): dig from 127.0.0.2, outside the internal
+    """No open resolver (docs/security.md): dig from 127.0.0.2, outside the internal
     networks, gets REFUSED for a name that is not ours and dnsmasq is never asked; ours
     are still answered (the external view); 127.0.0.1 still gets its names forwarded."""
     port, upstream = responders.guarded.port, responders.upstream
@@ -486,7 +486,7 @@ def test_tcp_pipelined_queries_and_idle_timeout(responders: Responders) -> None:
 
 
 def test_a_client_trickling_bytes_is_closed_after_the_idle_timeout(responders: Responders) -> None:
-    """Issue 13, defect 7: a raw socket sending one byte of a query every 0.4 s (a fraction
+    """Slowloris over DNS TCP: a raw socket sending one byte of a query every 0.4 s (a fraction
     of the 1 s idle timeout) used to stay connected as long as it trickled."""
     partial = _frame(_query(NAME, ident=21))[:-1]  # never completed
     with socket.create_connection((HOST, responders.inside.port), timeout=5) as sock:

@@ -1,7 +1,8 @@
 """Image downloads from a real `ucupdates serve`: curl's resume, stalled readers, drops.
 
-Issue 13, defects 1 and 2 and one of 7. The appliance runs as a process with every
-listener on a free loopback port, 16 MiB images, 4 download slots (2 per client address)
+The download defects of docs/security.md: overlapping ranges, stalled readers holding
+slots, dropped multi-range answers. The appliance runs as a process with every listener
+on a free loopback port, 16 MiB images, 4 download slots (2 per client address)
 and a 2 s stall limit. Stalled readers are raw sockets with a 4 KiB receive buffer that
 send a GET and never read, so the server's buffers fill and the body stops moving. Each
 phone is a loopback address of its own (127.0.0.N, all internal). Events are read from

@@ -214,15 +214,7 @@ class Guard:
         user = username.casefold()
         shown = loggable_name(username)
         seconds = self._settings.lockout_seconds
-        until = self._users.fail(user, now)
-        if until is not None:
-            log.warn(
-                "auth lockout of user {user} for {seconds} s",
-                user=shown,
-                until=until,
-                seconds=seconds,
-                event="auth.lockout",
-            )
+        _lockout("user {user}", self._users.fail(user, now), seconds, user=shown)
         results: dict[str, AuthResult] = {}
         for source in dict.fromkeys(sources):
             log.info(
@@ -233,24 +225,8 @@ class Guard:
                 event="auth.failure",
             )
             until = self._pairs.fail(_pair(user, source), now)
-            if until is not None:
-                log.warn(
-                    "auth lockout of user {user} from {source} for {seconds} s",
-                    user=shown,
-                    source=source,
-                    until=until,
-                    seconds=seconds,
-                    event="auth.lockout",
-                )
-            until = self._sources.fail(source, now)
-            if until is not None:
-                log.warn(
-                    "auth lockout of source {source} for {seconds} s",
-                    source=source,
-                    until=until,
-                    seconds=seconds,
-                    event="auth.lockout",
-                )
+            _lockout("user {user} from {source}", until, seconds, user=shown, source=source)
+            _lockout("source {source}", self._sources.fail(source, now), seconds, source=source)
             needs = self._slots_needed(user, source, now)
             self._take(needs, now)
             results[source] = (
@@ -259,6 +235,18 @@ class Guard:
                 else AuthResult(False, 401, AuthReason.BAD_CREDENTIALS)
             )
         return results
+
+
+def _lockout(what: str, until: float | None, seconds: float, **who: str) -> None:
+    """The `auth.lockout` line when a failure started a lockout (`until` is its end)."""
+    if until is not None:
+        log.warn(
+            "auth lockout of " + what + " for {seconds} s",
+            until=until,
+            seconds=seconds,
+            event="auth.lockout",
+            **who,
+        )
 
 
 def _pair(user: str, source: str) -> str:

@@ -7,6 +7,7 @@ exit status 78 (EX_CONFIG). With no file, the embedded defaults apply.
 
 from appliance.config.loader import Config, load_config
 from appliance.config.tables import (
+    AdminLdapSettings,
     AdminSettings,
     AuthBackend,
     AuthSettings,
@@ -18,6 +19,7 @@ from appliance.config.tables import (
     ImportSettings,
     LdapSettings,
     Listeners,
+    MetricsSettings,
     NtlmBackend,
     ServiceSettings,
     SyslogSettings,
@@ -30,6 +32,7 @@ from appliance.config.values import Address, ConfigError, Network
 
 __all__ = [
     "Address",
+    "AdminLdapSettings",
     "AdminSettings",
     "AuthBackend",
     "AuthSettings",
@@ -43,6 +46,7 @@ __all__ = [
     "ImportSettings",
     "LdapSettings",
     "Listeners",
+    "MetricsSettings",
     "NtlmBackend",
     "Network",
     "ServiceSettings",

@@ -25,6 +25,7 @@ from appliance.config.tables import (
     DnsSettings,
     ImportSettings,
     Listeners,
+    MetricsSettings,
     ServiceSettings,
     SyslogSettings,
     TlsSettings,
@@ -49,6 +50,7 @@ class Config:
     dhcp: DhcpSettings = DhcpSettings()
     syslog: SyslogSettings = SyslogSettings()
     admin: AdminSettings = AdminSettings()
+    metrics: MetricsSettings = MetricsSettings()
     source: Path | None = field(default=None, metadata={"internal": True})
 
     @property

@@ -275,6 +275,30 @@ class SyslogSettings:
 
 
 @dataclass(frozen=True)
+class AdminLdapSettings:
+    """Control Panel login against LDAP or Active Directory (docs/operations.md, Directory
+    login): a simple bind as the user, then the groups that name the user as a member
+    decide the role (in an admin group: admin; else in a viewer group: viewer; else no
+    login). With `url` empty the connection is the phones' directory's ([auth.ldap]: its
+    url, bind_template, start_tls, ca_file and timeout); with it set, the keys below."""
+
+    enabled: bool = False
+    url: str = ""
+    bind_template: str = "{user}"
+    start_tls: bool = False
+    ca_file: Path | None = None
+    timeout: float = field(default=5.0, metadata={"check": positive})
+    base_dn: str = ""  # searched (subtree) for the user's entry and the groups
+    # Finds the user's entry when bind_template is not a DN ({user}: the name as typed).
+    user_filter: str = "(|(uid={user})(sAMAccountName={user}))"
+    # The groups that list the user ({dn}: the user's DN). For AD's nested groups:
+    # "(member:1.2.840.113556.1.4.1941:={dn})".
+    group_filter: str = "(|(member={dn})(uniqueMember={dn})(memberUid={user}))"
+    admin_groups: tuple[str, ...] = ()  # group DNs or names (cn)
+    viewer_groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class AdminSettings:
     """The Control Panel (listeners.admin): sessions, lockout and request limits."""
 
@@ -294,3 +318,22 @@ class AdminSettings:
     # An upload may take this long to arrive (other requests: service.request_timeout).
     upload_timeout_seconds: float = field(default=3600, metadata={"check": positive})
     max_connections: int = field(default=256, metadata={"check": positive})
+    # Local accounts (`ucupdates admin add`) may log in; keep them for break-glass when
+    # logins come from the directory.
+    local_accounts: bool = True
+    ldap: AdminLdapSettings = AdminLdapSettings()
+
+
+_LOOPBACK = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The Prometheus `/metrics` endpoint (docs/operations.md, Monitoring): on the admin
+    listener (HTTPS), or on a plain-HTTP listener of its own at `listen`. Only clients
+    in `allowed_networks` (the TCP peer's address; no proxy header counts) may scrape it;
+    others get 403. It holds no secrets, user names, MACs or serial numbers."""
+
+    enabled: bool = True
+    listen: Address | None = None  # "host:port": its own plain-HTTP listener; "": admin's
+    allowed_networks: tuple[Network, ...] = tuple(Network.parse(n) for n in _LOOPBACK)

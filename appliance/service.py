@@ -21,13 +21,13 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from appliance.admin import make_admin_site
 from appliance.config import Address, AuthBackend, Config, TlsProfile
+from appliance.directory import LdapDirectory
 from appliance.discovery import DnsService, make_dhcp_service, make_dns_service
 from appliance.ops import expiry_timer
 from appliance.phones import (
     Authenticator,
     BaseUrls,
     FileCheckService,
-    LdapDirectory,
     LocalDirectory,
     PhoneService,
     ThreadPoolRunner,

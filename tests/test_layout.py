@@ -20,11 +20,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
 # are one-file areas: their module is their face.
 LAYERS: dict[str, int] = {
     "identifiers": 0,
+    "version": 0,
     "passwords": 0,
     "config": 1,
     "model": 1,
     "zones": 2,
     "store": 2,
+    "directory": 2,
     "cab": 2,
     "tls": 2,
     "web": 2,

@@ -26,9 +26,9 @@ from twisted.internet import defer
 from twisted.logger import LogEvent
 
 from appliance.config import AuthSettings, LdapSettings
+from appliance.directory import LdapDirectory
 from appliance.passwords import AuthError
 from appliance.phones.auth import Authenticator, AuthResult
-from appliance.phones.directories import LdapDirectory
 from appliance.testing import CountingDirectory, SecondsClock, basic_credentials, fired, free_port
 
 SLAPD = Path("/usr/sbin/slapd")

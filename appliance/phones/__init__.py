@@ -4,7 +4,6 @@ from appliance.phones.auth import Authenticator, ThreadPoolRunner
 from appliance.phones.codec import BaseUrls
 from appliance.phones.directories import (
     Directory,
-    LdapDirectory,
     LocalDirectory,
     NtlmVerifier,
     ntlm_verifier,
@@ -20,7 +19,6 @@ __all__ = [
     "BaseUrls",
     "Directory",
     "FileCheckService",
-    "LdapDirectory",
     "LocalDirectory",
     "NtlmResponse",
     "NtlmVerifier",

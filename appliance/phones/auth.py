@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from appliance.config import AuthSettings
+from appliance.directory import loggable_name
 from appliance.phones.credentials import (
     MALFORMED,
     NO_CREDENTIALS,
@@ -42,7 +43,7 @@ from appliance.phones.credentials import (
     is_basic,
     parse_basic,
 )
-from appliance.phones.directories import Directory, NtlmVerifier, loggable_name
+from appliance.phones.directories import Directory, NtlmVerifier
 from appliance.phones.lockouts import Guard
 from appliance.phones.ntlm import (
     NtlmError,

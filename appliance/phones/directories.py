@@ -1,5 +1,6 @@
-"""Where phone users' passwords are checked: local argon2id users, or an LDAP server;
-and NTLM responses: against the local users' NT hashes (winbind's are in `winbind`).
+"""Where phone users' passwords are checked: local argon2id users, or an LDAP server
+(`appliance.directory`, shared with the Control Panel's directory logins); and NTLM
+responses: against the local users' NT hashes (winbind's are in `winbind`).
 
 A directory answers one question, whether a user name and password are good, and may be
 slow doing it (argon2id on purpose, a network round trip for LDAP): the authenticator
@@ -8,32 +9,21 @@ slow doing it (argon2id on purpose, a network round trip for LDAP): the authenti
 
 from __future__ import annotations
 
-import contextlib
-import math
-import re
 import secrets
-import ssl
 import threading
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.logger import Logger
 
-from appliance.config import AuthSettings, LdapSettings, NtlmBackend
-from appliance.passwords import MAX_USER_NAME, AuthError, hash_password, verify_password
+from appliance.config import AuthSettings, NtlmBackend
+from appliance.passwords import hash_password, verify_password
 from appliance.phones.ntlm import NtlmResponse, check_response
 from appliance.phones.winbind import WinbindVerifier
 from appliance.store import Store
 
 log = Logger()
-
-
-def loggable_name(text: str) -> str:
-    """A user-supplied name made safe for a log line."""
-    text = text[:MAX_USER_NAME]
-    return text if text.isprintable() else repr(text)
 
 
 class Directory(Protocol):
@@ -108,113 +98,3 @@ class LocalDirectory:
         if user is None or user.nt_hash is None or user.disabled:
             return False
         return check_response(response, bytes.fromhex(user.nt_hash))
-
-
-class LdapDirectory:
-    """A simple bind as the user: `bind_template` with `{user}` replaced.
-
-    When the template is a DN (`uid={user},ou=people,...`) the name is escaped as an RDN
-    value (RFC 4514), so a name cannot add DN components; otherwise (`{user}@contoso.com`,
-    `{user}` for DOMAIN\\user) it is used as given. Empty passwords never reach the server
-    (a simple bind with one is an anonymous bind, which many servers accept). Any LDAP or
-    network error is logged and answers False.
-    """
-
-    def __init__(self, settings: LdapSettings) -> None:
-        url = urllib.parse.urlsplit(settings.url)
-        if url.scheme not in ("ldap", "ldaps") or not url.hostname:
-            raise AuthError(f"auth.ldap.url {settings.url!r} is not ldap://host or ldaps://host")
-        if url.path not in ("", "/") or url.query or url.fragment or url.username:
-            raise AuthError(f"auth.ldap.url {settings.url!r}: give only scheme, host and port")
-        try:
-            port = url.port
-        except ValueError as e:
-            raise AuthError(f"auth.ldap.url {settings.url!r}: {e}") from None
-        if settings.start_tls and url.scheme == "ldaps":
-            raise AuthError("auth.ldap.start_tls is for ldap:// URLs; ldaps:// is TLS already")
-        if settings.bind_template.count("{user}") != 1:
-            raise AuthError("auth.ldap.bind_template must contain {user} exactly once")
-        self._host = url.hostname
-        self._use_ssl = url.scheme == "ldaps"
-        self._port = port or (636 if self._use_ssl else 389)
-        self._template = settings.bind_template
-        self._dn = bool(re.search(r"=\s*\{user\}", settings.bind_template))
-        self._start_tls = settings.start_tls
-        self._timeout = settings.timeout
-        self._tls: Any = None
-        if self._use_ssl or self._start_tls:
-            ca_file = settings.ca_file
-            if ca_file is not None and not ca_file.is_file():
-                raise AuthError(f"auth.ldap.ca_file {str(ca_file)!r} is not a file")
-            from ldap3 import Tls  # ldap3 loads only where LDAP is configured
-
-            self._tls = Tls(
-                validate=ssl.CERT_REQUIRED,
-                ca_certs_file=str(ca_file) if ca_file else None,
-                sni=self._host,
-            )
-        else:
-            log.warn(
-                "LDAP at {url} without TLS: passwords cross the network in clear",
-                url=settings.url,
-            )
-
-    def bind_name(self, username: str) -> str:
-        from ldap3.utils.dn import escape_rdn
-
-        return self._template.replace("{user}", escape_rdn(username) if self._dn else username)
-
-    def verify(self, username: str, password: str) -> bool:
-        if not username or not password:
-            return False
-        try:
-            return self._bind(username, password)
-        except Exception as e:
-            log.warn(
-                "LDAP error for {user} at {host}:{port}: {error}",
-                user=loggable_name(username),
-                host=self._host,
-                port=self._port,
-                error=f"{type(e).__name__}: {e}",
-            )
-            return False
-
-    def _bind(self, username: str, password: str) -> bool:
-        from ldap3 import NONE, SIMPLE, Connection, Server
-
-        server = Server(
-            self._host,
-            port=self._port,
-            use_ssl=self._use_ssl,
-            tls=self._tls,
-            get_info=NONE,
-            connect_timeout=self._timeout,
-        )
-        conn = Connection(
-            server,
-            user=self.bind_name(username),
-            password=password,
-            authentication=SIMPLE,
-            read_only=True,
-            # ldap3 packs this into SO_RCVTIMEO as whole seconds: a float raises.
-            receive_timeout=max(1, math.ceil(self._timeout)),
-            raise_exceptions=False,
-        )
-        try:
-            conn.open()
-            if self._start_tls and not conn.start_tls(read_server_info=False):
-                raise ConnectionError(f"StartTLS refused: {conn.result}")
-            if conn.bind():
-                return True
-            result = conn.result or {}
-            log.info(
-                "LDAP bind refused for {user}: {description}",
-                user=loggable_name(username),
-                description=result.get("description"),
-            )
-            return False
-        finally:
-            # After a failed TLS handshake the socket is gone and unbind() raises: that
-            # error must not hide the one that matters.
-            with contextlib.suppress(Exception):
-                conn.unbind()

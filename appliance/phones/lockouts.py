@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from twisted.logger import Logger
 
 from appliance.config import AuthSettings
+from appliance.directory import loggable_name
 from appliance.phones.credentials import AuthReason, AuthResult
-from appliance.phones.directories import loggable_name
 
 log = Logger(namespace="appliance.phones.auth")
 

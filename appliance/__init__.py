@@ -1,3 +1,5 @@
 """ucupdates: a Device Update service for Lync Phone Edition phones."""
 
-__version__ = "0.1.0"
+from appliance.version import __version__
+
+__all__ = ["__version__"]

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +252,11 @@ def test_the_rules_carry_the_guid_a_package_names(panel: Panel) -> None:
     rules = browser.request("GET", "/api/rules").json()["rules"]
     assert rules and all(len(r["guid"]) == 36 for r in rules)
     assert {r["guid"] for r in rules} == {r.guid for r in panel.store.rules()}
+
+
+def test_the_pages_show_the_installed_version_to_those_signed_in_only(panel: Panel) -> None:
+    footer = f'<footer class="about">ucupdates {metadata.version("ucupdates")}</footer>'.encode()
+    browser = panel.browser()
+    assert footer not in browser.request("GET", "/login").body
+    browser.login("victor", PASSWORD)
+    assert footer in browser.request("GET", "/updates").body

@@ -13,6 +13,7 @@ import ssl
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -496,6 +497,7 @@ def test_health_is_200_when_the_process_is_well(
     )
     assert status == 200 and content_type == [b"application/json"]
     assert body["status"] == "ok"
+    assert body["version"] == metadata.version("ucupdates")  # the installed package's
     assert [c["name"] for c in body["checks"]] == [
         "config",
         "certificate",

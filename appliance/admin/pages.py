@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from twisted.web import server
 
+from appliance import __version__
 from appliance.admin import charts, inventory
 from appliance.admin.api import Api
 from appliance.admin.redirects import HOME, safe_next
@@ -123,7 +124,9 @@ def _layout(title: str, path: str, login: Login | None, body: str) -> str:
     meta = ""
     header_right = ""
     nav = ""
+    footer = ""  # the version for those signed in only, as /health has it
     if login is not None:
+        footer = f'<footer class="about">ucupdates {escape(__version__)}</footer>'
         account = login.account
         meta = (
             f'<meta name="csrf-token" content="{escape(login.session.csrf_token)}">'
@@ -154,7 +157,7 @@ def _layout(title: str, path: str, login: Login | None, body: str) -> str:
         '<header class="top"><a class="brand" href="/">ucupdates <span>Control Panel</span></a>'
         f"{nav}{header_right}</header>"
         f'<main id="main" tabindex="-1"><h1>{escape(title)}</h1>{body}</main>'
-        '<div id="toast" class="toast" role="status" aria-live="polite"></div>'
+        f'{footer}<div id="toast" class="toast" role="status" aria-live="polite"></div>'
         "</body></html>\n"
     )
 

@@ -4,7 +4,8 @@
 certificate, store and files) and says whether the service is running with its
 listeners; `ucupdates check` (in `checks`) also goes to the listeners from outside.
 Anyone who reaches the admin listener may ask /health, so without a Control Panel session
-it says only the overall status: the details name files, folders and listeners.
+it says only the overall status: the details name files, folders and listeners, and the
+version would tell a stranger which advisories apply.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from twisted.application import internet
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from appliance import __version__
 from appliance.config import Config
 from appliance.ops.checks import CheckResult, process_checks, report
 from appliance.store import Store
@@ -29,8 +31,9 @@ CACHE_SECONDS = 10.0  # /health answers from results this fresh
 
 
 class HealthResource(resource.Resource):
-    """GET /health: `{"status": "ok"|"warn"|"fail", "checks": [...]}`, 200 or 503; the
-    checks only for a request that `authorised` accepts (a Control Panel session).
+    """GET /health: `{"status": "ok"|"warn"|"fail", "version": ..., "checks": [...]}`, 200
+    or 503; the version and the checks only for a request that `authorised` accepts (a
+    Control Panel session).
 
     The config, the certificate, the store and its files, and, given the service (an
     `ApplianceService`), that it is running with its listeners. Results are kept for
@@ -82,9 +85,10 @@ class HealthResource(resource.Resource):
         http_request.setResponseCode(200 if all(r.ok for r in results) else 503)
         http_request.setHeader(b"content-type", b"application/json")
         http_request.setHeader(b"cache-control", b"no-store")
-        body = report(results)
-        if not self.authorised(request):
-            body = {"status": body["status"]}
+        full = report(results)
+        body = {"status": full["status"]}
+        if self.authorised(request):
+            body |= {"version": __version__, "checks": full["checks"]}
         return json.dumps(body, indent=2).encode() + b"\n"
 
 

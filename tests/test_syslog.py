@@ -310,6 +310,18 @@ def test_the_observer_never_raises_into_the_logging_system() -> None:
     assert (third.msgid, third.severity, third.msg) == ("odd", 6, "")
 
 
+def test_the_structured_data_id_carries_the_configured_enterprise_number() -> None:
+    sender = MemorySender()
+    observer = observer_for(sender, enterprise_number=99999)
+    Logger(namespace="ucupdates.test", observer=observer).info(
+        "update check {mac}", mac="00-04-F2-00-00-01", event="update.check"
+    )
+    (m,) = [parse(raw) for raw in sender.messages]
+    assert (m.sd_id, m.params) == ("ucupdates@99999", {"mac": "00-04-F2-00-00-01"})
+    with pytest.raises(SyslogError, match="syslog.enterprise_number must be > 0"):
+        observer_for(MemorySender(), enterprise_number=0)
+
+
 def test_a_bad_facility_is_refused_in_one_line() -> None:
     with pytest.raises(SyslogError, match="syslog.facility must be 0-23"):
         Rfc5424Observer(SyslogSettings(facility=24), "h", "1", MemorySender())

@@ -20,6 +20,7 @@ from typing import Any, Union
 from appliance.config.tables import (
     AdminSettings,
     AuthSettings,
+    CheckSettings,
     DeviceLogSettings,
     DhcpSettings,
     DnsSettings,
@@ -51,6 +52,7 @@ class Config:
     syslog: SyslogSettings = SyslogSettings()
     admin: AdminSettings = AdminSettings()
     metrics: MetricsSettings = MetricsSettings()
+    check: CheckSettings = CheckSettings()
     source: Path | None = field(default=None, metadata={"internal": True})
 
     @property

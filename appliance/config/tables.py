@@ -272,6 +272,9 @@ class SyslogSettings:
     facility: int = field(default=16, metadata={"check": within(0, 23)})  # 16: local0
     hostname: str | None = None  # default: the host name
     cert_warn_days: int = field(default=30, metadata={"check": positive})
+    # The private enterprise number in the structured data's ID (`ucupdates@<number>`,
+    # RFC 5424 §7.2.2); 32473 is the one RFC 5612 reserves for documentation.
+    enterprise_number: int = field(default=32473, metadata={"check": positive})
 
 
 @dataclass(frozen=True)
@@ -337,3 +340,19 @@ class MetricsSettings:
     enabled: bool = True
     listen: Address | None = None  # "host:port": its own plain-HTTP listener; "": admin's
     allowed_networks: tuple[Network, ...] = tuple(Network.parse(n) for n in _LOOPBACK)
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """What `ucupdates check` (a monitoring plugin) reports as WARNING or CRITICAL before
+    anything is broken. The certificate warns within `syslog.cert_warn_days`."""
+
+    cert_critical_days: int = field(default=7, metadata={"check": positive})
+    # The data folder's file system: WARNING (CRITICAL) when less than this share, or
+    # fewer than this many bytes, are free to the service; 0 turns that limit off.
+    disk_warning_percent: int = field(default=10, metadata={"check": within(0, 100)})
+    disk_critical_percent: int = field(default=5, metadata={"check": within(0, 100)})
+    disk_warning_bytes: int = field(default=1024**3, metadata={"check": within(0, 1 << 60)})
+    disk_critical_bytes: int = field(default=256 * 1024**2, metadata={"check": within(0, 1 << 60)})
+    # WARNING when no phone has checked for updates for this long, once any phone has.
+    quiet_warning_hours: float = field(default=24.0, metadata={"check": positive})

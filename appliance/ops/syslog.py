@@ -54,7 +54,9 @@ class Rfc5424Observer:
         select: Callable[[LogEvent], bool] = wanted,
         bom: bool = False,
     ) -> None:
-        self.header = Header.of(settings.facility, hostname, settings.app_name, procid)
+        self.header = Header.of(
+            settings.facility, hostname, settings.app_name, procid, settings.enterprise_number
+        )
         self.sender = sender
         self.clock = clock
         self.select = select

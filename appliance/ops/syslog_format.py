@@ -6,6 +6,7 @@ PRI is `facility * 8 + severity` (debug 7, info 6, warn 4, error 3, critical 2);
 the event's `event` field (`update.check`, `image.download`, ...) or `-`; the structured
 data carries the event's named fields whose values are scalars (str, int, float, bool),
 escaped as RFC 5424 §6.3.3 says; MSG is the text `twisted.logger.formatEvent` makes.
+The structured data's ID is `ucupdates@<syslog.enterprise_number>` (32473 by default).
 The observer is in `syslog`, the transports in `syslog_transport` and `syslog_tcp`.
 """
 
@@ -17,7 +18,8 @@ from datetime import UTC, datetime
 
 from twisted.logger import LogEvent, LogLevel, formatEvent
 
-SD_ID = "ucupdates@32473"  # 32473: the enterprise number RFC 5612 reserves for examples
+ENTERPRISE_NUMBER = 32473  # the one RFC 5612 reserves for documentation
+SD_ID = f"ucupdates@{ENTERPRISE_NUMBER}"
 MAX_VALUE_CHARS = 512  # one structured-data value, before escaping
 
 _SEVERITY = {
@@ -114,16 +116,27 @@ class Header:
     hostname: str
     app_name: str
     procid: str
+    sd_id: str = SD_ID  # `ucupdates@<enterprise number>`
 
     @classmethod
-    def of(cls, facility: int, hostname: str, app_name: str, procid: str) -> Header:
+    def of(
+        cls,
+        facility: int,
+        hostname: str,
+        app_name: str,
+        procid: str,
+        enterprise_number: int = ENTERPRISE_NUMBER,
+    ) -> Header:
         if not 0 <= facility <= 23:
             raise SyslogError(f"syslog.facility must be 0-23 (16 is local0), got {facility}")
+        if enterprise_number <= 0:
+            raise SyslogError(f"syslog.enterprise_number must be > 0, got {enterprise_number}")
         return cls(
             facility,
             printable_ascii(hostname, 255),
             printable_ascii(app_name, 48),
             printable_ascii(procid, 128),
+            f"ucupdates@{enterprise_number}",
         )
 
 
@@ -146,17 +159,17 @@ def format_message(
     msg = message_text(event).encode("utf-8", "replace")
     if msg and bom:
         msg = _BOM + msg
-    while params and len(head) + len(_sd(params)) > max_bytes:
+    while params and len(head) + len(_sd(params, header.sd_id)) > max_bytes:
         params = params[:-1]
-    sd = _sd(params)
+    sd = _sd(params, header.sd_id)
     room = max_bytes - len(head) - len(sd) - 1  # for the MSG, after its space
     if len(msg) > room:
         msg = msg[: max(room, 0)].decode("utf-8", "ignore").encode("utf-8")
     return head + sd + (b" " + msg if msg else b"")
 
 
-def _sd(params: list[tuple[str, str]]) -> bytes:
+def _sd(params: list[tuple[str, str]], sd_id: str) -> bytes:
     if not params:
         return b"-"
     inner = " ".join(f'{name}="{sd_escape(value)}"' for name, value in params)
-    return f"[{SD_ID} {inner}]".encode("utf-8", "replace")
+    return f"[{sd_id} {inner}]".encode("utf-8", "replace")

@@ -467,9 +467,10 @@ def test_preview_counts_the_known_devices_and_what_they_will_be_offered(
     assert impact["rule_ids"] == [rule]
     assert impact["devices"] == 2
     assert impact["before"] == []  # nothing approved yet: nothing offered
-    assert impact["after"] == [{"version": NEW, "devices": 2}]
+    assert impact["after"] == [{"version": NEW, "devices": 2, "test_devices": 0}]
     assert impact["changed"] == 2
-    assert "2 offered 4.0.7577.4387" in impact["summary"]
+    assert impact["summary"] == f"2 phones will be offered {NEW} at their next check."
+    assert impact["rules"] == [{"rule_id": rule, "text": f"Polycom CX3000 ENU: no version → {NEW}"}]
     reset = admin.request("GET", f"/api/rules/preview?action=reset&id={rule}").json()
     assert reset["after"] == [] and reset["changed"] == 0
     assert snapshot(config) == before  # a preview changes nothing
@@ -494,11 +495,16 @@ def test_approve_restore_reset_remove(
     assert change["after"]["state"] == "approved"
     again = admin.request("POST", "/api/rules/approve", {"ids": [rule]})
     assert again.status == 409 and "no pending version" in again.error
-    restored = admin.request("POST", "/api/rules/restore", {"ids": [rule]})
+    # no restore version: phones would get nothing, so only a forced restore does it
+    refused = admin.request("POST", "/api/rules/restore", {"ids": [rule]})
+    assert refused.status == 409 and "phones would be offered no update" in refused.error
+    assert refused.json()["changes"][0]["needs_force"] is True
+    restored = admin.request("POST", "/api/rules/restore", {"ids": [rule], "force": True})
     assert restored.json()["changes"][0]["after"]["state"] == "restored"
+    assert restored.json()["changes"][0]["forced"] is True
     events = admin.request("GET", "/api/events?limit=5").json()["events"]
     assert [e["action"] for e in events[:2]] == ["restore", "approve"]  # newest first
-    assert events[0]["actor"] == f"web:{ADMIN}"
+    assert events[0]["actor"] == f"web:{ADMIN}" and events[0]["after"]["forced"] is True
     removed = admin.request("POST", "/api/rules/remove", {"filter": {"model": "CX700"}})
     assert removed.status == 200 and removed.json()["changes"][0]["after"] is None
     assert admin.request("GET", "/api/rules?model=CX700").json()["rules"] == []

@@ -82,6 +82,94 @@ def test_preview_of_an_action_that_does_not_apply() -> None:
     assert impact.summary() == "Approve applies to none of the selected rules."
 
 
+# The FLEET's three CX600s: two run OLD, one runs NEW (the CX500 has no rule here).
+@pytest.mark.parametrize(
+    ("action", "the_rule", "test_macs", "force", "summary"),
+    [
+        pytest.param(
+            Action.APPROVE,
+            make_rule(None, NEW),
+            (),
+            False,
+            f"2 phones will be offered {NEW} at their next check; 1 phone already runs {NEW}.",
+            id="approve",
+        ),
+        pytest.param(
+            Action.APPROVE,
+            make_rule(OLD, NEW),
+            ("00-00-00-00-00-01", "00-00-00-00-00-03"),
+            False,
+            f"2 phones (1 of them a test device) will be offered {NEW} at their next check; "
+            f"1 test device already runs {NEW}.",
+            id="approve-with-test-devices",
+        ),
+        pytest.param(
+            Action.RESTORE,
+            make_rule(NEW, None, OLD),
+            (),
+            False,
+            f"1 phone will be offered {OLD} at its next check; 2 phones already run {OLD}.",
+            id="restore",
+        ),
+        pytest.param(
+            Action.RESTORE,
+            make_rule(NEW),
+            (),
+            True,
+            "3 phones will be offered no update and keep the firmware they run.",
+            id="restore-forced-to-nothing",
+        ),
+        pytest.param(
+            Action.RESTORE,
+            make_rule(NEW),
+            (),
+            False,
+            "Restore applies to none of the selected rules.",
+            id="restore-that-needs-force",
+        ),
+    ],
+)
+def test_the_preview_says_it_in_a_sentence(
+    action: Action, the_rule: Rule, test_macs: tuple[str, ...], force: bool, summary: str
+) -> None:
+    impact = preview(action, [the_rule], catalog_of(the_rule, test_macs=test_macs), FLEET, force)
+    assert impact.summary() == summary
+
+
+@pytest.mark.parametrize(
+    ("action", "the_rule", "line"),
+    [
+        (Action.APPROVE, make_rule(OLD, NEW), f"Polycom CX600 ENU: {OLD} → {NEW}"),
+        (Action.APPROVE, make_rule(None, NEW), f"Polycom CX600 ENU: no version → {NEW}"),
+        (Action.RESTORE, make_rule(NEW, None, OLD), f"Polycom CX600 ENU: {NEW} → {OLD}"),
+        (
+            Action.RESET,
+            make_rule(OLD, NEW),
+            f"Polycom CX600 ENU: pending {NEW} rejected; {OLD} stays approved",
+        ),
+        (
+            Action.REMOVE,
+            make_rule(OLD, NEW),
+            f"Polycom CX600 ENU: rule removed (approved {OLD}, pending {NEW})",
+        ),
+    ],
+)
+def test_the_preview_names_each_rule_with_its_versions(
+    action: Action, the_rule: Rule, line: str
+) -> None:
+    impact = preview(action, [the_rule], catalog_of(the_rule), FLEET)
+    assert [(r.rule_id, r.text) for r in impact.lines] == [(the_rule.id, line)]
+
+
+def test_a_restore_that_needs_force_is_named_as_such() -> None:
+    the_rule = make_rule(NEW)
+    plain = preview(Action.RESTORE, [the_rule], catalog_of(the_rule), FLEET)
+    assert plain.rule_ids == () and plain.needs_force == (the_rule.id,)
+    forced = preview(Action.RESTORE, [the_rule], catalog_of(the_rule), FLEET, force=True)
+    assert forced.rule_ids == (the_rule.id,) and forced.needs_force == (the_rule.id,)
+    assert [r.text for r in forced.lines] == [f"Polycom CX600 ENU: {NEW} → no version"]
+
+
 def test_rows_status_filters_and_csv() -> None:
     catalog = catalog_of(make_rule(NEW))
     rows = inventory.device_rows([*FLEET, device("00-00-00-00-00-05", None)], catalog)

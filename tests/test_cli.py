@@ -111,10 +111,20 @@ def test_restore_rolls_back_and_then_has_nothing_more(data: Path) -> None:
     assert first.returncode == 0
     r = one(data, "4120")
     assert (r["approved_version"], r["restore_version"], r["state"]) == (V1, None, "restored")
+    # No restore version left: a restore would approve nothing, so it is refused and
+    # says what phones would get, unless forced (then the event log says it was).
     second = run_cli(data, "restore", rule_id)
-    assert second.returncode == 0
+    assert second.returncode == 1
+    assert f"skipped, has no restore version: restoring would withdraw {V1}" in second.stdout
+    assert "phones would be offered no update" in second.stdout
+    assert "give --force" in second.stderr
+    assert one(data, "4120")["approved_version"] == V1
+    forced = run_cli(data, "restore", rule_id, "--force")
+    assert forced.returncode == 0 and ": restored (forced): approved" in forced.stdout
     assert one(data, "4120")["approved_version"] is None
-    third = run_cli(data, "restore", rule_id)
+    newest = json.loads(run_cli(data, "events", "--json", "--limit", "1").stdout)[0]
+    assert (newest["action"], newest["after"]["forced"]) == ("restore", True)
+    third = run_cli(data, "restore", rule_id, "--force")
     assert third.returncode == 1
     assert "skipped, has no approved or restore version to roll back" in third.stdout
 

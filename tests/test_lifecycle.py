@@ -8,6 +8,7 @@ from appliance import testing
 from appliance.catalogue.lifecycle import (
     Action,
     LifecycleError,
+    NeedsForce,
     apply,
     approve,
     reset,
@@ -36,6 +37,7 @@ STARTS: dict[str, tuple[str | None, str | None, str | None, RuleState]] = {
 
 NO_PENDING = "no pending version"
 NO_ROLLBACK = "no approved or restore version"
+NEEDS_FORCE = "has no restore version: restoring would withdraw"
 
 # (action, start) -> (approved, pending, restore, state) after, or the LifecycleError text.
 Outcome = tuple[str | None, str | None, str | None, RuleState] | str
@@ -56,14 +58,24 @@ TRANSITIONS: dict[tuple[Action, str], Outcome] = {
     (Action.RESET, "approved+pending+restore"): (APPROVED, None, RESTORE, RuleState.RESET),
     (Action.RESET, "restore-only"): NO_PENDING,
     (Action.RESET, "nothing"): NO_PENDING,
-    # restore: approved goes back to the restore version, or to none; pending is kept.
+    # restore: approved goes back to the restore version; pending is kept. Without a
+    # restore version it would approve nothing: refused unless forced (FORCED below).
     (Action.RESTORE, "pending-only"): NO_ROLLBACK,
-    (Action.RESTORE, "approved-only"): (None, None, None, RuleState.RESTORED),
-    (Action.RESTORE, "approved+pending"): (None, PENDING, None, RuleState.RESTORED),
+    (Action.RESTORE, "approved-only"): NEEDS_FORCE,
+    (Action.RESTORE, "approved+pending"): NEEDS_FORCE,
     (Action.RESTORE, "approved+restore"): (RESTORE, None, None, RuleState.RESTORED),
     (Action.RESTORE, "approved+pending+restore"): (RESTORE, PENDING, None, RuleState.RESTORED),
     (Action.RESTORE, "restore-only"): (RESTORE, None, None, RuleState.RESTORED),
     (Action.RESTORE, "nothing"): NO_ROLLBACK,
+}
+
+
+# The same with force: only a restore without a restore version changes, to no version
+# approved (the Lync cmdlet's behaviour); every other outcome is the table's above.
+FORCED: dict[tuple[Action, str], Outcome] = {
+    **TRANSITIONS,
+    (Action.RESTORE, "approved-only"): (None, None, None, RuleState.RESTORED),
+    (Action.RESTORE, "approved+pending"): (None, PENDING, None, RuleState.RESTORED),
 }
 
 
@@ -113,6 +125,36 @@ def test_transition_that_does_not_apply_is_refused(action: Action, start: str, r
 
 
 @pytest.mark.parametrize(
+    ("action", "start", "expected"),
+    [pytest.param(a, s, out, id=f"{a.value}-forced-from-{s}") for (a, s), out in FORCED.items()],
+)
+def test_forced_transition(action: Action, start: str, expected: Outcome) -> None:
+    before = make_rule(start)
+    if isinstance(expected, str):
+        with pytest.raises(LifecycleError, match=expected):
+            apply(action, before, force=True)
+    else:
+        after = apply(action, before, force=True)
+        assert after is not None and versions(after) == expected
+
+
+@pytest.mark.parametrize(
+    ("start", "says"),
+    [
+        pytest.param("approved-only", f"withdraw {APPROVED} and approve nothing", id="approved"),
+        pytest.param(
+            "approved+pending", f"test devices would still get pending {PENDING}", id="pending"
+        ),
+    ],
+)
+def test_a_restore_that_needs_force_says_what_phones_would_get(start: str, says: str) -> None:
+    with pytest.raises(NeedsForce) as refused:
+        restore(make_rule(start))
+    assert says in str(refused.value)
+    assert "phones would be offered no update" in str(refused.value)
+
+
+@pytest.mark.parametrize(
     ("action", "function"),
     [
         pytest.param(Action.APPROVE, approve, id="approve"),
@@ -137,10 +179,12 @@ def test_approve_then_restore_rolls_devices_back_to_the_previous_version() -> No
     rolled_back = restore(rule)
     assert rolled_back.approved_version == APPROVED
     assert rolled_back.restore_version is None
-    # A second roll-back has only "no approved version" left to go to.
-    assert restore(rolled_back).approved_version is None
+    # A second roll-back has only "no approved version" left to go to: only when forced.
+    with pytest.raises(NeedsForce):
+        restore(rolled_back)
+    assert restore(rolled_back, force=True).approved_version is None
     with pytest.raises(LifecycleError):
-        restore(restore(rolled_back))
+        restore(restore(rolled_back, force=True), force=True)
 
 
 @pytest.mark.parametrize(

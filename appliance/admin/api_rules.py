@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.admin.call import Call
-from appliance.admin.impact import Impact, preview
+from appliance.admin.impact import Impact, Offered, preview
 from appliance.admin.web import ApiError, Reply
 from appliance.catalogue import (
     Action,
@@ -48,7 +48,8 @@ class RulesApi:
         action = _action(call.query("action") or "")
         flt = _rule_filter(call, allow_selection=True)
         selected = self._select(flt)
-        impact = preview(action, selected, self.store.catalog(), self.store.devices())
+        force = call.query("force") in ("1", "true")
+        impact = preview(action, selected, self.store.catalog(), self.store.devices(), force)
         return Reply(body=impact_json(impact))
 
     def _select(self, flt: RuleFilter) -> list[Rule]:
@@ -64,28 +65,40 @@ class RulesApi:
 
     def apply(self, call: Call) -> Reply:
         action = _action(call.params["action"])
-        flt = _body_filter(call.json())
+        body = call.json()
+        flt = _body_filter(body)
         try:
-            changes = apply_action(self.store, action, flt, call.actor)
+            force = bool(body.get("force", False))
+            changes = apply_action(self.store, action, flt, call.actor, force=force)
         except UnknownRule as e:
             raise ApiError(404, str(e)) from e
         except CatalogueError as e:
             raise ApiError(400, str(e)) from e
-        body = {"action": action.value, "changes": [change_json(c) for c in changes]}
+        reply = {"action": action.value, "changes": [change_json(c) for c in changes]}
         if all(c.skipped is not None for c in changes):
             reasons = "; ".join(f"rule {c.before.id} {c.skipped}" for c in changes)
-            raise ApiError(409, f"{action.value} applies to none of them: {reasons}", **body)
-        return Reply(body=body)
+            raise ApiError(409, f"{action.value} applies to none of them: {reasons}", **reply)
+        return Reply(body=reply)
+
+
+NAMED_RULES = 6  # the rules a preview names one by one; the rest are counted
 
 
 def impact_json(impact: Impact) -> dict[str, Any]:
+    def offered(o: Offered) -> dict[str, Any]:
+        return {"version": o.version, "devices": o.devices, "test_devices": o.test_devices}
+
     return {
         "action": impact.action.value,
         "rule_ids": list(impact.rule_ids),
+        "rules": [{"rule_id": r.rule_id, "text": r.text} for r in impact.lines[:NAMED_RULES]],
+        "more_rules": max(0, len(impact.lines) - NAMED_RULES),
         "skipped": [{"rule_id": i, "reason": why} for i, why in impact.skipped],
+        "needs_force": list(impact.needs_force),
+        "forced": impact.forced,
         "devices": impact.devices,
-        "before": [{"version": o.version, "devices": o.devices} for o in impact.before],
-        "after": [{"version": o.version, "devices": o.devices} for o in impact.after],
+        "before": [offered(o) for o in impact.before],
+        "after": [offered(o) for o in impact.after],
         "up_to_date_after": impact.up_to_date_after,
         "changed": impact.changed,
         "summary": impact.summary(),
@@ -121,7 +134,7 @@ def _rule_filter(call: Call, allow_selection: bool = False) -> RuleFilter:
 
 def _body_filter(body: dict[str, Any]) -> RuleFilter:
     """The rules an action names: {"ids": [...]}, {"filter": {...}}, {"all_pending": true}
-    or {"all": true}, combinable as on the command line."""
+    or {"all": true}, combinable as on the command line; `force` is checked here too."""
     ids = body.get("ids", [])
     if not isinstance(ids, list) or not all(isinstance(i, int) and i > 0 for i in ids):
         raise ApiError(400, "ids is a list of rule ids (whole numbers)")
@@ -133,7 +146,7 @@ def _body_filter(body: dict[str, Any]) -> RuleFilter:
     state = flt.pop("state", None)
     if state is not None and state not in {s.value for s in RuleState}:
         raise ApiError(400, f"unknown state {state!r}")
-    for key in ("all_pending", "all"):
+    for key in ("all_pending", "all", "force"):
         if not isinstance(body.get(key, False), bool):
             raise ApiError(400, f"{key} is true or false")
     return RuleFilter(

@@ -30,7 +30,7 @@ from appliance.catalogue.decision import (
     matching_rules,
 )
 from appliance.catalogue.importer import ImportResult, PackageError, import_json, import_package
-from appliance.catalogue.lifecycle import Action, LifecycleError
+from appliance.catalogue.lifecycle import Action, LifecycleError, NeedsForce
 from appliance.catalogue.lifecycle import apply as rule_after
 from appliance.catalogue.sample import (
     DEFAULT_IMAGE_SIZE,
@@ -49,6 +49,7 @@ __all__ = [
     "FileVerifier",
     "ImportResult",
     "LifecycleError",
+    "NeedsForce",
     "Offer",
     "PackageError",
     "Reason",

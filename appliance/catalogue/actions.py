@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.catalogue import lifecycle
-from appliance.catalogue.lifecycle import Action, LifecycleError
+from appliance.catalogue.lifecycle import Action, LifecycleError, NeedsForce
 from appliance.identifiers import normalise_mac, normalise_serial
 from appliance.model import IdentifierKind, Rule, TestDevice
 from appliance.store import RuleFilter, Store
@@ -36,6 +36,8 @@ class RuleChange:
     before: Rule
     after: Rule | None  # None: removed
     skipped: str | None = None  # why the action did not apply to this rule
+    needs_force: bool = False  # skipped, but forcing the action would apply it
+    forced: bool = False  # applied only because it was forced
 
 
 def rule_json(r: Rule) -> dict[str, Any]:
@@ -58,6 +60,8 @@ def change_json(c: RuleChange) -> dict[str, Any]:
         "before": rule_json(c.before),
         "after": None if c.after is None else rule_json(c.after),
         "skipped": c.skipped,
+        "needs_force": c.needs_force,
+        "forced": c.forced,
     }
 
 
@@ -78,11 +82,15 @@ def data_lock(lock_path: Path, what: str) -> Iterator[None]:
         os.close(fd)
 
 
-def apply_action(store: Store, action: Action, flt: RuleFilter, actor: str) -> list[RuleChange]:
+def apply_action(
+    store: Store, action: Action, flt: RuleFilter, actor: str, force: bool = False
+) -> list[RuleChange]:
     """Apply `action` to every rule `flt` selects, in one transaction.
 
     Rules the action does not apply to are reported as skipped; no rule selected is an
-    error. Each change goes to the event log with the rule before and after.
+    error. Each change goes to the event log with the rule before and after; a change
+    made only because of `force` (a restore to no approved version) says so there
+    (`"forced": true` beside the rule after).
     """
     if flt.is_empty():
         raise CatalogueError(f"{action.value}: name a rule id or a filter (or --all)")
@@ -95,8 +103,14 @@ def apply_action(store: Store, action: Action, flt: RuleFilter, actor: str) -> l
         if not rules:
             raise UnknownRule("no rule matches the filter")
         for rule in rules:
+            forced = False
             try:
                 after = lifecycle.apply(action, rule)
+            except NeedsForce as e:
+                if not force:
+                    changes.append(RuleChange(rule, rule, skipped=str(e), needs_force=True))
+                    continue
+                after, forced = lifecycle.apply(action, rule, force=True), True
             except LifecycleError as e:
                 changes.append(RuleChange(rule, rule, skipped=str(e)))
                 continue
@@ -104,14 +118,19 @@ def apply_action(store: Store, action: Action, flt: RuleFilter, actor: str) -> l
                 store.delete_rule(rule.id)
             else:
                 after = store.save_rule(after)
+            summary: dict[str, Any] | None = None
+            if after is not None:
+                summary = dict(lifecycle.rule_summary(after))
+            if forced:
+                summary = {**(summary or {}), "forced": True}
             store.append_event(
                 actor,
                 action.value,
                 f"rule {rule.id} {rule.key}",
                 lifecycle.rule_summary(rule),
-                None if after is None else lifecycle.rule_summary(after),
+                summary,
             )
-            changes.append(RuleChange(rule, after))
+            changes.append(RuleChange(rule, after, forced=forced))
     return changes
 
 

@@ -17,6 +17,10 @@ class LifecycleError(Exception):
     """The action does not apply to this rule; str() says why."""
 
 
+class NeedsForce(LifecycleError):
+    """The action applies only when forced: it would leave phones with no approved version."""
+
+
 class Action(StrEnum):
     APPROVE = "approve"
     RESET = "reset"
@@ -44,10 +48,25 @@ def reset(rule: Rule) -> Rule:
     return dataclasses.replace(rule, pending_version=None, state=RuleState.RESET)
 
 
-def restore(rule: Rule) -> Rule:
-    """Roll back: approved goes back to the restore version, or to none."""
+def restore(rule: Rule, force: bool = False) -> Rule:
+    """Roll back: approved goes back to the restore version.
+
+    With no restore version that would leave no version approved, and phones would be
+    offered nothing for the rule: refused (NeedsForce, saying so) unless `force`.
+    """
     if rule.approved_version is None and rule.restore_version is None:
         raise LifecycleError("has no approved or restore version to roll back")
+    if rule.restore_version is None and not force:
+        still = (
+            f" (test devices would still get pending {rule.pending_version})"
+            if rule.pending_version is not None
+            else ""
+        )
+        raise NeedsForce(
+            f"has no restore version: restoring would withdraw {rule.approved_version} and "
+            f"approve nothing, so phones would be offered no update for it{still}; "
+            "force it to do that"
+        )
     return dataclasses.replace(
         rule,
         approved_version=rule.restore_version,
@@ -56,11 +75,14 @@ def restore(rule: Rule) -> Rule:
     )
 
 
-def apply(action: Action, rule: Rule) -> Rule | None:
-    """The rule after `action`; None when the action removes it."""
+def apply(action: Action, rule: Rule, force: bool = False) -> Rule | None:
+    """The rule after `action`; None when the action removes it. `force` lets a restore
+    without a restore version withdraw the approved one (the others ignore it)."""
     if action is Action.REMOVE:
         return None
-    return {Action.APPROVE: approve, Action.RESET: reset, Action.RESTORE: restore}[action](rule)
+    if action is Action.RESTORE:
+        return restore(rule, force)
+    return {Action.APPROVE: approve, Action.RESET: reset}[action](rule)
 
 
 def with_pending(rule: Rule, version: str) -> Rule | None:

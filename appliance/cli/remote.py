@@ -232,6 +232,8 @@ def _action(client: RemoteClient, args: argparse.Namespace, out: TextIO) -> int:
         "all_pending": bool(args.all_pending),
         "all": bool(args.all),
     }
+    if getattr(args, "force", False):
+        body["force"] = True  # restore --force
     try:
         result = client.request("POST", f"/api/rules/{args.command}", body)
     except RemoteError as e:

@@ -2,6 +2,7 @@
 
     rules [filters] [--state S] [--json]
     approve | reset | restore | remove [ID ...] [filters] [--all-pending] [--all] [--json]
+    restore ... --force
     explain --brand B --model M [--mac MAC | --serial S] [--reported-version V]
 
 Filters: --device-type, --brand, --model, --revision, --locale, --update-type. A rule
@@ -69,6 +70,13 @@ def add_rules_parsers(sub: Any) -> None:
         )
         p.add_argument("--all", action="store_true", help="every rule")
         p.add_argument("--json", action="store_true")
+        if action is Action.RESTORE:
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="also roll back rules without a restore version: they are left with no "
+                "approved version, and phones are offered no update for them",
+            )
 
 
 def add_explain_parser(sub: Any) -> None:
@@ -139,12 +147,20 @@ def rule_action(action: Action) -> Callable[[argparse.Namespace, Config, Store, 
     """The command of `action`: apply it to the rules named, print one line a rule."""
 
     def run(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
-        changes = apply_action(store, action, _rule_filter(args), actor)
+        force = bool(getattr(args, "force", False))
+        changes = apply_action(store, action, _rule_filter(args), actor, force=force)
         if args.json:
             print(json.dumps([change_json(c) for c in changes], indent=2))
         else:
             for c in changes:
                 print(_change_line(action, c))
+            held = sum(c.needs_force for c in changes)
+            if held:
+                print(
+                    f"{held} rule(s) not restored: with no restore version, phones would be "
+                    "offered no update for them; give --force to do that anyway",
+                    file=sys.stderr,
+                )
         return 0 if any(c.skipped is None for c in changes) else EX_FAILED
 
     return run
@@ -167,7 +183,8 @@ def _change_line(action: Action, c: RuleChange) -> str:
         )
         if x != y
     ]
-    return f"{head}: {_DONE[action]}: " + ", ".join(parts + [f"state {a.state.value}"])
+    forced = " (forced)" if c.forced else ""
+    return f"{head}: {_DONE[action]}{forced}: " + ", ".join(parts + [f"state {a.state.value}"])
 
 
 def run_explain(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:

@@ -2,7 +2,7 @@
 
 from appliance.store.catalogue import RuleFilter
 from appliance.store.connection import iso_utc, utc_now
-from appliance.store.database import Store, newest_schema_version
+from appliance.store.database import Store, inspect_database, newest_schema_version
 from appliance.store.errors import DuplicateError, SchemaError, StoreError
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "SchemaError",
     "Store",
     "StoreError",
+    "inspect_database",
     "iso_utc",
     "newest_schema_version",
     "utc_now",

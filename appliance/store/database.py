@@ -19,6 +19,7 @@ import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC
 from importlib import resources
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def newest_schema_version() -> int:
 
 
 DATABASE_MODE = 0o600
+BACKUPS = "backups"  # beside the database: the copies taken before a schema upgrade
 
 
 def _private_files(path: Path) -> None:
@@ -86,7 +88,7 @@ class Store(CatalogueTables, DeviceTables, AdminTables):
             raise StoreError(f"{path}: cannot open the database: {e}") from e
         store = cls(conn, clock)
         try:
-            store._migrate()
+            store._migrate(None if str(path) == ":memory:" else Path(path))
         except sqlite3.DatabaseError as e:
             conn.close()
             raise StoreError(f"{path}: cannot open the database: {e}") from e
@@ -97,6 +99,14 @@ class Store(CatalogueTables, DeviceTables, AdminTables):
 
     def close(self) -> None:
         self._conn.close()
+
+    upgrade_backup: Path | None = None  # the copy taken before this open upgraded the schema
+
+    def backup_to(self, target: Path) -> None:
+        """A consistent copy of the whole database in a new file `target` (0600, fsynced),
+        through SQLite's online backup API: other connections and processes go on reading
+        and writing meanwhile. Raises OSError (the file) or sqlite3.Error (the copy)."""
+        copy_database(self._conn, target)
 
     # -- schema -------------------------------------------------------------------------
 
@@ -110,7 +120,7 @@ class Store(CatalogueTables, DeviceTables, AdminTables):
         found = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()
         return int(found[0] or 0)
 
-    def _migrate(self) -> None:
+    def _migrate(self, path: Path | None) -> None:
         scripts = _schema_scripts()
         newest = scripts[-1][0]
         current = self.schema_version
@@ -119,6 +129,8 @@ class Store(CatalogueTables, DeviceTables, AdminTables):
                 f"database schema version {current} is newer than this ucupdates knows "
                 f"({newest}); upgrade ucupdates"
             )
+        if path is not None and 0 < current < newest:
+            self.upgrade_backup = self._backup_before_upgrade(path, current, newest)
         for version, sql in scripts:
             if version <= current:
                 continue
@@ -130,6 +142,23 @@ class Store(CatalogueTables, DeviceTables, AdminTables):
                 f"INSERT INTO schema_version VALUES ({version}, '{self.now()}');\n"
                 "COMMIT;"
             )
+
+    def _backup_before_upgrade(self, path: Path, current: int, newest: int) -> Path:
+        stamp = self._clock().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        folder = path.parent / BACKUPS
+        target = folder / f"pre-upgrade-{current}-to-{newest}-{stamp}.db"
+        try:
+            folder.mkdir(mode=0o700, exist_ok=True)
+            copy_database(self._conn, target)
+        except (OSError, sqlite3.Error) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise SchemaError(
+                f"{path}: the schema needs upgrading from version {current} to {newest}, "
+                f"and the database is backed up first, but {target} cannot be written "
+                f"({reason}); nothing was upgraded: make room or fix the folder, then "
+                "start again"
+            ) from e
+        return target
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -158,3 +187,56 @@ class Store(CatalogueTables, DeviceTables, AdminTables):
     def integrity_errors(self) -> list[str]:
         rows = self._conn.execute("PRAGMA integrity_check").fetchall()
         return [r[0] for r in rows if r[0] != "ok"]
+
+
+def copy_database(conn: sqlite3.Connection, target: Path) -> None:
+    """Copy the database of `conn` into a new file `target`: created 0600 (it holds password
+    hashes), written in one step of the backup API (a consistent snapshot, which does not
+    block writers in WAL mode), fsynced. A failure removes `target`."""
+    fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, DATABASE_MODE)
+    os.close(fd)  # a new file of our own: no other connection holds a lock on it
+    try:
+        copy = sqlite3.connect(str(target), isolation_level=None)
+        try:
+            conn.backup(copy)
+            copy.execute("PRAGMA journal_mode = DELETE")  # one file, no -wal beside it
+        finally:
+            copy.close()
+        fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        for name in (target, Path(f"{target}-journal"), Path(f"{target}-wal")):
+            name.unlink(missing_ok=True)
+        raise
+
+
+def inspect_database(path: Path) -> tuple[int, list[str]]:
+    """The schema version of the database file `path` and what SQLite's quick check
+    finds wrong in it (empty: nothing), read without changing the file."""
+    try:
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    except sqlite3.Error as e:
+        raise StoreError(f"{path}: cannot open the database: {e}") from e
+    try:
+        problems = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall() if r[0] != "ok"]
+        row = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        version = 0
+        if row is not None:
+            found = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+            version = int(found[0] or 0)
+        return version, problems
+    except sqlite3.Error as e:
+        raise StoreError(f"{path}: not a database this version can read: {e}") from e
+    finally:
+        conn.close()

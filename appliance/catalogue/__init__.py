@@ -20,6 +20,14 @@ from appliance.catalogue.actions import (
     rule_json,
     set_password,
 )
+from appliance.catalogue.backup import (
+    BackupError,
+    BackupResult,
+    backup_summary,
+    create_backup,
+    prune,
+    scheduled_name,
+)
 from appliance.catalogue.decision import (
     Decision,
     Offer,
@@ -32,6 +40,13 @@ from appliance.catalogue.decision import (
 from appliance.catalogue.importer import ImportResult, PackageError, import_json, import_package
 from appliance.catalogue.lifecycle import Action, LifecycleError, NeedsForce
 from appliance.catalogue.lifecycle import apply as rule_after
+from appliance.catalogue.restore import (
+    RestoreError,
+    RestoreResult,
+    finish_restore,
+    hold_serve_lock,
+    restore_backup,
+)
 from appliance.catalogue.sample import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_VERSION,
@@ -42,6 +57,8 @@ from appliance.catalogue.verify import FileVerifier, file_sha256
 
 __all__ = [
     "Action",
+    "BackupError",
+    "BackupResult",
     "CatalogueError",
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_VERSION",
@@ -53,27 +70,36 @@ __all__ = [
     "Offer",
     "PackageError",
     "Reason",
+    "RestoreError",
+    "RestoreResult",
     "RuleChange",
     "UnknownRule",
     "add_test_device",
     "add_user",
     "answer_key",
     "apply_action",
+    "backup_summary",
     "change_json",
     "choose_update",
     "clean_files",
+    "create_backup",
     "file_sha256",
+    "finish_restore",
+    "hold_serve_lock",
     "import_json",
     "import_package",
     "is_test_device",
     "make_sample_package",
     "matching_rules",
     "parse_identifier",
+    "prune",
     "recover",
     "remove_test_device",
     "remove_user",
+    "restore_backup",
     "rule_after",
     "rule_json",
     "sample_check",
+    "scheduled_name",
     "set_password",
 ]

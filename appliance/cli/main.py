@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from appliance import __version__
-from appliance.catalogue import Action, CatalogueError, PackageError, recover
+from appliance.catalogue import Action, CatalogueError, PackageError, finish_restore, recover
 from appliance.cli.admin import add_admin_parser, run_admin
+from appliance.cli.backup import add_backup_parsers, run_backup, run_restore
 from appliance.cli.captures import add_capture_parser, run_capture
 from appliance.cli.certs import add_certs_parser, certs_command
 from appliance.cli.devices import add_test_device_parser, run_test_device
@@ -77,6 +78,7 @@ _WITHOUT_STORE: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "check": run_check,
     "capture": run_capture,
     "phone-sim": run_phone_sim,
+    "restore-backup": run_restore,  # replaces the database: opens its own store after
 }
 _COMMANDS: dict[str, Command] = {
     "serve": serve,
@@ -89,6 +91,7 @@ _COMMANDS: dict[str, Command] = {
     "admin": run_admin,
     "events": run_events,
     "explain": run_explain,
+    "backup": run_backup,
     **{a.value: rule_action(a) for a in Action},
 }
 
@@ -123,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_events_parser(sub)
     add_explain_parser(sub)
     add_serve_parsers(sub)  # serve, reload
+    add_backup_parsers(sub)  # backup, restore-backup
     add_certs_parser(sub)
     add_check_parser(sub)
     add_capture_parser(sub)
@@ -136,9 +140,17 @@ def open_store(config: Config) -> Store:
     """The store of `config`'s data folder, after sweeping what a crash left behind."""
     try:
         config.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if finish_restore(config):  # a restore interrupted after its commit point
+            print("finished a restore that was interrupted", file=sys.stderr)
         store = Store.open(config.db_path)
     except OSError as e:
         raise Failure(f"cannot use data folder {config.data_dir}: {e.strerror}") from e
+    if store.upgrade_backup is not None:
+        print(
+            f"upgraded the database's schema to version {store.schema_version}; "
+            f"the database from before is in {store.upgrade_backup}",
+            file=sys.stderr,
+        )
     swept = recover(store, config.store_dir, config.staging_dir, config.lock_path)
     if swept:
         print(

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
+from appliance.catalogue import hold_serve_lock
 from appliance.cli.exits import EX_CONFIG, EX_USAGE, Failure
 from appliance.cli.packages import SAMPLE_CHECK
 from appliance.config import Address, Config, ConfigError
@@ -86,6 +87,7 @@ def serve(args: argparse.Namespace, config: Config, store: Store, actor: str) ->
                 config.listeners, **{name.replace("-", "_"): Address.parse(where)}
             ),
         )
+    hold_serve_lock(config.data_dir)  # held until the process ends: no restore meanwhile
     try:
         creds = server_credentials(config)
         root = make_service(config, reactor, store, creds, first_worker=not args.bind)

@@ -97,6 +97,17 @@ class Store(CatalogueTables, DeviceTables, AdminTables):
             raise
         return store
 
+    @classmethod
+    def open_copy(cls, path: Path) -> Store:
+        """A copy of a database made by `backup_to`, read only as it is: never upgraded,
+        nothing written beside it."""
+        try:
+            conn = sqlite3.connect(_read_only_uri(path), uri=True, isolation_level=None)
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{path}: cannot open the database: {e}") from e
+        return cls(conn)
+
     def close(self) -> None:
         self._conn.close()
 
@@ -218,12 +229,16 @@ def copy_database(conn: sqlite3.Connection, target: Path) -> None:
         raise
 
 
+def _read_only_uri(path: Path) -> str:
+    """A private file nobody writes: read without locks, and no -wal or -shm made."""
+    return f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+
+
 def inspect_database(path: Path) -> tuple[int, list[str]]:
     """The schema version of the database file `path` and what SQLite's quick check
     finds wrong in it (empty: nothing), read without changing the file."""
     try:
-        uri = f"{path.resolve().as_uri()}?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        conn = sqlite3.connect(_read_only_uri(path), uri=True, isolation_level=None)
     except sqlite3.Error as e:
         raise StoreError(f"{path}: cannot open the database: {e}") from e
     try:

@@ -269,6 +269,19 @@ class AdminSession:
 
 
 @dataclass(frozen=True)
+class ApiToken:
+    """An API token (`Authorization: Bearer`), found by the SHA-256 of its secret."""
+
+    id: int
+    name: str
+    role: Role
+    token_hash: str
+    created_at: str
+    expires_at: str | None  # None: never
+    last_used_at: str | None
+
+
+@dataclass(frozen=True)
 class CapturedTls:
     """What the TLS layer of a captured request negotiated (None over plain HTTP)."""
 

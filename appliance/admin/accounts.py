@@ -11,6 +11,9 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from argon2 import Type, extract_parameters
+from argon2.exceptions import InvalidHashError
+
 from appliance.config import AdminSettings
 from appliance.model import AdminAccount, Role
 from appliance.passwords import AuthError, hash_password, validate_password, verify_password
@@ -34,6 +37,11 @@ def iso(t: datetime) -> str:
 
 class AccountError(Exception):
     """An account change that cannot be made; str() is the line to show."""
+
+
+def is_local_name(name: str) -> bool:
+    """Whether `name` can be a local account's (directory accounts' names hold a ':')."""
+    return bool(_NAME.fullmatch(name))
 
 
 def validate_name(name: str) -> str:
@@ -81,10 +89,75 @@ def add_account(store: Store, name: str, role: str, password: str, actor: str) -
     return account
 
 
+def validate_hash(password_hash: str) -> str:
+    """An argon2id PHC string made elsewhere (`ucupdates admin hash`, Ansible's vault)."""
+    try:
+        parameters = extract_parameters(password_hash)
+    except (InvalidHashError, ValueError):
+        raise AccountError("not an argon2id password hash ($argon2id$v=19$...)") from None
+    if parameters.type is not Type.ID:
+        raise AccountError("the password hash must be argon2id")
+    return password_hash
+
+
+def ensure_account(
+    store: Store,
+    name: str,
+    role: str,
+    actor: str,
+    *,
+    password: str | None = None,
+    password_hash: str | None = None,
+) -> str:
+    """An account as asked (for Ansible, run again and again): added when missing, else
+    its role and password brought in line; the password is compared with the stored hash
+    first, so a run that finds it right changes nothing. Returns what it did: "added",
+    "changed role", "changed password", "changed role and password" or "unchanged"."""
+    checked = parse_role(role)
+    if password_hash is not None:
+        wanted_hash = validate_hash(password_hash)
+    else:
+        assert password is not None
+        validate_admin_password(password)
+        wanted_hash = ""
+    account = store.admin_account(name)
+    if account is None:
+        if password_hash is not None:
+            with store.transaction():
+                store.add_admin_account(validate_name(name), checked, wanted_hash)
+                store.append_event(
+                    actor, "admin.add", f"admin {name}", None, {"name": name, "role": role}
+                )
+        else:
+            assert password is not None
+            add_account(store, name, role, password, actor)
+        return "added"
+    if not is_local_name(account.name):
+        raise AccountError(f"{account.name} is a directory account")
+    changed = []
+    if account.role is not checked:
+        set_role(store, account.name, checked.value, actor)
+        changed.append("role")
+    if password_hash is not None:
+        same = account.password_hash == wanted_hash
+    else:
+        assert password is not None
+        same = verify_password(account.password_hash, password)
+    if not same:
+        with store.transaction():
+            store.set_admin_password(account.name, wanted_hash or hash_password(password or ""))
+            store.remove_admin_sessions_of(account.id)
+            store.append_event(actor, "admin.passwd", f"admin {account.name}", None, None)
+        changed.append("password")
+    return "changed " + " and ".join(changed) if changed else "unchanged"
+
+
 def set_password(store: Store, name: str, password: str, actor: str) -> None:
     """A new password; every open session of the account ends, and a lockout is lifted."""
     password_hash = hash_password(validate_admin_password(password))
     account = _existing(store, name)
+    if not is_local_name(account.name):
+        raise AccountError(f"{account.name} logs in with its directory password")
     with store.transaction():
         store.set_admin_password(account.name, password_hash)
         store.remove_admin_sessions_of(account.id)

@@ -1,7 +1,9 @@
 """The JSON API under `/api/`: everything the Control Panel's pages do, for scripts too.
 
 Documented in `openapi.json` (served at `/api/openapi.json`). Reading needs a session;
-changing needs a session of an admin and the session's CSRF token in `X-CSRF-Token`. The
+changing needs a session of an admin and the session's CSRF token in `X-CSRF-Token`. An
+API token (`Authorization: Bearer`, `tokens`) stands in for a session: it acts with its
+role and needs no CSRF token, as no browser adds that header to a request by itself. The
 admin actions are the catalogue's own (`apply_action`, `add_test_device`, `clean_files`,
 `import_package`...), so the event log records them exactly as it records the commands.
 
@@ -19,6 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.web import server
 
 from appliance.admin.api_captures import CapturesApi
@@ -28,11 +31,15 @@ from appliance.admin.api_rules import RulesApi
 from appliance.admin.api_sessions import SessionsApi
 from appliance.admin.api_test_devices import TestDevicesApi
 from appliance.admin.call import Call, Handler
+from appliance.admin.directory_logins import AdminDirectory, is_directory_account
 from appliance.admin.sessions import CSRF_HEADER, Login, cookie_token, csrf_matches, find_session
+from appliance.admin.tokens import bearer_secret, find_token
 from appliance.admin.web import ApiError, Reply
 from appliance.config import AdminSettings, Config
-from appliance.model import Role
+from appliance.model import ApiToken, Role
 from appliance.store import Store
+
+log = Logger(namespace="ucupdates.admin")
 
 _UNSAFE = (b"POST", b"PUT", b"PATCH", b"DELETE")
 
@@ -65,12 +72,14 @@ class Api:
         reactor: Any,
         settings: AdminSettings,
         openapi: bytes,
+        directory: AdminDirectory | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.settings = settings
         self.openapi = openapi
-        self.sessions = SessionsApi(store, clock, reactor, settings)
+        self.directory = directory
+        self.sessions = SessionsApi(store, clock, reactor, settings, directory)
         self.rules = RulesApi(store)
         self.packages = PackagesApi(config, store, reactor)
         self.test_devices = TestDevicesApi(store)
@@ -105,16 +114,36 @@ class Api:
         ]
 
     def login_of(self, request: server.Request) -> Login | None:
-        """The open session the request's cookie names, if any."""
+        """The open session the request's cookie names, if any (and if its kind of account
+        may still log in: local accounts, directory logins)."""
         token = cookie_token(request.requestHeaders.getRawHeaders(b"cookie"))
-        return find_session(self.store, token, self.clock(), self.settings)
+        login = find_session(self.store, token, self.clock(), self.settings)
+        if login is None:
+            return None
+        directory = is_directory_account(login.account.name)
+        if (directory and self.directory is None) or (
+            not directory and not self.settings.local_accounts
+        ):
+            return None
+        return login
+
+    def token_of(self, request: server.Request) -> ApiToken | None:
+        """The live API token of an `Authorization: Bearer` header, if any."""
+        secret = bearer_secret(request.getHeader(b"authorization"))
+        if secret is None:
+            return None
+        return find_token(self.store, secret, self.clock())
 
     def authorise(
         self, request: server.Request, access: Access
-    ) -> tuple[Login | None, ApiError | None]:
-        """Who is asking, and why they may not (401: no session; 403: CSRF or role)."""
+    ) -> tuple[Login | ApiToken | None, ApiError | None]:
+        """Who is asking, and why they may not (401: no session or a bad token; 403: CSRF
+        or role). A Bearer header decides alone: the cookie is then not looked at."""
         if access is Access.PUBLIC:
             return None, None
+        secret = bearer_secret(request.getHeader(b"authorization"))
+        if secret is not None:
+            return self._authorise_token(request, secret, access)
         login = self.login_of(request)
         if login is None:
             return None, ApiError(401, "log in first: no session, or it has expired")
@@ -126,6 +155,25 @@ class Api:
         if access is Access.CHANGE and login.account.role is not Role.ADMIN:
             return login, ApiError(403, "a viewer cannot change anything; ask an admin")
         return login, None
+
+    def _authorise_token(
+        self, request: server.Request, secret: str, access: Access
+    ) -> tuple[ApiToken | None, ApiError | None]:
+        token = find_token(self.store, secret, self.clock())
+        if token is None:
+            log.warn(
+                "API token refused from {address}: unknown, revoked or expired",
+                address=str(getattr(request.getClientAddress(), "host", "?")),
+                event="admin.token.refused",
+            )
+            error = ApiError(401, "the API token is unknown, revoked or expired")
+            error.headers.append((b"www-authenticate", b'Bearer error="invalid_token"'))
+            return None, error
+        if access is Access.SESSION:
+            return token, ApiError(403, "an API token has no session: this needs a login")
+        if access is Access.CHANGE and token.role is not Role.ADMIN:
+            return token, ApiError(403, "a viewer cannot change anything; ask an admin")
+        return token, None
 
     def find(self, method: bytes, path: str) -> tuple[Route, dict[str, str]]:
         allowed = []
@@ -145,12 +193,14 @@ class Api:
     def handle(self, request: server.Request) -> Reply | defer.Deferred[Reply]:
         path = unquote(request.path.decode("utf-8", "replace"))
         route, params = self.find(request.method, path)
-        login: Login | None = getattr(request, "admission", None)
-        if not isinstance(login, Login):  # the upload was authorised when its headers came in
-            login, problem = self.authorise(request, route.access)
+        caller: Login | ApiToken | None = getattr(request, "admission", None)
+        if not isinstance(caller, Login | ApiToken):  # an upload was authorised already,
+            caller, problem = self.authorise(request, route.access)  # when its headers came
             if problem is not None:
                 raise problem
-        call = Call(request, login, params, self.settings.max_json_bytes, request.args or {})
+        login = caller if isinstance(caller, Login) else None
+        token = caller if isinstance(caller, ApiToken) else None
+        call = Call(request, login, params, self.settings.max_json_bytes, request.args or {}, token)
         return route.handler(call)
 
     def openapi_document(self, call: Call) -> Reply:

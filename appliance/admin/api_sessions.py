@@ -19,16 +19,25 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import server
 
 from appliance.admin.accounts import (
     AddressFailures,
+    is_local_name,
     locked_until,
     password_matches,
     recent_failures,
     record_failure,
 )
 from appliance.admin.call import Call
+from appliance.admin.directory_logins import (
+    AdminDirectory,
+    DirectoryAnswer,
+    account_name,
+    directory_account,
+    is_directory_name,
+)
 from appliance.admin.sessions import (
     Login,
     clearing_cookie,
@@ -39,6 +48,8 @@ from appliance.admin.sessions import (
 )
 from appliance.admin.web import ApiError, Reply
 from appliance.config import AdminSettings
+from appliance.directory import DirectoryUnavailable
+from appliance.model import AdminAccount
 from appliance.store import Store
 
 log = Logger(namespace="ucupdates.admin")
@@ -56,11 +67,13 @@ class SessionsApi:
         clock: Callable[[], datetime],
         reactor: Any,
         settings: AdminSettings,
+        directory: AdminDirectory | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.reactor = reactor
         self.settings = settings
+        self.directory = directory  # directory logins ([admin.ldap]), or None
         self.address_failures = AddressFailures(settings)
         self.checking_accounts: Counter[str] = Counter()  # checks in flight per account name
         self.checking_addresses: Counter[str] = Counter()  # and per client address
@@ -74,14 +87,11 @@ class SessionsApi:
         left = self.address_failures.locked(address, self.reactor.seconds())
         if left is not None:
             raise _locked(left, "too many wrong passwords from this address")
-        account = self.store.admin_account(name) if len(name) <= 64 else None
-        failed = 0
-        if account is not None:
-            until = locked_until(account, self.clock(), self.settings.lockout_seconds)
-            if until is not None:
-                seconds = (datetime.fromisoformat(until) - self.clock()).total_seconds()
-                raise _locked(seconds, "too many wrong passwords for this account")
-            failed = recent_failures(account, self.clock(), self.settings)
+        local = self.settings.local_accounts and is_local_name(name)
+        account = self.store.admin_account(name) if local else None
+        if account is None and self.directory is not None and is_directory_name(name):
+            return self._directory_login(name, password, address)
+        failed = self._check_lockout(account)
         key = name.lower()[:64]  # the store finds accounts by lower(name)
         self._start_check(key, failed, address)
         pool = self.reactor.getThreadPool()
@@ -89,39 +99,110 @@ class SessionsApi:
 
         def decided(ok: bool) -> Reply:
             if not ok or account is None:
-                self.address_failures.fail(address, self.reactor.seconds())
-                fresh = self.store.admin_account(name)
-                until = None
-                if fresh is not None:
-                    until = record_failure(self.store, fresh, self.clock(), self.settings)
+                raise self._failed(name, name if local else None, address)
+            return self._succeeded(account, address)
+
+        return checked.addCallback(decided).addBoth(self._ended(key, address))
+
+    def _directory_login(self, name: str, password: str, address: str) -> defer.Deferred[Reply]:
+        """A login the directory checks; its groups give the role (directory_logins)."""
+        assert self.directory is not None
+        row = account_name(name)
+        existing = self.store.admin_account(row)
+        failed = self._check_lockout(existing)
+        key = row.lower()
+        self._start_check(key, failed, address)
+        pool = self.reactor.getThreadPool()
+        checked = deferToThreadPool(self.reactor, pool, self.directory.check, name, password)
+
+        def decided(answer: DirectoryAnswer) -> Reply:
+            if not answer.accepted:
+                raise self._failed(row, row, address)
+            if answer.role is None:
+                ended = 0
+                if existing is not None:
+                    with self.store.transaction():
+                        ended = self.store.remove_admin_sessions_of(existing.id)
                 log.warn(
-                    "admin login failed for {name} from {address}{locked}",
-                    name=name[:64],
+                    "admin login refused for {name} from {address}: in no Control Panel group"
+                    " ({groups}); {ended} open session(s) ended",
+                    name=row,
                     address=address,
-                    locked=f": locked until {until}" if until else "",
-                    event="admin.login.failed",
+                    groups=", ".join(answer.groups) or "no groups",
+                    ended=ended,
+                    event="admin.login.refused",
                 )
-                raise ApiError(401, "wrong account name or password")
-            self.address_failures.clear(address)
-            login = open_session(self.store, account, address, self.clock(), self.settings)
-            log.info(
-                "admin login {name} ({role}) from {address}",
-                name=account.name,
-                role=account.role,
+                raise ApiError(
+                    403, "the directory knows you, but you are in no group of the Control Panel"
+                )
+            account = directory_account(self.store, row, answer.role)
+            return self._succeeded(account, address)
+
+        def unavailable(failure: Failure) -> Reply:
+            failure.trap(DirectoryUnavailable)
+            log.warn(
+                "admin login for {name} from {address}: {error}",
+                name=row,
                 address=address,
-                event="admin.login",
+                error=str(failure.value),
+                event="admin.login.directory_unavailable",
             )
-            return Reply(
-                body=self.session_json(login),
-                headers=[(b"set-cookie", session_cookie(login.token, self.settings))],
-            )
+            local = " (local accounts still work)" if self.settings.local_accounts else ""
+            raise ApiError(503, f"{failure.value}: try again later{local}")
+
+        checked.addCallbacks(decided, unavailable)
+        return checked.addBoth(self._ended(key, address))
+
+    def _check_lockout(self, account: AdminAccount | None) -> int:
+        """Refuse (429) a locked account; else its recent wrong passwords."""
+        if account is None:
+            return 0
+        until = locked_until(account, self.clock(), self.settings.lockout_seconds)
+        if until is not None:
+            seconds = (datetime.fromisoformat(until) - self.clock()).total_seconds()
+            raise _locked(seconds, "too many wrong passwords for this account")
+        return recent_failures(account, self.clock(), self.settings)
+
+    def _failed(self, name: str, row: str | None, address: str) -> ApiError:
+        """Count a wrong password against the address and the account `row`, if it exists;
+        the answer is the same whether the account exists or not."""
+        self.address_failures.fail(address, self.reactor.seconds())
+        fresh = self.store.admin_account(row) if row is not None else None
+        until = None
+        if fresh is not None:
+            until = record_failure(self.store, fresh, self.clock(), self.settings)
+        log.warn(
+            "admin login failed for {name} from {address}{locked}",
+            name=name[:64],
+            address=address,
+            locked=f": locked until {until}" if until else "",
+            event="admin.login.failed",
+        )
+        return ApiError(401, "wrong account name or password")
+
+    def _succeeded(self, account: AdminAccount, address: str) -> Reply:
+        self.address_failures.clear(address)
+        login = open_session(self.store, account, address, self.clock(), self.settings)
+        log.info(
+            "admin login {name} ({role}) from {address}",
+            name=account.name,
+            role=account.role,
+            address=address,
+            event="admin.login",
+        )
+        return Reply(
+            body=self.session_json(login),
+            headers=[(b"set-cookie", session_cookie(login.token, self.settings))],
+        )
+
+    def _ended(self, key: str, address: str) -> Callable[[Any], Any]:
+        """The check stops counting as under way (after `decided` counted a failure)."""
 
         def done(result: Any) -> Any:
             self._end_check(key, address)
             return result
 
-        # `decided` counts a failure before the check stops counting as under way.
-        return checked.addCallback(decided).addBoth(done)
+        return done
 
     def _start_check(self, key: str, failed: int, address: str) -> None:
         """Count a check as under way, or refuse it (429) when the checks already under way
@@ -160,7 +241,8 @@ class SessionsApi:
         return Reply(body={"ok": True}, headers=[(b"set-cookie", clearing_cookie())])
 
     def session(self, call: Call) -> Reply:
-        assert call.login is not None
+        if call.login is None:
+            raise ApiError(403, "an API token has no session: this needs a login")
         return Reply(body=self.session_json(call.login))
 
     def session_json(self, login: Login) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from twisted.web import server
 
 from appliance.admin.sessions import Login
 from appliance.admin.web import ApiError, Reply
+from appliance.model import ApiToken
 
 # The API's bodies are flat (an object, its lists of ids). The parser recurses: 100,000
 # nested `[` raised RecursionError (a 500 and a traceback); a few hundred levels parse.
@@ -48,11 +49,17 @@ class Call:
     params: dict[str, str]
     max_json_bytes: int
     args: dict[bytes, list[bytes]] = field(default_factory=dict)
+    token: ApiToken | None = None  # the API token the request came with, instead of a login
 
     @property
     def actor(self) -> str:
+        """Who the event log names: `web:NAME` for a local account's session, the account
+        (`ldap:NAME`) for a directory login's, `token:NAME` for an API token."""
+        if self.token is not None:
+            return f"token:{self.token.name}"
         assert self.login is not None
-        return f"web:{self.login.account.name}"
+        name = self.login.account.name
+        return name if ":" in name else f"web:{name}"
 
     def query(self, name: str) -> str | None:
         values = self.args.get(name.encode())

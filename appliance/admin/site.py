@@ -32,6 +32,7 @@ from twisted.web import resource, server
 from appliance.admin import pages
 from appliance.admin.api import Access, Api
 from appliance.admin.api_packages import UPLOAD_PATH
+from appliance.admin.directory_logins import AdminDirectory
 from appliance.admin.request import AdminRequest
 from appliance.admin.web import ApiError, Reply, error_reply, finish, send
 from appliance.config import AdminSettings, Config
@@ -149,18 +150,22 @@ def make_admin_site(
     *,
     settings: AdminSettings | None = None,
     service: Any = None,
+    directory: AdminDirectory | None = None,
 ) -> AdminSite:
     """The admin listener's `twisted.web.server.Site` (a protocol factory): the Control
     Panel's pages and JSON API, and `/health`. Wrap it in TLS with profile `modern`.
-    `service` (the ApplianceService) lets /health report on it."""
+    `service` (the ApplianceService) lets /health report on it. Directory logins
+    (`[admin.ldap]`, or `directory`) are checked here: unusable settings raise
+    AuthError."""
     settings = settings or config.admin
     openapi = resources.files(__package__).joinpath("openapi.json").read_bytes()
-    api = Api(config, store, clock, reactor, settings, openapi)
+    directory = directory or AdminDirectory.of(settings.ldap, config.auth.ldap)
+    api = Api(config, store, clock, reactor, settings, openapi, directory)
     panel = ControlPanel(api, pages.Pages(api))
     root = _Root(panel)
 
     def signed_in(request: server.Request) -> bool:  # the checks' details are for admins
-        return api.login_of(request) is not None
+        return api.login_of(request) is not None or api.token_of(request) is not None
 
     health: Any = HealthResource(config, store, clock, service, authorised=signed_in)
     root.putChild(b"health", health)

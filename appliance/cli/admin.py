@@ -1,11 +1,13 @@
 """`ucupdates admin ...`: the Control Panel's accounts, from the command line.
 
-    ucupdates admin add NAME --role admin|viewer [--password-stdin]
+    ucupdates admin add NAME --role admin|viewer [--password-stdin | --password-hash-stdin]
+                        [--update]
     ucupdates admin passwd NAME [--password-stdin]
     ucupdates admin role NAME admin|viewer
     ucupdates admin unlock NAME
     ucupdates admin remove NAME
     ucupdates admin list [--json]
+    ucupdates admin token create|list|revoke ...   (API tokens: cli/tokens.py)
 
 `add_admin_parser(sub)` adds the command to the `ucupdates` parser; `run_admin` runs it
 (the signature of the other commands: args, config, store, actor -> exit status).
@@ -20,6 +22,7 @@ import sys
 from typing import Any, TextIO
 
 from appliance.cli.exits import EX_FAILED, EX_USAGE
+from appliance.cli.tokens import add_token_parser, run_token
 from appliance.config import Config
 from appliance.model import Role
 from appliance.store import Store
@@ -34,6 +37,16 @@ def add_admin_parser(sub: Any) -> argparse.ArgumentParser:
     a.add_argument("name")
     a.add_argument("--role", required=True, choices=[r.value for r in Role])
     _password_option(a)
+    a.add_argument(
+        "--password-hash-stdin",
+        action="store_true",
+        help="read an argon2id hash of the password from standard input instead",
+    )
+    a.add_argument(
+        "--update",
+        action="store_true",
+        help="if the account exists, make its role and password match (for Ansible)",
+    )
     a = asub.add_parser("passwd", help="set an account's password (ends its sessions)")
     a.add_argument("name")
     _password_option(a)
@@ -46,6 +59,7 @@ def add_admin_parser(sub: Any) -> argparse.ArgumentParser:
     a.add_argument("name")
     a = asub.add_parser("list", help="list the accounts")
     a.add_argument("--json", action="store_true")
+    add_token_parser(asub)
     return parser
 
 
@@ -87,6 +101,7 @@ def _run(args: argparse.Namespace, store: Store, actor: str, stdin: TextIO, out:
     from appliance.admin import (
         AccountError,
         add_account,
+        ensure_account,
         remove_account,
         set_account_password,
         set_account_role,
@@ -94,7 +109,20 @@ def _run(args: argparse.Namespace, store: Store, actor: str, stdin: TextIO, out:
     )
 
     command = args.admin_command
-    if command == "add":
+    if command == "token":
+        return run_token(args, store, actor, stdin, out)
+    if command == "add" and (args.update or args.password_hash_stdin):
+        if args.password_hash_stdin and args.password_stdin:
+            raise _Usage("give --password-stdin or --password-hash-stdin, not both")
+        if not args.update and store.admin_account(args.name) is not None:
+            raise AccountError(f"admin account {args.name!r} exists already")
+        if args.password_hash_stdin:
+            secret = {"password_hash": stdin.readline().strip()}
+        else:
+            secret = {"password": _password(args, stdin)}
+        done = ensure_account(store, args.name, args.role, actor, **secret)
+        print(f"admin account {args.name} {done} ({args.role})", file=out)
+    elif command == "add":
         account = add_account(store, args.name, args.role, _password(args, stdin), actor)
         print(f"admin account {account.name} added ({account.role})", file=out)
     elif command == "passwd":

@@ -1,4 +1,5 @@
-"""The Control Panel's tables: admin accounts and their sessions (schema 003).
+"""The Control Panel's tables: admin accounts and their sessions (schema 003), API tokens
+(schema 006).
 
 They are separate from the phone users. Names are unique without regard to case. Times
 are ISO strings (UTC, "Z"), compared as text.
@@ -10,7 +11,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from appliance.model import AdminAccount, AdminSession, Role
+from appliance.model import AdminAccount, AdminSession, ApiToken, Role
 from appliance.store.connection import Connection
 from appliance.store.errors import DuplicateError, StoreError
 
@@ -22,9 +23,11 @@ _SESSION_COLUMNS = (
     "token_hash, account_id, csrf_token, created_at, last_seen_at, expires_at, address"
 )
 
+_API_TOKEN_COLUMNS = "id, name, role, token_hash, created_at, expires_at, last_used_at"  # noqa: S105
+
 
 class AdminTables(Connection):
-    """Admin accounts and sessions."""
+    """Admin accounts and sessions, API tokens."""
 
     def add_admin_account(self, name: str, role: Role, password_hash: str) -> AdminAccount:
         now = self.now()
@@ -139,6 +142,69 @@ class AdminTables(Connection):
             (now, idle_before),
         )
         return cur.rowcount
+
+    # -- API tokens ------------------------------------------------------------------------
+
+    def add_api_token(
+        self, name: str, role: Role, token_hash: str, expires_at: str | None
+    ) -> ApiToken:
+        try:
+            cur = self._conn.execute(
+                "INSERT INTO api_tokens (name, role, token_hash, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (name, role.value, token_hash, self.now(), expires_at),
+            )
+        except sqlite3.IntegrityError:
+            raise DuplicateError(f"an API token named {name!r} exists already") from None
+        row = self._conn.execute(
+            f"SELECT {_API_TOKEN_COLUMNS} FROM api_tokens WHERE id = ?", (cur.lastrowid,)
+        ).fetchone()
+        return _api_token(row)
+
+    def api_token(self, name: str) -> ApiToken | None:
+        row = self._conn.execute(
+            f"SELECT {_API_TOKEN_COLUMNS} FROM api_tokens WHERE lower(name) = lower(?)", (name,)
+        ).fetchone()
+        return _api_token(row) if row else None
+
+    def api_token_by_hash(self, token_hash: str) -> ApiToken | None:
+        row = self._conn.execute(
+            f"SELECT {_API_TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?", (token_hash,)
+        ).fetchone()
+        return _api_token(row) if row else None
+
+    def api_tokens(self) -> list[ApiToken]:
+        rows = self._conn.execute(
+            f"SELECT {_API_TOKEN_COLUMNS} FROM api_tokens ORDER BY lower(name)"
+        )
+        return [_api_token(r) for r in rows]
+
+    def update_api_token(
+        self, name: str, role: Role, token_hash: str, expires_at: str | None
+    ) -> None:
+        """A new role, secret and expiry for a token (its name and creation time stay)."""
+        try:
+            cur = self._conn.execute(
+                "UPDATE api_tokens SET role = ?, token_hash = ?, expires_at = ?"
+                " WHERE lower(name) = lower(?)",
+                (role.value, token_hash, expires_at, name),
+            )
+        except sqlite3.IntegrityError:
+            raise DuplicateError("another API token has this secret") from None
+        if cur.rowcount == 0:
+            raise StoreError(f"no API token {name!r}")
+
+    def touch_api_token(self, token_id: int, at: str) -> None:
+        self._conn.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (at, token_id))
+
+    def remove_api_token(self, name: str) -> None:
+        cur = self._conn.execute("DELETE FROM api_tokens WHERE lower(name) = lower(?)", (name,))
+        if cur.rowcount == 0:
+            raise StoreError(f"no API token {name!r}")
+
+
+def _api_token(row: Sequence[Any]) -> ApiToken:
+    return ApiToken(row[0], row[1], Role(row[2]), *row[3:])
 
 
 def _admin_account(row: Sequence[Any]) -> AdminAccount:

@@ -58,6 +58,7 @@ from appliance.testing.stores import (
 from appliance.testing.users import (
     CountingDirectory,
     MemoryDirectory,
+    MemoryGroups,
     basic_credentials,
     fired,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "QueuedPool",
     "QueuedReactor",
     "MemoryDirectory",
+    "MemoryGroups",
     "MemorySender",
     "NOW",
     "PHONE_MAC",

@@ -1,4 +1,5 @@
-"""Phone users for the authenticator: directories in memory or counting, Basic headers."""
+"""Phone users for the authenticator: directories in memory or counting, Basic headers;
+a directory of groups in memory for the Control Panel's directory logins."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import TypeVar
 
 from twisted.internet.defer import Deferred
 
+from appliance.directory import DirectoryUnavailable, GroupSearch, MemberGroup
 from appliance.phones import Directory
 
 T = TypeVar("T")
@@ -34,6 +36,27 @@ class CountingDirectory:
     def verify(self, username: str, password: str) -> bool:
         self.calls.append((username, password))
         return self.inner.verify(username, password)
+
+
+class MemoryGroups:
+    """Users, their passwords and groups in memory, as `LdapDirectory.member_groups`
+    answers; `down` makes every call raise DirectoryUnavailable, as an outage would."""
+
+    def __init__(self, **users: tuple[str, tuple[str, ...]]) -> None:
+        self.users = users  # name -> (password, group DNs)
+        self.down = False
+        self.calls: list[str] = []
+
+    def member_groups(
+        self, username: str, password: str, search: GroupSearch
+    ) -> tuple[MemberGroup, ...] | None:
+        self.calls.append(username)
+        if self.down:
+            raise DirectoryUnavailable("the directory at ldap://192.0.2.1:389 cannot be asked")
+        found = self.users.get(username)
+        if found is None or found[0] != password:
+            return None
+        return tuple(MemberGroup(dn, dn.split(",")[0].partition("=")[2]) for dn in found[1])
 
 
 def basic_credentials(user: str, password: str, encoding: str = "utf-8") -> bytes:

@@ -73,6 +73,7 @@ SLOW_FILES = {
     "test_e2e_zones.py",  # network namespaces, a serving appliance, phone-sim in each zone
     "test_tls.py",  # openssl s_client against each TLS profile
     "test_users_cli.py",  # the CLI as a process
+    "test_backup_serve.py",  # backup under a serving appliance's load, restore; a tmpfs
 }
 SLOW_TESTS = {
     "test_opening_the_database_again_keeps_the_locks_of_open_connections",  # 2 processes

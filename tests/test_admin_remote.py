@@ -5,24 +5,34 @@ as cli.py adds them."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
+import os
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from browser.panel import Panel
+from browser.panel import Panel, Reply
 
 from appliance.admin.accounts import add_account
+from appliance.admin.tokens import create_token
 from appliance.catalogue.sample import make_sample_package
 from appliance.cli.main import build_parser
 from appliance.cli.remote import (
     PASSWORD_VARIABLE,
+    TOKEN_VARIABLE,
     RemoteError,
     credentials,
     run_remote,
+    server_token,
 )
 from appliance.config import load_config
 from appliance.store.database import Store
+from appliance.testing import run_cli
 
 PASSWORD = "remote password"
 
@@ -97,3 +107,86 @@ def test_credentials_come_from_the_environment() -> None:
     assert credentials(args, {PASSWORD_VARIABLE: "pw"}, "root") == ("ops", "pw")
     with pytest.raises(RemoteError, match=PASSWORD_VARIABLE):
         credentials(args, {}, "root")  # pytest's stdin is no terminal
+
+
+# -- API tokens: made by the CLI, sent over HTTPS and by --server ---------------------------
+
+
+def make_token(panel: Panel, name: str, role: str) -> str:
+    made = run_cli(panel.data_dir, "admin", "token", "create", name, "--role", role)
+    assert made.returncode == 0, made.stderr
+    assert "shown only now" in made.stderr
+    return made.stdout.strip()
+
+
+def test_tokens_made_by_the_cli_drive_the_https_api(panel: Panel) -> None:
+    admin_token = make_token(panel, "ci", "admin")  # the CLI as a process
+    store = Store.open(panel.data_dir / "ucupdates.sqlite3")
+    viewer_token = create_token(store, "dash", "viewer", None, "test").secret or ""
+    client = panel.client()  # no cookie, no CSRF token: every answer checked against OpenAPI
+
+    def call(method: str, path: str, token: str, body: Any = None) -> Reply:
+        return client.request(method, path, body, headers={"Authorization": f"Bearer {token}"})
+
+    assert call("GET", "/api/rules", viewer_token).status == 200
+    refused = call("POST", "/api/rules/approve", viewer_token, {"all_pending": True})
+    assert (refused.status, refused.error) == (403, "a viewer cannot change anything; ask an admin")
+    added = call("POST", "/api/test-devices", admin_token, {"name": "ci", "serial": "TOKEN1"})
+    assert added.status == 201, added.body
+    assert store.api_token("ci").last_used_at is not None  # type: ignore[union-attr]
+    store.close()
+    events = call("GET", "/api/events?limit=1", viewer_token).json()["events"]
+    assert (events[0]["actor"], events[0]["action"]) == ("token:ci", "test-device.add")
+    # revoked, and expired (its expiry moved into the past): 401, invalid_token
+    assert run_cli(panel.data_dir, "admin", "token", "revoke", "dash").returncode == 0
+    with sqlite3.connect(panel.data_dir / "ucupdates.sqlite3") as db:
+        db.execute("UPDATE api_tokens SET expires_at = '2020-01-01T00:00:00Z' WHERE name = 'ci'")
+    for token in (viewer_token, admin_token):
+        reply = call("GET", "/api/rules", token)
+        assert reply.status == 401
+        assert reply.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    # only the SHA-256 is kept
+    stored = b"".join(p.read_bytes() for p in panel.data_dir.glob("ucupdates.sqlite3*"))
+    assert admin_token.encode() not in stored and viewer_token.encode() not in stored
+    assert hashlib.sha256(admin_token.encode()).hexdigest().encode() in stored
+
+
+def test_server_with_a_token_file_instead_of_a_login(panel: Panel, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(make_token(panel, "remote", "admin") + "\n")
+    token_file.chmod(0o600)
+    url = f"https://localhost:{panel.port}"
+    done = subprocess.run(
+        [sys.executable, "-m", "appliance", "--server", url, "--server-ca", str(panel.ca_file)]
+        + ["--server-token-file", str(token_file), "test-device", "add", "t", "--serial", "TOK2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != PASSWORD_VARIABLE},
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "TOK2" in done.stdout and done.stderr == ""
+    args = build_parser().parse_args(
+        ["--server", url, "--server-ca", str(panel.ca_file), "events", "--limit", "1"]
+    )
+    out = io.StringIO()
+    assert run_remote(args, "", "", out=out, token=token_file.read_text().strip()) == 0
+    assert "token:remote test-device.add" in out.getvalue()
+    assert run_remote(args, "", "", out=io.StringIO(), token="uct_" + "0" * 43) == 1
+
+
+def test_the_token_comes_from_a_file_or_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = argparse.Namespace(server="https://x", server_token_file=None)
+    assert server_token(args, {}) is None
+    assert server_token(args, {TOKEN_VARIABLE: "uct_env"}) == "uct_env"
+    args.server_token_file = tmp_path / "token"
+    args.server_token_file.write_text("uct_file\n")
+    args.server_token_file.chmod(0o644)
+    assert server_token(args, {TOKEN_VARIABLE: "uct_env"}) == "uct_file"
+    assert "can be read by others" in capsys.readouterr().err
+    args.server_token_file = tmp_path / "missing"
+    with pytest.raises(RemoteError, match="cannot read the token file"):
+        server_token(args, {})

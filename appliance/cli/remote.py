@@ -4,9 +4,12 @@ The commands that change the catalogue (`rules`, `approve`, `reset`, `restore`,
 `remove`, `import`, `clean-files`, `test-device`, `events`) then run on the appliance
 at URL instead of a local data folder, as the admin account `--server-user` (default:
 the login name), whose password comes from `UCUPDATES_ADMIN_PASSWORD` or is asked at
-the terminal. `--server-ca FILE` names the CA certificate to trust (the appliance's
-generated `tls/ca.pem`, say); without it the system's trust store is used. Packages are
-streamed from disk, never read whole.
+the terminal; or with an API token (`ucupdates admin token create`), read from
+`--server-token-file FILE` or `UCUPDATES_TOKEN`, sent as `Authorization: Bearer` (no
+login). A token is never an argument: the process list would show it. `--server-ca
+FILE` names the CA certificate to trust (the appliance's generated `tls/ca.pem`, say);
+without it the system's trust store is used. Packages are streamed from disk, never read
+whole.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
 COOKIE = "__Host-ucupdates-session"
 PASSWORD_VARIABLE = "UCUPDATES_ADMIN_PASSWORD"  # noqa: S105 - its name, not a password
+TOKEN_VARIABLE = "UCUPDATES_TOKEN"  # noqa: S105 - its name, not a token
 REMOTE_COMMANDS = (
     "rules",
     "approve",
@@ -60,6 +64,12 @@ def add_remote_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--server-ca", type=Path, metavar="FILE", help="CA certificate to trust")
     parser.add_argument("--server-user", metavar="NAME", help="the admin account to log in as")
+    parser.add_argument(
+        "--server-token-file",
+        type=Path,
+        metavar="FILE",
+        help=f"an API token to use instead of logging in (or set {TOKEN_VARIABLE})",
+    )
 
 
 @dataclass
@@ -69,6 +79,7 @@ class RemoteClient:
     timeout: float = 600.0
     cookie: str | None = None
     csrf: str | None = None
+    token: str | None = None  # an API token: sent as Authorization: Bearer, no login
     _parts: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +109,8 @@ class RemoteClient:
         import http.client
 
         headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         if self.cookie:
             headers["Cookie"] = f"{COOKIE}={self.cookie}"
         if self.csrf and method != "GET":
@@ -163,17 +176,42 @@ def credentials(
     return user, password
 
 
+def server_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """The API token to drive the appliance with: the first line of `--server-token-file`,
+    else `environ[TOKEN_VARIABLE]`; None: log in with a password instead."""
+    path: Path | None = getattr(args, "server_token_file", None)
+    if path is not None:
+        try:
+            with path.open(encoding="ascii") as f:
+                token = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise RemoteError(f"cannot read the token file {path}: {e}") from e
+        if not token:
+            raise RemoteError(f"the token file {path} is empty")
+        if path.stat().st_mode & 0o077:
+            print(f"ucupdates: warning: {path} can be read by others (chmod 600)", file=sys.stderr)
+        return token
+    return environ.get(TOKEN_VARIABLE) or None
+
+
 def run_remote(
-    args: argparse.Namespace, user: str, password: str, out: TextIO | None = None
+    args: argparse.Namespace,
+    user: str,
+    password: str,
+    out: TextIO | None = None,
+    *,
+    token: str | None = None,
 ) -> int:
-    """Run the parsed command on the appliance at `args.server`; returns the exit status."""
+    """Run the parsed command on the appliance at `args.server`, logged in as `user`, or
+    with `token` when given; returns the exit status."""
     out = out or sys.stdout
     if args.command not in REMOTE_COMMANDS:
         print(f"ucupdates: {args.command} is not available with --server", file=sys.stderr)
         return EX_USAGE
     try:
-        client = RemoteClient(args.server, getattr(args, "server_ca", None))
-        client.login(user, password)
+        client = RemoteClient(args.server, getattr(args, "server_ca", None), token=token)
+        if token is None:
+            client.login(user, password)
         try:
             return _COMMANDS[args.command](client, args, out)
         finally:

@@ -23,7 +23,7 @@ from appliance.admin import make_admin_site
 from appliance.config import Address, AuthBackend, Config, TlsProfile
 from appliance.directory import LdapDirectory
 from appliance.discovery import DnsService, make_dhcp_service, make_dns_service
-from appliance.ops import expiry_timer
+from appliance.ops import MetricsResource, Readings, expiry_timer, make_registry, metrics_site
 from appliance.phones import (
     Authenticator,
     BaseUrls,
@@ -39,6 +39,8 @@ from appliance.tls import ServerCredentials, context_factory
 from appliance.web import LeanFactory, Limits
 
 log = Logger(namespace="ucupdates.service")
+
+METRICS_CONNECTIONS = 16  # open connections to the metrics listener: a few scrapers
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,9 @@ class ApplianceService(service.MultiService):
                     event="listener.start",
                 )
         bound = {
-            name.replace("-", "_"): Address(host, port) for name, (host, port) in self.ports.items()
+            name.replace("-", "_"): Address(host, port)
+            for name, (host, port) in self.ports.items()
+            if name != "metrics"  # not a field of [listeners]
         }
         listening = dataclasses.replace(self.config.listeners, **bound)
         self.phone.set_urls(
@@ -167,6 +171,27 @@ def steady_seconds(
     nor does one set forward end every lockout."""
     offset = wall() - elapsed()
     return lambda: offset + elapsed()
+
+
+def serve_metrics(
+    config: Config,
+    readings: Readings,
+    root: service.MultiService,
+    admin_site: Any,
+    reactor: Any,
+    first_worker: bool = True,
+) -> None:
+    """/metrics on the admin listener, or on its own plain-HTTP listener (`metrics.listen`,
+    bound by the first worker only: its figures are that process's)."""
+    registry, _ = make_registry(readings)
+    networks = config.metrics.allowed_networks
+    if config.metrics.listen is None:  # beside the Control Panel
+        admin_site.resource.putChild(b"metrics", MetricsResource(registry, networks))
+    elif first_worker:
+        limits = Limits.of(config.service, METRICS_CONNECTIONS)
+        site = metrics_site(registry, networks, limits, reactor)
+        own = Listener("metrics", config.metrics.listen, None, False)
+        SharedPortServer(own, site, reactor).setServiceParent(root)
 
 
 def make_service(
@@ -204,11 +229,27 @@ def make_service(
     if first_worker:  # DNS and DHCP do not share their ports between workers
         root.dns = make_dns_service(config, reactor)
         root.dns.setServiceParent(root)
-        make_dhcp_service(config, reactor).setServiceParent(root)
+        dhcp = make_dhcp_service(config, reactor)
+        dhcp.setServiceParent(root)
         warn_days = config.syslog.cert_warn_days
         expiry_timer(credentials, warn_days, clock, reactor).setServiceParent(root)
 
     admin_site: Any = make_admin_site(config, store, clock, reactor, service=root)
+    if config.metrics.enabled:
+        readings = Readings(
+            checks=lambda: phone.records.checks,
+            offers=lambda: phone.records.offers,
+            last_check=lambda: phone.records.last_check,
+            downloads=phone.downloads.slots.figures,
+            auth=lambda: authenticator.counts,
+            certificate_expiry=lambda: credentials.not_after,
+            store=store,
+        )
+        if first_worker and root.dns is not None:
+            readings.dns = lambda: root.dns.responder.counters if root.dns else {}
+        if first_worker and dhcp.protocol is not None:
+            readings.dhcp = lambda: {o.value: n for o, n in dhcp.protocol.counts.items()}
+        serve_metrics(config, readings, root, admin_site, reactor, first_worker)
     admin_listener = Listener("admin", config.listeners.admin, TlsProfile.MODERN, False)
     admin_tls: Any = context_factory(credentials, TlsProfile.MODERN)
     SharedPortServer(

@@ -19,6 +19,8 @@ from appliance.ops.events import (
     newest_event_id,
 )
 from appliance.ops.health import HealthResource, expiry_timer
+from appliance.ops.metrics import ImportMetrics, Readings, make_registry
+from appliance.ops.metrics_web import MetricsResource, metrics_site
 from appliance.ops.syslog import make_syslog_observer
 from appliance.ops.syslog_format import SyslogError
 from appliance.ops.syslog_transport import MemorySender
@@ -33,6 +35,9 @@ __all__ = [
     "export_bytes",
     "summary_json",
     "HealthResource",
+    "ImportMetrics",
+    "MetricsResource",
+    "Readings",
     "MemorySender",
     "SyslogError",
     "admin_log",
@@ -40,7 +45,9 @@ __all__ = [
     "events_after",
     "expiry_timer",
     "forward_new_events",
+    "make_registry",
     "make_syslog_observer",
+    "metrics_site",
     "newest_event_id",
     "run_check",
 ]

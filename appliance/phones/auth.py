@@ -333,6 +333,11 @@ class Authenticator:
         return len(self._cache)
 
     @property
+    def counts(self) -> dict[str, int]:
+        """Failed checks and lockouts started by scope, since start (for /metrics)."""
+        return self._guard.counts
+
+    @property
     def tracked_counts(self) -> tuple[int, int]:
         """How many user names and client addresses have failures or lockouts on record."""
         return len(self._guard), self._guard.addresses

@@ -147,7 +147,7 @@ class Downloads:
                 lambda sent: channel.finish(request, sent),
             )
         except BaseException:
-            slot.release()
+            slot.release(0, complete=False)
             raise
         request.on_lost = body.connection_lost
         channel.write(request, head)

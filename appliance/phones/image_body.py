@@ -310,7 +310,7 @@ class TransportBody:
         if unregister:
             self._transport.unregisterProducer()
         self._image.close()
-        self._slot.release()
+        self._slot.release(self.sent, not interrupted)
         stored = self._download.stored
         log.info(
             "image download {path} to {client} ({zone}): {status}{partial}",

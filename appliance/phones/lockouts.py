@@ -136,6 +136,10 @@ class Guard:
         self._slots = Expiring(3 * tracked_keys)  # slot key -> when the next check may run
         self._trusted = Expiring(tracked_keys)  # pair -> until when
         self._running: Counter[str] = Counter()
+        # Counted for /metrics: failed checks, and lockouts started by scope.
+        self.counts = dict.fromkeys(
+            ("failures", "lockout_user", "lockout_user_source", "lockout_source"), 0
+        )
 
     def __len__(self) -> int:
         return len(self._users)
@@ -214,7 +218,11 @@ class Guard:
         user = username.casefold()
         shown = loggable_name(username)
         seconds = self._settings.lockout_seconds
-        _lockout("user {user}", self._users.fail(user, now), seconds, user=shown)
+        counts = self.counts
+        counts["failures"] += 1
+        until = self._users.fail(user, now)
+        counts["lockout_user"] += until is not None
+        _lockout("user {user}", until, seconds, user=shown)
         results: dict[str, AuthResult] = {}
         for source in dict.fromkeys(sources):
             log.info(
@@ -225,8 +233,11 @@ class Guard:
                 event="auth.failure",
             )
             until = self._pairs.fail(_pair(user, source), now)
+            counts["lockout_user_source"] += until is not None
             _lockout("user {user} from {source}", until, seconds, user=shown, source=source)
-            _lockout("source {source}", self._sources.fail(source, now), seconds, source=source)
+            until = self._sources.fail(source, now)
+            counts["lockout_source"] += until is not None
+            _lockout("source {source}", until, seconds, source=source)
             needs = self._slots_needed(user, source, now)
             self._take(needs, now)
             results[source] = (

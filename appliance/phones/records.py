@@ -84,6 +84,10 @@ class Records:
         self._schedule: Callable[[Callable[[], None]], object] | None = None
         self._lines: list[tuple[str, str]] = []  # audit lines to write: (file name, line)
         self.captures = Captures(config, now)
+        # For /metrics (ops.metrics), read at scrape: plain counts, a dict increment each.
+        self.checks: dict[tuple[str, str], int] = {}  # (zone, outcome) -> checks answered
+        self.offers: dict[tuple[str, str], int] = {}  # (rule's model, version) -> offers
+        self.last_check: datetime | None = None
 
     def batch_audit(self, schedule: Callable[[Callable[[], None]], object]) -> None:
         """Write the audit lines in batches: `schedule(write)` is called for the first
@@ -125,6 +129,19 @@ class Records:
             self._lines.append((name, line))
         identity = request.mac or (f"serial:{request.serial}" if request.serial else f"ip:{client}")
         self._inventory[identity] = _Sighting(request, client, reported, now)
+        self._count(request, decision, now)
+
+    def _count(self, request: DeviceRequest, decision: Decision, now: datetime) -> None:
+        """The metrics' counts: zones and reasons are closed sets (str enums: their own
+        values as keys); offers are keyed by the catalogue's rules, never by what a
+        phone sent."""
+        key: tuple[str, str] = (request.zone, decision.reason)
+        checks = self.checks
+        checks[key] = checks.get(key, 0) + 1
+        for offer in decision.offers:
+            key = (offer.rule.key.model, offer.version)
+            self.offers[key] = self.offers.get(key, 0) + 1
+        self.last_check = now
 
     def write_audit(self) -> None:
         """Write the audit lines waiting (`batch_audit`): one write a file."""

@@ -22,11 +22,13 @@ class Slot:
         self.client = client
         self.released = False
 
-    def release(self) -> None:
+    def release(self, sent: int = 0, complete: bool = True) -> None:
+        """Give the place back, counting the body's bytes handed to the network and
+        whether it was sent whole (the figures /metrics shows)."""
         if self.released:
             return
         self.released = True
-        self._slots._give_back(self.client)
+        self._slots._give_back(self.client, sent, complete)
 
 
 class DownloadSlots:
@@ -37,18 +39,40 @@ class DownloadSlots:
         self.per_client = per_client
         self.active = 0
         self.by_client: dict[str, int] = {}
+        # Counted for /metrics: bodies ended whole or not, refusals, bytes sent.
+        self.complete = 0
+        self.interrupted = 0
+        self.refused = 0
+        self.sent_bytes = 0
 
     def take(self, client: str) -> Slot | DownloadLimit:
         if self.active >= self.total:
+            self.refused += 1
             return DownloadLimit.ALL
         if self.by_client.get(client, 0) >= self.per_client:
+            self.refused += 1
             return DownloadLimit.PER_CLIENT
         self.active += 1
         self.by_client[client] = self.by_client.get(client, 0) + 1
         return Slot(self, client)
 
-    def _give_back(self, client: str) -> None:
+    def figures(self) -> dict[str, int]:
+        """What /metrics reads (ops.metrics.Readings.downloads)."""
+        return {
+            "active": self.active,
+            "bytes": self.sent_bytes,
+            "complete": self.complete,
+            "interrupted": self.interrupted,
+            "refused": self.refused,
+        }
+
+    def _give_back(self, client: str, sent: int, complete: bool) -> None:
         self.active -= 1
+        self.sent_bytes += sent
+        if complete:
+            self.complete += 1
+        else:
+            self.interrupted += 1
         left = self.by_client[client] - 1
         if left:
             self.by_client[client] = left

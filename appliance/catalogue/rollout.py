@@ -127,11 +127,11 @@ def rollout_facts(
     closed = None
     if request.zone is Zone.EXTERNAL:
         if policy.external is not None and not policy.external.is_open(now):
-            closed = f"external zone, {policy.external}"
+            closed = policy.external_label
     elif policy.networks:
         network = policy.network_for(address)
         if network is not None and not network.windows.is_open(now):
-            closed = f"{network.network}, {network.windows}"
+            closed = network.label
     return RolloutFacts(pins, in_stage, closed)
 
 

@@ -46,6 +46,7 @@ from appliance.model import IdentifierKind, RuleKey
 BUCKETS = 10_000  # a stage's share resolves to 0.01 %
 NO_IDENTIFIER_BUCKET = BUCKETS - 1  # where a device without MAC or serial counts
 DEFAULT_SALT = "ucupdates-rollout"
+NETWORK_MEMO_SIZE = 4096  # client addresses whose network policy is remembered
 
 
 class RolloutError(ValueError):
@@ -103,6 +104,7 @@ class StagedApproval:
     stages: tuple[float, ...] = (5.0, 25.0, 100.0)  # percent of devices, rising
     stage: int = 0  # index into stages: the current share
     paused: bool = False  # no device is newly offered the version while paused
+    _threshold: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -113,6 +115,7 @@ class StagedApproval:
             raise RolloutError(f"stage shares must rise from stage to stage, not {self.stages}")
         if not 0 <= self.stage < len(self.stages):
             raise RolloutError(f"stage {self.stage} is not one of the {len(self.stages)} stages")
+        object.__setattr__(self, "_threshold", round(self.share * BUCKETS / 100))
 
     @property
     def share(self) -> float:
@@ -121,10 +124,10 @@ class StagedApproval:
     @property
     def threshold(self) -> int:
         """Buckets below this are in the current stage (0: nobody, BUCKETS: everybody)."""
-        return round(self.share * BUCKETS / 100)
+        return self._threshold
 
     def includes(self, bucket: int) -> bool:
-        return bucket < self.threshold
+        return bucket < self._threshold
 
     def applies_to(self, key: RuleKey, approved: str | None) -> bool:
         """Whether this record stages the rule's current approval (not a stale one)."""
@@ -152,12 +155,14 @@ class NetworkPolicy:
     windows: DownloadWindows
     max_downloads: int | None = None
     max_bytes_per_second: int | None = None
+    label: str = field(default="", init=False, compare=False)  # "10.1.0.0/16, 22:00-05:00 UTC"
 
     def __post_init__(self) -> None:
         for name in ("max_downloads", "max_bytes_per_second"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise RolloutError(f"{name} of {self.network} must be at least 1, not {value}")
+        object.__setattr__(self, "label", f"{self.network}, {self.windows}")
 
 
 class PinAction(StrEnum):
@@ -212,6 +217,10 @@ class RolloutPolicy:
         default_factory=dict, init=False, repr=False, compare=False
     )
     _networks: tuple[NetworkPolicy, ...] = field(default=(), init=False, repr=False, compare=False)
+    external_label: str = field(default="", init=False, repr=False, compare=False)
+    _seen: dict[str | None, NetworkPolicy | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         rules = [s.rule.folded() for s in self.staged]
@@ -231,6 +240,7 @@ class RolloutPolicy:
         # most specific network first: a /24 inside a /16 has its own windows
         by_prefix = sorted(self.networks, key=lambda n: -n.network.prefixlen)
         object.__setattr__(self, "_networks", tuple(by_prefix))
+        object.__setattr__(self, "external_label", f"external zone, {self.external}")
 
     @property
     def empty(self) -> bool:
@@ -246,11 +256,22 @@ class RolloutPolicy:
         return found
 
     def network_for(self, address: str | None) -> NetworkPolicy | None:
-        """The most specific network policy holding `address`; None for no address."""
+        """The most specific network policy holding `address`; None for no address.
+
+        Remembered per address (a bounded memo, not state: the answer depends on the
+        address alone), as parsing one costs more than the rest of the rollout facts."""
+        try:
+            return self._seen[address]
+        except KeyError:
+            pass
         parsed = parse_address(address)
-        if parsed is None:
-            return None
-        return next((n for n in self._networks if parsed in n.network), None)
+        found = None
+        if parsed is not None:
+            found = next((n for n in self._networks if parsed in n.network), None)
+        if len(self._seen) >= NETWORK_MEMO_SIZE:
+            self._seen.clear()
+        self._seen[address] = found
+        return found
 
     def bucket(self, mac: str | None, serial: str | None) -> int:
         return bucket(self.salt, mac, serial)

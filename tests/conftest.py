@@ -74,6 +74,7 @@ SLOW_FILES = {
     "test_tls.py",  # openssl s_client against each TLS profile
     "test_users_cli.py",  # the CLI as a process
     "test_backup_serve.py",  # backup under a serving appliance's load, restore; a tmpfs
+    "test_metrics_live.py",  # /metrics of a serving appliance: curl, promtool, a Prometheus server
 }
 SLOW_TESTS = {
     "test_opening_the_database_again_keeps_the_locks_of_open_connections",  # 2 processes

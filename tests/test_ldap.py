@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
+import json as json_module
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -22,14 +24,32 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from ldap3 import Connection, Server
+from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.logger import LogEvent
 
-from appliance.config import AuthSettings, LdapSettings
+from appliance.admin import add_account, make_admin_site
+from appliance.config import (
+    AdminLdapSettings,
+    AdminSettings,
+    AuthSettings,
+    LdapSettings,
+    load_config,
+)
 from appliance.directory import LdapDirectory
 from appliance.passwords import AuthError
 from appliance.phones.auth import Authenticator, AuthResult
-from appliance.testing import CountingDirectory, SecondsClock, basic_credentials, fired, free_port
+from appliance.store import Store
+from appliance.testing import (
+    CountingDirectory,
+    InlineReactor,
+    SecondsClock,
+    basic_credentials,
+    fired,
+    free_port,
+    memory_client,
+    settle,
+)
 
 SLAPD = Path("/usr/sbin/slapd")
 SLAPADD = Path("/usr/sbin/slapadd")
@@ -37,6 +57,9 @@ SLAPPASSWD = Path("/usr/sbin/slappasswd")
 TEMPLATE = "uid={user},ou=people,dc=example,dc=com"
 ALICE_PASSWORD = "wonderland-42"
 SMITH_PASSWORD = "comma, in the name"
+BOB_PASSWORD = "can we fix it"
+CAROL_PASSWORD = "in no group of ours"
+ADMINS = "cn=ucupdates-admins,ou=groups,dc=example,dc=com"
 
 
 @dataclass(frozen=True)
@@ -197,6 +220,40 @@ uid:: {smith_rdn}
 cn: John Smith
 sn: Smith
 userPassword: {ssha(SMITH_PASSWORD)}
+
+dn: uid=bob,ou=people,dc=example,dc=com
+objectClass: inetOrgPerson
+uid: bob
+cn: Bob
+sn: Builder
+userPassword: {ssha(BOB_PASSWORD)}
+
+dn: uid=carol,ou=people,dc=example,dc=com
+objectClass: inetOrgPerson
+uid: carol
+cn: Carol
+sn: Nogroup
+userPassword: {ssha(CAROL_PASSWORD)}
+
+dn: ou=groups,dc=example,dc=com
+objectClass: organizationalUnit
+ou: groups
+
+dn: {ADMINS}
+objectClass: groupOfNames
+cn: ucupdates-admins
+member: uid=alice,ou=people,dc=example,dc=com
+
+dn: cn=helpdesk,ou=groups,dc=example,dc=com
+objectClass: groupOfNames
+cn: helpdesk
+member: uid=alice,ou=people,dc=example,dc=com
+member: uid=bob,ou=people,dc=example,dc=com
+
+dn: cn=staff,ou=groups,dc=example,dc=com
+objectClass: groupOfNames
+cn: staff
+member: uid=carol,ou=people,dc=example,dc=com
 """
     )
     subprocess.run(
@@ -400,3 +457,66 @@ def test_authenticator_over_ldap(slapd: Slapd) -> None:
         got = check("alice", guess, "198.51.100.2")
         assert (got.status, got.reason) == (429, "locked out")
     assert len(ldap.calls) == 6
+
+
+# -- Control Panel logins against the directory ---------------------------------------
+
+
+def admin_site(tmp_path: Path, url: str, groups: tuple[str, ...] = ()) -> tuple[StubTreq, Store]:
+    """The admin listener's real site in process (its LDAP binds run inline), with
+    directory logins from `url` and a local account for break-glass."""
+    config = load_config(None, tmp_path / "data")
+    config.data_dir.mkdir(parents=True)
+    store = Store.open(config.db_path)
+    add_account(store, "breakglass", "admin", "local password", "test")
+    ldap = AdminLdapSettings(
+        enabled=True,
+        url=url,
+        bind_template=TEMPLATE,
+        timeout=2.0,
+        base_dn="dc=example,dc=com",
+        admin_groups=(ADMINS,),
+        viewer_groups=groups or ("helpdesk",),
+    )
+    settings = AdminSettings(ldap=ldap)
+    site = memory_client(
+        lambda _: make_admin_site(
+            config,
+            store,
+            lambda: datetime.datetime.now(datetime.UTC),
+            InlineReactor(),
+            settings=settings,
+        )
+    )
+    return site, store
+
+
+def admin_login(site: StubTreq, name: str, password: str) -> tuple[int, dict[str, Any]]:
+    body = json_module.dumps({"name": name, "password": password}).encode()
+    headers = {"Content-Type": ["application/json"]}
+    url = "https://ucupdates.test:9443/api/login"
+    response = settle(site, site.request("POST", url, data=body, headers=headers))
+    return response.code, json_module.loads(settle(site, response.content()))
+
+
+def test_directory_groups_give_the_control_panel_role(slapd: Slapd, tmp_path: Path) -> None:
+    site, store = admin_site(tmp_path, slapd.url)
+    status, body = admin_login(site, "alice", ALICE_PASSWORD)  # admins and helpdesk: admin
+    assert (status, body["name"], body["role"]) == (200, "ldap:alice", "admin")
+    status, body = admin_login(site, "bob", BOB_PASSWORD)  # helpdesk, by its name: viewer
+    assert (status, body["name"], body["role"]) == (200, "ldap:bob", "viewer")
+    status, body = admin_login(site, "carol", CAROL_PASSWORD)  # staff only: no login
+    assert status == 403 and "no group" in body["error"]
+    assert admin_login(site, "alice", "wrong")[0] == 401
+    assert admin_login(site, "mallory", ALICE_PASSWORD)[0] == 401
+    assert [a.name for a in store.admin_accounts()] == ["breakglass", "ldap:alice", "ldap:bob"]
+    store.close()
+
+
+def test_a_directory_that_is_down_leaves_local_accounts_working(tmp_path: Path) -> None:
+    site, store = admin_site(tmp_path, f"ldap://127.0.0.1:{free_port()}")
+    status, body = admin_login(site, "alice", ALICE_PASSWORD)
+    assert status == 503
+    assert "cannot be asked" in body["error"] and "local accounts still work" in body["error"]
+    assert admin_login(site, "breakglass", "local password")[0] == 200
+    store.close()

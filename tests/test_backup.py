@@ -8,6 +8,7 @@ disk that fills during a backup are in tests/test_backup_serve.py.
 from __future__ import annotations
 
 import fcntl
+import gzip
 import hashlib
 import io
 import json
@@ -199,6 +200,22 @@ def test_a_restore_brings_back_the_data_the_backup_was_taken_from(
     store.close()
     assert (event.actor, event.action, event.target) == ("alice", "backup.restore", "backup.tar")
     assert not [p for p in config.data_dir.iterdir() if p.name.startswith(".restore-")]
+
+
+def test_a_gzipped_backup_restores_from_a_stream(
+    sample: Store, config: Config, tmp_path: Path
+) -> None:
+    archive = tmp_path / "backup.tar"
+    create_backup(sample, config, archive)
+    sample.close()
+    before = data_state(config)
+    zipped = tmp_path / "backup.tar.gz"
+    zipped.write_bytes(gzip.compress(archive.read_bytes()))
+    config.db_path.unlink()
+
+    with zipped.open("rb") as stream:  # as `restore-backup -` reads standard input
+        restore_backup(Path("standard input"), config, "alice", stream=stream)
+    assert data_state(config) == before
 
 
 def test_a_tampered_member_is_refused_and_the_current_data_is_untouched(

@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from appliance.catalogue.actions import CatalogueError, data_lock
 from appliance.catalogue.backup import DATABASE, FORMAT, MANIFEST, STORE, TLS, Manifest
@@ -119,9 +120,11 @@ def restore_backup(
     actor: str,
     *,
     discard_previous: bool = False,
+    stream: BinaryIO | None = None,
     checkpoint: Callable[[str], None] = _no_checkpoint,
 ) -> RestoreResult:
-    """Replace the data folder's database, stored files and TLS files with the backup's.
+    """Replace the data folder's database, stored files and TLS files with the backup's:
+    the file `archive`, or what `stream` gives (`archive` then only names it).
 
     `checkpoint(phase)` is called at "unpacked" (before the commit point), "ready" (after
     it) and "moved <entry>" (each entry in place): tests stop a restore there."""
@@ -135,7 +138,7 @@ def restore_backup(
         stamp = _stamp()
         build = data_dir / f"{_BUILD}{stamp}{_PARTIAL}"
         try:
-            manifest = _unpack(archive, build, data_dir)
+            manifest = _unpack(archive, stream, build, data_dir)
             checkpoint("unpacked")
             ready = build.with_name(f"{_BUILD}{stamp}{_READY}")
             os.rename(build, ready)
@@ -155,12 +158,12 @@ def _stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def _unpack(archive: Path, build: Path, data_dir: Path) -> Manifest:
+def _unpack(archive: Path, stream: BinaryIO | None, build: Path, data_dir: Path) -> Manifest:
     """Steps 1 and 2 up to the rename: the backup, checked, in `build`."""
-    if not archive.is_file():
+    if stream is None and not archive.is_file():
         raise RestoreError(f"{archive}: no such file")
     try:
-        with tarfile.open(archive, "r|*") as tar:
+        with tarfile.open(archive if stream is None else None, "r|*", fileobj=stream) as tar:
             manifest = _read_manifest(archive, tar)
             _check_space(manifest, data_dir)
             build.mkdir(mode=0o750)

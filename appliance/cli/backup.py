@@ -57,7 +57,9 @@ def add_backup_parsers(sub: Any) -> None:
         "restore-backup",
         help="replace the data with a backup's (serve stopped); the old data is kept aside",
     )
-    r.add_argument("archive", type=Path, metavar="FILE")
+    r.add_argument(
+        "archive", type=Path, metavar="FILE", help="the backup (- reads it from standard input)"
+    )
     r.add_argument(
         "--discard-previous",
         action="store_true",
@@ -95,13 +97,19 @@ def run_backup(args: argparse.Namespace, config: Config, store: Store, actor: st
 
 def run_restore(args: argparse.Namespace, config: Config) -> int:
     """Opens no store first: the database is the thing it replaces."""
+    from_stdin = str(args.archive) == "-"
+    name = Path("standard input") if from_stdin else args.archive
     result = restore_backup(
-        args.archive, config, args.actor or _login_name(), discard_previous=args.discard_previous
+        name,
+        config,
+        args.actor or _login_name(),
+        discard_previous=args.discard_previous,
+        stream=sys.stdin.buffer if from_stdin else None,
     )
     m = result.manifest
     stored = sum(1 for x in m.members if x.name.startswith("DeviceUpdateStore/"))
     print(
-        f"restored {args.archive}: made {m.created_at} by ucupdates {m.appliance_version}, "
+        f"restored {name}: made {m.created_at} by ucupdates {m.appliance_version}, "
         f"the database (schema {m.schema_version}), {stored} stored file(s) and "
         f"{len(m.members) - 1 - stored} TLS file(s)"
     )

@@ -325,7 +325,13 @@ def test_converge_debian12_then_serve_and_converge_again(tmp_path: Path) -> None
                 )
                 print(health.stdout)
                 if "invalid choice: 'check'" not in health.stderr:  # an older ucupdates has none
-                    failed = [ln for ln in health.stdout.splitlines() if not ln.startswith("OK ")]
+                    # the plugin's status line first, then one line a check (this machine's
+                    # own disk may be filling: not the deployment's fault)
+                    failed = [
+                        ln
+                        for ln in health.stdout.splitlines()
+                        if not ln.startswith(("OK ", "UCUPDATES ", "WARNING disk: "))
+                    ]
                     if not dns_served:  # covered by the xfail at the end
                         failed = [ln for ln in failed if " dns" not in ln]
                     assert health.stdout.strip() and not failed, health.stdout + health.stderr

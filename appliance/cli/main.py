@@ -8,7 +8,9 @@ Control Panel, Twisted, the discovery responders, TLS) only when its command run
 
 Exit status: 0 done; 1 the action failed (one line says why); 2 usage (also input that
 ended at a prompt); 65 a package that cannot be imported (EX_DATAERR); 78 a configuration
-error (EX_CONFIG); 130 interrupted (Ctrl-C), as a shell reports it.
+error (EX_CONFIG); 130 interrupted (Ctrl-C), as a shell reports it. `check` is a
+monitoring plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (its config unreadable too).
+A reader of standard output that stops early (`| head -1`) ends a command quietly, with 1.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from appliance.cli.exits import (
 from appliance.cli.ops import (
     add_check_parser,
     add_events_parser,
+    check_cannot_run,
     events_to_syslog,
     run_check,
     run_events,
@@ -166,7 +169,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ends it with one line rather than a traceback: nothing was changed by then, as each
     action commits whole or not at all."""
     try:
-        return _main(argv)
+        status = _main(argv)
+        sys.stdout.flush()  # here, so that a reader gone early is seen below
+        return status
+    except BrokenPipeError:
+        # The reader of standard output stopped early (`ucupdates events | head -1`): end
+        # quietly, as the signal module's documentation on SIGPIPE recommends; standard
+        # output goes to /dev/null so that the interpreter's last flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EX_FAILED
     except KeyboardInterrupt:
         print("\nucupdates: interrupted; nothing changed", file=sys.stderr)
         return EX_INTERRUPTED
@@ -187,6 +199,8 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         config = load_config(args.config, args.data_dir)
     except ConfigError as e:
+        if args.command == "check":  # a monitoring plugin that cannot run: UNKNOWN
+            return check_cannot_run(args, str(e))
         print(f"ucupdates: {e}", file=sys.stderr)
         return EX_CONFIG
     actor = args.actor or _login_name()

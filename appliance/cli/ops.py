@@ -1,7 +1,8 @@
 """Operations from the command line: the event log, health checks, events to syslog.
 
     events [--limit N] [--json]   the admin event log, newest first
-    check [--json]                health checks like a Nagios plugin: exit 0 OK, 2 CRITICAL
+    check [--json]                health checks as a monitoring plugin (Nagios, Icinga):
+                                  exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
 
 `events_to_syslog` wraps every command that opens the store: what it logged goes to the
 configured syslog server too (`serve` forwards its own events as they happen).
@@ -27,7 +28,10 @@ def add_events_parser(sub: Any) -> None:
 
 
 def add_check_parser(sub: Any) -> None:
-    p = sub.add_parser("check", help="health checks like a Nagios plugin: exit 0 OK, 2 CRITICAL")
+    p = sub.add_parser(
+        "check",
+        help="health checks as a monitoring plugin: exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -49,6 +53,13 @@ def run_check(args: argparse.Namespace, config: Config) -> int:
     from appliance.ops import run_check as run_health_checks
 
     return run_health_checks(config, args.json)
+
+
+def check_cannot_run(args: argparse.Namespace, reason: str) -> int:
+    """`check` with a config it cannot read: UNKNOWN (exit 3), as a monitoring plugin."""
+    from appliance.ops import report_unknown
+
+    return report_unknown(reason, bool(getattr(args, "json", False)))
 
 
 @contextmanager

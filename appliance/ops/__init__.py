@@ -1,4 +1,5 @@
-"""Operations: syslog, admin actions as events, health checks and `/health`, captures."""
+"""Operations: syslog, admin actions as events, health checks and `/health`, captures,
+Prometheus metrics."""
 
 from appliance.ops.captures import (
     CaptureError,
@@ -10,7 +11,6 @@ from appliance.ops.captures import (
     export_bytes,
     summary_json,
 )
-from appliance.ops.checks import run_check
 from appliance.ops.events import (
     admin_log,
     emit_store_events,
@@ -21,6 +21,7 @@ from appliance.ops.events import (
 from appliance.ops.health import HealthResource, expiry_timer
 from appliance.ops.metrics import ImportMetrics, Readings, make_registry
 from appliance.ops.metrics_web import MetricsResource, metrics_site
+from appliance.ops.plugin import report_unknown, run_check
 from appliance.ops.syslog import make_syslog_observer
 from appliance.ops.syslog_format import SyslogError
 from appliance.ops.syslog_transport import MemorySender
@@ -36,9 +37,9 @@ __all__ = [
     "summary_json",
     "HealthResource",
     "ImportMetrics",
+    "MemorySender",
     "MetricsResource",
     "Readings",
-    "MemorySender",
     "SyslogError",
     "admin_log",
     "emit_store_events",
@@ -49,5 +50,6 @@ __all__ = [
     "make_syslog_observer",
     "metrics_site",
     "newest_event_id",
+    "report_unknown",
     "run_check",
 ]

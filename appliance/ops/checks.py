@@ -1,35 +1,38 @@
-"""Health checks an admin or a monitoring system runs, and `ucupdates check`.
+"""Health checks an admin or a monitoring system runs.
 
 `checks` runs them all: the config, the server certificate (present, valid, not expiring
-within `syslog.cert_warn_days`, carrying every configured name; its signature, and whether
-it suits the phones of the inventory), the store (SQLite's integrity check, the schema
-version, every file of a referenced update on disk with its recorded size and SHA-256),
-each listener accepting a TCP connection, a TLS handshake on the internal HTTPS listener
-that presents the certificate in use, and the DNS listener answering for each discovery name
-(`dns.names`) of the first domain. `ucupdates check` prints them like a Nagios plugin
-(exit 0 all well, 1 WARNING, 2 CRITICAL). A check that passes may carry a warning
-(`warning`): something that keeps some phones away, such as a certificate lacking
-`ucupdates.<domain>` beside `ucupdates-r2.<domain>` (appliance.tls.review). `/health`
-(in `health`) runs only `process_checks`, the ones about the process itself: it cannot
-usefully connect to its own listeners.
+within `check.cert_critical_days` (a warning within `syslog.cert_warn_days`), carrying
+every configured name; its signature, and whether it suits the phones of the inventory),
+the store (SQLite's integrity check, the schema version, every file of a referenced update
+on disk with its recorded size and SHA-256), the figures (`figures`: free space, rules,
+phones still checking), each listener accepting a TCP connection, a TLS handshake on the
+internal HTTPS listener that presents the certificate in use, and the DNS listener
+answering for each discovery name (`dns.names`) of the first domain. `ucupdates check`
+(`plugin`) prints them as a monitoring plugin. A check that passes may carry a warning
+(`warning`): something not yet broken, or that keeps some phones away, such as a
+certificate lacking `ucupdates.<domain>` beside `ucupdates-r2.<domain>`
+(appliance.tls.review). `/health` (in `health`) runs only `process_checks`, the ones about
+the process itself: it cannot usefully connect to its own listeners.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import socket
 import ssl
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, TextIO
 
 from appliance.config import Address, Config
 from appliance.model import Device
-from appliance.store import Store, StoreError, newest_schema_version
+from appliance.ops.figures import check_disk, check_phones, check_rules
+from appliance.ops.perfdata import Perf, at_least
+from appliance.ops.results import CheckResult as CheckResult  # re-exported: /health, tests
+from appliance.ops.results import guarded
+from appliance.ops.results import report as report  # re-exported: /health imports it here
+from appliance.store import Store, newest_schema_version
 from appliance.tls import (
     CertError,
     ServerCredentials,
@@ -40,24 +43,8 @@ from appliance.tls import (
     existing_credentials,
 )
 
-EX_OK, EX_WARNING, EX_CRITICAL = 0, 1, 2
 TIMEOUT = 2.0  # seconds, for each connection, handshake and DNS query
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    ok: bool
-    detail: str
-    warning: bool = False  # passed, but the detail says what needs attention
-
-
-def _guarded(name: str, check: Callable[[], CheckResult]) -> CheckResult:
-    """A check that raises has failed; its error is the detail."""
-    try:
-        return check()
-    except Exception as e:
-        return CheckResult(name, False, f"{type(e).__name__}: {e}")
+_guarded = guarded
 
 
 # -- the process's own state -----------------------------------------------------------------
@@ -75,19 +62,33 @@ def check_certificate(config: Config, now: datetime, devices: Sequence[Device] =
         return CheckResult("certificate", False, f"none yet in {config.tls_dir}")
     source, creds = found
     info = describe_certificate(creds.cert_file)
-    problems = certificate_problems(config, creds.names, days_left(creds, now))
+    left = days_left(creds, now)
+    warn_days, critical_days = config.syslog.cert_warn_days, config.check.cert_critical_days
+    # whole days, rounded down, so that the thresholds compare as the check does
+    figures = (
+        Perf("cert_days_left", math.floor(left), "", at_least(warn_days), at_least(critical_days)),
+    )
+    problems = certificate_problems(config, creds.names, math.inf)  # the names; expiry here
+    if left <= 0:
+        problems.append("has expired")
+    elif left < critical_days:
+        problems.append(f"expires within {critical_days} days (check.cert_critical_days)")
     if info.not_before > now:
         problems.append(f"is not valid before {info.not_before:%Y-%m-%d %H:%M} UTC")
     summary = (
         f"{creds.cert_file} ({source}) valid until {creds.not_after:%Y-%m-%d} "
-        f"({days_left(creds, now):.0f} days), signed {info.signature}"
+        f"({left:.0f} days), signed {info.signature}"
     )
     if problems:
-        return CheckResult("certificate", False, f"{summary}: " + "; ".join(problems))
+        detail = f"{summary}: " + "; ".join(problems)
+        return CheckResult("certificate", False, detail, perfdata=figures)
     warnings = certificate_warnings(config, creds.cert_file, devices)
+    if left < warn_days:
+        warnings.insert(0, f"expires within {warn_days} days (syslog.cert_warn_days)")
     if warnings:
-        return CheckResult("certificate", True, f"{summary}: " + "; ".join(warnings), True)
-    return CheckResult("certificate", True, summary)
+        detail = f"{summary}: " + "; ".join(warnings)
+        return CheckResult("certificate", True, detail, True, figures)
+    return CheckResult("certificate", True, summary, perfdata=figures)
 
 
 def check_store(store: Store) -> CheckResult:
@@ -305,6 +306,10 @@ def checks(
 ) -> list[CheckResult]:
     """Every check, in a fixed order; the network ones go to the configured listeners."""
     results = process_checks(config, store, now, store_problem, hashes=True)
+    results.append(_guarded("disk", lambda: check_disk(config)))
+    if store is not None:
+        results.append(_guarded("rules", lambda: check_rules(store)))
+        results.append(_guarded("phones", lambda: check_phones(config, store, now)))
     for name, address in listener_addresses(config):
         results.append(_guarded(f"listener {name}", _listener_probe(name, address, timeout)))
     try:
@@ -329,53 +334,3 @@ def checks(
 
 def _listener_probe(name: str, address: Address, timeout: float) -> Callable[[], CheckResult]:
     return lambda: check_listener(name, address, timeout)
-
-
-def report(results: Sequence[CheckResult]) -> dict[str, Any]:
-    warned = any(r.warning for r in results)
-    return {
-        "status": "fail" if not all(r.ok for r in results) else "warn" if warned else "ok",
-        "checks": [asdict(r) for r in results],
-    }
-
-
-def check_command(
-    config: Config,
-    store: Store | None,
-    json_output: bool,
-    out: TextIO | None = None,
-    now: datetime | None = None,
-    timeout: float = TIMEOUT,
-    store_problem: str | None = None,
-) -> int:
-    """`ucupdates check`: one `OK name: detail` / `FAIL name: detail` line per check, or
-    JSON; exit 0 when all pass, 2 (CRITICAL, as a Nagios plugin) when any fails, else 1
-    (WARNING, `WARN name: detail`) when one passed with a warning."""
-    out = out or sys.stdout
-    results = checks(config, store, now or datetime.now(UTC), timeout, store_problem)
-    if json_output:
-        print(json.dumps(report(results), indent=2), file=out)
-    else:
-        for r in results:
-            label = "FAIL" if not r.ok else "WARN" if r.warning else "OK"
-            print(f"{label} {r.name}: {r.detail}", file=out)
-    if not all(r.ok for r in results):
-        return EX_CRITICAL
-    return EX_WARNING if any(r.warning for r in results) else EX_OK
-
-
-def run_check(config: Config, json_output: bool, out: TextIO | None = None) -> int:
-    """`check_command` with the store opened here: a missing or unreadable database is a
-    failed check, not an error of the command (and no database is created)."""
-    store: Store | None = None
-    problem = None
-    if config.db_path.exists():
-        try:
-            store = Store.open(config.db_path)
-        except StoreError as e:
-            problem = str(e)
-    try:
-        return check_command(config, store, json_output, out, store_problem=problem)
-    finally:
-        if store is not None:
-            store.close()

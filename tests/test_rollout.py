@@ -549,3 +549,20 @@ def test_broken_step_files_hold_the_device() -> None:
     decision = decide(cx700(OCS_R2), cat, TANJAY, NOW, ADDRESS)
     assert (decision.offers, decision.reason) == ((), Reason.BROKEN_FILES)
     assert f"upgrade path step {LYNC_STEP}" in decision.detail
+
+
+def test_a_held_version_takes_its_path_and_waits_for_its_window() -> None:
+    cat = tanjay()
+    pin = Pin(IdentifierKind.MAC, PHONE_MAC, PinAction.HOLD, "lab bench", CU8)
+    night = DownloadWindows("UTC", (TimeWindow.parse("22:00-05:00"),))
+    policy = RolloutPolicy(
+        paths=TANJAY_STEPS,
+        pins=(pin,),
+        networks=(NetworkPolicy(parse_network("10.1.0.0/16"), night),),
+    )
+    by_day = decide(cx700(OCS_R2), cat, policy, NOW, ADDRESS)
+    assert (by_day.offers, by_day.reason) == ((), RolloutReason.OUTSIDE_WINDOW)
+    assert f"upgrade path step {LYNC_STEP} (before held (pin: lab bench) {CU8})" in by_day.detail
+    at_night = decide(cx700(OCS_R2), cat, policy, NOW.replace(hour=23), ADDRESS)
+    assert [o.version for o in at_night.offers] == [LYNC_STEP]
+    assert at_night.reason is RolloutReason.UPGRADE_PATH

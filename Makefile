@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test check lint typecheck bench bench-check bench-download bench-serve bench-dns bench-import \
 	bench-profile bench-fleet setup clean sample fuzz \
-	soak constraints
+	soak constraints wheelhouse
 
 setup: $(STAMP)
 
@@ -56,6 +56,17 @@ constraints:
 	    'import platform; print(platform.python_version())'), $$(date -u +%F))."; \
 	  .venv-constraints/bin/python -m pip freeze --exclude-editable; } > constraints.txt
 	rm -rf .venv-constraints
+
+# A wheelhouse for sites without a package index (docs/deployment.md): the ucupdates wheel
+# and a wheel of each dependency at its version in constraints.txt, for this machine's
+# Python and architecture (the appliance's: Debian 12, Python 3.11); the role's
+# ucupdates_appliance_wheelhouse points at it. Built from a copy of the source.
+WHEELHOUSE ?= wheelhouse
+wheelhouse: $(STAMP)
+	rm -rf $(WHEELHOUSE)
+	src=$$(mktemp -d) && cp -R pyproject.toml README.md appliance "$$src" && \
+	SOURCE_DATE_EPOCH=315532800 $(PY) -m pip wheel -q -c constraints.txt \
+	  --wheel-dir $(WHEELHOUSE) "$$src"; status=$$?; rm -rf "$$src"; exit $$status
 
 UC := $(PY) -m appliance --data-dir $(DATA_DIR)
 

@@ -566,3 +566,12 @@ def test_a_held_version_takes_its_path_and_waits_for_its_window() -> None:
     at_night = decide(cx700(OCS_R2), cat, policy, NOW.replace(hour=23), ADDRESS)
     assert [o.version for o in at_night.offers] == [LYNC_STEP]
     assert at_night.reason is RolloutReason.UPGRADE_PATH
+
+
+def test_a_staging_names_its_version_numerically() -> None:
+    policy = RolloutPolicy(staged=(StagedApproval(CX600, "4.0.07577.4387", (0.0,)),))
+    decision = decide(device_request(version=CU6), staged_catalog(), policy, NOW, ADDRESS)
+    assert (decision.reason, [o.version for o in decision.offers]) == (
+        RolloutReason.NOT_IN_STAGE,
+        [CU7],
+    )

@@ -39,6 +39,7 @@ from appliance.identifiers import (
     is_version,
     normalise_mac,
     normalise_serial,
+    same_version,
     version_tuple,
 )
 from appliance.model import IdentifierKind, RuleKey
@@ -131,15 +132,7 @@ class StagedApproval:
 
     def applies_to(self, key: RuleKey, approved: str | None) -> bool:
         """Whether this record stages the rule's current approval (not a stale one)."""
-        return (
-            key.folded() == self.rule.folded()
-            and approved is not None
-            and (
-                is_version(approved.strip())
-                and is_version(self.version.strip())
-                and version_tuple(approved.strip()) == version_tuple(self.version.strip())
-            )
-        )
+        return key.folded() == self.rule.folded() and same_version(approved, self.version)
 
 
 @dataclass(frozen=True)

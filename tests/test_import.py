@@ -275,3 +275,104 @@ def test_a_new_rule_takes_its_guid_at_creation(
     assert {u.guid for u in result.updates} == {u.guid for u in written}
     assert {r.guid for r in store.rules()} == {u.guid for u in written}
     assert "rule.guid" not in [e.action for e in store.events()]
+
+
+# -- a package imported again, after its stored files were changed -----------------------
+
+CX600_IMAGE = f"UCPhone/Polycom/CX600/A/ENU/{VERSION}/CPE/CPE.nbt"
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _edit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[5000] ^= 0xFF  # one byte, the size unchanged
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        pytest.param(_truncate, "truncated: 1000 of 262144 bytes", id="truncated"),
+        pytest.param(_edit, "its SHA-256 differs from the recorded one", id="edited"),
+        pytest.param(Path.unlink, "missing", id="deleted"),
+    ],
+)
+def test_importing_the_package_again_repairs_its_damaged_stored_files(
+    config: Config, store: Store, sample_cab: Path, damage: object, problem: str
+) -> None:
+    import_package(store, config, sample_cab, "alice")
+    good = file_tree(config.store_dir)
+    assert callable(damage)
+    damage(config.store_dir / CX600_IMAGE)
+    assert file_tree(config.store_dir) != good
+
+    again = import_package(store, config, sample_cab, "bob")
+
+    assert again.repaired == ((CX600_IMAGE, problem),)
+    assert not again.changed  # the rules are as they were
+    assert file_tree(config.store_dir) == good  # the recorded bytes, back from the package
+    event = store.events(1)[0]
+    assert (event.actor, event.action, event.target) == ("bob", "file.repair", CX600_IMAGE)
+    assert event.before == {"problem": problem}
+    assert not any(config.staging_dir.iterdir())
+
+
+def test_the_import_command_says_which_files_it_repaired(config: Config, sample_cab: Path) -> None:
+    run_cli(config.data_dir, "import", str(sample_cab)).check_returncode()
+    assert "its stored files verified" in run_cli(config.data_dir, "import", str(sample_cab)).stdout
+    _truncate(config.store_dir / CX600_IMAGE)
+    result = run_cli(config.data_dir, "import", str(sample_cab))
+    assert result.returncode == 0, result.stderr
+    assert f"repaired {CX600_IMAGE} from the package: it was damaged (truncated" in result.stdout
+    assert "repaired 1 stored file(s); nothing else changed" in result.stdout
+
+
+def test_a_damaged_file_is_not_replaced_by_different_bytes(
+    config: Config, store: Store, sample_cab: Path, tmp_path: Path
+) -> None:
+    import_package(store, config, sample_cab, "alice")
+    _truncate(config.store_dir / CX600_IMAGE)
+    before = catalogue_state(config)
+    forged = tmp_path / "forged.cab"
+    make_sample_package(forged, version=VERSION, image_size=1000)
+
+    with pytest.raises(PackageError) as refused:
+        import_package(store, config, forged, "alice")
+    assert "differs from the copy already in the store" in str(refused.value)
+    assert f"damaged in the store as well: {CX600_IMAGE} (truncated" in str(refused.value)
+    assert catalogue_state(config) == before  # nothing written, the damage left as found
+
+
+def test_a_damaged_file_whose_copy_in_the_package_differs_is_named_with_the_fix(
+    config: Config, store: Store, sample_cab: Path, tmp_path: Path
+) -> None:
+    import_package(store, config, sample_cab, "alice")
+    stored = config.store_dir / CX600_IMAGE
+    layout = tmp_path / "layout"
+    folder = layout / "UCPhone" / "Polycom" / "CX600" / "A" / "ENU" / "CPE"
+    folder.mkdir(parents=True)
+    (folder / "CPE.nbt").write_bytes(b"B000FF\n" + bytes(range(256)) * 1000)  # not the same
+    shutil.copy(stored.with_name("CPE.cat"), folder / "CPE.cat")  # the same signature
+    (layout / "updateInfo.xml").write_text(
+        f"<Updates><Updates><Update><Version>{VERSION}</Version>"
+        "<DeviceType>UCPhone</DeviceType><Vendor>Polycom</Vendor><Model>CX600</Model>"
+        "<Revision>A</Revision><Locale>ENU</Locale><UpdateType>CPE</UpdateType>"
+        "</Update></Updates></Updates>"
+    )
+    package = tmp_path / "other.cab"
+    members = ["updateInfo.xml", "UCPhone/Polycom/CX600/A/ENU/CPE/CPE.nbt"]
+    members.append("UCPhone/Polycom/CX600/A/ENU/CPE/CPE.cat")
+    subprocess.run(["gcab", "-c", "-z", str(package), *members], cwd=layout, check=True)
+    stored.unlink()
+    before = catalogue_state(config)
+
+    with pytest.raises(PackageError) as refused:
+        import_package(store, config, package, "alice")
+    message = str(refused.value)
+    assert f"stored files are damaged: {CX600_IMAGE} (missing)" in message
+    assert "differs from the recorded SHA-256 as well, so nothing was written" in message
+    assert "import the package these versions came from" in message
+    assert catalogue_state(config) == before

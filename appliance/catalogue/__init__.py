@@ -37,7 +37,7 @@ from appliance.catalogue.decision import (
     is_test_device,
     matching_rules,
 )
-from appliance.catalogue.importer import ImportResult, PackageError, import_json, import_package
+from appliance.catalogue.importer import PackageError, import_package
 from appliance.catalogue.lifecycle import Action, LifecycleError, NeedsForce
 from appliance.catalogue.lifecycle import apply as rule_after
 from appliance.catalogue.restore import (
@@ -47,6 +47,7 @@ from appliance.catalogue.restore import (
     hold_serve_lock,
     restore_backup,
 )
+from appliance.catalogue.results import ImportResult, import_json
 from appliance.catalogue.sample import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_VERSION,

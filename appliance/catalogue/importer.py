@@ -7,6 +7,10 @@ store transaction records the files, the rules and the event. The transaction is
 commit point: a process killed before it leaves only files the catalogue does not list,
 which `catalogue.recover` sweeps at the next start, together with the staging folder
 (`durable` gives the argument in full: what is fsynced when, and what a crash leaves).
+
+The stored files of a version the package carries again are read back against their
+recorded SHA-256 first; damaged ones are written back from the package when its copy
+has the recorded hash, and the import is refused when it does not (`stored`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,7 @@ import secrets
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from appliance.cab import CabError, Cabinet, CabLimits, ExtractedMember, Scan, open_package
 from appliance.catalogue import lifecycle
@@ -31,8 +33,10 @@ from appliance.catalogue.package_format import (
     PackageUpdate,
     parse_update_info,
 )
+from appliance.catalogue.results import ImportResult, Outcome, UpdateReport
+from appliance.catalogue.stored import Damage, damaged_files, refusal, write_back
 from appliance.config import Config
-from appliance.model import FileRole, NewFile, RuleKey
+from appliance.model import FileRole, NewFile
 from appliance.store import Store
 
 Checkpoint = Callable[[str], None]
@@ -40,63 +44,6 @@ Checkpoint = Callable[[str], None]
 
 class PackageError(Exception):
     """A package that cannot be imported; str() names the package and the problem."""
-
-
-class Outcome(StrEnum):
-    NEW_RULE = "new rule"
-    PENDING = "now pending"
-    UNCHANGED = "unchanged"
-
-
-@dataclass(frozen=True)
-class UpdateReport:
-    key: RuleKey
-    version: str
-    outcome: Outcome
-    rule_id: int | None
-    files: int
-    bytes: int
-    previous_pending: str | None = None
-    guid: str | None = None  # the rule GUID updateInfo.xml names for this update
-
-
-@dataclass(frozen=True)
-class ImportResult:
-    package: str
-    sha256: str
-    size: int
-    updates: tuple[UpdateReport, ...]
-    ignored: tuple[str, ...]  # members no update refers to
-    written_bytes: int
-
-    @property
-    def changed(self) -> bool:
-        return any(u.outcome is not Outcome.UNCHANGED for u in self.updates)
-
-
-def import_json(result: ImportResult) -> dict[str, Any]:
-    """An import's result as `import --json` and the Control Panel API show it."""
-    return {
-        "package": result.package,
-        "sha256": result.sha256,
-        "size": result.size,
-        "changed": result.changed,
-        "written_bytes": result.written_bytes,
-        "ignored": list(result.ignored),
-        "updates": [
-            {
-                "rule_id": u.rule_id,
-                **dataclasses.asdict(u.key),
-                "version": u.version,
-                "files": u.files,
-                "bytes": u.bytes,
-                "outcome": u.outcome.value,
-                "previous_pending": u.previous_pending,
-                "guid": u.guid,
-            }
-            for u in result.updates
-        ],
-    }
 
 
 def _no_checkpoint(_: str) -> None:
@@ -168,8 +115,12 @@ class _Import:
         placed = {u: self._place(u, cab) for u in updates}
         new = [u for u in updates if not self.store.has_update(u.key, u.version)]
         old = [u for u in updates if u not in new]
+        # The store's copy of a version the package carries again is read back first.
+        files = [f for u in old for f in self.store.update_files(u.key, u.version)]
+        damaged = damaged_files(self.config.store_dir, files)
         if old and not self.store.has_package(scan.digest()[0]):
-            self._verify_existing(cab, old, placed, scan)
+            self._verify_existing(cab, old, placed, scan, damaged)
+        repaired = self._repair(cab, scan, placed, damaged) if damaged else ()
 
         reports = self._plan(updates, placed)
         if (
@@ -178,7 +129,7 @@ class _Import:
             and not self._new_guids(reports)
         ):
             sha256, size = scan.digest()
-            return ImportResult(self.path.name, sha256, size, tuple(reports), ignored, 0)
+            return ImportResult(self.path.name, sha256, size, tuple(reports), ignored, 0, repaired)
 
         to_write = [p for u in new for p in placed[u]]
         written = sum(p.record.size for p in to_write)
@@ -210,7 +161,9 @@ class _Import:
                 for target in moved:
                     target.unlink(missing_ok=True)
             shutil.rmtree(staging, ignore_errors=True)
-        return ImportResult(self.path.name, sha256, size, tuple(reports), ignored, written)
+        return ImportResult(
+            self.path.name, sha256, size, tuple(reports), ignored, written, repaired
+        )
 
     def _place(self, update: PackageUpdate, cab: Cabinet) -> list[_Placed]:
         """Where each member of `update` goes; the sizes come from the cabinet's tables."""
@@ -244,18 +197,51 @@ class _Import:
         updates: list[PackageUpdate],
         placed: dict[PackageUpdate, list[_Placed]],
         scan: Scan,
+        damaged: list[Damage],
     ) -> None:
-        """A version already in the store must come with the same bytes."""
-        members = {p.member for u in updates for p in placed[u]}
+        """A version already in the store must come with the same bytes (the damaged
+        files' copies are checked by `_repair`, which extracts them)."""
+        skip = {d.stored.path for d in damaged}
+        members = {p.member for u in updates for p in placed[u] if p.record.path not in skip}
         digests = cab.extract(members, self.config.staging_dir, write=False, scan=scan)
         for update in updates:
             stored = {f.path: f.sha256 for f in self.store.update_files(update.key, update.version)}
             for p in placed[update]:
-                if stored.get(p.record.path) != digests[p.member].sha256:
+                if p.member in digests and stored.get(p.record.path) != digests[p.member].sha256:
+                    also = "; ".join(d.line() for d in damaged)
                     raise PackageFormatError(
                         f"{update.key} {update.version}: {p.record.file_name} differs from the "
                         "copy already in the store (remove the rule and run clean-files first)"
+                        + (f"; damaged in the store as well: {also}" if also else "")
                     )
+
+    def _repair(
+        self,
+        cab: Cabinet,
+        scan: Scan,
+        placed: dict[PackageUpdate, list[_Placed]],
+        damaged: list[Damage],
+    ) -> tuple[tuple[str, str], ...]:
+        """Write the damaged stored files back from this package's verified copies."""
+        by_path = {p.record.path: p.member for ps in placed.values() for p in ps}
+        missing = [d.stored.path.as_posix() for d in damaged if d.stored.path not in by_path]
+        if missing:
+            raise PackageFormatError(refusal(damaged, missing))
+        staging = self.config.staging_dir / f"repair-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            got = cab.extract({by_path[d.stored.path] for d in damaged}, staging, scan=scan)
+            differing = [
+                d.stored.path.as_posix()
+                for d in damaged
+                if got[by_path[d.stored.path]].sha256 != d.stored.sha256
+            ]
+            if differing:
+                raise PackageFormatError(refusal(damaged, differing))
+            copies = [(d, staging / by_path[d.stored.path]) for d in damaged]
+            write_back(self.store, self.config.store_dir, copies, self.path.name, self.actor)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return tuple((d.stored.path.as_posix(), d.problem) for d in damaged)
 
     def _plan(
         self, updates: Iterable[PackageUpdate], placed: dict[PackageUpdate, list[_Placed]]

@@ -113,13 +113,17 @@ def run_import(args: argparse.Namespace, config: Config, store: Store, actor: st
     )
     for name in result.ignored:
         print(f"ignored member {name}: no update refers to it")
+    for path, problem in result.repaired:
+        print(f"repaired {path} from the package: it was damaged ({problem})")
     if result.changed:
         print(
             f"imported: {result.written_bytes} bytes written; new versions are pending "
             "until approved"
         )
+    elif result.repaired:
+        print(f"repaired {len(result.repaired)} stored file(s); nothing else changed")
     else:
-        print("nothing changed: this package was imported already")
+        print("nothing changed: this package was imported already (its stored files verified)")
     return 0
 
 

@@ -315,6 +315,8 @@ def _import(client: RemoteClient, args: argparse.Namespace, out: TextIO) -> int:
     for u in result["updates"]:
         key = "/".join(u[f] for f in _FILTERS)
         print(f"  rule {u['rule_id']}  {key}  {u['version']}  {u['outcome']}", file=out)
+    for r in result.get("repaired", []):
+        print(f"repaired {r['path']} from the package: it was damaged ({r['problem']})", file=out)
     if result["changed"]:
         print(f"imported: {result['written_bytes']} bytes written", file=out)
     else:

@@ -55,7 +55,13 @@ from appliance.cli.packages import (
     run_make_sample,
 )
 from appliance.cli.phonesim import add_phone_sim_parser, run_phone_sim
-from appliance.cli.remote import RemoteError, add_remote_arguments, credentials, run_remote
+from appliance.cli.remote import (
+    RemoteError,
+    add_remote_arguments,
+    credentials,
+    run_remote,
+    server_token,
+)
 from appliance.cli.rules import (
     add_explain_parser,
     add_rules_parsers,
@@ -117,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--actor", metavar="NAME", help="who the event log names (default: the login name)"
     )
-    add_remote_arguments(parser)  # --server URL, --server-ca FILE, --server-user NAME
+    add_remote_arguments(parser)  # --server URL, --server-ca, --server-user, --server-token-file
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # in the order `--help` lists them
     add_admin_parser(sub)
@@ -191,11 +197,12 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.server:  # drive a remote appliance through its API
         try:
-            user, password = credentials(args, os.environ, _login_name())
+            token = server_token(args, os.environ)
+            user, password = ("", "") if token else credentials(args, os.environ, _login_name())
         except RemoteError as e:
             print(f"ucupdates: {e}", file=sys.stderr)
             return EX_USAGE
-        return run_remote(args, user, password)
+        return run_remote(args, user, password, token=token)
     try:
         config = load_config(args.config, args.data_dir)
     except ConfigError as e:

@@ -5,7 +5,7 @@
     ucupdates admin passwd NAME [--password-stdin]
     ucupdates admin role NAME admin|viewer
     ucupdates admin unlock NAME
-    ucupdates admin remove NAME
+    ucupdates admin remove NAME [--missing-ok]
     ucupdates admin list [--json]
     ucupdates admin token create|list|revoke ...   (API tokens: cli/tokens.py)
 
@@ -22,7 +22,7 @@ import sys
 from typing import Any, TextIO
 
 from appliance.cli.exits import EX_FAILED, EX_USAGE
-from appliance.cli.tokens import add_token_parser, run_token
+from appliance.cli.tokens import add_token_parser, missing_ok_option, run_token
 from appliance.config import Config
 from appliance.model import Role
 from appliance.store import Store
@@ -57,6 +57,7 @@ def add_admin_parser(sub: Any) -> argparse.ArgumentParser:
     a.add_argument("name")
     a = asub.add_parser("remove", help="remove an account (and its sessions)")
     a.add_argument("name")
+    missing_ok_option(a)
     a = asub.add_parser("list", help="list the accounts")
     a.add_argument("--json", action="store_true")
     add_token_parser(asub)
@@ -136,6 +137,8 @@ def _run(args: argparse.Namespace, store: Store, actor: str, stdin: TextIO, out:
     elif command == "unlock":
         unlock_account(store, args.name, actor)
         print(f"{args.name} unlocked", file=out)
+    elif command == "remove" and args.missing_ok and store.admin_account(args.name) is None:
+        print(f"no admin account {args.name}: nothing to remove", file=out)
     elif command == "remove":
         remove_account(store, args.name, actor)
         print(f"admin account {args.name} removed", file=out)

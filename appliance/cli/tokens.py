@@ -3,7 +3,7 @@
     ucupdates admin token create NAME --role admin|viewer [--expires DAYS|DATE]
                                       [--secret-stdin] [--update]
     ucupdates admin token list [--json]
-    ucupdates admin token revoke NAME
+    ucupdates admin token revoke NAME [--missing-ok]
 
 `create` prints a new token once, alone on standard output (the rest goes to standard
 error), so that `TOKEN=$(ucupdates admin token create ci --role viewer)` keeps it. With
@@ -48,6 +48,15 @@ def add_token_parser(asub: Any) -> None:
     a.add_argument("--json", action="store_true")
     a = tsub.add_parser("revoke", help="revoke a token (it stops working at once)")
     a.add_argument("name")
+    missing_ok_option(a)
+
+
+def missing_ok_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--missing-ok",
+        action="store_true",
+        help="none of that name is no error (prints 'nothing to remove'; for Ansible)",
+    )
 
 
 def run_token(
@@ -77,6 +86,8 @@ def run_token(
             print(f"API token {token.name} unchanged ({token.role}, expires {until})", file=out)
         else:
             print(f"API token {token.name} set ({token.role}, expires {until})", file=out)
+    elif command == "revoke" and args.missing_ok and store.api_token(args.name) is None:
+        print(f"no API token {args.name}: nothing to remove", file=out)
     elif command == "revoke":
         revoke_token(store, args.name, actor)
         print(f"API token {args.name} revoked", file=out)

@@ -61,6 +61,7 @@ SLOW_FILES = {
     "test_cli.py",  # the CLI as a process
     "test_faults_serve.py",  # serve under umask 022, downloads reset mid-way (/proc)
     "test_deploy.py",  # ansible-lint, ansible-playbook, debootstrap
+    "test_deploy_admins.py",  # ansible-playbook twice, the CLI as a process
     "test_dns_live.py",  # dig and kdig against a serving appliance
     "test_fuzz_atheris.py",  # atheris in a child process per target
     "test_import_faults.py",  # hostile packages and kill -9 through the CLI

@@ -1,6 +1,7 @@
 """The catalogue: package import, rule lifecycle, the update decision, admin actions.
 
-The decision (`choose_update`) and the lifecycle are pure; the importer and the actions
+The decision (`choose_update`), the rollout decision around it (`decide`, under a
+`RolloutPolicy`) and the lifecycle are pure; the importer and the actions
 change the store, each with its event-log entries.
 """
 
@@ -48,6 +49,35 @@ from appliance.catalogue.restore import (
     restore_backup,
 )
 from appliance.catalogue.results import ImportResult, import_json
+from appliance.catalogue.rollout import (
+    RolloutDecision,
+    RolloutFacts,
+    RolloutReason,
+    decide,
+    rollout_facts,
+    rollout_key,
+)
+from appliance.catalogue.rollout_paths import (
+    TANJAY_STEPS,
+    DowngradeRefused,
+    check_approval,
+    upgrade_path,
+)
+from appliance.catalogue.rollout_policy import (
+    NetworkPolicy,
+    Pin,
+    PinAction,
+    RolloutError,
+    RolloutPolicy,
+    StagedApproval,
+    UpgradeStep,
+)
+from appliance.catalogue.rollout_windows import (
+    DownloadWindows,
+    TimeWindow,
+    WindowError,
+    parse_network,
+)
 from appliance.catalogue.sample import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_VERSION,
@@ -64,26 +94,43 @@ __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_VERSION",
     "Decision",
+    "DowngradeRefused",
+    "DownloadWindows",
     "FileVerifier",
     "ImportResult",
     "LifecycleError",
     "NeedsForce",
+    "NetworkPolicy",
     "Offer",
     "PackageError",
+    "Pin",
+    "PinAction",
     "Reason",
     "RestoreError",
     "RestoreResult",
+    "RolloutDecision",
+    "RolloutError",
+    "RolloutFacts",
+    "RolloutPolicy",
+    "RolloutReason",
     "RuleChange",
+    "StagedApproval",
+    "TANJAY_STEPS",
+    "TimeWindow",
     "UnknownRule",
+    "UpgradeStep",
+    "WindowError",
     "add_test_device",
     "add_user",
     "answer_key",
     "apply_action",
     "backup_summary",
     "change_json",
+    "check_approval",
     "choose_update",
     "clean_files",
     "create_backup",
+    "decide",
     "file_sha256",
     "finish_restore",
     "hold_serve_lock",
@@ -93,14 +140,18 @@ __all__ = [
     "make_sample_package",
     "matching_rules",
     "parse_identifier",
+    "parse_network",
     "prune",
     "recover",
     "remove_test_device",
     "remove_user",
     "restore_backup",
+    "rollout_facts",
+    "rollout_key",
     "rule_after",
     "rule_json",
     "sample_check",
     "scheduled_name",
     "set_password",
+    "upgrade_path",
 ]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.application import internet, service
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -23,7 +24,14 @@ from appliance.admin import make_admin_site
 from appliance.config import Address, AuthBackend, Config, TlsProfile
 from appliance.directory import LdapDirectory
 from appliance.discovery import DnsService, make_dhcp_service, make_dns_service
-from appliance.ops import MetricsResource, Readings, expiry_timer, make_registry, metrics_site
+from appliance.ops import (
+    ImportMetrics,
+    MetricsResource,
+    Readings,
+    expiry_timer,
+    make_registry,
+    metrics_site,
+)
 from appliance.phones import (
     Authenticator,
     BaseUrls,
@@ -175,19 +183,18 @@ def steady_seconds(
 
 def serve_metrics(
     config: Config,
-    readings: Readings,
-    root: service.MultiService,
+    registry: CollectorRegistry,
+    root: service.MultiService | None,
     admin_site: Any,
     reactor: Any,
     first_worker: bool = True,
 ) -> None:
     """/metrics on the admin listener, or on its own plain-HTTP listener (`metrics.listen`,
     bound by the first worker only: its figures are that process's)."""
-    registry, _ = make_registry(readings)
     networks = config.metrics.allowed_networks
     if config.metrics.listen is None:  # beside the Control Panel
         admin_site.resource.putChild(b"metrics", MetricsResource(registry, networks))
-    elif first_worker:
+    elif first_worker and root is not None:
         limits = Limits.of(config.service, METRICS_CONNECTIONS)
         site = metrics_site(registry, networks, limits, reactor)
         own = Listener("metrics", config.metrics.listen, None, False)
@@ -234,7 +241,8 @@ def make_service(
         warn_days = config.syslog.cert_warn_days
         expiry_timer(credentials, warn_days, clock, reactor).setServiceParent(root)
 
-    admin_site: Any = make_admin_site(config, store, clock, reactor, service=root)
+    registry: CollectorRegistry | None = None
+    imports: ImportMetrics | None = None
     if config.metrics.enabled:
         readings = Readings(
             checks=lambda: phone.records.checks,
@@ -249,7 +257,17 @@ def make_service(
             readings.dns = lambda: root.dns.responder.counters if root.dns else {}
         if first_worker and dhcp.protocol is not None:
             readings.dhcp = lambda: {o.value: n for o, n in dhcp.protocol.counts.items()}
-        serve_metrics(config, readings, root, admin_site, reactor, first_worker)
+        registry, imports = make_registry(readings)
+    admin_site: Any = make_admin_site(
+        config,
+        store,
+        clock,
+        reactor,
+        service=root,
+        observe_import=imports.observe if imports is not None else None,
+    )
+    if registry is not None:
+        serve_metrics(config, registry, root, admin_site, reactor, first_worker)
     admin_listener = Listener("admin", config.listeners.admin, TlsProfile.MODERN, False)
     admin_tls: Any = context_factory(credentials, TlsProfile.MODERN)
     SharedPortServer(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,8 +16,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
 
-from appliance.admin import make_admin_site
-from appliance.catalogue import sample_check
+from appliance.admin import add_account, make_admin_site
+from appliance.catalogue import make_sample_package, sample_check
 from appliance.config import Config, Network, load_config
 from appliance.ops import Readings, make_registry, metrics_site
 from appliance.ops.metrics import OTHER, StoreFigures, bounded
@@ -27,6 +28,7 @@ from appliance.service import serve_metrics
 from appliance.store import Store
 from appliance.testing import (
     FixedClock,
+    InlineReactor,
     approved_sample,
     inline,
     memory_client,
@@ -213,7 +215,7 @@ def test_own_listener_serves_metrics_to_the_allowed_networks_only(appliance: App
 def admin_listener(appliance: Appliance, config: Config) -> StubTreq:
     def make(reactor: object) -> object:
         site = make_admin_site(config, appliance.store, lambda: NOW, reactor)
-        serve_metrics(config, appliance.readings, None, site, reactor)  # type: ignore[arg-type]
+        serve_metrics(config, make_registry(appliance.readings)[0], None, site, reactor)
         return site
 
     return memory_client(make)
@@ -239,3 +241,33 @@ def test_openmetrics_when_the_scraper_asks_for_it(appliance: Appliance) -> None:
     body = settle(stub, response.content())
     kind = response.headers.getRawHeaders(b"content-type")[0]
     assert kind.startswith(b"application/openmetrics-text") and body.endswith(b"# EOF\n")
+
+
+def test_uploaded_imports_are_timed_and_counted_by_result(
+    appliance: Appliance, tmp_path: Path
+) -> None:
+    registry, imports = make_registry(appliance.readings)
+    add_account(appliance.store, "alice", "admin", "correct horse battery", "test")
+    site = memory_client(
+        lambda _: make_admin_site(
+            appliance.config, appliance.store, lambda: NOW, InlineReactor(),
+            observe_import=imports.observe,
+        )
+    )  # fmt: skip
+    base = "https://ucupdates.test:9443"
+    origin = {"Origin": [base], "Accept": ["application/json"]}
+    login = {"name": "alice", "password": "correct horse battery"}
+    response = settle(site, site.post(f"{base}/api/login", json=login, headers=origin))
+    csrf = json.loads(settle(site, response.content()))["csrf_token"]
+    cookie = response.headers.getRawHeaders("Set-Cookie")[0].split(";", 1)[0]
+    headers = {**origin, "Cookie": [cookie], "X-CSRF-Token": [csrf]}
+    newer = tmp_path / "newer.cab"
+    make_sample_package(newer, version="4.0.7577.4500", image_size=3000)
+    for name, data in (("newer.cab", newer.read_bytes()), ("bad.cab", b"MSCF" + b"\0" * 200)):
+        url = f"{base}/api/packages?name={name}"
+        response = settle(site, site.post(url, data=data, headers=headers))
+        settle(site, response.content())
+    text = generate_latest(registry).decode()
+    assert 'ucupdates_imports_total{result="imported"} 1.0' in text
+    assert 'ucupdates_imports_total{result="refused"} 1.0' in text
+    assert "ucupdates_import_duration_seconds_count 2.0" in text

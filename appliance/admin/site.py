@@ -31,7 +31,7 @@ from twisted.web import resource, server
 
 from appliance.admin import pages
 from appliance.admin.api import Access, Api
-from appliance.admin.api_packages import UPLOAD_PATH
+from appliance.admin.api_packages import UPLOAD_PATH, ImportObserver
 from appliance.admin.directory_logins import AdminDirectory
 from appliance.admin.request import AdminRequest
 from appliance.admin.web import ApiError, Reply, error_reply, finish, send
@@ -151,16 +151,19 @@ def make_admin_site(
     settings: AdminSettings | None = None,
     service: Any = None,
     directory: AdminDirectory | None = None,
+    observe_import: ImportObserver | None = None,
 ) -> AdminSite:
     """The admin listener's `twisted.web.server.Site` (a protocol factory): the Control
     Panel's pages and JSON API, and `/health`. Wrap it in TLS with profile `modern`.
     `service` (the ApplianceService) lets /health report on it. Directory logins
     (`[admin.ldap]`, or `directory`) are checked here: unusable settings raise
-    AuthError."""
+    AuthError. `observe_import` is told how each uploaded package's import went
+    (/metrics)."""
     settings = settings or config.admin
     openapi = resources.files(__package__).joinpath("openapi.json").read_bytes()
     directory = directory or AdminDirectory.of(settings.ldap, config.auth.ldap)
     api = Api(config, store, clock, reactor, settings, openapi, directory)
+    api.packages.observe = observe_import
     panel = ControlPanel(api, pages.Pages(api))
     root = _Root(panel)
 

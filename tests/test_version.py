@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from importlib import metadata
 
@@ -33,3 +34,9 @@ def test_without_installed_metadata_the_version_says_unknown(
     monkeypatch.setattr(version, "DISTRIBUTION", "ucupdates-never-installed")
     assert version.installed_version() == version.UNKNOWN == "0+unknown"
 
+
+def test_the_changelog_has_a_section_for_this_version() -> None:
+    text = (REPO / "CHANGELOG.md").read_text()
+    released = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", text, re.M)
+    assert released and released[0] == __version__, released  # the newest release first
+    assert re.search(r"^## \[Unreleased\]$", text, re.M)

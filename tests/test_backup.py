@@ -22,8 +22,11 @@ from pathlib import Path
 import pytest
 
 from appliance.catalogue import (
+    Action,
     BackupError,
     RestoreError,
+    apply_action,
+    clean_files,
     create_backup,
     finish_restore,
     hold_serve_lock,
@@ -31,7 +34,7 @@ from appliance.catalogue import (
     restore_backup,
 )
 from appliance.config import Config, load_config
-from appliance.store import Store, inspect_database, newest_schema_version
+from appliance.store import RuleFilter, Store, inspect_database, newest_schema_version
 from appliance.store.database import _schema_scripts
 from appliance.testing import approved_sample, file_tree
 
@@ -145,6 +148,35 @@ def test_a_damaged_stored_file_fails_the_backup_naming_it_and_writes_nothing(
     with pytest.raises(BackupError, match=rf"{name} is damaged \({IMAGE_SIZE - 1} bytes"):
         create_backup(sample, config, target)
     assert not target.exists()
+
+
+def test_a_missing_stored_file_fails_the_backup_naming_it(
+    sample: Store, config: Config, tmp_path: Path
+) -> None:
+    lost = sorted(config.store_dir.rglob("*.nbt"))[0]
+    lost.unlink()
+    name = lost.relative_to(config.data_dir).as_posix()
+    with pytest.raises(BackupError, match=rf"stored file {name} is missing"):
+        create_backup(sample, config, tmp_path / "backup.tar")
+    assert not (tmp_path / "backup.tar").exists()
+
+
+def test_files_a_clean_up_deletes_during_the_backup_are_left_out_by_a_new_snapshot(
+    sample: Store, config: Config, tmp_path: Path
+) -> None:
+    rule = sample.rules()[0]
+    gone = {f.path for f in sample.update_files(rule.key, rule.approved_version or "")}
+    assert gone
+
+    def a_clean_up_commits_meanwhile(phase: str) -> None:
+        if phase == "snapshot" and sample.rule(rule.id) is not None:
+            apply_action(sample, Action.REMOVE, RuleFilter(ids=(rule.id,)), "bob")
+            clean_files(sample, config.store_dir, config.lock_path, "bob")
+
+    result = create_backup(sample, config, tmp_path / "backup.tar", a_clean_up_commits_meanwhile)
+    names = {m.name for m in result.manifest.members}
+    assert not {f"DeviceUpdateStore/{p}" for p in gone} & names
+    assert set(members(tmp_path / "backup.tar")) - {"ucupdates-backup.json"} == names
 
 
 def test_scheduled_backups_keep_the_newest_and_sweep_what_a_killed_backup_left(

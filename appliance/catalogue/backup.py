@@ -66,7 +66,11 @@ class BackupError(Exception):
 
 
 class _Vanished(Exception):
-    """A file the snapshot lists was deleted since (a clean-up): take a new snapshot."""
+    """A file the snapshot lists is not on disk: lost, or deleted since by a clean-up."""
+
+    def __init__(self, stored: StoredFile) -> None:
+        super().__init__(f"{STORE}/{stored.path.as_posix()}")
+        self.stored = stored
 
 
 @dataclass(frozen=True)
@@ -141,12 +145,18 @@ def create_backup(
         try:
             manifest = _write(store, config, target, checkpoint)
         except _Vanished as e:
+            if e.stored in store.stored_files():  # still listed: lost, not cleaned up
+                raise BackupError(
+                    f"stored file {e} is missing: a backup must not leave it out; nothing "
+                    "was written (restore the file from an earlier backup, or import its "
+                    "package again)"
+                ) from None
             if attempt == _ATTEMPTS - 1:
                 raise BackupError(
-                    f"stored file {e} vanished while being backed up, {_ATTEMPTS} times: "
+                    f"stored file {e} was deleted while being backed up, {_ATTEMPTS} times: "
                     "is a clean-up running in a loop? nothing was written"
                 ) from None
-            continue
+            continue  # a clean-up deleted it after the snapshot: take a new one
         except OSError as e:
             raise BackupError(
                 f"cannot write the backup {target}: {e.strerror or e}; nothing was written"
@@ -262,7 +272,7 @@ def _add_stored(tar: tarfile.TarFile, store_dir: Path, stored: StoredFile) -> No
     try:
         source = (store_dir / stored.path).open("rb")
     except FileNotFoundError:
-        raise _Vanished(name) from None
+        raise _Vanished(stored) from None
     with source:
         size = os.fstat(source.fileno()).st_size
         if size != stored.size:

@@ -9,6 +9,7 @@ stranger. A phone's check made with curl must show in what Prometheus (Debian's
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -24,6 +25,7 @@ from appliance.catalogue import sample_check
 from appliance.config import load_config
 from appliance.testing import Serving, approved_sample, free_port, serving
 
+REPO = Path(__file__).resolve().parent.parent
 INSIDE, STRANGER = "127.0.0.1", "127.0.0.2"
 RUNNING, APPROVED = "4.0.7577.4366", "4.0.7577.4400"
 CURL_SECONDS = 10
@@ -157,3 +159,20 @@ def _approved_checks(served: Serving) -> float:
         if line.startswith('ucupdates_checks_total{outcome="approved",zone="internal"}')
     )
     return float(line.rsplit(" ", 1)[1])
+
+
+def test_the_documented_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    """docs/operations.md's alert rules, as an admin would copy them."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    section = text.split("## Monitoring: Prometheus metrics", 1)[1].split("\n## ", 1)[0]
+    rules = [b for b in re.findall(r"```yaml\n(.*?)```", section, re.S) if "groups:" in b]
+    assert len(rules) == 1
+    (tmp_path / "rules.yml").write_text(rules[0])
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(tmp_path / "rules.yml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "UcupdatesCertificateExpiresSoon" in rules[0] and "UcupdatesNoChecks" in rules[0]

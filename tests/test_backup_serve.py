@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.catalogue import BackupError, create_backup
+from appliance.catalogue import BackupError, RestoreError, create_backup, restore_backup
 from appliance.catalogue.sample import sample_check
 from appliance.config import load_config
 from appliance.store import Store
@@ -196,3 +196,28 @@ def test_a_disk_that_fills_during_a_backup_leaves_no_partial_file(tmp_path: Path
     finally:
         store.close()
         subprocess.run(["umount", str(small)], check=True)
+
+
+@needs_root
+def test_a_store_folder_on_another_file_system_is_refused_before_anything_changes(
+    tmp_path: Path,
+) -> None:
+    config = load_config(None, tmp_path / "data")
+    store = approved_sample(config, image_size=1000)
+    archive = tmp_path / "backup.tar"
+    create_backup(store, config, archive)
+    store.close()
+    moved = tmp_path / "moved"
+    shutil.move(config.store_dir, moved)
+    config.store_dir.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(config.store_dir)], check=True
+    )
+    try:
+        shutil.copytree(moved, config.store_dir, dirs_exist_ok=True)
+        before = sorted(p.name for p in config.data_dir.iterdir())
+        with pytest.raises(RestoreError, match=r"DeviceUpdateStore is another file system"):
+            restore_backup(archive, config, "alice")
+        assert sorted(p.name for p in config.data_dir.iterdir() if p.name != "serve.lock") == before
+    finally:
+        subprocess.run(["umount", str(config.store_dir)], check=True)

@@ -135,6 +135,7 @@ def restore_backup(
         raise RestoreError(f"cannot use data folder {data_dir}: {e.strerror}") from e
     with _no_serve(data_dir), data_lock(config.lock_path, "restore"):
         _finish_locked(data_dir)
+        _check_renamable(data_dir)
         stamp = _stamp()
         build = data_dir / f"{_BUILD}{stamp}{_PARTIAL}"
         try:
@@ -234,6 +235,20 @@ def _safe_name(archive: Path, name: str) -> PurePosixPath:
     ):
         return path
     raise RestoreError(f"{archive}: member {name!r} is not one a backup holds; nothing changed")
+
+
+def _check_renamable(data_dir: Path) -> None:
+    """Each entry a restore replaces must be on the data folder's file system: a mount
+    point cannot be renamed, and the swap is made of renames."""
+    device = data_dir.stat().st_dev
+    for entry in _ENTRIES:
+        path = data_dir / entry
+        if path.exists() and not path.is_symlink() and path.stat().st_dev != device:
+            raise RestoreError(
+                f"{path} is another file system (a mount point): a restore swaps it by "
+                f"renaming, within {data_dir}'s file system; mount the disk at "
+                f"{data_dir} instead; nothing changed"
+            )
 
 
 def _check_space(manifest: Manifest, data_dir: Path) -> None:

@@ -271,3 +271,12 @@ def test_uploaded_imports_are_timed_and_counted_by_result(
     assert 'ucupdates_imports_total{result="imported"} 1.0' in text
     assert 'ucupdates_imports_total{result="refused"} 1.0' in text
     assert "ucupdates_import_duration_seconds_count 2.0" in text
+
+
+def test_a_store_that_cannot_be_read_leaves_the_other_metrics_served(tmp_path: Path) -> None:
+    config = load_config(None, tmp_path / "data")
+    store = approved_sample(config, FixedClock(NOW), version=APPROVED)
+    store.close()  # every read now fails
+    _, samples = scrape(Readings(checks=lambda: {("internal", "approved"): 2}, store=store))
+    assert samples["ucupdates_checks_total", (("outcome", "approved"), ("zone", "internal"))] == 2
+    assert not any(name.startswith("ucupdates_catalogue") for name, _ in samples)

@@ -32,9 +32,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from twisted.logger import Logger
 
 from appliance.model import RuleState, Zone
 from appliance.store import Store
+
+log = Logger(namespace="ucupdates.metrics")
 
 OTHER = "other"  # the label of a model or version the catalogue does not know
 STORE_SECONDS = 10.0  # the catalogue and inventory figures are this fresh at most
@@ -137,11 +140,18 @@ class ApplianceCollector(Collector):
         self.version = _version()
 
     def store_figures(self) -> StoreFigures | None:
+        """The store's figures, read again when older than STORE_SECONDS; when the store
+        cannot be read (a disk error), the last ones read, or none: the rest of the
+        metrics are still served."""
         if self.readings.store is None:
             return None
         now = self.clock()
         if self._store is None or now - self._store[0] >= STORE_SECONDS:
-            self._store = (now, StoreFigures.read(self.readings.store))
+            try:
+                self._store = (now, StoreFigures.read(self.readings.store))
+            except Exception:
+                log.failure("metrics: the catalogue and inventory figures cannot be read")
+                return None if self._store is None else self._store[1]
         return self._store[1]
 
     def collect(self) -> Iterator[Metric]:

@@ -174,6 +174,15 @@ def test_server_with_a_token_file_instead_of_a_login(panel: Panel, tmp_path: Pat
     assert run_remote(args, "", "", out=out, token=token_file.read_text().strip()) == 0
     assert "token:remote test-device.add" in out.getvalue()
     assert run_remote(args, "", "", out=io.StringIO(), token="uct_" + "0" * 43) == 1
+    # an upload is authorised when its headers arrive: by the token too
+    package = tmp_path / "UCUpdates.cab"
+    make_sample_package(package, image_size=2000, version="4.0.7577.4999")
+    args = build_parser().parse_args(
+        ["--server", url, "--server-ca", str(panel.ca_file), "import", str(package)]
+    )
+    out = io.StringIO()
+    assert run_remote(args, "", "", out=out, token=token_file.read_text().strip()) == 0
+    assert "8 device update(s)" in out.getvalue()
 
 
 def test_the_token_comes_from_a_file_or_the_environment(

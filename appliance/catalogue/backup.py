@@ -186,7 +186,9 @@ def _write(
                 for name, data in tls
             ]
             manifest = Manifest(FORMAT, __version__, schema, store.now(), tuple(members))
-            with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            with tarfile.TarFile(
+                fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK
+            ) as tar:
                 mtime = time.time()
                 _add_bytes(tar, MANIFEST, manifest.to_json(), mtime)
                 with snapshot.open("rb") as db:

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -24,7 +25,8 @@ import pytest
 from appliance.catalogue import BackupError, RestoreError, create_backup, restore_backup
 from appliance.catalogue.sample import sample_check
 from appliance.config import load_config
-from appliance.store import Store
+from appliance.store import Store, newest_schema_version
+from appliance.store.database import _schema_scripts
 from appliance.testing import approved_sample, free_port, run_cli, serving
 
 FQDN = "ucupdates-r2.example.com"
@@ -221,3 +223,30 @@ def test_a_store_folder_on_another_file_system_is_refused_before_anything_change
         assert sorted(p.name for p in config.data_dir.iterdir() if p.name != "serve.lock") == before
     finally:
         subprocess.run(["umount", str(config.store_dir)], check=True)
+
+
+def test_the_first_command_after_an_upgrade_says_where_the_old_database_went(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    older = newest_schema_version() - 1
+    conn = sqlite3.connect(data / "ucupdates.sqlite3", isolation_level=None)
+    for version, sql in _schema_scripts()[:older]:
+        conn.executescript(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+            f"applied_at TEXT NOT NULL);\n{sql}\n"
+            f"INSERT INTO schema_version VALUES ({version}, '2013-04-02T09:30:00Z');"
+        )
+    conn.close()
+
+    done = _cli(data, "rules")
+    copies = list((data / "backups").iterdir())
+    assert [c.name[: len(f"pre-upgrade-{older}-to-{older + 1}-")] for c in copies] == [
+        f"pre-upgrade-{older}-to-{older + 1}-"
+    ]
+    assert (
+        f"upgraded the database's schema to version {older + 1}; the database from before "
+        f"is in {copies[0]}"
+    ) in done.stderr
+    assert _cli(data, "rules").stderr == ""  # once

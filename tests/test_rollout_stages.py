@@ -9,13 +9,13 @@ import pytest
 from appliance.catalogue.rollout_policy import RolloutError, StagedApproval
 from appliance.catalogue.rollout_stages import (
     AutoPause,
-    Move,
     StageHealth,
+    StageMove,
     StageSchedule,
-    advance,
+    advance_stage,
     pause_reason,
     soak_shortfall,
-    tick,
+    tick_stage,
 )
 from appliance.testing import CU8, CX600
 
@@ -51,13 +51,15 @@ def test_pause_reason(health: StageHealth, auto: AutoPause | None, pauses: bool)
 
 TICKS = [
     # (staged, health, now, schedule, move, stage after, paused after)
-    pytest.param(FIRST, HEALTHY, T0 + DAY, DAILY, Move.ADVANCE, 1, False, id="soaked-advances"),
+    pytest.param(
+        FIRST, HEALTHY, T0 + DAY, DAILY, StageMove.ADVANCE, 1, False, id="soaked-advances"
+    ),
     pytest.param(
         FIRST,
         HEALTHY,
         T0 + DAY - timedelta(seconds=1),
         DAILY,
-        Move.STAY,
+        StageMove.STAY,
         0,
         False,
         id="a-second-early-stays",
@@ -67,21 +69,35 @@ TICKS = [
         StageHealth(100, 90, 0, 10),
         T0 + DAY,
         DAILY,
-        Move.PAUSE,
+        StageMove.PAUSE,
         0,
         True,
         id="reverted-pause-before-advancing",
     ),
     pytest.param(
-        FIRST, StageHealth(100, 90, 0, 10), T0, DAILY, Move.PAUSE, 0, True, id="pauses-any-time"
+        FIRST,
+        StageHealth(100, 90, 0, 10),
+        T0,
+        DAILY,
+        StageMove.PAUSE,
+        0,
+        True,
+        id="pauses-any-time",
     ),
-    pytest.param(PAUSED, HEALTHY, T0 + 9 * DAY, DAILY, Move.STAY, 1, True, id="paused-stays"),
-    pytest.param(LAST, HEALTHY, T0 + 9 * DAY, DAILY, Move.DONE, 2, False, id="last-is-done"),
+    pytest.param(PAUSED, HEALTHY, T0 + 9 * DAY, DAILY, StageMove.STAY, 1, True, id="paused-stays"),
+    pytest.param(LAST, HEALTHY, T0 + 9 * DAY, DAILY, StageMove.DONE, 2, False, id="last-is-done"),
     pytest.param(
-        LAST, StageHealth(100, 90, 10), T0, DAILY, Move.PAUSE, 2, True, id="last-stage-can-pause"
+        LAST,
+        StageHealth(100, 90, 10),
+        T0,
+        DAILY,
+        StageMove.PAUSE,
+        2,
+        True,
+        id="last-stage-can-pause",
     ),
     pytest.param(
-        FIRST, HEALTHY, T0 + 9 * DAY, StageSchedule(), Move.STAY, 0, False, id="by-hand-only"
+        FIRST, HEALTHY, T0 + 9 * DAY, StageSchedule(), StageMove.STAY, 0, False, id="by-hand-only"
     ),
 ]
 
@@ -92,11 +108,11 @@ def test_tick(
     health: StageHealth,
     now: datetime,
     schedule: StageSchedule,
-    move: Move,
+    move: StageMove,
     stage: int,
     paused: bool,
 ) -> None:
-    after, moved, why = tick(staged, health, T0, now, schedule)
+    after, moved, why = tick_stage(staged, health, T0, now, schedule)
     assert (moved, after.stage, after.paused) == (move, stage, paused), why
     assert after.version == staged.version and after.stages == staged.stages
 
@@ -104,25 +120,25 @@ def test_tick(
 def test_a_schedule_walks_a_healthy_rollout_to_the_end() -> None:
     staged, entered, seen = FIRST, T0, []
     for day in range(1, 6):
-        staged, moved, _ = tick(staged, HEALTHY, entered, T0 + day * DAY, DAILY)
+        staged, moved, _ = tick_stage(staged, HEALTHY, entered, T0 + day * DAY, DAILY)
         seen.append((moved, staged.share))
-        if moved is Move.ADVANCE:
+        if moved is StageMove.ADVANCE:
             entered = T0 + day * DAY
     assert seen == [
-        (Move.ADVANCE, 25.0),
-        (Move.ADVANCE, 100.0),
-        (Move.DONE, 100.0),
-        (Move.DONE, 100.0),
-        (Move.DONE, 100.0),
+        (StageMove.ADVANCE, 25.0),
+        (StageMove.ADVANCE, 100.0),
+        (StageMove.DONE, 100.0),
+        (StageMove.DONE, 100.0),
+        (StageMove.DONE, 100.0),
     ]
 
 
 def test_advance_by_hand() -> None:
-    assert advance(FIRST).stage == 1
+    assert advance_stage(FIRST).stage == 1
     with pytest.raises(RolloutError, match="paused: resume it first"):
-        advance(PAUSED)
+        advance_stage(PAUSED)
     with pytest.raises(RolloutError, match="last stage \\(100 %\\) already"):
-        advance(LAST)
+        advance_stage(LAST)
 
 
 def test_auto_pause_refuses_nonsense() -> None:

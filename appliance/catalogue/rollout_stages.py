@@ -5,9 +5,9 @@ what it reports at its next check: updated, stuck, reverted or silent, docs/roll
 the caller stores the new `StagedApproval` and writes the event. Nothing here reads a
 clock or the store.
 
-- `advance` is the admin's "next stage": refused while paused (resume first, having
+- `advance_stage` is the admin's "next stage": refused while paused (resume first, having
   looked at why it paused) and past the last stage.
-- `tick` is what a timer calls for each staged approval: it pauses the stage when its
+- `tick_stage` is what a timer calls for each staged approval: it pauses the stage when its
   failing devices pass the threshold, else advances it once it has run its soak time.
   Failing is stuck + reverted + silent among the devices of the stage offered the
   version. The threshold has a floor in devices (by default 3) as well as a share, so
@@ -67,7 +67,7 @@ class StageSchedule:
     auto_pause: AutoPause | None = AutoPause()
 
 
-class Move(StrEnum):
+class StageMove(StrEnum):
     STAY = "stay"
     ADVANCE = "advance"
     PAUSE = "pause"
@@ -88,7 +88,7 @@ def pause_reason(health: StageHealth, auto: AutoPause | None) -> str | None:
     )
 
 
-def advance(staged: StagedApproval) -> StagedApproval:
+def advance_stage(staged: StagedApproval) -> StagedApproval:
     """The next stage, by hand."""
     if staged.paused:
         raise RolloutError(f"the staged approval of {staged.version} is paused: resume it first")
@@ -97,28 +97,32 @@ def advance(staged: StagedApproval) -> StagedApproval:
     return dataclasses.replace(staged, stage=staged.stage + 1)
 
 
-def tick(
+def tick_stage(
     staged: StagedApproval,
     health: StageHealth,
     entered_at: datetime,
     now: datetime,
     schedule: StageSchedule,
-) -> tuple[StagedApproval, Move, str]:
+) -> tuple[StagedApproval, StageMove, str]:
     """The staged approval after a look at its current stage, the move and why."""
     if staged.paused:
-        return staged, Move.STAY, "paused"
+        return staged, StageMove.STAY, "paused"
     why = pause_reason(health, schedule.auto_pause)
     if why is not None:
-        return dataclasses.replace(staged, paused=True), Move.PAUSE, why
+        return dataclasses.replace(staged, paused=True), StageMove.PAUSE, why
     if staged.stage + 1 >= len(staged.stages):
-        return staged, Move.DONE, f"at its last stage ({staged.share:g} %)"
+        return staged, StageMove.DONE, f"at its last stage ({staged.share:g} %)"
     if schedule.soak is None:
-        return staged, Move.STAY, "advances by hand"
+        return staged, StageMove.STAY, "advances by hand"
     due = entered_at + schedule.soak
     if now < due:
-        return staged, Move.STAY, f"advances at {due.isoformat()}"
-    after = advance(staged)
-    return after, Move.ADVANCE, f"stage {after.stage} ({after.share:g} %) after {schedule.soak}"
+        return staged, StageMove.STAY, f"advances at {due.isoformat()}"
+    after = advance_stage(staged)
+    return (
+        after,
+        StageMove.ADVANCE,
+        f"stage {after.stage} ({after.share:g} %) after {schedule.soak}",
+    )
 
 
 def soak_shortfall(

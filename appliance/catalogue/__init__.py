@@ -72,6 +72,15 @@ from appliance.catalogue.rollout_policy import (
     StagedApproval,
     UpgradeStep,
 )
+from appliance.catalogue.rollout_stages import (
+    AutoPause,
+    StageHealth,
+    StageMove,
+    StageSchedule,
+    advance_stage,
+    soak_shortfall,
+    tick_stage,
+)
 from appliance.catalogue.rollout_windows import (
     DownloadWindows,
     TimeWindow,
@@ -88,6 +97,7 @@ from appliance.catalogue.verify import FileVerifier, file_sha256
 
 __all__ = [
     "Action",
+    "AutoPause",
     "BackupError",
     "BackupResult",
     "CatalogueError",
@@ -114,6 +124,9 @@ __all__ = [
     "RolloutPolicy",
     "RolloutReason",
     "RuleChange",
+    "StageHealth",
+    "StageMove",
+    "StageSchedule",
     "StagedApproval",
     "TANJAY_STEPS",
     "TimeWindow",
@@ -122,6 +135,7 @@ __all__ = [
     "WindowError",
     "add_test_device",
     "add_user",
+    "advance_stage",
     "answer_key",
     "apply_action",
     "backup_summary",
@@ -153,5 +167,7 @@ __all__ = [
     "sample_check",
     "scheduled_name",
     "set_password",
+    "soak_shortfall",
+    "tick_stage",
     "upgrade_path",
 ]

@@ -307,11 +307,17 @@ def test_upload_imports_and_reports_what_it_found(
     admin: Client, imported: dict[str, int], package: bytes
 ) -> None:
     assert len(imported) == 8  # the fixture's upload created the sample's eight rules
-    again = admin.request("POST", "/api/packages?name=UCUpdates.cab", raw=package)
+    job = "feedfacefeedface"
+    again = admin.request("POST", f"/api/packages?name=UCUpdates.cab&job={job}", raw=package)
     assert again.status == 200
     result = again.json()
     assert result["package"] == "UCUpdates.cab"
-    assert result["changed"] is False
+    assert result["changed"] is False and result["repaired"] == []
+    # known versions: their stored files were read back; nothing new to extract
+    progress = admin.request("GET", f"/api/packages/progress/{job}").json()
+    assert progress == {
+        "phase": "done", "updates": 0, "updates_done": 0, "bytes": 0, "bytes_done": 0
+    }  # fmt: skip
     assert {u["outcome"] for u in result["updates"]} == {"unchanged"}
     events = admin.request("GET", "/api/events?limit=500").json()["events"]
     imports = [e for e in events if e["action"] == "import"]

@@ -1,10 +1,12 @@
 """The Control Panel in a real headless Chromium (Debian's), driven by Selenium.
 
 One admin session, as a person would use it: log in (after a wrong password), upload
-the sample package and watch the progress bar, approve a rule after reading the impact
-preview, add a test device (the MAC validated while typing), see a phone appear after
-a simulated check, restore the rule (Escape cancels the first try), read the activity,
-log out. Screenshots of every step go to `test-artifacts/admin/` for review.
+the sample package and watch the progress bar (the upload's, then the import's), read
+the rules an action would change, approve a rule after reading the impact preview, add a
+test device (the MAC validated while typing), see a phone appear after a simulated check,
+restore the rule (Escape cancels the first try; it has no restore version, so only the
+box that says what phones then get lets it go ahead), read the activity, log out.
+Screenshots of every step go to `test-artifacts/admin/` for review.
 """
 
 from __future__ import annotations
@@ -143,6 +145,10 @@ def test_an_admin_session(browser: Any, panel: Panel, tmp_path: Path) -> None:
     page.find("#upload-form button[type=submit]").click()
     page.until(lambda: page.find("#upload-result").is_displayed(), "the import's result")
     assert page.find("#progress").get_attribute("value") == "100"
+    assert page.text("#progress-text") == "Imported."
+    # the page followed the import: it asked for its progress once the upload was sent
+    polled = "return performance.getEntriesByType('resource').map((e) => e.name)"
+    assert any("/api/packages/progress/" in url for url in browser.execute_script(polled))
     assert "8 device update(s)" in page.text("#result-summary")
     assert "8 new rule(s)" in page.text("#result-summary")
     assert len(page.rows("#result-table")) == 8
@@ -151,6 +157,16 @@ def test_an_admin_session(browser: Any, panel: Panel, tmp_path: Path) -> None:
     # -- approve a rule, after reading the impact -----------------------------------------------
     page.find("nav a[href='/updates']").click()
     page.until(lambda: len(page.rows("#rules")) == 8, "eight rules")
+    # the dialog names the rules it would change: six, and how many more
+    page.find("#select-all").click()
+    page.find("[data-action=approve]").click()
+    page.until(lambda: len(page.all("#confirm-rules li")) == 7, "the rules named")
+    named = [li.text for li in page.all("#confirm-rules li")]
+    assert named[-1] == "and 2 more" and named[0] == f"Aastra 6721ip ENU: no version → {NEW}"
+    assert page.text("#confirm-title") == "Approve 8 rules?"
+    browser.switch_to.active_element.send_keys(Keys.ESCAPE)
+    page.until(lambda: page.find("#confirm").get_attribute("open") is None, "dialog closed")
+    page.find("#select-all").click()  # nothing selected again
     page.choose("#f-model", "CX600")
     page.choose("#f-locale", "ENU")
     page.until(lambda: len(page.rows("#rules")) == 1, "one CX600 ENU rule")
@@ -159,8 +175,10 @@ def test_an_admin_session(browser: Any, panel: Panel, tmp_path: Path) -> None:
     assert page.text("#selection-count") == "1 rule selected"
     page.find("[data-action=approve]").click()
     page.until(lambda: page.find("#confirm").get_attribute("open") is not None, "the dialog")
-    page.until(lambda: "No known device" in page.text("#confirm-impact"), "the impact")
+    page.until(lambda: "No phone known" in page.text("#confirm-impact"), "the impact")
     assert page.text("#confirm-title") == "Approve 1 rule?"
+    assert page.text("#confirm-rules") == f"Polycom CX600 ENU: no version → {NEW}"
+    assert not page.find("#confirm-force-box").is_displayed()
     page.shot("approve-confirm")
     page.find("#confirm-ok").click()
     page.until(lambda: "1 rule approved" in page.text("#toast"), "the approval")
@@ -217,18 +235,25 @@ def test_an_admin_session(browser: Any, panel: Panel, tmp_path: Path) -> None:
     page.choose("#f-locale", "ENU")
     page.until(lambda: len(page.rows("#rules")) == 1, "one CX600 ENU rule")
     page.find("#rules tbody input[type=checkbox]").send_keys(Keys.SPACE)  # the keyboard works
+    # no restore version: a restore would leave phones with nothing, so it waits for the box
     page.find("[data-action=restore]").click()
-    page.until(lambda: "Of 1 known device(s)" in page.text("#confirm-impact"), "the impact")
-    details = page.text("#confirm-details")
-    assert f"Now: 1 device(s) are offered {NEW}" in details
-    page.shot("restore-confirm")
+    page.until(lambda: "none of the selected" in page.text("#confirm-impact"), "the impact")
+    assert "has no restore version" in page.text("#confirm-details")
+    assert f"Now 1 phone is offered {NEW}." in page.text("#confirm-details")
+    assert page.find("#confirm-force-box").is_displayed()
+    assert not page.find("#confirm-ok").is_enabled()
     browser.switch_to.active_element.send_keys(Keys.ESCAPE)
     page.until(lambda: page.find("#confirm").get_attribute("open") is None, "dialog closed")
     assert "approved" in page.rows("#rules")[0]  # nothing changed
     page.find("[data-action=restore]").click()
-    page.until(lambda: page.find("#confirm-ok").is_displayed(), "the dialog again")
-    page.until(lambda: "known device" in page.text("#confirm-impact"), "the impact again")
+    page.until(lambda: page.find("#confirm-force").is_displayed(), "the dialog again")
+    page.find("#confirm-force").click()
+    then = "1 phone will be offered no update and keeps the firmware it runs."
+    page.until(lambda: page.text("#confirm-impact") == then, "the forced impact")
+    assert page.text("#confirm-rules") == f"Polycom CX600 ENU: {NEW} → no version"
+    page.shot("restore-confirm")
     page.find("#confirm-ok").click()
+    page.until(lambda: "1 rule restored (forced)" in page.text("#toast"), "the forced restore")
     page.until(lambda: "restored" in page.rows("#rules")[0], "the rule restored")
     page.shot("restored")
 
@@ -238,6 +263,7 @@ def test_an_admin_session(browser: Any, panel: Panel, tmp_path: Path) -> None:
     actions = [r.split()[3] for r in page.rows("#events")[:3]]
     assert actions == ["restore", "test-device.add", "approve"]
     assert f"web:{USER}" in page.rows("#events")[0]
+    assert "forced – → true" in page.rows("#events")[0]
     assert any(PHONE in r for r in page.rows("#device-events"))
     page.shot("activity")
 

@@ -167,10 +167,20 @@ def test_an_uploaded_package_is_imported_and_its_new_version_is_pending(panel: P
     browser.login("alice", PASSWORD)
     newer = panel.tmp / "newer.cab"
     make_sample_package(newer, version="4.0.7577.4400", image_size=3000)
-    reply = browser.request("POST", "/api/packages?name=newer.cab", raw=newer.read_bytes())
+    job = "0123456789abcdef0123456789abcdef"  # the page picks one, to follow the import
+    assert browser.request("GET", f"/api/packages/progress/{job}").code == 404  # not yet
+    reply = browser.request(
+        "POST", f"/api/packages?name=newer.cab&job={job}", raw=newer.read_bytes()
+    )
     assert reply.code == 200, reply.body
     pending = {r.pending_version for r in panel.store.rules()}
     assert pending == {"4.0.7577.4400"}
+    progress = browser.request("GET", f"/api/packages/progress/{job}").json()
+    assert progress["phase"] == "done"
+    assert progress["updates"] == progress["updates_done"] == len(panel.store.rules())
+    assert progress["bytes"] == progress["bytes_done"] > 0
+    bad_job = browser.request("POST", "/api/packages?name=x.cab&job=NOT-HEX", raw=b"MSCF")
+    assert bad_job.code == 400
 
 
 def test_a_corrupt_upload_is_refused_and_changes_nothing(panel: Panel) -> None:

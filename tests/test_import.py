@@ -12,6 +12,7 @@ import pytest
 
 from appliance.catalogue.actions import data_lock
 from appliance.catalogue.importer import Outcome, PackageError, import_package
+from appliance.catalogue.progress import ImportProgress
 from appliance.catalogue.sample import SAMPLE_DEVICES, make_sample_package
 from appliance.cli.main import main as cli_main
 from appliance.config import Config, load_config
@@ -376,3 +377,32 @@ def test_a_damaged_file_whose_copy_in_the_package_differs_is_named_with_the_fix(
     assert "differs from the recorded SHA-256 as well, so nothing was written" in message
     assert "import the package these versions came from" in message
     assert catalogue_state(config) == before
+
+
+def test_the_progress_of_an_import_follows_its_phases(
+    config: Config, store: Store, sample_cab: Path
+) -> None:
+    progress = ImportProgress()
+    assert progress.snapshot()["phase"] == "waiting"
+    seen: dict[str, dict[str, object]] = {}
+
+    def checkpoint(phase: str) -> None:
+        seen[phase] = progress.snapshot()
+
+    import_package(store, config, sample_cab, "alice", checkpoint, progress)
+
+    total = len(SAMPLE_DEVICES)
+    size = sum(f.size for f in store.stored_files())
+    # before the extraction: nothing of the 8 updates on disk yet; after it, all of them
+    assert seen["staged"] == {
+        "phase": "extracting", "updates": total, "updates_done": 0, "bytes": size,
+        "bytes_done": 0,
+    }  # fmt: skip
+    assert seen["extracted"] == {**seen["staged"], "updates_done": total, "bytes_done": size}
+    assert seen["committing"]["phase"] == "committing"
+    assert progress.snapshot() == {**seen["extracted"], "phase": "done"}
+    # a package refused leaves its progress failed
+    refused = ImportProgress()
+    with pytest.raises(PackageError):
+        import_package(store, config, Path("/nonexistent.cab"), "alice", progress=refused)
+    assert refused.snapshot()["phase"] == "failed"

@@ -97,6 +97,7 @@ class Api:
             r(b"GET", r"/api/rules/preview", ru.preview, read),
             r(b"POST", r"/api/rules/(?P<action>[a-z]+)", ru.apply, change),
             r(b"POST", r"/api/packages", p.upload, change),
+            r(b"GET", r"/api/packages/progress/(?P<job>[0-9a-f]{16,64})", p.progress, read),
             r(b"POST", r"/api/clean-files", p.clean_files, change),
             r(b"GET", r"/api/test-devices", t.listing, read),
             r(b"POST", r"/api/test-devices", t.add, change),

@@ -1,13 +1,18 @@
-"""The API's packages: `POST /api/packages` (upload and import), `POST /api/clean-files`.
+"""The API's packages: `POST /api/packages` (upload and import), `POST /api/clean-files`,
+and `GET /api/packages/progress/{job}` (how far the import of an upload has got).
 
 The upload arrives on disk before the handler runs (see `AdminRequest`); the import then
 runs in a thread with its own store connection, as `import` on the command line does.
+An upload may name a `job` (the page picks a random one); while its import runs, the page
+polls the job's progress: scanning, verifying, extracting N of M updates, committing.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -19,6 +24,7 @@ from appliance.admin.request import AdminRequest
 from appliance.admin.web import ApiError, Reply
 from appliance.catalogue import (
     CatalogueError,
+    ImportProgress,
     ImportResult,
     PackageError,
     clean_files,
@@ -29,6 +35,8 @@ from appliance.config import Config
 from appliance.store import Store, StoreError
 
 UPLOAD_PATH = b"/api/packages"
+JOB = re.compile(r"[0-9a-f]{16,64}\Z")  # a job id as the page makes one: random hex
+JOBS_KEPT = 32  # the most recent jobs whose progress can be asked for
 
 # Told how long each import took and how it ended: "imported", "refused" (a package or a
 # catalogue state the import turns down), "failed" (anything else). Called on the import's
@@ -46,10 +54,12 @@ class PackagesApi:
         self.store = store
         self.reactor = reactor
         self.observe = observe
+        self.jobs: OrderedDict[str, ImportProgress] = OrderedDict()
 
     def upload(self, call: Call) -> defer.Deferred[Reply]:
         request = call.request
         assert isinstance(request, AdminRequest)
+        progress = self._job(call.query("job"))  # a bad job id: refused before it is staged
         staged = request.take_upload(call.query("name"))
         if staged is None:
             raise ApiError(400, "the upload is empty")
@@ -59,7 +69,7 @@ class PackagesApi:
             started, outcome = time.monotonic(), "failed"
             store = Store.open(config.db_path)  # this thread's own connection
             try:
-                result = import_package(store, config, staged, actor)
+                result = import_package(store, config, staged, actor, progress=progress)
                 outcome = "imported"
                 return result
             except (PackageError, CatalogueError, StoreError):
@@ -88,6 +98,25 @@ class PackagesApi:
         imported.addBoth(cleanup)
         reply: Any = imported.addCallbacks(lambda result: Reply(body=import_json(result)), failed)
         return cast("defer.Deferred[Reply]", reply)
+
+    def _job(self, job: str | None) -> ImportProgress:
+        """The progress of the upload's import, kept under `job` when it names one."""
+        progress = ImportProgress()
+        if job is not None:
+            if JOB.match(job) is None:
+                raise ApiError(400, "job is 16 to 64 lowercase hex digits")
+            self.jobs[job] = progress
+            self.jobs.move_to_end(job)
+            while len(self.jobs) > JOBS_KEPT:
+                self.jobs.popitem(last=False)
+        return progress
+
+    def progress(self, call: Call) -> Reply:
+        """How far the import of the upload named `job` has got."""
+        progress = self.jobs.get(call.params["job"])
+        if progress is None:
+            raise ApiError(404, "no import with that job id (not started yet, or long done)")
+        return Reply(body=progress.snapshot(), cache=b"no-store")
 
     def clean_files(self, call: Call) -> Reply:
         try:

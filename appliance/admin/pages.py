@@ -225,8 +225,12 @@ def _updates(login: Login) -> str:
         '</tr></thead><tbody><tr><td colspan="13">Loading…</td></tr></tbody></table></div>'
         '<dialog id="confirm" aria-labelledby="confirm-title" aria-describedby="confirm-impact">'
         '<form method="dialog"><h2 id="confirm-title">Confirm</h2>'
+        '<ul id="confirm-rules" class="rules" aria-label="The rules it changes"></ul>'
         '<p id="confirm-impact">Working out the impact…</p>'
         '<ul id="confirm-details"></ul>'
+        '<p id="confirm-force-box" class="force" hidden><label>'
+        '<input type="checkbox" id="confirm-force"> <span id="confirm-force-text"></span>'
+        "</label></p>"
         '<p class="buttons"><button value="cancel" id="confirm-cancel">Cancel</button>'
         '<button value="ok" id="confirm-ok" class="primary">Confirm</button></p>'
         "</form></dialog>"
@@ -247,7 +251,8 @@ def _upload(login: Login) -> str:
         '<p id="upload-error" class="error" role="alert"></p>'
         '<button type="submit" class="primary">Upload and import</button></form>'
         '<div id="upload-progress" class="card" hidden>'
-        '<label for="progress">Uploading <span id="progress-name"></span></label>'
+        '<label for="progress"><span id="progress-what">Uploading</span> '
+        '<span id="progress-name"></span></label>'
         '<progress id="progress" max="100" value="0"></progress>'
         '<span id="progress-text" aria-live="polite"></span></div>'
         '<section id="upload-result" class="card" hidden aria-labelledby="result-title">'

@@ -41,6 +41,7 @@ from appliance.catalogue.decision import (
 from appliance.catalogue.importer import PackageError, import_package
 from appliance.catalogue.lifecycle import Action, LifecycleError, NeedsForce
 from appliance.catalogue.lifecycle import apply as rule_after
+from appliance.catalogue.progress import ImportProgress
 from appliance.catalogue.restore import (
     RestoreError,
     RestoreResult,
@@ -107,6 +108,7 @@ __all__ = [
     "DowngradeRefused",
     "DownloadWindows",
     "FileVerifier",
+    "ImportProgress",
     "ImportResult",
     "LifecycleError",
     "NeedsForce",

@@ -33,6 +33,7 @@ from appliance.catalogue.package_format import (
     PackageUpdate,
     parse_update_info,
 )
+from appliance.catalogue.progress import ImportProgress, Phase, Staged
 from appliance.catalogue.results import ImportResult, Outcome, UpdateReport
 from appliance.catalogue.stored import Damage, damaged_files, refusal, write_back
 from appliance.config import Config
@@ -51,21 +52,33 @@ def _no_checkpoint(_: str) -> None:
 
 
 def import_package(
-    store: Store, config: Config, path: Path, actor: str, checkpoint: Checkpoint = _no_checkpoint
+    store: Store,
+    config: Config,
+    path: Path,
+    actor: str,
+    checkpoint: Checkpoint = _no_checkpoint,
+    progress: ImportProgress | None = None,
 ) -> ImportResult:
     """Import the package at `path`; raise PackageError and change nothing when it can't.
 
-    `checkpoint(phase)` is called between phases (tests use it to kill the process there).
+    `checkpoint(phase)` is called between phases (tests use it to kill the process there);
+    `progress` follows the import for a page that polls it.
     """
+    progress = progress or ImportProgress()
     try:
         with data_lock(config.lock_path, "import"):
             recover_locked(store, config.store_dir, config.staging_dir)
-            return _Import(store, config, path, actor, checkpoint).run()
+            result = _Import(store, config, path, actor, checkpoint, progress).run()
+            progress.enter(Phase.DONE)
+            return result
     except (CabError, PackageFormatError) as e:
         raise PackageError(f"{path.name}: {e}") from e
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
         raise PackageError(f"{path.name}: {e.strerror or e}{where}") from e
+    finally:
+        if progress.phase is not Phase.DONE:
+            progress.enter(Phase.FAILED)
 
 
 @dataclass(frozen=True)
@@ -78,13 +91,20 @@ class _Placed:
 
 class _Import:
     def __init__(
-        self, store: Store, config: Config, path: Path, actor: str, checkpoint: Checkpoint
+        self,
+        store: Store,
+        config: Config,
+        path: Path,
+        actor: str,
+        checkpoint: Checkpoint,
+        progress: ImportProgress,
     ) -> None:
         self.store, self.config, self.path = store, config, path
-        self.actor, self.checkpoint = actor, checkpoint
+        self.actor, self.checkpoint, self.progress = actor, checkpoint, progress
 
     def run(self) -> ImportResult:
         limits = self.config.imports
+        self.progress.enter(Phase.SCANNING)
         # Alone: the tables' walk makes a system call per data block, and each one would
         # wait for the GIL behind another thread (seconds for a 1 GB package, loaded).
         cab = open_package(
@@ -117,6 +137,7 @@ class _Import:
         old = [u for u in updates if u not in new]
         # The store's copy of a version the package carries again is read back first.
         files = [f for u in old for f in self.store.update_files(u.key, u.version)]
+        self.progress.enter(Phase.VERIFYING if files else Phase.SCANNING)
         damaged = damaged_files(self.config.store_dir, files)
         if old and not self.store.has_package(scan.digest()[0]):
             self._verify_existing(cab, old, placed, scan, damaged)
@@ -146,9 +167,14 @@ class _Import:
         moved: list[Path] = []
         committed = False
         try:
+            members = staging / "members"
+            staged = [Staged(members / p.member, p.record.size, i) for i, u in enumerate(new)
+                      for p in placed[u]]  # fmt: skip
+            self.progress.extracting(tuple(staged), len(new))
             self.checkpoint("staged")
-            extracted = cab.extract({p.member for p in to_write}, staging / "members", scan=scan)
+            extracted = cab.extract({p.member for p in to_write}, members, scan=scan)
             self.checkpoint("extracted")
+            self.progress.enter(Phase.COMMITTING)
             records = self._records(to_write, extracted)
             moved = self._move(to_write, staging / "members")
             self.checkpoint("moved")

@@ -106,14 +106,23 @@
   }
 
   // A native <dialog>: Escape cancels, focus stays inside, the opener gets it back.
-  function confirmDialog(title, summary, details, okLabel, canConfirm) {
+  // `rules`: the lines naming what will change (the Updates page's dialog has a list for them).
+  function fillDialog(title, summary, details, okLabel, canConfirm, rules) {
     const dialog = $("#confirm");
     $("#confirm-title", dialog).textContent = title;
     $("#confirm-impact", dialog).textContent = summary;
     $("#confirm-details", dialog).replaceChildren(...details.map((d) => el("li", { text: d })));
+    const list = $("#confirm-rules", dialog);
+    if (list) list.replaceChildren(...(rules || []).map((r) => el("li", { text: r })));
     const ok = $("#confirm-ok", dialog);
     ok.textContent = okLabel;
     ok.disabled = canConfirm === false;
+    return ok;
+  }
+
+  function confirmDialog(title, summary, details, okLabel, canConfirm, rules) {
+    const dialog = $("#confirm");
+    const ok = fillDialog(title, summary, details, okLabel, canConfirm, rules);
     const opener = document.activeElement;
     return new Promise((resolve) => {
       dialog.addEventListener("close", () => {
@@ -223,27 +232,44 @@
     form.addEventListener("reset", () => setTimeout(load, 0));
     form.addEventListener("submit", (e) => { e.preventDefault(); load(); });
 
+    // What the preview says, as the dialog shows it: the rules named (six, then "and N
+    // more"), the sentence, what is offered now, and the rules skipped with their reason.
+    function dialogOf(action, impact) {
+      const n = impact.rule_ids.length;
+      const rules = impact.rules.map((r) => r.text);
+      if (impact.more_rules) rules.push(`and ${impact.more_rules} more`);
+      const details = impact.before.map((o) => `Now ${o.devices} ${o.devices === 1 ? "phone is" : "phones are"} offered ${o.version}.`);
+      impact.skipped.forEach((s) => details.push(`Rule ${s.rule_id} is skipped: it ${s.reason}.`));
+      return [`${ACTION_WORDS[action]} ${n} rule${n === 1 ? "" : "s"}?`, impact.summary, details, ACTION_WORDS[action], n > 0, rules];
+    }
+
     $$("[data-action]").forEach((button) => button.addEventListener("click", async () => {
       const action = button.dataset.action;
       const ids = [...selected];
+      const preview = (force) => api("GET", "/api/rules/preview" + query({ action, id: ids, force: force ? "1" : "" }));
       let impact;
-      try {
-        impact = await api("GET", "/api/rules/preview" + query({ action, id: ids }));
-      } catch (e) { toast(e.message, true); return; }
-      const details = [];
-      impact.after.forEach((o) => details.push(`${o.devices} device(s) will be offered ${o.version}`));
-      if (!impact.after.length && impact.devices) details.push("No device will be offered an update by these rules.");
-      if (impact.up_to_date_after) details.push(`${impact.up_to_date_after} device(s) will already run the version their rule names`);
-      impact.before.forEach((o) => details.push(`Now: ${o.devices} device(s) are offered ${o.version}`));
-      impact.skipped.forEach((s) => details.push(`Rule ${s.rule_id} is skipped: it ${s.reason}`));
-      const n = impact.rule_ids.length;
-      const title = `${ACTION_WORDS[action]} ${n} rule${n === 1 ? "" : "s"}?`;
-      const ok = await confirmDialog(title, impact.summary, details, ACTION_WORDS[action], n > 0);
+      try { impact = await preview(false); } catch (e) { toast(e.message, true); return; }
+      // A restore of rules without a restore version leaves them with none approved: only
+      // when the admin ticks the box that says so (the preview is worked out again).
+      const forceBox = $("#confirm-force-box");
+      const force = $("#confirm-force");
+      const held = impact.needs_force.length;
+      force.checked = false;
+      forceBox.hidden = held === 0;
+      $("#confirm-force-text").textContent = `Restore ${held === 1 ? "the rule" : `the ${held} rules`} without a restore version anyway: `
+        + `${held === 1 ? "it" : "they"} will have no approved version, and phones will be offered no update for ${held === 1 ? "it" : "them"}.`;
+      force.onchange = async () => {
+        const asked = force.checked;
+        try { impact = await preview(asked); } catch (e) { toast(e.message, true); return; }
+        if (force.checked === asked) fillDialog(...dialogOf(action, impact));
+      };
+      const ok = await confirmDialog(...dialogOf(action, impact));
+      force.onchange = null;
       if (!ok) return;
       try {
-        const result = await api("POST", "/api/rules/" + action, { ids });
+        const result = await api("POST", "/api/rules/" + action, { ids, force: impact.forced });
         const done = result.changes.filter((c) => c.skipped === null).length;
-        toast(`${done} rule${done === 1 ? "" : "s"} ${ACTION_DONE[action]}`);
+        toast(`${done} rule${done === 1 ? "" : "s"} ${ACTION_DONE[action]}${impact.forced ? " (forced)" : ""}`);
       } catch (e) { toast(e.message, true); }
       await load();
     }));
@@ -287,12 +313,31 @@
       const text = $("#progress-text");
       const submit = $("button[type=submit]", form);
       $("#progress-name").textContent = file.name;
+      $("#progress-what").textContent = "Uploading";
       $("#upload-result").hidden = true;
       box.hidden = false;
       bar.value = 0;
       submit.disabled = true;
+      // The import follows the upload: the page names a job and polls its progress.
+      const job = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+      let finished = false;
+      let timer = null;
+      async function poll() {
+        try {
+          const p = await api("GET", "/api/packages/progress/" + job);
+          if (finished) return;
+          if (p.phase === "extracting") {
+            bar.value = p.bytes ? Math.round((p.bytes_done / p.bytes) * 100) : 0;
+            text.textContent = `Extracting ${p.updates_done} of ${p.updates} new update${p.updates === 1 ? "" : "s"} (${bytes(p.bytes_done)} of ${bytes(p.bytes)})…`;
+          } else if (IMPORT_PHASES[p.phase]) {
+            bar.value = p.phase === "committing" ? 100 : bar.value;
+            text.textContent = IMPORT_PHASES[p.phase];
+          }
+        } catch (e) { /* the import has not started yet */ }
+        if (!finished) timer = setTimeout(poll, 400);
+      }
       const xhr = new XMLHttpRequest();
-      xhr.open("POST", "/api/packages" + query({ name: file.name }));
+      xhr.open("POST", "/api/packages" + query({ name: file.name, job }));
       xhr.setRequestHeader("X-CSRF-Token", meta("csrf-token"));
       xhr.setRequestHeader("Content-Type", "application/octet-stream");
       xhr.setRequestHeader("Accept", "application/json");
@@ -301,8 +346,15 @@
         bar.value = Math.round((e.loaded / e.total) * 100);
         text.textContent = `${bytes(e.loaded)} of ${bytes(e.total)}`;
       });
-      xhr.upload.addEventListener("load", () => { bar.value = 100; text.textContent = "Uploaded; importing…"; });
+      xhr.upload.addEventListener("load", () => {
+        $("#progress-what").textContent = "Importing";
+        bar.value = 0;
+        text.textContent = "Uploaded; importing…";
+        poll();
+      });
+      const stop = () => { finished = true; clearTimeout(timer); };
       xhr.addEventListener("load", () => {
+        stop();
         submit.disabled = false;
         let data = null;
         try { data = JSON.parse(xhr.responseText); } catch (e) { data = null; }
@@ -312,10 +364,12 @@
           error.textContent = (data && data.error) || `The upload failed (${xhr.status}).`;
           return;
         }
-        text.textContent = "Done.";
+        bar.value = 100;
+        text.textContent = "Imported.";
         showImport(data);
       });
       xhr.addEventListener("error", () => {
+        stop();
         submit.disabled = false;
         box.hidden = true;
         error.textContent = "The upload was cut off (is the file over the limit, or the appliance unreachable?).";
@@ -324,13 +378,22 @@
     });
   }
 
+  const IMPORT_PHASES = {
+    waiting: "Uploaded; the import is about to start…",
+    scanning: "Reading the package…",
+    verifying: "Checking the stored copies of versions imported before…",
+    committing: "Moving the files into the store and recording the rules…",
+  };
+
   function showImport(result) {
     const section = $("#upload-result");
     const created = result.updates.filter((u) => u.outcome === "new rule").length;
     const pending = result.updates.filter((u) => u.outcome === "now pending").length;
-    $("#result-summary").textContent = result.changed
+    const repaired = result.repaired.map((r) => `${r.path} (${r.problem})`);
+    $("#result-summary").textContent = (result.changed
       ? `${result.package}: ${result.updates.length} device update(s), ${bytes(result.size)}; ${created} new rule(s), ${pending} now pending, ${bytes(result.written_bytes)} written. New versions are pending until approved.`
-      : `${result.package}: nothing changed, this package was imported already.`;
+      : `${result.package}: nothing changed, this package was imported already (its stored files verified).`)
+      + (repaired.length ? ` Repaired ${repaired.length} damaged stored file(s) from the package: ${repaired.join(", ")}.` : "");
     fillTable($("#result-table"), result.updates.map((u) => el("tr", {},
       el("td", { class: "num", text: dash(u.rule_id) }),
       el("td", { text: [u.device_type, u.brand, u.model, u.revision, u.locale, u.update_type].join("/") }),

@@ -15,6 +15,7 @@ from twisted.logger import LogEvent, Logger, LogLevel, textFileLogObserver
 from twisted.python.failure import Failure
 
 from appliance.cli.console import text_observer
+from appliance.ops import readable
 
 CHECK_FORMAT = (
     "update check {client} {zone} {mac} {serial} {brand} {model} {locale} reported "
@@ -63,6 +64,8 @@ def events() -> list[LogEvent]:
     log.info("odd {x} broken {y}", x=Odd(), y=Broken())
     log.info("")
     log.info("{empty}", empty="")
+    log.info("serving {domains} for {seconds} s", domains=("example.com", "contoso.com"), seconds=5)
+    log.info("nothing in {empty}", empty=())
     log.info("system", log_system="custom-system")
     log.info("no time", log_time=None)
     log.error("bytes {x}", x=b"\xff")
@@ -86,11 +89,18 @@ def written(observer: Any, batch: list[LogEvent]) -> str:
 
 
 def test_every_kind_of_event_is_written_as_twisted_writes_it() -> None:
+    """The same text, except that a None field reads `-` and a tuple's items are joined
+    (Twisted would write `None` and `('a', 'b')`)."""
     batch = events()
-    expected = written(textFileLogObserver, batch)
-    assert "update check 192.0.2.1 internal 00-04-F2-00-00-01 None Polycom" in expected
+    expected = written(textFileLogObserver, [readable(e) for e in batch])
+    assert "update check 192.0.2.1 internal 00-04-F2-00-00-01 - Polycom" in expected
+    assert "reported 4.0.7577.4366: approved -\n" in expected
+    assert "serving example.com, contoso.com for 5 s\n" in expected
     assert "ZeroDivisionError" in expected and "Unable to format event" in expected
-    assert written(text_observer, batch) == expected
+    text = written(text_observer, batch)
+    assert text == expected
+    formatted = [line for line in text.splitlines() if "Unable to format event" not in line]
+    assert not [line for line in formatted if "None" in line or "('" in line or "()" in line]
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ CPU than the rest of the check's record keeping. `text_observer` writes the same
 from a format parsed once per format string and a time formatted once per second. An
 event it cannot write so (a traceback, a field such as `{a.b}`, `{x!r}` or `{x:>5}`, a
 field that is missing or fails to format) goes through Twisted's own formatter, which
-writes what it always did.
+writes what it always did. Either way a None field reads `-` and a tuple's items are
+joined (`appliance.ops` `shown`), not Python's repr.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from twisted.logger import (
     formatTime,
     timeFormatRFC3339,
 )
+
+from appliance.ops import readable, shown
 
 _Parts = tuple[tuple[str, str | None], ...]  # (literal text, field name or None)
 _MAX_FORMATS = 1024  # parsed format strings kept (the appliance logs a few dozen)
@@ -59,7 +62,7 @@ class _Formats:
             or "log_failure" in event
             or "log_time" not in event
         ):
-            return formatEventAsClassicLogText(event, _twisted_time)
+            return formatEventAsClassicLogText(readable(event), _twisted_time)
         if log_format in self.parsed:
             parts = self.parsed[log_format]
         else:
@@ -67,16 +70,15 @@ class _Formats:
                 self.parsed.clear()
             parts = self.parsed[log_format] = _parse(log_format)
         if parts is None:
-            return formatEventAsClassicLogText(event, _twisted_time)
+            return formatEventAsClassicLogText(readable(event), _twisted_time)
         try:
             message = "".join(
-                literal + ("" if name is None else format(event[name], ""))
-                for literal, name in parts
+                literal + ("" if name is None else shown(event[name])) for literal, name in parts
             )
             when = event["log_time"]
             stamp = "-" if when is None else self.time(when)
         except Exception:
-            return formatEventAsClassicLogText(event, _twisted_time)  # says it failed
+            return formatEventAsClassicLogText(readable(event), _twisted_time)  # says it failed
         if not message:
             return None
         text = f"{stamp} [{_system(event)}] {message}"

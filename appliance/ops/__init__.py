@@ -19,6 +19,7 @@ from appliance.ops.events import (
     newest_event_id,
 )
 from appliance.ops.health import HealthResource, expiry_timer
+from appliance.ops.logtext import readable, shown
 from appliance.ops.metrics import ImportMetrics, Readings, make_registry
 from appliance.ops.metrics_web import MetricsResource, metrics_site
 from appliance.ops.plugin import report_unknown, run_check
@@ -50,6 +51,8 @@ __all__ = [
     "make_syslog_observer",
     "metrics_site",
     "newest_event_id",
+    "readable",
     "report_unknown",
     "run_check",
+    "shown",
 ]

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 
 from twisted.logger import LogEvent, LogLevel, formatEvent
 
+from appliance.ops.logtext import readable
+
 ENTERPRISE_NUMBER = 32473  # the one RFC 5612 reserves for documentation
 SD_ID = f"ucupdates@{ENTERPRISE_NUMBER}"
 MAX_VALUE_CHARS = 512  # one structured-data value, before escaping
@@ -99,8 +101,9 @@ def structured_params(event: LogEvent) -> list[tuple[str, str]]:
 
 
 def message_text(event: LogEvent) -> str:
-    """The formatted text, with the error of a `log.failure` event on the same line."""
-    text = formatEvent(event)
+    """The formatted text (None as `-`, a tuple's items joined: `logtext`), with the
+    error of a `log.failure` event on the same line."""
+    text = formatEvent(readable(event))
     failure = event.get("log_failure")
     if failure is not None:
         with contextlib.suppress(Exception):  # a broken failure: the text still goes out

@@ -18,7 +18,13 @@ from hypothesis import strategies as st
 
 import tests.test_decision as table
 from appliance.catalogue.decision import Reason, answer_key
-from appliance.catalogue.rollout import RolloutReason, decide, rollout_key
+from appliance.catalogue.rollout import (
+    RolloutReason,
+    decide,
+    decide_with,
+    rollout_facts,
+    rollout_key,
+)
 from appliance.catalogue.rollout_policy import (
     NetworkPolicy,
     Pin,
@@ -281,5 +287,15 @@ def test_equal_keys_get_equal_answers_drawn(
         key = rollout_key(req, CATALOG, POLICY, now, address)
         assert answers.setdefault(key, answer) == answer, (req, now, address)
         assert decide(req, CATALOG, POLICY, now, address) == decide(
+            req, CATALOG, POLICY, now, address
+        )
+
+
+def test_facts_once_a_check_give_the_same_key_and_answer() -> None:
+    # The service's way: the facts once, the key from them, decide_with on a miss.
+    for req, now, address in grid()[::11]:
+        facts = rollout_facts(req, POLICY, now, address)
+        assert (*answer_key(req, CATALOG), facts) == rollout_key(req, CATALOG, POLICY, now, address)
+        assert decide_with(req, CATALOG, POLICY, facts) == decide(
             req, CATALOG, POLICY, now, address
         )

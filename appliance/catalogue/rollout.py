@@ -117,6 +117,10 @@ NO_FACTS = RolloutFacts()
 def rollout_facts(
     request: DeviceRequest, policy: RolloutPolicy, now: datetime, address: str | None
 ) -> RolloutFacts:
+    """What the policy says of this device now: its pins, its stages, its window.
+
+    A few microseconds (the bucket's SHA-256, the window's local time; a client address's
+    network is remembered by the policy), so it can run on every check."""
     if policy.empty:
         return NO_FACTS
     pins = policy.pins_for(request.mac, request.serial) if policy.pins else ()
@@ -144,7 +148,9 @@ def rollout_key(
 ) -> tuple[object, ...]:
     """`answer_key` and the rollout facts: requests with equal keys get equal answers from
     the same catalogue and policy. The path a device walks is not added: it follows from
-    the model and reported versions, which `answer_key` holds."""
+    the model and reported versions, which `answer_key` holds. A caller that wants the
+    facts once per check builds the same key from `rollout_facts` and, on a miss, answers
+    with `decide_with`."""
     return (*answer_key(request, catalog), rollout_facts(request, policy, now, address))
 
 

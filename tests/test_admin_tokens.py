@@ -4,7 +4,9 @@ takes them through a serving process over TLS and through `--server`."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import io
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -19,8 +21,10 @@ from treq.testing import StubTreq
 from appliance.admin import AccountError, create_token, make_admin_site, parse_expiry, revoke_token
 from appliance.admin.tokens import bearer_secret, digest, find_token
 from appliance.catalogue import import_package, make_sample_package
-from appliance.config import load_config
+from appliance.cli.admin import add_admin_parser, run_admin
+from appliance.config import Config, load_config
 from appliance.model import RuleState
+from appliance.passwords import hash_password
 from appliance.store import Store
 from appliance.testing import InlineReactor, memory_client, settle
 
@@ -175,3 +179,58 @@ def test_expiry_forms() -> None:
     for bad in ("0", "2020-01-01", "tomorrow"):
         with pytest.raises(AccountError):
             parse_expiry(bad, NOW)
+
+
+# -- the command line, in process -----------------------------------------------------------
+
+
+def cli(store: Store, *argv: str, stdin: str = "") -> tuple[int, str]:
+    parser = argparse.ArgumentParser()
+    add_admin_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["admin", *argv])
+    out = io.StringIO()
+    status = run_admin(args, Config(), store, "root", stdin=io.StringIO(stdin), out=out)
+    return status, out.getvalue()
+
+
+def test_token_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    store = Store.open(":memory:")
+    status, out = cli(store, "token", "create", "ci", "--role", "viewer", "--expires", "7")
+    token = out.strip()
+    assert status == 0 and token.startswith("uct_") and "\n" not in token  # alone on stdout
+    assert "shown only now" in capsys.readouterr().err
+    status, out = cli(store, "token", "list", "--json")
+    (row,) = json.loads(out)
+    assert (row["name"], row["role"], row["last_used_at"]) == ("ci", "viewer", None)
+    assert token not in out and digest(token) not in out
+    assert cli(store, "token", "create", "ci", "--role", "admin")[0] == 1  # the name is taken
+    secret = "A" * 40
+    args = ("token", "create", "ops", "--role", "admin", "--secret-stdin", "--update")
+    assert cli(store, *args, stdin=secret + "\n") == (
+        0,
+        "API token ops set (admin, expires never)\n",
+    )
+    status, out = cli(store, *args, stdin=secret + "\n")
+    assert out == "API token ops unchanged (admin, expires never)\n"
+    assert cli(store, "token", "revoke", "ci") == (0, "API token ci revoked\n")
+    assert cli(store, "token", "revoke", "ci")[0] == 1
+    assert cli(store, "token", "revoke", "ci", "--missing-ok")[1].endswith("nothing to remove\n")
+    assert [t.name for t in store.api_tokens()] == ["ops"]
+
+
+def test_admin_add_update_and_hashes(capsys: pytest.CaptureFixture[str]) -> None:
+    store = Store.open(":memory:")
+    add = ("add", "ops", "--role", "admin", "--update", "--password-stdin")
+    assert cli(store, *add, stdin="first password\n")[1] == "admin account ops added (admin)\n"
+    assert cli(store, *add, stdin="first password\n")[1] == "admin account ops unchanged (admin)\n"
+    status, out = cli(store, *add, stdin="second password\n")
+    assert out == "admin account ops changed password (admin)\n"
+    hashed = hash_password("hashed password")
+    by_hash = ("add", "noc", "--role", "viewer", "--password-hash-stdin")
+    assert cli(store, *by_hash, stdin=hashed + "\n")[0] == 0
+    assert store.admin_account("noc").password_hash == hashed  # type: ignore[union-attr]
+    assert cli(store, *by_hash, stdin=hashed + "\n")[0] == 1  # exists, and no --update
+    assert cli(store, *by_hash, "--update", stdin=hashed + "\n")[1].endswith("unchanged (viewer)\n")
+    assert cli(store, "add", "x", "--role", "admin", "--password-hash-stdin", stdin="md5\n")[0] == 1
+    assert "argon2id" in capsys.readouterr().err
+    assert cli(store, "remove", "nobody", "--missing-ok")[1].endswith("nothing to remove\n")

@@ -55,6 +55,7 @@ from appliance.catalogue.rollout import (
     RolloutFacts,
     RolloutReason,
     decide,
+    decide_with,
     rollout_facts,
     rollout_key,
 )
@@ -147,6 +148,7 @@ __all__ = [
     "clean_files",
     "create_backup",
     "decide",
+    "decide_with",
     "file_sha256",
     "finish_restore",
     "hold_serve_lock",

@@ -24,6 +24,7 @@ from appliance.ops.metrics import OTHER, StoreFigures, bounded
 from appliance.ops.metrics_web import allowed
 from appliance.passwords import hash_password
 from appliance.phones import Authenticator, LocalDirectory, PhoneService
+from appliance.phones.slots import DownloadLimit, DownloadSlots, Slot
 from appliance.service import serve_metrics
 from appliance.store import Store
 from appliance.testing import (
@@ -280,3 +281,31 @@ def test_a_store_that_cannot_be_read_leaves_the_other_metrics_served(tmp_path: P
     _, samples = scrape(Readings(checks=lambda: {("internal", "approved"): 2}, store=store))
     assert samples["ucupdates_checks_total", (("outcome", "approved"), ("zone", "internal"))] == 2
     assert not any(name.startswith("ucupdates_catalogue") for name, _ in samples)
+
+
+def test_a_download_is_counted_with_its_bytes(appliance: Appliance) -> None:
+    stored = next(f for f in appliance.store.stored_files() if f.version == APPROVED)
+    stub = phone_client(appliance.phone)
+    response = settle(stub, stub.get(f"http://ucupdates.test/DeviceUpdateFiles_Int/{stored.path}"))
+    body = settle(stub, response.content())
+    assert response.code == 200 and len(body) == stored.size
+    _, samples = scrape(appliance.readings)
+    assert samples["ucupdates_downloads_total", (("result", "complete"),)] == 1
+    assert samples["ucupdates_download_sent_bytes_total", ()] == stored.size
+    assert samples["ucupdates_downloads_in_flight", ()] == 0
+
+
+def test_download_slots_count_refusals_and_interrupted_bodies() -> None:
+    slots = DownloadSlots(total=1, per_client=1)
+    slot = slots.take("10.0.0.1")
+    assert isinstance(slot, Slot)
+    assert slots.take("10.0.0.2") is DownloadLimit.ALL
+    slot.release(4096, complete=False)
+    slot.release(4096, complete=False)  # once only
+    assert slots.figures() == {
+        "active": 0,
+        "bytes": 4096,
+        "complete": 0,
+        "interrupted": 1,
+        "refused": 1,
+    }

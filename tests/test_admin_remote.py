@@ -74,6 +74,11 @@ def test_remote_import_approve_and_list(
     assert status == 1 and "skipped, has no pending version" in out
     status, out = remote(panel, "events", "--limit", "2")
     assert "web:ops approve" in out
+    # no restore version: refused, saying what phones would get, unless --force
+    status, out = remote(panel, "restore", "--model", "CX600", "--locale", "ENU")
+    assert status == 1 and "phones would be offered no update" in out
+    status, out = remote(panel, "restore", "--model", "CX600", "--locale", "ENU", "--force")
+    assert status == 0 and "approved -, pending -, restore -, state restored" in out
 
 
 def test_remote_test_devices(panel: Panel, capsys: pytest.CaptureFixture[str]) -> None:

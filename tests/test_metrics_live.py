@@ -176,3 +176,28 @@ def test_the_documented_alert_rules_pass_promtool(tmp_path: Path) -> None:
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "UcupdatesCertificateExpiresSoon" in rules[0] and "UcupdatesNoChecks" in rules[0]
+
+
+def test_with_workers_the_first_process_alone_serves_its_own_listener(tmp_path: Path) -> None:
+    """`serve --workers 2`: the second process shares the phones' ports, not the metrics
+    listener, and starts (its phone listener answers a check)."""
+    config_file = tmp_path / "ucupdates.toml"
+    config_file.write_text(f'data_dir = "data"\n{CONFIG}')
+    approved_sample(load_config(config_file), version=APPROVED).close()
+    with serving(config_file, tmp_path / "serve.log", "--workers", "2") as server:
+        deadline = time.monotonic() + 20
+        while "listener internal-http on" not in _second_start(server) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        assert "listener internal-http on" in _second_start(server), server.log.read_text()
+        check(server)
+        code, text = curl(f"http://{INSIDE}:{server.ports['metrics']}/metrics")
+        assert code == 200 and b"ucupdates_checks_total" in text
+
+
+def _second_start(server: Serving) -> str:
+    """The log lines of the second process's listeners (the first logs its own too)."""
+    lines = server.log.read_text().splitlines()
+    starts = [line for line in lines if "listener internal-http on" in line]
+    return starts[1] if len(starts) > 1 else ""

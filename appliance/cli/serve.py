@@ -194,7 +194,11 @@ def _start_workers(
     if config.source is not None:
         argv += ["--config", str(config.source)]
     argv += ["serve", "--log-format", args.log_format]
-    argv += [f"--bind={name}={Address(host, port)}" for name, (host, port) in ports.items()]
+    argv += [
+        f"--bind={name}={Address(host, port)}"
+        for name, (host, port) in ports.items()
+        if name != "metrics"  # the first process's alone (service.serve_metrics)
+    ]
     workers = [subprocess.Popen(argv) for _ in range(args.workers - 1)]
 
     def stop_workers() -> None:

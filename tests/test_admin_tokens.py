@@ -234,3 +234,13 @@ def test_admin_add_update_and_hashes(capsys: pytest.CaptureFixture[str]) -> None
     assert cli(store, "add", "x", "--role", "admin", "--password-hash-stdin", stdin="md5\n")[0] == 1
     assert "argon2id" in capsys.readouterr().err
     assert cli(store, "remove", "nobody", "--missing-ok")[1].endswith("nothing to remove\n")
+
+
+def test_an_upload_is_judged_by_its_token_before_its_body(site: Site) -> None:
+    bad = "uct_" + "y" * 43
+    status, reply, body = site.call("POST", "/api/packages?name=x.cab", bad, None)
+    assert status == 401 and "API token" in body["error"]
+    assert reply.getRawHeaders("WWW-Authenticate") == ['Bearer error="invalid_token"']
+    viewer = make(site, "dash", "viewer")
+    status, _, body = site.call("POST", "/api/packages?name=x.cab", viewer, None)
+    assert (status, body["error"]) == (403, "a viewer cannot change anything; ask an admin")

@@ -34,6 +34,7 @@ from appliance.admin.api import Access, Api
 from appliance.admin.api_packages import UPLOAD_PATH, ImportObserver
 from appliance.admin.directory_logins import AdminDirectory
 from appliance.admin.request import AdminRequest
+from appliance.admin.tokens import bearer_secret
 from appliance.admin.web import ApiError, Reply, error_reply, finish, send
 from appliance.config import AdminSettings, Config
 from appliance.ops import (
@@ -71,9 +72,15 @@ class AdminChannel(GuardedChannel):
         super().reject(rejection)
 
     def rejection_body(self, rejection: Rejection) -> tuple[bytes, bytes, list[bytes]]:
-        """The API's JSON error body."""
+        """The API's JSON error body (an upload refused for its Bearer token says so, as
+        the API's own 401 does)."""
         body = json.dumps({"error": rejection.reason}).encode() + b"\n"
-        return b"application/json", body, [b"Cache-Control: no-store"]
+        headers = [b"Cache-Control: no-store"]
+        request = self.requests[-1] if self.requests else None
+        sent = request.getHeader(b"authorization") if request is not None else None
+        if rejection.status == 401 and bearer_secret(sent) is not None:
+            headers.append(b'WWW-Authenticate: Bearer error="invalid_token"')
+        return b"application/json", body, headers
 
 
 class AdminSite(GuardedSite):

@@ -107,6 +107,42 @@ def test_vagrantfile_validates(tmp_path: Path) -> None:
     text = (REPO / "Vagrantfile").read_text()
     for path in re.findall(r'"(ansible/[^"]+)"', text):
         assert (REPO / path).exists(), f"the Vagrantfile names {path}, which does not exist"
+    # With vagrant-libvirt installed (Debian package), its block too: validate checks every
+    # setting of the provider the machine would use (unknown ones are errors).
+    if "vagrant-libvirt" not in _run(["vagrant", "plugin", "list"], env=env).stdout:
+        pytest.skip("the libvirt block needs vagrant-libvirt (Debian package) to validate")
+    done = _run(
+        ["vagrant", "validate"], timeout=180, env=env | {"VAGRANT_DEFAULT_PROVIDER": "libvirt"}
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "validated successfully" in done.stdout
+
+
+def test_vagrant_forwards_ports_that_make_run_leaves_free() -> None:
+    """`make run` serves the embedded defaults' listeners on this machine; the VM's
+    forwarded ports must not take them (nor each other's)."""
+    from appliance.config import Config
+
+    text = (REPO / "Vagrantfile").read_text()
+    constants = {name: int(value) for name, value in re.findall(r"^(\w+) = (\d+)", text, re.M)}
+    forwards = re.findall(r":forwarded_port, guest: (\w+), host: (\w+)", text)
+    assert forwards, "the Vagrantfile forwards no port"
+    hosts = [int(host) if host.isdigit() else constants[host] for _, host in forwards]
+    listeners = Config().listeners
+    taken = {
+        address.port
+        for address in (
+            listeners.dns,
+            listeners.internal_https,
+            listeners.internal_http,
+            listeners.external_https,
+            listeners.admin,
+        )
+        if address is not None
+    }
+    assert not set(hosts) & taken, (hosts, taken)
+    assert len(set(hosts)) == len(hosts)
+    assert "provider :libvirt" in text and "provider :virtualbox" in text
 
 
 # -- the converge -------------------------------------------------------------------------------

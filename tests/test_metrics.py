@@ -17,10 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
 
 from appliance.admin import add_account, make_admin_site
-from appliance.catalogue import make_sample_package, sample_check
+from appliance.catalogue import Reason, make_sample_package, sample_check
 from appliance.config import Config, Network, load_config
+from appliance.discovery.dhcp_answer import Outcome as DhcpOutcome
 from appliance.ops import Readings, make_registry, metrics_site
-from appliance.ops.metrics import OTHER, StoreFigures, bounded
+from appliance.ops.metrics import CHECK_OUTCOMES, DHCP_OUTCOMES, OTHER, StoreFigures, bounded
 from appliance.ops.metrics_web import allowed
 from appliance.passwords import hash_password
 from appliance.phones import Authenticator, LocalDirectory, PhoneService
@@ -309,3 +310,8 @@ def test_download_slots_count_refusals_and_interrupted_bodies() -> None:
         "interrupted": 1,
         "refused": 1,
     }
+
+
+def test_every_decision_reason_has_its_checks_series() -> None:
+    assert tuple(reason.value for reason in Reason) == CHECK_OUTCOMES
+    assert tuple(outcome.value for outcome in DhcpOutcome) == DHCP_OUTCOMES

@@ -41,7 +41,8 @@ log = Logger(namespace="ucupdates.metrics")
 
 OTHER = "other"  # the label of a model or version the catalogue does not know
 STORE_SECONDS = 10.0  # the catalogue and inventory figures are this fresh at most
-CHECK_OUTCOMES = (  # catalogue.Reason's values: every series exists from the start
+CHECK_OUTCOMES = (  # catalogue.Reason's values (a test holds them equal): every series
+    # exists from the start, so an alert on one of them has a series to look at
     "no-rule",
     "no-version",
     "up-to-date",
@@ -58,7 +59,6 @@ DNS_ANSWERS = {  # label -> the responder's counters summed into it
     "servfail": ("upstream_timeouts", "upstream_errors"),
     "malformed": ("malformed",),
 }
-DNS_TCP = {"accepted": "tcp_connections", "refused": "tcp_refused"}
 DHCP_OUTCOMES = ("answered", "ignored", "malformed", "untrusted_relay")
 LOCKOUT_SCOPES = ("user", "user_source", "source")
 DOWNLOAD_RESULTS = ("complete", "interrupted", "refused")

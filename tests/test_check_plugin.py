@@ -315,7 +315,17 @@ def test_no_phone_yet_is_not_a_warning_but_a_quiet_day_is(config: Config, store:
 
 def test_disk_space_warns_then_fails_by_share_or_bytes(config: Config) -> None:
     config.data_dir.mkdir(parents=True)
-    ok = check_disk(dataclasses.replace(config, check=CheckSettings(0, 0, 0, 0, 0)))
+    ok = check_disk(
+        dataclasses.replace(
+            config,
+            check=CheckSettings(
+                disk_warning_percent=0,
+                disk_critical_percent=0,
+                disk_warning_bytes=0,
+                disk_critical_bytes=0,
+            ),
+        )
+    )
     assert (ok.ok, ok.warning) == (True, False)
     free = {p.label: p for p in ok.perfdata}["data_free"]
     assert free.value is not None and free.max is not None and 0 < free.value <= free.max
@@ -343,6 +353,8 @@ def test_rules_are_counted_by_state(config: Config, store: Store, sample_cab: Pa
 # -- every status through the real command ------------------------------------------------------
 
 LISTENERS = ("dns", "internal_https", "internal_http", "external_https", "admin")
+DISK_LIMITS = ("disk_warning_percent", "disk_critical_percent", "disk_warning_bytes",
+               "disk_critical_bytes")  # fmt: skip
 
 
 @dataclass
@@ -351,14 +363,17 @@ class Site:
     data: Path
     ports: dict[str, int]
 
-    def config(self, name: str, extra: str = "", **ports: int) -> Path:
-        """A config file of this data folder and listeners (`ports` moves some)."""
+    def config(self, name: str, check: dict[str, int] | None = None, **ports: int) -> Path:
+        """A config file of this data folder and listeners (`ports` moves some); the
+        disk limits off unless `check` sets them (this machine's disk is not under test)."""
         path = self.base / f"{name}.toml"
         chosen = self.ports | ports
+        limits = dict.fromkeys(DISK_LIMITS, 0) | (check or {})
         path.write_text(
             f"data_dir = {json.dumps(str(self.data))}\n[listeners]\n"
             + "".join(f'{key} = "127.0.0.1:{chosen[key]}"\n' for key in LISTENERS)
-            + extra
+            + "[check]\n"
+            + "".join(f"{key} = {value}\n" for key, value in limits.items())
         )
         return path
 
@@ -444,7 +459,7 @@ def test_live_check_is_a_monitoring_plugin_on_every_status_path(site: Site) -> N
         assert {c["status"] for c in report["checks"]} == {"OK"}
 
         # WARNING: the data folder's disk is filling (a limit above what is free).
-        filling = site.config("filling", "[check]\ndisk_warning_percent = 100\n")
+        filling = site.config("filling", {"disk_warning_percent": 100})
         status, out = site.check(filling)
         disk = parse_plugin(out, status)
         assert (disk.status, status) == ("WARNING", 1), out
@@ -452,8 +467,7 @@ def test_live_check_is_a_monitoring_plugin_on_every_status_path(site: Site) -> N
         assert disk.figures["data_free_pct"].warn == Range(100, float("inf"), False)
 
         # CRITICAL: the admin listener is not there, and the disk is full by the limits.
-        down = site.config("down", "[check]\ndisk_critical_bytes = 1152921504606846976\n",
-                           admin=free_port())  # fmt: skip
+        down = site.config("down", {"disk_critical_bytes": 1 << 60}, admin=free_port())
         status, out = site.check(down)
         critical = parse_plugin(out, status)
         assert (critical.status, status) == ("CRITICAL", 2), out

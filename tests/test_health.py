@@ -189,7 +189,15 @@ def appliance(config: Config, imported: Store, creds: ServerCredentials) -> Iter
         admin=servers["admin"].address,
     )
     try:
-        yield Appliance(dataclasses.replace(config, listeners=listeners), imported, servers)
+        # the disk limits off: this machine's free space is not under test
+        no_disk_limits = CheckSettings(
+            disk_warning_percent=0,
+            disk_critical_percent=0,
+            disk_warning_bytes=0,
+            disk_critical_bytes=0,
+        )
+        healthy = dataclasses.replace(config, listeners=listeners, check=no_disk_limits)
+        yield Appliance(healthy, imported, servers)
     finally:
         for server in servers.values():
             server.close()
@@ -433,11 +441,7 @@ ALL_CHECKS = [
 
 def test_check_command_passes_on_a_healthy_appliance(appliance: Appliance) -> None:
     out = io.StringIO()
-    no_disk_limits = CheckSettings(
-        disk_warning_percent=0, disk_critical_percent=0, disk_warning_bytes=0, disk_critical_bytes=0
-    )  # this machine's disk is not under test
-    config = dataclasses.replace(appliance.config, check=no_disk_limits)
-    status = check_command(config, appliance.store, False, out, NOW, TIMEOUT)
+    status = check_command(appliance.config, appliance.store, False, out, NOW, TIMEOUT)
     first, *lines = out.getvalue().splitlines()
     assert status == 0, out.getvalue()
     assert first.startswith(f"UCUPDATES OK - all {len(ALL_CHECKS)} checks passed | ")

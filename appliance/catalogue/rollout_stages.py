@@ -22,49 +22,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from appliance.catalogue.rollout_policy import RolloutError, StagedApproval
-
-
-@dataclass(frozen=True)
-class StageHealth:
-    """The devices of the current stage offered the staged version, by what they did."""
-
-    offered: int
-    updated: int = 0  # run what they were offered
-    stuck: int = 0  # still on the old version after N offers or T hours
-    reverted: int = 0  # went back to an older version
-    silent: int = 0  # took it, then stopped checking in for longer than their interval
-
-    @property
-    def failing(self) -> int:
-        return self.stuck + self.reverted + self.silent
-
-
-@dataclass(frozen=True)
-class AutoPause:
-    """Pause when at least `min_failing` devices and `max_failing_percent` % fail."""
-
-    max_failing_percent: float = 5.0
-    min_failing: int = 3
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.max_failing_percent <= 100 or self.min_failing < 1:
-            raise RolloutError(
-                "auto-pause needs a share from 0 to 100 % and at least 1 failing device,"
-                f" not {self.max_failing_percent} % and {self.min_failing}"
-            )
-
-
-@dataclass(frozen=True)
-class StageSchedule:
-    """How long each stage runs before the next (None: by hand only), and when to pause."""
-
-    soak: timedelta | None = None
-    auto_pause: AutoPause | None = AutoPause()
+from appliance.model import (
+    AutoPause,
+    RolloutError,
+    StagedApproval,
+    StageHealth,
+    StageSchedule,
+)
 
 
 class StageMove(StrEnum):
@@ -144,3 +111,15 @@ def soak_shortfall(
                 f"{model}: {soaked} of {devices} test devices have run it for {hours:g} hours"
             )
     return tuple(missing)
+
+
+__all__ = [
+    "AutoPause",
+    "StageHealth",
+    "StageMove",
+    "StageSchedule",
+    "advance_stage",
+    "pause_reason",
+    "soak_shortfall",
+    "tick_stage",
+]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC
 from importlib import resources
@@ -28,6 +28,14 @@ from appliance.store.catalogue import CatalogueTables
 from appliance.store.connection import Clock, count_catalogue_change, utc_now
 from appliance.store.devices import DeviceTables
 from appliance.store.errors import SchemaError, StoreError
+from appliance.store.offers import OfferTables
+from appliance.store.rollouts import SALT, RolloutTables, new_salt
+
+# What a schema version sets besides its script, in the same transaction: values portable
+# SQL cannot make (a random salt).
+_AFTER: dict[int, Callable[[], str]] = {
+    7: lambda: f"INSERT INTO rollout_settings VALUES ('{SALT}', '{new_salt()}');\n",
+}
 
 
 def _schema_scripts() -> list[tuple[int, str]]:
@@ -71,7 +79,7 @@ def _private_files(path: Path) -> None:
             continue  # not there (or not ours to change): SQLite reports what matters
 
 
-class Store(CatalogueTables, DeviceTables, AdminTables):
+class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTables):
     """One open database. Use `Store.open(path)`; `":memory:"` works for tests."""
 
     @classmethod
@@ -151,6 +159,7 @@ class Store(CatalogueTables, DeviceTables, AdminTables):
                 "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL);\n"
                 f"{sql}\n"
                 f"INSERT INTO schema_version VALUES ({version}, '{self.now()}');\n"
+                f"{_AFTER[version]() if version in _AFTER else ''}"
                 "COMMIT;"
             )
 

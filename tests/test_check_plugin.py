@@ -26,6 +26,7 @@ import pytest
 
 from appliance.catalogue.importer import import_package
 from appliance.catalogue.sample import sample_check
+from appliance.cli.main import main
 from appliance.config import CheckSettings, Config
 from appliance.model import Device
 from appliance.ops.figures import check_disk, check_phones, check_rules
@@ -212,6 +213,19 @@ def test_no_pipe_or_newline_of_a_detail_reaches_the_output() -> None:
     assert out.summary.startswith("files: a/b is missing second line; disk: low / very")
     assert [s for s, _, _ in out.details] == ["CRITICAL", "WARNING"]
     assert set(out.figures) == {"x", "check_duration"}
+
+
+def test_an_option_check_does_not_know_is_unknown_not_critical(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A monitoring plugin's usage error exits 3 (UNKNOWN); argparse's 2 reads CRITICAL."""
+    status = main(["--data-dir", str(tmp_path), "check", "--warning", "10"])
+    out = capsys.readouterr().out
+    assert status == 3
+    assert parse_plugin(out, status).summary == "unrecognized arguments: --warning 10"
+    with pytest.raises(SystemExit) as ended:  # other commands: argparse's usage error
+        main(["--data-dir", str(tmp_path), "rules", "--warning", "10"])
+    assert ended.value.code == 2
 
 
 # -- Monitoring::Plugin, the plugins' own Perl library, as a second reader ----------------------

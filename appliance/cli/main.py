@@ -194,7 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if args.command == "check":  # a monitoring plugin's usage error: UNKNOWN, not 2
+            return check_cannot_run(args, f"unrecognized arguments: {' '.join(unknown)}")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.server:  # drive a remote appliance through its API
         try:
             token = server_token(args, os.environ)

@@ -27,6 +27,7 @@ from appliance.config.tables import (
     ImportSettings,
     Listeners,
     MetricsSettings,
+    RolloutSettings,
     ServiceSettings,
     SyslogSettings,
     TlsSettings,
@@ -53,6 +54,7 @@ class Config:
     admin: AdminSettings = AdminSettings()
     metrics: MetricsSettings = MetricsSettings()
     check: CheckSettings = CheckSettings()
+    rollouts: RolloutSettings = RolloutSettings()
     source: Path | None = field(default=None, metadata={"internal": True})
 
     @property

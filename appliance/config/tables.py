@@ -356,3 +356,17 @@ class CheckSettings:
     disk_critical_bytes: int = field(default=256 * 1024**2, metadata={"check": within(0, 1 << 60)})
     # WARNING when no phone has checked for updates for this long, once any phone has.
     quiet_warning_hours: float = field(default=24.0, metadata={"check": positive})
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """How the next check confirms an offer (docs/rollouts.md): a device still on the old
+    version after `stuck_offers` offers or `stuck_hours` is stuck; one offered a version
+    that has not checked in for `silent_hours` (its check interval, a day, and some
+    slack) is silent. `timer_seconds`: how often staged approvals are looked at (advance,
+    pause) and silent devices found."""
+
+    stuck_offers: int = field(default=3, metadata={"check": positive})
+    stuck_hours: float = field(default=48.0, metadata={"check": positive})
+    silent_hours: float = field(default=26.0, metadata={"check": positive})
+    timer_seconds: float = field(default=60.0, metadata={"check": positive})

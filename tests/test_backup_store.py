@@ -81,3 +81,16 @@ def test_a_new_or_current_database_takes_no_backup(tmp_path: Path) -> None:
         assert store.upgrade_backup is None
         store.close()
     assert not (tmp_path / "backups").exists()
+
+
+def test_opening_without_upgrade_refuses_an_older_schema_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Monitoring opens the store so: a check must not upgrade the database under a
+    service still running the previous version (nor write a pre-upgrade copy)."""
+    path = tmp_path / "ucupdates.sqlite3"
+    older = older_database(path)
+    with pytest.raises(SchemaError, match=f"version {older} is older"):
+        Store.open(path, clock=FixedClock(START), upgrade=False)
+    assert inspect_database(path) == (older, [])
+    assert not (tmp_path / "backups").exists()

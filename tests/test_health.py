@@ -329,6 +329,26 @@ def test_run_check_reports_a_missing_or_newer_database_without_creating_one(
     assert "CRITICAL store:" in out.getvalue() and "999 is newer" in out.getvalue()
 
 
+def test_run_check_reports_an_older_schema_and_leaves_it_to_the_service(
+    config: Config,
+) -> None:
+    """A new version installed but not yet started: the check says so and upgrades nothing
+    (the running service still reads the old schema)."""
+    config.data_dir.mkdir(parents=True)
+    Store.open(config.db_path).close()
+    with sqlite3.connect(config.db_path) as conn:
+        newest = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        conn.execute("DELETE FROM schema_version WHERE version = ?", (newest,))
+    conn.close()
+    out = io.StringIO()
+    assert run_check(config, False, out=out) == 2
+    assert f"schema version {newest - 1} is older" in out.getvalue()
+    with sqlite3.connect(config.db_path) as conn:
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == newest - 1
+    conn.close()
+    assert not (config.data_dir / "backups").exists()
+
+
 # -- listeners, TLS and DNS --------------------------------------------------------------------
 
 

@@ -160,12 +160,14 @@ def check_command(
 
 def run_check(config: Config, json_output: bool, out: TextIO | None = None) -> int:
     """`check_command` with the store opened here: a missing or unreadable database is a
-    failed check (CRITICAL), not an error of the command (and no database is created)."""
+    failed check (CRITICAL), not an error of the command (and no database is created).
+    An older schema is reported, never upgraded: a monitoring run must not change the
+    database under a service still running the previous version."""
     store: Store | None = None
     problem = None
     if config.db_path.exists():
         try:
-            store = Store.open(config.db_path)
+            store = Store.open(config.db_path, upgrade=False)
         except (StoreError, OSError) as e:
             problem = str(e)
     try:

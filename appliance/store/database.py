@@ -83,7 +83,10 @@ class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTabl
     """One open database. Use `Store.open(path)`; `":memory:"` works for tests."""
 
     @classmethod
-    def open(cls, path: Path | str, clock: Clock = utc_now) -> Store:
+    def open(cls, path: Path | str, clock: Clock = utc_now, upgrade: bool = True) -> Store:
+        """Open (creating) the database and bring its schema to the newest, after a backup.
+        `upgrade=False` (monitoring, which must not change what a running older service
+        reads) refuses an older schema with SchemaError instead of upgrading it."""
         if str(path) != ":memory:":
             _private_files(Path(path))
         try:
@@ -96,7 +99,7 @@ class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTabl
             raise StoreError(f"{path}: cannot open the database: {e}") from e
         store = cls(conn, clock)
         try:
-            store._migrate(None if str(path) == ":memory:" else Path(path))
+            store._migrate(None if str(path) == ":memory:" else Path(path), upgrade)
         except sqlite3.DatabaseError as e:
             conn.close()
             raise StoreError(f"{path}: cannot open the database: {e}") from e
@@ -139,7 +142,7 @@ class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTabl
         found = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()
         return int(found[0] or 0)
 
-    def _migrate(self, path: Path | None) -> None:
+    def _migrate(self, path: Path | None, upgrade: bool = True) -> None:
         scripts = _schema_scripts()
         newest = scripts[-1][0]
         current = self.schema_version
@@ -147,6 +150,12 @@ class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTabl
             raise SchemaError(
                 f"database schema version {current} is newer than this ucupdates knows "
                 f"({newest}); upgrade ucupdates"
+            )
+        if not upgrade and 0 < current < newest:
+            raise SchemaError(
+                f"database schema version {current} is older than this ucupdates's "
+                f"({newest}): the installed version has not run yet; restarting the "
+                "service upgrades it, after a backup"
             )
         if path is not None and 0 < current < newest:
             self.upgrade_backup = self._backup_before_upgrade(path, current, newest)

@@ -278,6 +278,10 @@ def make_service(
     flush = internet.TimerService(1.0, phone.flush_inventory)
     flush.clock = reactor
     flush.setServiceParent(root)
+    if first_worker:  # staged approvals move, and silent devices are found, once
+        rollouts = internet.TimerService(config.rollouts.timer_seconds, phone.rollout_tick)
+        rollouts.clock = reactor
+        rollouts.setServiceParent(root)
     retention = internet.TimerService(
         3600.0,
         lambda: clean_device_logs(

@@ -51,11 +51,13 @@ from appliance.catalogue.restore import (
 )
 from appliance.catalogue.results import ImportResult, import_json
 from appliance.catalogue.rollout import (
+    AnyDecision,
     RolloutDecision,
     RolloutFacts,
     RolloutReason,
     decide,
     decide_with,
+    kept_versions,
     rollout_facts,
     rollout_key,
 )
@@ -77,6 +79,7 @@ from appliance.catalogue.rollout_actions import (
     tick_stagings,
     unpin_device,
 )
+from appliance.catalogue.rollout_confirm import check_outcomes, sweep_silent
 from appliance.catalogue.rollout_json import (
     entry_json,
     external_json,
@@ -128,6 +131,7 @@ from appliance.catalogue.verify import FileVerifier, file_sha256
 
 __all__ = [
     "Action",
+    "AnyDecision",
     "AutoPause",
     "BackupError",
     "BackupResult",
@@ -176,6 +180,7 @@ __all__ = [
     "backup_summary",
     "change_json",
     "check_approval",
+    "check_outcomes",
     "choose_update",
     "clean_files",
     "clear_external",
@@ -190,6 +195,7 @@ __all__ = [
     "import_json",
     "import_package",
     "is_test_device",
+    "kept_versions",
     "make_sample_package",
     "matching_rules",
     "network_json",
@@ -223,6 +229,7 @@ __all__ = [
     "stage_approved",
     "staging_json",
     "step_json",
+    "sweep_silent",
     "tick_stage",
     "tick_stagings",
     "unpin_device",

@@ -18,6 +18,7 @@ from typing import Any
 
 from appliance.catalogue import lifecycle
 from appliance.catalogue.lifecycle import Action, LifecycleError, NeedsForce
+from appliance.catalogue.rollout import kept_versions
 from appliance.identifiers import normalise_mac, normalise_serial
 from appliance.model import IdentifierKind, Rule, TestDevice
 from appliance.store import RuleFilter, Store
@@ -205,10 +206,11 @@ class CleanResult:
 
 
 def clean_files(store: Store, store_dir: Path, lock_path: Path, actor: str) -> CleanResult:
-    """Delete the updates no rule references any more, and their files (Lync's clean-up)."""
+    """Delete the updates no rule references any more, and their files (Lync's clean-up).
+    Versions an upgrade path offers on the way, or a pin holds devices on, are kept."""
     with data_lock(lock_path, "clean files"):
         with store.transaction():
-            kept = {(r.key.folded(), v) for r in store.rules() for v in r.versions()}
+            kept = kept_versions(store.rules(), store.rollout_policy())  # paths, pins too
             dropped = [(k, v) for k, v in store.updates() if (k.folded(), v) not in kept]
             for key, version in dropped:
                 store.delete_update(key, version)

@@ -35,6 +35,7 @@ client address are parameters.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -100,6 +101,25 @@ class RolloutDecision:
     @classmethod
     def of(cls, decision: Decision) -> RolloutDecision:
         return cls(decision.offers, decision.reason, decision.detail)
+
+
+AnyDecision = Decision | RolloutDecision  # what the phone service answers from
+
+
+def kept_versions(
+    rules: Iterable[Rule], policy: RolloutPolicy
+) -> frozenset[tuple[tuple[str, ...], str]]:
+    """(folded rule key, version) of every update a device may be offered: the versions
+    the rules reference, the upgrade steps of their models and the versions pins hold
+    (what phones may download, and what clean-files keeps)."""
+    kept: set[tuple[tuple[str, ...], str]] = set()
+    holds = [p for p in policy.pins if p.version is not None]
+    for rule in rules:
+        folded = rule.key.folded()
+        kept.update((folded, v) for v in rule.versions())
+        kept.update((folded, s.offer) for s in policy.paths if s.matches(rule.key))
+        kept.update((folded, p.version or "") for p in holds if p.covers(rule.key.update_type))
+    return frozenset(kept)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """What the phones are answered: the routes, the catalogue snapshot and remembered answers.
 
-The catalogue is reloaded when it changed; until then devices that say the same things get
+The catalogue and the rollout policy (docs/rollouts.md) are reloaded when they changed
+(a policy change counts as a catalogue change); until then devices that say the same things get
 the same answer. No check queries the database to find out: a change this process commits
 (an admin's action, an import, on any connection) moves the store's
 `catalogue_generation`, and a stored file that fails (or passes again) verification moves
@@ -15,10 +16,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from enum import StrEnum
 
-from appliance.catalogue import Decision, FileVerifier, answer_key, choose_update
-from appliance.model import Catalog, DeviceRequest, StoredFile
+from appliance.catalogue import (
+    AnyDecision,
+    FileVerifier,
+    answer_key,
+    choose_update,
+    decide_with,
+    kept_versions,
+    rollout_facts,
+)
+from appliance.model import Catalog, DeviceRequest, RolloutPolicy, StoredFile
 from appliance.phones.codec import BaseUrls, render_response
 from appliance.store import Store
 
@@ -63,17 +73,20 @@ class Answers:
         urls: BaseUrls,
         verifier: FileVerifier | None = None,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.urls = urls
         self.verifier = verifier
         self.clock = clock
+        self.now = now  # the service's clock: download windows, only with a policy
         self._generations: tuple[int, int] | None = None  # the store's, the verifier's
         self._data_version: int | None = None
         self._next_look = 0.0  # when `data_version` is read again (`clock`)
         self._catalog = Catalog()
+        self._policy = RolloutPolicy()
         self._files: dict[str, StoredFile] = {}
-        self._answers: dict[tuple[object, ...], tuple[Decision, bytes]] = {}
+        self._answers: dict[tuple[object, ...], tuple[AnyDecision, bytes]] = {}
 
     def _refresh(self) -> None:
         verified = self.verifier.generation if self.verifier is not None else 0
@@ -90,8 +103,9 @@ class Answers:
             self._catalog = dataclasses.replace(
                 self._catalog, broken=self.verifier.broken_updates()
             )
+        self._policy = self.store.rollout_policy()
         self._answers.clear()
-        referenced = {(r.key.folded(), v) for r in self._catalog.rules for v in r.versions()}
+        referenced = kept_versions(self._catalog.rules, self._policy)
         self._files = {
             f.path.as_posix().casefold(): f
             for f in self.store.stored_files()
@@ -103,30 +117,52 @@ class Answers:
         self._refresh()
         return self._catalog
 
+    def policy(self) -> RolloutPolicy:
+        """The rollout policy of the snapshot (loaded and reloaded with the catalogue)."""
+        self._refresh()
+        return self._policy
+
     def set_urls(self, urls: BaseUrls) -> None:
         """The base URLs answers carry (known once the listeners have their ports)."""
         self.urls = urls
         self._answers.clear()
 
-    def answer(self, device: DeviceRequest) -> tuple[Decision, bytes]:
+    def answer(self, device: DeviceRequest) -> tuple[AnyDecision, bytes]:
         """The decision and the response bytes for a check.
 
         Devices that say the same things get the same answer until the catalogue changes,
-        so answers are remembered by what the decision reads (`answer_key`).
+        so answers are remembered by what the decision reads (`answer_key`). With a
+        rollout policy, that is also the device's rollout facts (its pins, stages and
+        whether its download window is shut now, from its address), computed once here.
         """
         catalog = self.catalog()
+        policy = self._policy
         key = answer_key(device, catalog)
+        if policy.empty:
+            cached = self._answers.get(key)
+            if cached is None:
+                cached = self._remember(key, choose_update(device, catalog))
+            return cached
+        facts = rollout_facts(device, policy, self.now(), device.address)
+        key = (*key, facts)
         cached = self._answers.get(key)
         if cached is None:
-            decision = choose_update(device, catalog)
-            cached = (decision, render_response(decision, self.urls))
-            if len(self._answers) >= ANSWER_CACHE_SIZE:
-                self._answers.clear()
-            self._answers[key] = cached
+            cached = self._remember(key, decide_with(device, catalog, policy, facts))
+        return cached
+
+    def _remember(
+        self, key: tuple[object, ...], decision: AnyDecision
+    ) -> tuple[AnyDecision, bytes]:
+        cached = (decision, render_response(decision, self.urls))
+        if len(self._answers) >= ANSWER_CACHE_SIZE:
+            self._answers.clear()
+        self._answers[key] = cached
         return cached
 
     def referenced_file(self, relative: str) -> StoredFile | None:
-        """The stored file at `relative` if some rule references it now (case-insensitive)."""
+        """The stored file at `relative` if a device may be offered its update now: a rule
+        references it, an upgrade path's step offers it or a pin holds devices on it
+        (case-insensitive)."""
         self._refresh()
         return self._files.get(relative.casefold())
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from xml.parsers import expat
 
-from appliance.catalogue import Decision, Offer
+from appliance.catalogue import AnyDecision, Offer
 from appliance.config import Config
 from appliance.identifiers import InvalidIdentifier, normalise_mac, normalise_serial
 from appliance.model import DeviceRequest, ReportedModule, Zone
@@ -310,7 +310,7 @@ INTERNAL_FILES = "/DeviceUpdateFiles_Int/"
 EXTERNAL_FILES = "/DeviceUpdateFiles_Ext/"
 
 
-def render_response(decision: Decision, urls: BaseUrls) -> bytes:
+def render_response(decision: AnyDecision, urls: BaseUrls) -> bytes:
     """`<Response>`: `Downloads` 0, or the first offer's base URLs and modules.
 
     The dialect carries one BaseURL, so one update type is offered per check; a device
@@ -347,7 +347,7 @@ def _xml(root: ET.Element) -> bytes:
     return b'<?xml version="1.0" encoding="utf-8"?>\n' + body
 
 
-def audit_line(at: datetime, client: str, request: DeviceRequest, decision: Decision) -> str:
+def audit_line(at: datetime, client: str, request: DeviceRequest, decision: AnyDecision) -> str:
     """One line of Lync's `;`-separated audit file (docs/protocol.md §9)."""
     asked = "#".join(
         f"{m.file_name};{m.version or ''};{m.timestamp or ''}" for m in request.modules

@@ -25,11 +25,12 @@ from typing import NamedTuple
 
 from twisted.logger import Logger
 
-from appliance.catalogue import Decision
+from appliance.catalogue import AnyDecision, Offer
 from appliance.config import Config
 from appliance.model import Device, DeviceRequest
 from appliance.phones.capture import Captures
 from appliance.phones.codec import audit_line
+from appliance.phones.confirmations import log_outcomes, record_outcomes
 from appliance.store import Store, iso_utc
 
 log = Logger(namespace="ucupdates.phone")
@@ -49,6 +50,7 @@ class _Sighting(NamedTuple):
     client: str
     reported: str | None
     at: datetime
+    offers: tuple[Offer, ...] = ()  # what the check offered: confirmed at the next one
 
     def device(self, identity: str) -> Device:
         request, stamp = self.request, iso_utc(self.at)
@@ -96,7 +98,7 @@ class Records:
         line is written as it comes."""
         self._schedule = schedule
 
-    def record_check(self, request: DeviceRequest, decision: Decision, client: str) -> None:
+    def record_check(self, request: DeviceRequest, decision: AnyDecision, client: str) -> None:
         now = self.now()
         offer = decision.offers[0] if decision.offers else None
         reported = (
@@ -128,10 +130,10 @@ class Records:
                 self._schedule(self.write_audit)
             self._lines.append((name, line))
         identity = request.mac or (f"serial:{request.serial}" if request.serial else f"ip:{client}")
-        self._inventory[identity] = _Sighting(request, client, reported, now)
+        self._inventory[identity] = _Sighting(request, client, reported, now, decision.offers)
         self._count(request, decision, now)
 
-    def _count(self, request: DeviceRequest, decision: Decision, now: datetime) -> None:
+    def _count(self, request: DeviceRequest, decision: AnyDecision, now: datetime) -> None:
         """The metrics' counts: zones and reasons are closed sets (str enums: their own
         values as keys); offers are keyed by the catalogue's rules, never by what a
         phone sent."""
@@ -154,21 +156,25 @@ class Records:
                 start = end
 
     def flush_inventory(self) -> int:
-        """Write the buffered sightings in one transaction (called every second), and the
-        audit lines waiting."""
+        """Write the buffered sightings in one transaction (called every second), with
+        what their checks offered and confirmed (confirmations.py), and the audit lines
+        waiting."""
         self.write_audit()
         if not self._inventory:
             return 0
         pending, self._inventory = self._inventory, {}
+        checks = [(i, s.request, s.offers, s.at) for i, s in pending.items()]
         try:
             with self.store.transaction():
                 for identity, sighting in pending.items():
                     self.store.record_device(sighting.device(identity))
+                outcomes = record_outcomes(self.store, checks, self.config.rollouts)
         except Exception:
             log.failure("could not record {count} device sightings", count=len(pending))
             for identity, sighting in pending.items():
                 self._inventory.setdefault(identity, sighting)
             return 0
+        log_outcomes(outcomes)
         return len(pending)
 
     def _write_audit(self, name: str, text: str) -> None:

@@ -27,6 +27,7 @@ from appliance.phones.admission import Admission, Admit, auth_headers, fired, ma
 from appliance.phones.answers import Answers, RouteKind
 from appliance.phones.auth import Authenticator, AuthResult
 from appliance.phones.codec import CONTENT_TYPE, BaseUrls, CheckError, parse_check
+from appliance.phones.confirmations import rollout_tick
 from appliance.phones.downloads import Downloads
 from appliance.phones.image_body import Download
 from appliance.phones.records import DeviceLogError, Records, store_device_log
@@ -68,7 +69,9 @@ class PhoneService:
         self.store = store
         self.authenticator = authenticator
         self.now = now
-        self.answers = Answers(store, BaseUrls.from_config(config), FileVerifier(config.store_dir))
+        self.answers = Answers(
+            store, BaseUrls.from_config(config), FileVerifier(config.store_dir), now=now
+        )
         self.records = Records(config, store, now)
         self.downloads = Downloads(config.service)
 
@@ -79,6 +82,11 @@ class PhoneService:
     def flush_inventory(self) -> int:
         """Write the buffered sightings in one transaction (called every second)."""
         return self.records.flush_inventory()
+
+    def rollout_tick(self) -> None:
+        """Silent devices found, staged approvals advanced or paused (every
+        `rollouts.timer_seconds`, by one process)."""
+        rollout_tick(self.store, self.now(), self.config.rollouts)
 
     def close(self) -> None:
         self.records.close()

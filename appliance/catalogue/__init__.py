@@ -38,6 +38,14 @@ from appliance.catalogue.decision import (
     is_test_device,
     matching_rules,
 )
+from appliance.catalogue.drift import (
+    DEFAULT_UNSEEN_DAYS,
+    DriftCounts,
+    DriftReport,
+    DriftRow,
+    ModelTotal,
+    drift_report,
+)
 from appliance.catalogue.importer import PackageError, import_package
 from appliance.catalogue.lifecycle import Action, LifecycleError, NeedsForce
 from appliance.catalogue.lifecycle import apply as rule_after
@@ -137,14 +145,19 @@ __all__ = [
     "BackupResult",
     "CatalogueError",
     "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_UNSEEN_DAYS",
     "DEFAULT_VERSION",
     "Decision",
     "DowngradeRefused",
+    "DriftCounts",
+    "DriftReport",
+    "DriftRow",
     "DownloadWindows",
     "FileVerifier",
     "ImportProgress",
     "ImportResult",
     "LifecycleError",
+    "ModelTotal",
     "NeedsForce",
     "NetworkPolicy",
     "Offer",
@@ -187,6 +200,7 @@ __all__ = [
     "create_backup",
     "decide",
     "decide_with",
+    "drift_report",
     "entry_json",
     "external_json",
     "file_sha256",

@@ -17,6 +17,8 @@ from appliance.config.values import (
     ip,
     positive,
     syslog_target,
+    time_of_day,
+    time_zone,
     within,
 )
 
@@ -370,3 +372,8 @@ class RolloutSettings:
     stuck_hours: float = field(default=48.0, metadata={"check": positive})
     silent_hours: float = field(default=26.0, metadata={"check": positive})
     timer_seconds: float = field(default=60.0, metadata={"check": positive})
+    # The drift report (docs/rollouts.md): a device with no check for this many days is
+    # unseen; the daily summary event at this local time ("" for none) of this zone.
+    drift_unseen_days: int = field(default=14, metadata={"check": within(1, 3650)})
+    drift_summary_at: str = field(default="06:00", metadata={"check": time_of_day})
+    drift_summary_zone: str = field(default="UTC", metadata={"check": time_zone})

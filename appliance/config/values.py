@@ -112,3 +112,24 @@ def syslog_target(text: str) -> str:
     if text == "local" or re.fullmatch(r"(udp|tcp)://[^/\s]+:\d{1,5}", text):
         return text
     raise ValueError(f'expected "local", "udp://host:port" or "tcp://host:port", got {text!r}')
+
+
+def time_of_day(text: str) -> str:
+    """`HH:MM` (24-hour clock), or "" (off)."""
+    if text == "":
+        return text
+    m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", text.strip())
+    if m is None:
+        raise ValueError(f'expected a time of day "HH:MM" (24-hour) or "", got {text!r}')
+    return f"{int(m.group(1)):02d}:{m.group(2)}"
+
+
+def time_zone(text: str) -> str:
+    """An IANA time zone name (`Europe/Berlin`, `UTC`)."""
+    import zoneinfo  # here: the tz database is read only for a config that names a zone
+
+    try:
+        zoneinfo.ZoneInfo(text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{text!r} is not a time zone name like Europe/Berlin") from None
+    return text

@@ -28,7 +28,7 @@ from appliance.catalogue import (
     kept_versions,
     rollout_facts,
 )
-from appliance.model import Catalog, DeviceRequest, RolloutPolicy, StoredFile
+from appliance.model import Catalog, DeviceRequest, RolloutPolicy, StoredFile, Zone
 from appliance.phones.codec import BaseUrls, render_response
 from appliance.store import Store
 
@@ -165,6 +165,20 @@ class Answers:
         (case-insensitive)."""
         self._refresh()
         return self._files.get(relative.casefold())
+
+    def download_cap(self, client: str, zone: Zone) -> tuple[str, int] | None:
+        """The cap on concurrent downloads of the client's network (the external zone's for
+        an external client), named, or None."""
+        policy = self._policy
+        if policy.empty:
+            return None
+        if zone is Zone.EXTERNAL:
+            limit = policy.external_max_downloads
+            return None if limit is None else ("external zone", limit)
+        network = policy.network_for(client)
+        if network is None or network.max_downloads is None:
+            return None
+        return str(network.network), network.max_downloads
 
     def intact(self, stored: StoredFile) -> bool:
         """Whether a file about to be served matches its hash (`FileVerifier.intact`)."""

@@ -9,9 +9,10 @@ streamed through a pull producer that nothing watched:
 
 - which bytes: `ranges.plan_ranges` (one range, or up to `service.max_ranges` in order and
   not overlapping; otherwise the whole file, or 416);
-- slots: at most `service.max_downloads` bodies at once, and at most
-  `service.max_downloads_per_client` per client address (after trusted proxies); beyond
-  either, 503 with Retry-After (`download.refused`). HEAD and 304 take no slot;
+- slots: at most `service.max_downloads` bodies at once, at most
+  `service.max_downloads_per_client` per client address (after trusted proxies), and at
+  most a rollout network's `max_downloads` to its phones (docs/rollouts.md); beyond any,
+  503 with Retry-After (`download.refused`). HEAD and 304 take no slot;
 - stalls: the body (`image_body.TransportBody`) is the transport's push producer; while
   nothing moves for `service.download_stall_seconds`, the connection is aborted
   (`download.stalled`). The slot is released exactly once: when the body is finished, or
@@ -42,7 +43,7 @@ from appliance.phones.ranges import (
     if_range_holds,
     plan_ranges,
 )
-from appliance.phones.slots import DownloadLimit, DownloadSlots
+from appliance.phones.slots import Cap, DownloadLimit, DownloadSlots
 from appliance.web import LeanRequest, render
 from appliance.web import text_answer as plain
 
@@ -59,8 +60,11 @@ class Downloads:
         self.settings = settings
         self.slots = DownloadSlots(settings.max_downloads, settings.max_downloads_per_client)
 
-    def serve(self, request: LeanRequest, path: Path, download: Download) -> None:
-        """Answer GET or HEAD of the image at `path` (found, and inside the store)."""
+    def serve(
+        self, request: LeanRequest, path: Path, download: Download, cap: Cap | None = None
+    ) -> None:
+        """Answer GET or HEAD of the image at `path` (found, and inside the store); `cap`:
+        the client's network's cap on concurrent downloads, if it has one."""
         stored = download.stored
         etag = f'"{stored.sha256}"'.encode()
         headers = [b"ETag: " + etag]
@@ -75,7 +79,7 @@ class Downloads:
             plain(request, 404, "not found", headers)
             return
         try:
-            self._answer(request, image, etag, download, headers)
+            self._answer(request, image, etag, download, headers, cap)
         except BaseException:
             image.close()
             raise
@@ -87,6 +91,7 @@ class Downloads:
         etag: bytes,
         download: Download,
         headers: list[bytes],
+        cap: Cap | None,
     ) -> None:
         stat = os.fstat(image.fileno())
         size = stat.st_size
@@ -117,7 +122,7 @@ class Downloads:
             headers.append(b"Content-Range: bytes */%d" % size)
             plain(request, 416, "range not satisfiable", headers)
             return
-        slot = self.slots.take(download.client)
+        slot = self.slots.take(download.client, cap)
         if isinstance(slot, DownloadLimit):
             image.close()
             self._refuse(request, slot, download, headers)

@@ -211,7 +211,10 @@ class PhoneRoutes:
             return
         # Found and inside the store: slots, Range and the body are downloads.py's.
         self.service.downloads.serve(
-            request, found, Download(stored, admission.client, admission.zone)
+            request,
+            found,
+            Download(stored, admission.client, admission.zone),
+            answers.download_cap(admission.client, admission.zone),
         )
 
     # -- PUT/POST Files -------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Download slots: how many image bodies are sent at once, in all and per client address.
+"""Download slots: how many image bodies are sent at once, in all, per client address and
+per network of the rollout policy (its `max_downloads` cap, docs/rollouts.md).
 
 A `Slot` is taken before a body starts and released once, however the body ends
-(`image_body.TransportBody`); beyond either limit the answer is 503 (`downloads.Downloads`).
+(`image_body.TransportBody`); beyond any limit the answer is 503 (`downloads.Downloads`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,20 @@ from enum import Enum
 class DownloadLimit(Enum):
     ALL = "max_downloads"
     PER_CLIENT = "max_downloads_per_client"
+    NETWORK = "network max_downloads"  # a rollout network's (or the external zone's) cap
+
+
+# A group of clients that share a cap: its name (the network, "external zone") and limit.
+Cap = tuple[str, int]
 
 
 class Slot:
     """One download's place; `release` is safe to call more than once."""
 
-    def __init__(self, slots: DownloadSlots, client: str) -> None:
+    def __init__(self, slots: DownloadSlots, client: str, group: str | None = None) -> None:
         self._slots = slots
         self.client = client
+        self.group = group
         self.released = False
 
     def release(self, sent: int = 0, complete: bool = True) -> None:
@@ -28,7 +35,7 @@ class Slot:
         if self.released:
             return
         self.released = True
-        self._slots._give_back(self.client, sent, complete)
+        self._slots._give_back(self.client, sent, complete, self.group)
 
 
 class DownloadSlots:
@@ -39,22 +46,31 @@ class DownloadSlots:
         self.per_client = per_client
         self.active = 0
         self.by_client: dict[str, int] = {}
+        self.by_group: dict[str, int] = {}  # per capped network
         # Counted for /metrics: bodies ended whole or not, refusals, bytes sent.
         self.complete = 0
         self.interrupted = 0
         self.refused = 0
         self.sent_bytes = 0
 
-    def take(self, client: str) -> Slot | DownloadLimit:
+    def take(self, client: str, cap: Cap | None = None) -> Slot | DownloadLimit:
+        """A place for a body to `client`, within `cap` when its network has one."""
         if self.active >= self.total:
             self.refused += 1
             return DownloadLimit.ALL
         if self.by_client.get(client, 0) >= self.per_client:
             self.refused += 1
             return DownloadLimit.PER_CLIENT
+        group = None
+        if cap is not None:
+            group, limit = cap
+            if self.by_group.get(group, 0) >= limit:
+                self.refused += 1
+                return DownloadLimit.NETWORK
+            self.by_group[group] = self.by_group.get(group, 0) + 1
         self.active += 1
         self.by_client[client] = self.by_client.get(client, 0) + 1
-        return Slot(self, client)
+        return Slot(self, client, group)
 
     def figures(self) -> dict[str, int]:
         """What /metrics reads (ops.metrics.Readings.downloads)."""
@@ -66,8 +82,14 @@ class DownloadSlots:
             "refused": self.refused,
         }
 
-    def _give_back(self, client: str, sent: int, complete: bool) -> None:
+    def _give_back(self, client: str, sent: int, complete: bool, group: str | None) -> None:
         self.active -= 1
+        if group is not None:
+            left = self.by_group[group] - 1
+            if left:
+                self.by_group[group] = left
+            else:
+                del self.by_group[group]
         self.sent_bytes += sent
         if complete:
             self.complete += 1

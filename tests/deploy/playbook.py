@@ -72,6 +72,9 @@ def run(
 ) -> Run:
     command = [*(prefix or []), str(VENV_BIN / "ansible-playbook"), *args]
     started = time.monotonic()
+    log = Path(env["ANSIBLE_LOCAL_TEMP"]).parent / "ansible-playbook.log"  # every run, kept
+    with log.open("a") as f:
+        f.write(f"\n\n===== {' '.join(command)}\n")
     try:
         done = subprocess.run(
             command,
@@ -84,5 +87,10 @@ def run(
         )
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
-        return Run(-1, f"{out}\n(timed out after {timeout}s)", time.monotonic() - started)
+        out += f"\n(timed out after {timeout}s)"
+        with log.open("a") as f:
+            f.write(out)
+        return Run(-1, out, time.monotonic() - started)
+    with log.open("a") as f:
+        f.write(done.stdout + done.stderr)
     return Run(done.returncode, done.stdout + done.stderr, time.monotonic() - started)

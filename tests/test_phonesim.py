@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import threading
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 
@@ -29,6 +30,7 @@ from appliance.phonesim import (
     Net,
     PhoneIdentity,
     PhoneState,
+    Quirk,
     Round,
     Schedule,
     Settings,
@@ -36,12 +38,14 @@ from appliance.phonesim import (
     authenticate,
     check_body,
     fleet,
+    mac_of,
     negotiate,
     parse_answer,
     percentile,
     phone_tls,
     run_fleet,
     runs_json,
+    serial_of,
     summary_text,
     system_information,
 )
@@ -320,3 +324,138 @@ def test_a_phone_told_to_wait_lets_go_of_its_connection_first() -> None:
         listener.close()
     assert waited == [(1.0, True)]
     assert fetched.size == len(body) and fetched.sha256 == hashlib.sha256(body).hexdigest()
+
+
+# -- rollouts: quirks, upgrade paths, what became of each phone -------------------------------
+
+IMAGE = b"firmware " * 100
+PATH_VERSIONS = ("4.0.7577.4100", "4.0.7577.4387")  # a step, then the approved version
+
+
+class _Appliance:
+    """A tiny appliance on loopback: offers the next of PATH_VERSIONS above the version a
+    check reports (an upgrade path walked one check at a time), serves one image; counts
+    each phone's checks by what they reported."""
+
+    def __init__(self) -> None:
+        import hashlib
+        import re
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sha = hashlib.sha256(IMAGE).hexdigest()
+        checks: dict[str, list[str]] = {}
+        self.checks = checks
+        base = [""]  # the server's URL, once it has its port
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+                mac = re.search(r"<MacAddress>(.*?)</", body)
+                reported = re.search(r"<Version>(.*?)</", body)
+                assert mac is not None and reported is not None
+                checks.setdefault(mac.group(1), []).append(reported.group(1))
+                newer = [v for v in PATH_VERSIONS if _tuple(v) > _tuple(reported.group(1))]
+                if newer:
+                    answer = (
+                        f"<Response><Downloads>1</Downloads><BaseURL>{base[0]}/files"
+                        "</BaseURL><Modules><Module>"
+                        f"<FileName>CPE.nbt</FileName><Version>{newer[0]}</Version>"
+                        f"<Size>{len(IMAGE)}</Size><SHA256>{sha}</SHA256></Module></Modules>"
+                        "</Response>"
+                    ).encode()
+                else:
+                    answer = b"<Response><Downloads>0</Downloads></Response>"
+                self._send(answer)
+
+            def do_GET(self) -> None:
+                self._send(IMAGE)
+
+            def _send(self, data: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = base[0] = f"http://127.0.0.1:{self.server.server_port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+def _tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split("."))
+
+
+@pytest.fixture
+def appliance() -> Iterator[_Appliance]:
+    running = _Appliance()
+    yield running
+    running.close()
+
+
+def _quirky(number: int, quirk: Quirk) -> PhoneIdentity:
+    return PhoneIdentity("Polycom", "CX700", "A", "ENU", mac_of(number), serial_of(number),
+                         quirk=quirk)  # fmt: skip
+
+
+def test_each_quirk_does_what_it_says_after_an_offer(appliance: _Appliance) -> None:
+    phones = [_quirky(n, q) for n, q in enumerate(Quirk, start=1)]  # none, revert, stuck, silent
+    settings = Settings(Net(phone_tls(None), verify=False, timeout=10), server=appliance.url)
+    runs, stats = run_fleet(
+        phones, settings, Schedule(idle=0.0, rounds=6, deadline=60.0), start_version="3.5.6907.37"
+    )
+    by_quirk = {r.phone.quirk: r for r in runs}
+    walked = by_quirk[Quirk.NONE]  # the path: the step, a restart, the approved version
+    assert [x.outcome for x in walked.rounds] == ["updated", "updated", "current"]
+    assert [x.offered for x in walked.rounds] == [*PATH_VERSIONS, None]
+    assert appliance.checks[walked.phone.mac] == ["3.5.6907.37", *PATH_VERSIONS]
+    assert (walked.state.version, walked.fate) == (PATH_VERSIONS[1], "updated")
+    # Reverting: seen on what it installed, then back on the one before, and offered again.
+    reverting = by_quirk[Quirk.REVERT]
+    assert [x.outcome for x in reverting.rounds] == ["updated", "updated", "reverted",
+                                                     "updated", "reverted", "updated"]  # fmt: skip
+    assert appliance.checks[reverting.phone.mac][2:4] == [PATH_VERSIONS[1], PATH_VERSIONS[0]]
+    assert reverting.fate == "reverted"
+    stuck = by_quirk[Quirk.STUCK]  # fetched every time, never installed
+    assert [x.outcome for x in stuck.rounds] == ["stuck"] * 6 and stuck.rounds[0].files == 1
+    assert set(appliance.checks[stuck.phone.mac]) == {"3.5.6907.37"} and stuck.fate == "stuck"
+    silent = by_quirk[Quirk.SILENT]  # installed, never heard of again
+    assert [x.outcome for x in silent.rounds] == ["updated"] and silent.fate == "silent"
+    assert silent.state.version == PATH_VERSIONS[0]
+    assert stats.fates == {"updated": 1, "reverted": 1, "stuck": 1, "silent": 1}
+    assert stats.versions == {"3.5.6907.37": 1, PATH_VERSIONS[0]: 1, PATH_VERSIONS[1]: 2}
+    text = summary_text(stats)
+    assert "phones: updated 1, stuck 1, reverted 1, silent 1\n" in text
+    assert f"versions: 3.5.6907.37 1, {PATH_VERSIONS[0]} 1, {PATH_VERSIONS[1]} 2\n" in text
+    assert runs_json(runs)[1]["quirk"] == "revert" and runs_json(runs)[1]["fate"] == "reverted"
+
+
+def test_a_phone_with_an_interval_checks_again_after_downloads_0(appliance: _Appliance) -> None:
+    settings = Settings(Net(phone_tls(None), verify=False, timeout=10), server=appliance.url)
+    schedule = Schedule(idle=0.0, interval=0.0, rounds=4, deadline=60.0)
+    states = [PhoneState(PATH_VERSIONS[1])]
+    runs, _ = run_fleet([_quirky(9, Quirk.NONE)], settings, schedule, states=states)
+    assert [x.outcome for x in runs[0].rounds] == ["current"] * 4
+    assert runs[0].state is states[0] and runs[0].fate == "unchanged"
+
+
+def test_a_fleets_quirks_are_seeded_disjoint_shares() -> None:
+    spec = FleetSpec(revert_share=0.1, stuck_share=0.05, silent_share=0.2, external_share=0.5)
+    phones = fleet(200, spec)
+    assert Counter(p.quirk for p in phones) == {
+        Quirk.NONE: 130, Quirk.REVERT: 20, Quirk.STUCK: 10, Quirk.SILENT: 40,
+    }  # fmt: skip
+    assert fleet(200, spec) == phones
+    plain = fleet(200, FleetSpec(external_share=0.5))  # quirks leave the zones as they were
+    assert [p.external for p in phones] == [p.external for p in plain]
+    with pytest.raises(ValueError, match="more than 1"):
+        FleetSpec(revert_share=0.6, stuck_share=0.6)

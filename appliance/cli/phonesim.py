@@ -63,7 +63,11 @@ def add_phone_sim_parser(sub: Any) -> None:
     phone.add_argument("--serial")
     phone.add_argument("--version", dest="phone_version", help="the version it runs")
     phone.add_argument("--idle", type=float, default=300.0, metavar="SECONDS")
-    phone.add_argument("--rounds", type=int, default=3, help="at most this many checks")
+    phone.add_argument("--rounds", type=int, default=5, help="at most this many checks")
+    phone.add_argument(
+        "--interval", type=float, metavar="SECONDS",
+        help="after Downloads 0, check again this much later (default: stop)",
+    )  # fmt: skip
     phone.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
     phone.add_argument("--retries", type=int, default=3, help="resumes or retries a download")
     many = p.add_argument_group("fleet")
@@ -75,6 +79,15 @@ def add_phone_sim_parser(sub: Any) -> None:
     many.add_argument("--jitter", type=float, default=0.0, metavar="SECONDS")
     many.add_argument("--deadline", type=float, default=3600.0, metavar="SECONDS")
     many.add_argument("--first", type=int, default=1, help="the first phone's number")
+    for quirk, what in (
+        ("revert", "install, check once on the new version, then go back to the old one"),
+        ("stuck", "fetch what they are offered and never install it"),
+        ("silent", "install what they are offered and never check again"),
+    ):
+        many.add_argument(
+            f"--{quirk}-share", type=float, default=0.0, metavar="FRACTION",
+            help=f"phones that {what}",
+        )  # fmt: skip
     many.add_argument("--seed", type=int, default=0)
     many.add_argument("--json", type=Path, metavar="FILE", help="write every phone's rounds")
 
@@ -148,6 +161,10 @@ def _round_line(number: int, record: Any) -> str:
         what += f", {record.resumed} resumed)" if record.resumed else ")"
     elif record.outcome == "current":
         what = "Downloads 0: up to date"
+    elif record.outcome == "stuck":
+        what = f"offered {record.offered}, fetched it, did not install it"
+    elif record.outcome == "reverted":
+        what = f"Downloads 0 on {record.reported}, then went back to the previous version"
     else:
         what = f"failed ({record.detail})"
     auth = f" (authenticated: {record.auth})" if record.auth else ""
@@ -205,20 +222,24 @@ def run_phone_sim(args: argparse.Namespace, config: Config) -> int:
         rounds=args.rounds,
         deadline=args.deadline,
         seed=args.seed,
+        interval=args.interval,
     )
     sources = _sources(args.source)
     user_id = args.user or ""
     try:
+        spec = FleetSpec(
+            locales=tuple(x.strip() for x in args.locales.split(",") if x.strip()),
+            external_share=1.0 if args.external else args.external_share,
+            sources=sources,
+            first_number=args.first,
+            seed=args.seed,
+            external_user_id=user_id,
+            revert_share=args.revert_share,
+            stuck_share=args.stuck_share,
+            silent_share=args.silent_share,
+        )
         if args.fleet is not None:
             models = tuple(parse_model(m) for m in (args.models or "").split(",") if m.strip())
-            spec = FleetSpec(
-                locales=tuple(x.strip() for x in args.locales.split(",") if x.strip()),
-                external_share=1.0 if args.external else args.external_share,
-                sources=sources,
-                first_number=args.first,
-                seed=args.seed,
-                external_user_id=user_id,
-            )
             if models:
                 spec = dataclasses.replace(spec, models=models)
             phones = fleet(args.fleet, spec)
@@ -229,6 +250,7 @@ def run_phone_sim(args: argparse.Namespace, config: Config) -> int:
                     vendor, model, revision, args.locale,
                     args.mac or mac_of(args.first), args.serial or serial_of(args.first),
                     user_id, args.external, sources[0] if sources else None,
+                    fleet(1, spec)[0].quirk,  # one phone: a share of 1 makes it misbehave
                 )
             ]  # fmt: skip
     except ValueError as e:
@@ -240,7 +262,8 @@ def run_phone_sim(args: argparse.Namespace, config: Config) -> int:
             record = run_round(phone, state, s)
             print(_round_line(len(runs_so_far) + 1, record), flush=True)
             runs_so_far.append(record)
-            if record.outcome == "updated" and len(runs_so_far) < schedule.rounds:
+            restart = record.outcome in ("updated", "stuck", "reverted")
+            if restart and len(runs_so_far) < schedule.rounds:
                 print(f"idle {schedule.idle:g} s, then restart on {state.version}", flush=True)
             return record
 

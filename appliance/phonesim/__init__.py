@@ -5,12 +5,15 @@ check of docs/protocol.md §5 over HTTP or HTTPS (TLS 1.0, RSA suites, no SNI by
 answers a 401 outside with Basic or NTLM, downloads and verifies every offered module,
 resuming after a cut, "restarts" on the new version and checks again after its idle
 period. A fleet runs many of them with a concurrency limit and start-time jitter and
-sums up checks, updates, failures by cause, latencies per step and bytes.
+sums up checks, updates, failures by cause, latencies per step and bytes, and what became
+of each phone. Seeded shares of a fleet misbehave after an offer (revert, stay stuck, go
+silent), so that an appliance's rollout confirmation and automatic pause can be seen work.
 """
 
 from appliance.phonesim.dhcp import DhcpFailure, DhcpInfo, inform
 from appliance.phonesim.dns import DnsFailure, discover
 from appliance.phonesim.fleet import (
+    FATES,
     PhoneRun,
     Schedule,
     Stats,
@@ -28,6 +31,7 @@ from appliance.phonesim.identity import (
     FleetSpec,
     PhoneIdentity,
     PhoneState,
+    Quirk,
     check_body,
     fleet,
     mac_of,
@@ -40,6 +44,7 @@ from appliance.phonesim.phone import Round, Settings, run_round, system_informat
 
 __all__ = [
     "DEFAULT_VERSION",
+    "FATES",
     "MODELS",
     "Answer",
     "BadAnswer",
@@ -53,6 +58,7 @@ __all__ = [
     "PhoneIdentity",
     "PhoneRun",
     "PhoneState",
+    "Quirk",
     "Round",
     "Schedule",
     "Settings",

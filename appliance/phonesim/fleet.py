@@ -3,9 +3,15 @@
 Every phone is a queue entry due at a time (its start, jittered; then, after an update,
 the end of its idle period). Due rounds go to at most `concurrency` worker threads; a
 phone waiting out its idle period holds no thread, so thousands of phones need only as
-many threads as rounds run at once. A phone stops when an answer says `Downloads` 0,
-when a round fails, or after `rounds` rounds; the run stops when every phone has, or at
-the deadline (rounds already running finish; none start).
+many threads as rounds run at once. A phone stops when an answer says `Downloads` 0
+(unless it checks again every `interval` seconds, as phones do once a day), when a round
+fails, or after `rounds` rounds; the run stops when every phone has, or at the deadline
+(rounds already running finish; none start). A stuck phone and a reverting one check
+again after their idle period, as a restarted phone does; a silent one never checks
+again after an install.
+
+The summary also tells what became of each phone (`fate`): updated, unchanged, stuck,
+reverted, silent or failed, and the versions the phones run at the end.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.phonesim.identity import PhoneIdentity, PhoneState
+from appliance.phonesim.identity import PhoneIdentity, PhoneState, Quirk
 from appliance.phonesim.phone import STEPS, Round, Settings, run_round
 
 
@@ -33,6 +39,7 @@ class Schedule:
     rounds: int = 3  # at most this many checks a phone
     deadline: float = 3600.0  # seconds for the whole run
     seed: int = 0
+    interval: float | None = None  # after `Downloads` 0, check again this much later; None: stop
 
 
 @dataclass
@@ -41,6 +48,28 @@ class PhoneRun:
     state: PhoneState = field(default_factory=PhoneState)
     rounds: list[Round] = field(default_factory=list)
     done: bool = False
+    started: str | None = None  # the version it ran when the run began
+
+    @property
+    def fate(self) -> str:
+        """What became of the phone: updated (it runs a version it installed), unchanged
+        (never offered anything, or only what it ran), stuck, reverted, silent (installed
+        and never checked again), failed (its last round), unchecked (no round ran)."""
+        outcomes = [r.outcome for r in self.rounds]
+        if not outcomes:
+            return "unchecked"
+        if outcomes[-1] == "failed":
+            return "failed"
+        if "reverted" in outcomes:
+            return "reverted"
+        if "stuck" in outcomes:
+            return "stuck"
+        if "updated" in outcomes:
+            return "silent" if self.phone.quirk is Quirk.SILENT else "updated"
+        return "unchanged"
+
+
+FATES = ("updated", "unchanged", "stuck", "reverted", "silent", "failed", "unchecked")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -64,6 +93,8 @@ class Stats:
     bytes: int = 0
     files: int = 0
     resumed: int = 0
+    fates: Counter[str] = field(default_factory=Counter)  # filled at the end of a run
+    versions: Counter[str] = field(default_factory=Counter)  # what the phones run at the end
     finished: int = 0
     running: int = 0
     elapsed: float = 0.0
@@ -94,6 +125,8 @@ class Stats:
             "bytes": self.bytes,
             "files": self.files,
             "resumed": self.resumed,
+            "fates": {f: self.fates[f] for f in FATES if self.fates[f]},
+            "versions": dict(sorted(self.versions.items())),
             "elapsed_seconds": round(self.elapsed, 3),
             "latency_ms": {
                 step: {
@@ -116,6 +149,8 @@ def summary_text(stats: Stats) -> str:
         f"up to date {stats.current}, failed {failed}, in {stats.elapsed:.1f} s",
         "failures: " + (", ".join(f"{c} {n}" for c, n in sorted(stats.failures.items())) or "none"),
         f"downloaded {stats.bytes} bytes in {stats.files} files ({stats.resumed} resumed)",
+        "phones: " + (", ".join(f"{f} {n}" for f, n in data["fates"].items()) or "none"),
+        "versions: " + (", ".join(f"{v} {n}" for v, n in data["versions"].items()) or "none"),
         f"{'latency ms':<12}{'n':>8}{'p50':>10}{'p99':>10}{'max':>10}",
     ]
     for step, row in data["latency_ms"].items():
@@ -136,13 +171,20 @@ def run_fleet(
     progress_every: float = 0.5,
     start_version: str | None = None,
     round_runner: Callable[[PhoneIdentity, PhoneState, Settings], Round] = run_round,
+    states: list[PhoneState] | None = None,
 ) -> tuple[list[PhoneRun], Stats]:
-    """Run every phone's rounds as `schedule` says; each phone's runs and the totals."""
+    """Run every phone's rounds as `schedule` says; each phone's runs and the totals.
+
+    `states` (one a phone) carries what the phones run from an earlier run: the same
+    objects are updated, so a fleet can be run again after the appliance changed."""
     rng = random.Random(schedule.seed)  # noqa: S311 - start-time jitter
-    runs = [PhoneRun(p) for p in phones]
-    if start_version is not None:
-        for run in runs:
+    if states is not None and len(states) != len(phones):
+        raise ValueError(f"{len(states)} states for {len(phones)} phones")
+    runs = [PhoneRun(p) if states is None else PhoneRun(p, states[i]) for i, p in enumerate(phones)]
+    for run in runs:
+        if start_version is not None and states is None:
             run.state.version = start_version
+        run.started = run.state.version
     stats = Stats(phones=len(phones))
     start = time.monotonic()
     deadline = start + schedule.deadline
@@ -163,9 +205,9 @@ def run_fleet(
             run.rounds.append(record)
             stats.add(record)
             stats.running -= 1
-            again = record.outcome == "updated" and len(run.rounds) < schedule.rounds
-            if again:
-                heapq.heappush(due, (time.monotonic() + schedule.idle, i))
+            wait = _next_check(run.phone, record, schedule)
+            if wait is not None and len(run.rounds) < schedule.rounds:
+                heapq.heappush(due, (time.monotonic() + wait, i))
             else:
                 run.done = True
                 stats.finished += 1
@@ -194,10 +236,23 @@ def run_fleet(
         while stats.running:  # the deadline passed: let running rounds end
             changed.wait(1.0)
     stats.elapsed = time.monotonic() - start
+    stats.fates = Counter(r.fate for r in runs)
+    stats.versions = Counter(r.state.version for r in runs)
     stats.over = True
     if progress is not None:
         progress(stats)
     return runs, stats
+
+
+def _next_check(phone: PhoneIdentity, record: Round, schedule: Schedule) -> float | None:
+    """Seconds until the phone checks again after `record`; None: it does not."""
+    if record.outcome == "updated":
+        return None if phone.quirk is Quirk.SILENT else schedule.idle
+    if record.outcome in ("stuck", "reverted"):  # a restart, as after an install
+        return schedule.idle
+    if record.outcome == "current":
+        return schedule.interval
+    return None
 
 
 def runs_json(runs: list[PhoneRun]) -> list[dict[str, Any]]:
@@ -211,7 +266,10 @@ def runs_json(runs: list[PhoneRun]) -> list[dict[str, Any]]:
             "revision": r.phone.revision,
             "locale": r.phone.locale,
             "zone": "external" if r.phone.external else "internal",
+            "quirk": str(r.phone.quirk) or None,
+            "started": r.started,
             "version": r.state.version,
+            "fate": r.fate,
             "last_update": r.state.last_update.isoformat() if r.state.last_update else None,
             "finished": r.done,
             "rounds": [
@@ -219,6 +277,7 @@ def runs_json(runs: list[PhoneRun]) -> list[dict[str, Any]]:
                     "outcome": x.outcome,
                     "cause": x.cause,
                     "detail": x.detail,
+                    "reported": x.reported,
                     "offered": x.offered,
                     "auth": x.auth,
                     "seconds": {k: round(v, 6) for k, v in x.seconds.items()},

@@ -4,7 +4,8 @@ The check is the request dialect of docs/protocol.md §5, written the way the ph
 it; the answer is read as any phone would (names case-insensitive, unknown elements
 ignored), through defusedxml since it comes off the network. A fleet's phones get
 distinct MAC addresses (in the Polycom OUI 00-04-F2 range, numbered) and serial numbers,
-spread round-robin over the models and locales asked for.
+spread round-robin over the models and locales asked for; seeded shares of them misbehave
+after an offer (`Quirk`), so that a rollout's confirmation has something to find.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import date
+from enum import StrEnum
 from xml.sax.saxutils import escape
 
 from defusedxml import ElementTree as SafeET
@@ -31,6 +33,15 @@ MODULE_FILE = "CPE.nbt"
 CHECK_TIMESTAMP = "2012-12-10T00:00:00Z"
 
 
+class Quirk(StrEnum):
+    """How a phone misbehaves after an offer (docs/phonesim.md, Rollouts)."""
+
+    NONE = ""
+    REVERT = "revert"  # installs, checks once on the new version, then goes back
+    STUCK = "stuck"  # downloads what it is offered and never installs it
+    SILENT = "silent"  # installs what it is offered and never checks in again
+
+
 @dataclass(frozen=True)
 class PhoneIdentity:
     """A phone as its check describes it, and the zone it checks from."""
@@ -44,6 +55,7 @@ class PhoneIdentity:
     user_id: str = ""
     external: bool = False
     source: str | None = None  # the local address it connects from; None: any
+    quirk: Quirk = Quirk.NONE
 
 
 @dataclass
@@ -52,6 +64,7 @@ class PhoneState:
 
     version: str = DEFAULT_VERSION
     last_update: date | None = None
+    previous: str | None = None  # what it ran before its last install (a revert's target)
 
 
 def mac_of(number: int) -> str:
@@ -85,13 +98,41 @@ class FleetSpec:
     seed: int = 0
     user_id: str = ""
     external_user_id: str = ""
+    revert_share: float = 0.0  # of the phones, Quirk.REVERT
+    stuck_share: float = 0.0  # Quirk.STUCK
+    silent_share: float = 0.0  # Quirk.SILENT
+
+    def __post_init__(self) -> None:
+        shares = (self.revert_share, self.stuck_share, self.silent_share, self.external_share)
+        if any(not 0.0 <= s <= 1.0 for s in shares):
+            raise ValueError("a share of the fleet is a fraction from 0 to 1")
+        if self.revert_share + self.stuck_share + self.silent_share > 1.0:
+            raise ValueError("the reverting, stuck and silent shares add up to more than 1")
+
+
+def _quirks(count: int, spec: FleetSpec) -> dict[int, Quirk]:
+    """Disjoint seeded samples of the phones for each quirk (their own generator, so the
+    zones a seed gives stay as they were)."""
+    rng = random.Random(f"quirks {spec.seed}")  # noqa: S311 - a spread, not a secret
+    order = rng.sample(range(count), count)
+    quirks: dict[int, Quirk] = {}
+    for quirk, share in (
+        (Quirk.REVERT, spec.revert_share),
+        (Quirk.STUCK, spec.stuck_share),
+        (Quirk.SILENT, spec.silent_share),
+    ):
+        taken, order = order[: round(count * share)], order[round(count * share) :]
+        quirks.update((i, quirk) for i in taken)
+    return quirks
 
 
 def fleet(count: int, spec: FleetSpec) -> list[PhoneIdentity]:
     """`count` phones with distinct MACs and serials, models and locales round-robin, a
-    seeded random `external_share` of them outside, source addresses round-robin."""
+    seeded random `external_share` of them outside, seeded disjoint shares of them
+    reverting, stuck and silent, source addresses round-robin."""
     rng = random.Random(spec.seed)  # noqa: S311 - a spread, not a secret
     outside = set(rng.sample(range(count), round(count * spec.external_share)))
+    quirks = _quirks(count, spec)
     phones = []
     for i in range(count):
         vendor, model, revision = spec.models[i % len(spec.models)]
@@ -108,6 +149,7 @@ def fleet(count: int, spec: FleetSpec) -> list[PhoneIdentity]:
                 spec.external_user_id if external else spec.user_id,
                 external,
                 spec.sources[i % len(spec.sources)] if spec.sources else None,
+                quirks.get(i, Quirk.NONE),
             )
         )
     return phones

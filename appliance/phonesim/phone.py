@@ -4,7 +4,9 @@ downloads of every offered module from BaseURL (inside) or ExternalBaseURL (outs
 each checked against its size and SHA-256, then the "restart" onto the new version.
 
 Each step is timed; a round ends as `updated` (it installed a version), `current` (the
-answer was `Downloads` 0) or `failed` with a cause the fleet summary counts by. The idle
+answer was `Downloads` 0) or `failed` with a cause the fleet summary counts by, or, for a
+phone with a quirk, `stuck` (it fetched the offer and did not install it) or `reverted`
+(it checked on the version it installed, then went back to the one before). The idle
 wait between rounds is the caller's (the fleet's scheduler).
 """
 
@@ -34,6 +36,7 @@ from appliance.phonesim.identity import (
     BadAnswer,
     PhoneIdentity,
     PhoneState,
+    Quirk,
     check_body,
     parse_answer,
 )
@@ -64,7 +67,7 @@ class Settings:
 class Round:
     """What one round did."""
 
-    outcome: str = "failed"  # updated, current, failed
+    outcome: str = "failed"  # updated, current, failed; stuck, reverted (a quirk's)
     cause: str | None = None
     detail: str = ""
     seconds: dict[str, float] = field(default_factory=dict)  # step -> seconds
@@ -74,6 +77,7 @@ class Round:
     offered: str | None = None  # the version the answer offered
     server: str | None = None  # the check URL used
     auth: str | None = None  # the scheme that answered the check's 401: ntlm or basic
+    reported: str | None = None  # the version the check reported
 
 
 def _timed(record: Round, step: str, clock: Callable[[], float]) -> _Timer:
@@ -188,6 +192,7 @@ def run_round(phone: PhoneIdentity, state: PhoneState, settings: Settings) -> Ro
             conn, path = connections.get(url)
             broken = True
             try:
+                record.reported = state.version
                 body = check_body(phone, state.version)
                 credentials = settings.credentials if phone.external else None
                 text, record.auth = post_check(conn, path, body, credentials)
@@ -198,10 +203,18 @@ def run_round(phone: PhoneIdentity, state: PhoneState, settings: Settings) -> Ro
         record.offered = answer.version
         if answer.downloads == 0 or answer.version is None or answer.version == state.version:
             record.outcome = "current"
+            if phone.quirk is Quirk.REVERT and state.previous is not None:
+                # It has been seen on what it installed; now it goes back to the old one.
+                state.version, state.previous = state.previous, None
+                record.outcome = "reverted"
             return record
         with _timed(record, "download", clock):
             _download_all(phone, answer, connections, settings, record)
-        state.version = answer.version  # the restart: the phone now runs what it fetched
+        if phone.quirk is Quirk.STUCK:  # fetched, never installed: it still runs the old one
+            record.outcome = "stuck"
+            return record
+        # The restart: the phone now runs what it fetched.
+        state.previous, state.version = state.version, answer.version
         state.last_update = datetime.now(UTC).date()
         record.outcome = "updated"
     except BadAnswer as e:

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from appliance.admin import make_admin_site
+from appliance.catalogue import drift_summary_service
 from appliance.config import Address, AuthBackend, Config, TlsProfile
 from appliance.directory import LdapDirectory
 from appliance.discovery import DnsService, make_dhcp_service, make_dns_service
@@ -282,6 +283,9 @@ def make_service(
         rollouts = internet.TimerService(config.rollouts.timer_seconds, phone.rollout_tick)
         rollouts.clock = reactor
         rollouts.setServiceParent(root)
+        summary = drift_summary_service(store, config.rollouts, clock, reactor)  # once a day
+        if summary is not None:
+            summary.setServiceParent(root)
     retention = internet.TimerService(
         3600.0,
         lambda: clean_device_logs(

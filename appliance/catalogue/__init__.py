@@ -44,8 +44,10 @@ from appliance.catalogue.drift import (
     DriftReport,
     DriftRow,
     ModelTotal,
+    drift_csv,
     drift_report,
 )
+from appliance.catalogue.drift_summary import drift_summary_service, read_drift
 from appliance.catalogue.importer import PackageError, import_package
 from appliance.catalogue.lifecycle import Action, LifecycleError, NeedsForce
 from appliance.catalogue.lifecycle import apply as rule_after
@@ -200,7 +202,9 @@ __all__ = [
     "create_backup",
     "decide",
     "decide_with",
+    "drift_csv",
     "drift_report",
+    "drift_summary_service",
     "entry_json",
     "external_json",
     "file_sha256",
@@ -221,6 +225,7 @@ __all__ = [
     "pin_device",
     "pin_json",
     "prune",
+    "read_drift",
     "recover",
     "remove_network",
     "remove_staging",

@@ -19,6 +19,8 @@ the inventory keeps one).
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
@@ -229,3 +231,33 @@ def _version_order(version: str) -> tuple[int, tuple[int, ...], str]:
 def _seen_at(stamp: str) -> datetime:
     """A stored time (`2026-01-02T00:00:00Z`) as an aware datetime."""
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+CSV_COLUMNS = (
+    "device_type",
+    "brand",
+    "model",
+    "revision",
+    "locale",
+    "update_type",
+    "rule_id",
+    "approved_version",
+    *COUNT_COLUMNS,
+)
+
+
+def drift_csv(report: DriftReport) -> str:
+    """The rows as CSV with a header row (CRLF line ends, as spreadsheets expect)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in report.rows:
+        values = row.as_json()
+        writer.writerow([_cell(values[c]) for c in CSV_COLUMNS])
+    return out.getvalue()
+
+
+def _cell(value: object) -> str:
+    text = "" if value is None else str(value)
+    # A spreadsheet must not run what a phone sent as a formula (CSV injection).
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

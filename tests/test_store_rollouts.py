@@ -287,3 +287,30 @@ def test_the_json_forms_are_plain(db: Store) -> None:
     rule_id = approved_rule(db)
     json.dumps(catalogue.offer_json(offer("A", rule_id)))
     json.dumps(catalogue.staging_json(catalogue.stage_approved(db, rule_id, (5, 100), DAILY, "a")))
+
+
+def test_a_plain_approve_that_moves_back_is_skipped_unless_allowed(db: Store) -> None:
+    from appliance.catalogue import Action, apply_action
+    from appliance.store import RuleFilter
+
+    rule_id = approved_rule(db, pending=CU7, approved=CU8)
+    only = RuleFilter(ids=(rule_id,))
+    (skipped,) = apply_action(db, Action.APPROVE, only, "alice")
+    assert skipped.needs_downgrade and not skipped.downgrade
+    assert skipped.skipped is not None and "would move approved" in skipped.skipped
+    assert db.rule(rule_id).approved_version == CU8  # type: ignore[union-attr]
+    note = {"soak_override": "urgent fix"}
+    (done,) = apply_action(db, Action.APPROVE, only, "alice", allow_downgrade=True, note=note)
+    assert done.downgrade and done.after is not None and done.after.approved_version == CU7
+    event = db.events()[0]
+    assert event.after["downgrade"] is True and event.after["soak_override"] == "urgent fix"
+    assert catalogue.change_json(done)["downgrade"] is True
+
+
+def test_a_plain_approve_forward_is_not_a_downgrade(db: Store) -> None:
+    from appliance.catalogue import Action, apply_action
+    from appliance.store import RuleFilter
+
+    rule_id = approved_rule(db)
+    (done,) = apply_action(db, Action.APPROVE, RuleFilter(ids=(rule_id,)), "alice")
+    assert not done.downgrade and "downgrade" not in db.events()[0].after

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 from appliance.catalogue import lifecycle
 from appliance.catalogue.lifecycle import Action, LifecycleError, NeedsForce
 from appliance.catalogue.rollout import kept_versions
+from appliance.catalogue.rollout_paths import DowngradeRefused, check_approval
 from appliance.identifiers import normalise_mac, normalise_serial
 from appliance.model import IdentifierKind, Rule, TestDevice
 from appliance.store import RuleFilter, Store
@@ -39,6 +40,8 @@ class RuleChange:
     skipped: str | None = None  # why the action did not apply to this rule
     needs_force: bool = False  # skipped, but forcing the action would apply it
     forced: bool = False  # applied only because it was forced
+    needs_downgrade: bool = False  # skipped: an approval that moves back, not asked for
+    downgrade: bool = False  # applied as an approval that moves back (allow_downgrade)
 
 
 def rule_json(r: Rule) -> dict[str, Any]:
@@ -63,6 +66,8 @@ def change_json(c: RuleChange) -> dict[str, Any]:
         "skipped": c.skipped,
         "needs_force": c.needs_force,
         "forced": c.forced,
+        "needs_downgrade": c.needs_downgrade,
+        "downgrade": c.downgrade,
     }
 
 
@@ -84,14 +89,23 @@ def data_lock(lock_path: Path, what: str) -> Iterator[None]:
 
 
 def apply_action(
-    store: Store, action: Action, flt: RuleFilter, actor: str, force: bool = False
+    store: Store,
+    action: Action,
+    flt: RuleFilter,
+    actor: str,
+    force: bool = False,
+    allow_downgrade: bool = False,
+    note: Mapping[str, Any] | None = None,
 ) -> list[RuleChange]:
     """Apply `action` to every rule `flt` selects, in one transaction.
 
     Rules the action does not apply to are reported as skipped; no rule selected is an
     error. Each change goes to the event log with the rule before and after; a change
     made only because of `force` (a restore to no approved version) says so there
-    (`"forced": true` beside the rule after).
+    (`"forced": true` beside the rule after). An approval that would move a rule back to
+    an older version (docs/rollouts.md, the downgrade guard) is skipped unless
+    `allow_downgrade`, and then says `"downgrade": true`. `note` is added to every
+    change's `after` in the event log (a soak gate's override, say).
     """
     if flt.is_empty():
         raise CatalogueError(f"{action.value}: name a rule id or a filter (or --all)")
@@ -104,9 +118,14 @@ def apply_action(
         if not rules:
             raise UnknownRule("no rule matches the filter")
         for rule in rules:
-            forced = False
+            forced = downgrade = False
             try:
+                if action is Action.APPROVE and rule.pending_version is not None:
+                    downgrade = check_approval(rule, rule.pending_version, allow_downgrade)
                 after = lifecycle.apply(action, rule)
+            except DowngradeRefused as e:
+                changes.append(RuleChange(rule, rule, skipped=str(e), needs_downgrade=True))
+                continue
             except NeedsForce as e:
                 if not force:
                     changes.append(RuleChange(rule, rule, skipped=str(e), needs_force=True))
@@ -124,6 +143,10 @@ def apply_action(
                 summary = dict(lifecycle.rule_summary(after))
             if forced:
                 summary = {**(summary or {}), "forced": True}
+            if downgrade:
+                summary = {**(summary or {}), "downgrade": True}
+            if note:
+                summary = {**(summary or {}), **note}
             store.append_event(
                 actor,
                 action.value,
@@ -131,7 +154,7 @@ def apply_action(
                 lifecycle.rule_summary(rule),
                 summary,
             )
-            changes.append(RuleChange(rule, after, forced=forced))
+            changes.append(RuleChange(rule, after, forced=forced, downgrade=downgrade))
     return changes
 
 

@@ -12,7 +12,7 @@ offered the version outside the first stage in between. The stage timer's moves 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -107,10 +107,11 @@ def approve_staged(
     schedule: StageSchedule,
     actor: str,
     allow_downgrade: bool = False,
+    note: Mapping[str, Any] | None = None,
 ) -> tuple[RuleChange, Staging]:
     """Approve the rule's pending version to its first stage only (events `approve`, with
-    `staged` and, if so, `downgrade`, and `rollout.stage.set`). Raises CatalogueError
-    (no pending version, bad stages) or DowngradeRefused."""
+    `staged`, `note`'s items and, if so, `downgrade`, and `rollout.stage.set`). Raises
+    CatalogueError (no pending version, bad stages) or DowngradeRefused."""
     with store.transaction():
         rule = _rule(store, rule_id)
         if rule.pending_version is None:
@@ -121,9 +122,10 @@ def approve_staged(
         summary: dict[str, object] = {**lifecycle.rule_summary(after), "staged": list(stages)}
         if downgrade:
             summary["downgrade"] = True
+        summary.update(note or {})
         store.append_event(actor, "approve", _target(rule), lifecycle.rule_summary(rule), summary)
         store.append_event(actor, "rollout.stage.set", _target(rule), None, staging_json(staging))
-    return RuleChange(rule, after), staging
+    return RuleChange(rule, after, downgrade=downgrade), staging
 
 
 def stage_approved(

@@ -39,6 +39,7 @@ from appliance.catalogue.decision import (
     matching_rules,
 )
 from appliance.catalogue.drift import (
+    COUNT_COLUMNS,
     DEFAULT_UNSEEN_DAYS,
     DriftCounts,
     DriftReport,
@@ -145,6 +146,7 @@ __all__ = [
     "AutoPause",
     "BackupError",
     "BackupResult",
+    "COUNT_COLUMNS",
     "CatalogueError",
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_UNSEEN_DAYS",

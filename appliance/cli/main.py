@@ -30,6 +30,7 @@ from appliance.cli.captures import add_capture_parser, run_capture
 from appliance.cli.certs import add_certs_parser, certs_command
 from appliance.cli.devices import add_test_device_parser, run_test_device
 from appliance.cli.discovery import add_dhcp_options_parser, run_dhcp_options
+from appliance.cli.drift import add_drift_parser, run_drift
 from appliance.cli.exits import (
     EX_CONFIG,
     EX_DATAERR,
@@ -100,6 +101,7 @@ _COMMANDS: dict[str, Command] = {
     "admin": run_admin,
     "events": run_events,
     "explain": run_explain,
+    "drift": run_drift,
     "backup": run_backup,
     **{a.value: rule_action(a) for a in Action},
 }
@@ -134,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_user_parser(sub)
     add_events_parser(sub)
     add_explain_parser(sub)
+    add_drift_parser(sub)
     add_serve_parsers(sub)  # serve, reload
     add_backup_parsers(sub)  # backup, restore-backup
     add_certs_parser(sub)

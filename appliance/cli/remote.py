@@ -1,15 +1,15 @@
 """Driving a remote appliance through the Control Panel's API: `ucupdates --server URL ...`.
 
-The commands that change the catalogue (`rules`, `approve`, `reset`, `restore`,
-`remove`, `import`, `clean-files`, `test-device`, `events`) then run on the appliance
-at URL instead of a local data folder, as the admin account `--server-user` (default:
-the login name), whose password comes from `UCUPDATES_ADMIN_PASSWORD` or is asked at
-the terminal; or with an API token (`ucupdates admin token create`), read from
-`--server-token-file FILE` or `UCUPDATES_TOKEN`, sent as `Authorization: Bearer` (no
-login). A token is never an argument: the process list would show it. `--server-ca
-FILE` names the CA certificate to trust (the appliance's generated `tls/ca.pem`, say);
-without it the system's trust store is used. Packages are streamed from disk, never read
-whole.
+The commands that change the catalogue (`rules`, `approve`, `reset`, `restore`, `remove`,
+`import`, `clean-files`, `test-device`, `events`; and the `drift` report, `cli/drift.py`)
+then run on the appliance at URL instead of a local data folder, as the admin account
+`--server-user` (default: the login name), whose password comes from
+`UCUPDATES_ADMIN_PASSWORD` or is asked at the terminal; or with an API token (`ucupdates
+admin token create`), read from `--server-token-file FILE` or `UCUPDATES_TOKEN`, sent as
+`Authorization: Bearer` (no login). A token is never an argument: the process list would
+show it. `--server-ca FILE` names the CA certificate to trust (the appliance's generated
+`tls/ca.pem`, say); without it the system's trust store is used. Packages are streamed
+from disk, never read whole.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote, urlencode, urlsplit
 
+from appliance.cli.drift import remote_drift
 from appliance.cli.exits import EX_DATAERR, EX_FAILED, EX_USAGE
 from appliance.identifiers import InvalidIdentifier, normalise_mac, normalise_serial
 
@@ -33,17 +34,6 @@ if TYPE_CHECKING:
 COOKIE = "__Host-ucupdates-session"
 PASSWORD_VARIABLE = "UCUPDATES_ADMIN_PASSWORD"  # noqa: S105 - its name, not a password
 TOKEN_VARIABLE = "UCUPDATES_TOKEN"  # noqa: S105 - its name, not a token
-REMOTE_COMMANDS = (
-    "rules",
-    "approve",
-    "reset",
-    "restore",
-    "remove",
-    "import",
-    "clean-files",
-    "test-device",
-    "events",
-)
 
 
 class RemoteError(Exception):
@@ -396,4 +386,6 @@ _COMMANDS = {
     "clean-files": _clean_files,
     "test-device": _test_device,
     "events": _events,
+    "drift": remote_drift,
 }
+REMOTE_COMMANDS = tuple(_COMMANDS)

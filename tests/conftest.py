@@ -58,6 +58,7 @@ SLOW_FILES = {
     "test_admin_api.py",  # a Control Panel process over TLS (test_admin_web.py: in process)
     "test_admin_browser.py",  # Chromium
     "test_admin_rollouts_browser.py",  # Chromium: the rollout pages
+    "test_admin_browser_drift.py",  # Chromium: the Compliance page
     "test_admin_remote.py",  # a serving appliance driven by the CLI
     "test_cli.py",  # the CLI as a process
     "test_faults_serve.py",  # serve under umask 022, downloads reset mid-way (/proc)

@@ -277,3 +277,12 @@ def test_a_staging_of_a_replaced_approval_is_left_alone(
     with store.transaction():
         store.save_rule(dataclasses.replace(rule, approved_version=CU7))
     assert catalogue.tick_stagings(store, T0 + 48 * HOUR) == []
+
+
+@pytest.mark.parametrize("outcome", [Outcome.UPDATED, Outcome.REVERTED, Outcome.STUCK])
+@pytest.mark.parametrize("reported", [CU7, None])
+def test_a_settled_record_and_the_same_report_change_nothing(
+    outcome: Outcome, reported: str | None
+) -> None:
+    before = record(outcome=outcome, reported=CU7, ran_it=True)
+    assert confirm(before, reported, T0 + 72 * HOUR, SETTINGS) is before

@@ -20,6 +20,7 @@ Pure functions of records and times, besides `sweep_silent`, which the timer cal
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -30,19 +31,24 @@ from appliance.model import DeviceRequest, OfferRecord, Outcome
 from appliance.store import Store, iso_utc
 
 
-def _order(a: str, b: str) -> int:
-    """-1, 0, 1 as version a is older, the same, newer than b; 0 when they do not order."""
-    if same_version(a, b):
-        return 0
+@functools.lru_cache(maxsize=4096)  # a fleet reports few distinct versions
+def _order(a: str, b: str) -> int | None:
+    """-1, 0, 1 as version a is older, the same, newer than b (as `same_version` and
+    `version_tuple` compare); None when they do not order (not both dotted numbers)."""
     x, y = a.strip(), b.strip()
-    if not (is_version(x) and is_version(y)):
-        return 0
-    return -1 if version_tuple(x) < version_tuple(y) else 1
+    if is_version(x) and is_version(y):
+        tx, ty = version_tuple(x), version_tuple(y)
+        return (tx > ty) - (tx < ty)
+    return 0 if x.casefold() == y.casefold() else None
 
 
 def reported_for(record: OfferRecord, request: DeviceRequest) -> str | None:
     """What the device reports for the record's update (None: it does not say)."""
     return reported_version(request, frozenset(record.images))
+
+
+# Outcomes a check reporting the same version as the last one cannot change.
+_SETTLED = frozenset({Outcome.UPDATED, Outcome.REVERTED, Outcome.STUCK})
 
 
 def confirm(
@@ -51,15 +57,21 @@ def confirm(
     now: datetime,
     settings: RolloutSettings,
 ) -> OfferRecord:
-    """The record after a check of its device reporting `reported` for its rule."""
+    """The record after a check of its device reporting `reported` for its rule; the same
+    record (`is`) when the check changes nothing worth writing: a settled outcome (updated,
+    reverted, stuck) and the same report as before. `last_seen_at` follows the checks
+    while the outcome may still move (pending, silent)."""
+    settled = record.outcome in _SETTLED
+    if settled and (reported is None or reported == record.reported):
+        return record
     stamp = iso_utc(now)
     if reported is None:
         return dataclasses.replace(record, last_seen_at=stamp)
     ran, outcome = record.ran_it, record.outcome
     order = _order(reported, record.version)
-    if same_version(reported, record.version) or order > 0:
+    if order is not None and order >= 0:
         outcome, ran = Outcome.UPDATED, True
-    elif order < 0 and record.ran_it:
+    elif order is not None and record.ran_it:
         outcome = Outcome.REVERTED
     else:
         first = datetime.fromisoformat(record.first_offered_at)
@@ -115,14 +127,23 @@ def check_outcomes(
     now: datetime,
     settings: RolloutSettings,
 ) -> list[OfferRecord]:
-    """A device's records after one check: each confirmed by what it reports, then each
-    offer of the check recorded (`stage_of`: (rule id, version) -> the staged approval's
-    current stage). Returns every record of the device, changed or not."""
-    by_rule = {r.rule_id: confirm(r, reported_for(r, request), now, settings) for r in records}
-    for offer in offers:
-        stage = stage_of.get((offer.rule.id, offer.version))
-        by_rule[offer.rule.id] = offered(by_rule.get(offer.rule.id), identity, offer, stage, now)
-    return list(by_rule.values())
+    """A device's records after one check that changed: each confirmed by what it
+    reports, then each offer of the check recorded (`stage_of`: (rule id, version) -> the
+    staged approval's current stage). Records the check left as they were are not
+    returned (nothing to write)."""
+    changed: dict[int, OfferRecord] = {}
+    for record in records:
+        after = confirm(record, reported_for(record, request), now, settings)
+        if after is not record:
+            changed[record.rule_id] = after
+    if offers:
+        known = {r.rule_id: r for r in records}
+        for offer in offers:
+            rule_id = offer.rule.id
+            current = changed.get(rule_id, known.get(rule_id))
+            stage = stage_of.get((rule_id, offer.version))
+            changed[rule_id] = offered(current, identity, offer, stage, now)
+    return list(changed.values())
 
 
 def sweep_silent(store: Store, now: datetime, settings: RolloutSettings) -> list[OfferRecord]:

@@ -165,7 +165,7 @@ class OfferRecord:
     offers: int  # checks at which it was offered this version
     outcome: Outcome
     outcome_at: str | None  # when the outcome last changed (None: pending from the start)
-    last_seen_at: str  # the device's last check
+    last_seen_at: str  # its last check that changed the record or found it pending/silent
     reported: str | None = None  # what it reported for the rule at its last check
     ran_it: bool = False  # seen running the offered version at least once
     stage: int | None = None  # the staged approval's stage when first offered (None: not staged)

@@ -36,9 +36,11 @@ def record_outcomes(
     known: dict[str, list[OfferRecord]] = {}
     for record in store.offers_of([c[0] for c in followed]):
         known.setdefault(record.identity, []).append(record)
-    if not known and not any(c[2] for c in followed):
+    offering = any(c[2] for c in followed)
+    if not known and not offering:
         return []
-    stage_of = {(s.rule_id, s.approval.version): s.approval.stage for s in store.stagings()}
+    stagings = store.stagings() if offering else []
+    stage_of = {(s.rule_id, s.approval.version): s.approval.stage for s in stagings}
     changed: list[tuple[OfferRecord | None, OfferRecord]] = []
     writes: list[OfferRecord] = []
     for identity, request, offers, at in followed:

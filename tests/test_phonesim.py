@@ -432,6 +432,7 @@ def test_each_quirk_does_what_it_says_after_an_offer(appliance: _Appliance) -> N
     assert [x.outcome for x in silent.rounds] == ["updated"] and silent.fate == "silent"
     assert silent.state.version == PATH_VERSIONS[0]
     assert stats.fates == {"updated": 1, "reverted": 1, "stuck": 1, "silent": 1}
+    assert not stats.failures and stats.quirks == {"stuck": 6, "reverted": 2}
     assert stats.versions == {"3.5.6907.37": 1, PATH_VERSIONS[0]: 1, PATH_VERSIONS[1]: 2}
     text = summary_text(stats)
     assert "phones: updated 1, stuck 1, reverted 1, silent 1\n" in text

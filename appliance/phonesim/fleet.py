@@ -93,6 +93,7 @@ class Stats:
     bytes: int = 0
     files: int = 0
     resumed: int = 0
+    quirks: Counter[str] = field(default_factory=Counter)  # rounds stuck, reverted
     fates: Counter[str] = field(default_factory=Counter)  # filled at the end of a run
     versions: Counter[str] = field(default_factory=Counter)  # what the phones run at the end
     finished: int = 0
@@ -107,6 +108,8 @@ class Stats:
             self.updates += 1
         elif record.outcome == "current":
             self.current += 1
+        elif record.outcome in ("stuck", "reverted"):  # a quirk's round: not a failure
+            self.quirks[record.outcome] += 1
         else:
             self.failures[record.cause or "error"] += 1
         for step, spent in record.seconds.items():
@@ -125,6 +128,7 @@ class Stats:
             "bytes": self.bytes,
             "files": self.files,
             "resumed": self.resumed,
+            "quirk_rounds": dict(sorted(self.quirks.items())),
             "fates": {f: self.fates[f] for f in FATES if self.fates[f]},
             "versions": dict(sorted(self.versions.items())),
             "elapsed_seconds": round(self.elapsed, 3),

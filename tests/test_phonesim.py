@@ -460,3 +460,20 @@ def test_a_fleets_quirks_are_seeded_disjoint_shares() -> None:
     assert [p.external for p in phones] == [p.external for p in plain]
     with pytest.raises(ValueError, match="more than 1"):
         FleetSpec(revert_share=0.6, stuck_share=0.6)
+
+
+def test_the_command_runs_a_misbehaving_fleet_and_sums_up_each_phones_fate(
+    appliance: _Appliance, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["phone-sim", "--server", appliance.url, "--idle", "0", "--version", "3.5.6907.37"]
+    shares = ["--revert-share", "0.25", "--stuck-share", "0.25", "--silent-share", "0.25"]
+    assert main([*common, "--fleet", "8", *shares, "--rounds", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "phones: updated 2, stuck 2, reverted 2, silent 2\n" in out, out
+    assert "failed 0" in out
+    assert main([*common, "--stuck-share", "1", "--rounds", "2"]) == 0  # one phone, stuck
+    out = capsys.readouterr().out
+    assert out.startswith(f"round 1: offered {PATH_VERSIONS[0]}, fetched it, did not install it")
+    assert "Current version: 3.5.6907.37" in out
+    assert main([*common, "--fleet", "2", "--stuck-share", "0.7", "--silent-share", "0.7"]) == 2
+    assert "add up to more than 1" in capsys.readouterr().err

@@ -364,6 +364,17 @@ def test_converge_debian12_upgrade_serve_and_check_again(tmp_path: Path) -> None
                 for p in (source / "appliance").rglob("*.py")
             }
             assert _installed_code(root) == wanted  # this tree's code, nothing left of the old
+            # The wheelhouse alone installs everything on the appliance's Python (the
+            # upgrade needed only what was missing): resolve it all again from it, dry.
+            pip = "/opt/ucupdates/venv/bin/pip"
+            house = "/opt/ucupdates/wheelhouse"
+            resolved = _run(
+                ["chroot", str(root), pip, "install", "--dry-run", "--ignore-installed",
+                 "--no-index", "--find-links", house, f"{house}/{new_wheel.name}"],
+                timeout=120,
+            )  # fmt: skip
+            assert resolved.returncode == 0, resolved.stdout + resolved.stderr
+            assert "Would install" in resolved.stdout and "twisted" in resolved.stdout.lower()
             assert _catalogue(root) == catalogue
             users = _in_root(root, "user", "list", "--json")
             assert [u["name"] for u in json.loads(users.stdout)] == ["CONTOSO\\phone1"], users

@@ -16,7 +16,7 @@ from urllib.parse import quote
 from twisted.web import server
 
 from appliance import __version__
-from appliance.admin import charts, inventory
+from appliance.admin import charts, inventory, pages_rollouts
 from appliance.admin.api import Api
 from appliance.admin.redirects import HOME, safe_next
 from appliance.admin.sessions import Login
@@ -25,6 +25,7 @@ from appliance.model import Role, RuleState
 
 NAV = (
     ("/updates", "Updates"),
+    ("/rollouts", "Rollouts"),
     ("/upload", "Upload"),
     ("/test-devices", "Test devices"),
     ("/devices", "Devices"),
@@ -34,6 +35,7 @@ NAV = (
 STATIC_TYPES = {
     "app.css": b"text/css; charset=utf-8",
     "app.js": b"text/javascript; charset=utf-8",
+    "rollouts.js": b"text/javascript; charset=utf-8",
     "favicon.svg": b"image/svg+xml",
 }
 
@@ -50,6 +52,10 @@ class Pages:
             "/devices": ("Devices", self._devices),
             "/activity": ("Activity", _activity),
             "/captures": ("Captures", _captures),
+            "/rollouts": ("Rollouts", pages_rollouts.rollouts),
+            "/pins": ("Pins", pages_rollouts.pins),
+            "/networks": ("Networks & windows", pages_rollouts.networks),
+            "/upgrade-paths": ("Upgrade paths", pages_rollouts.upgrade_paths),
         }
 
     def handle(self, request: server.Request) -> Reply:
@@ -132,10 +138,8 @@ def _layout(title: str, path: str, login: Login | None, body: str) -> str:
             f'<meta name="csrf-token" content="{escape(login.session.csrf_token)}">'
             f'<meta name="role" content="{escape(account.role.value)}">'
         )
-        current = ' aria-current="page"'
         links = "".join(
-            f'<li><a href="{href}"{current if href == path else ""}>{label}</a></li>'
-            for href, label in NAV
+            f'<li><a href="{href}"{_current(href, path)}>{label}</a></li>' for href, label in NAV
         )
         nav = f'<nav aria-label="Main"><ul>{links}</ul></nav>'
         header_right = (
@@ -151,7 +155,8 @@ def _layout(title: str, path: str, login: Login | None, body: str) -> str:
         f"<title>{escape(title)} · ucupdates Control Panel</title>"
         '<link rel="stylesheet" href="/static/app.css">'
         '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
-        f'{meta}<script src="/static/app.js" defer></script></head>'
+        f'{meta}<script src="/static/app.js" defer></script>'
+        '<script src="/static/rollouts.js" defer></script></head>'
         f'<body data-page="{escape(page)}">'
         '<a class="skip" href="#main">Skip to content</a>'
         '<header class="top"><a class="brand" href="/">ucupdates <span>Control Panel</span></a>'
@@ -160,6 +165,15 @@ def _layout(title: str, path: str, login: Login | None, body: str) -> str:
         f'{footer}<div id="toast" class="toast" role="status" aria-live="polite"></div>'
         "</body></html>\n"
     )
+
+
+def _current(href: str, path: str) -> str:
+    """The main navigation marks the page shown; the rollout pages mark Rollouts."""
+    if href == path:
+        return ' aria-current="page"'
+    if href == "/rollouts" and path in pages_rollouts.TITLES:
+        return ' aria-current="true"'
+    return ""
 
 
 def _viewer_note(login: Login) -> str:
@@ -221,8 +235,9 @@ def _updates(login: Login) -> str:
         '<th scope="col">ID</th><th scope="col">Device type</th><th scope="col">Brand</th>'
         '<th scope="col">Model</th><th scope="col">Rev.</th><th scope="col">Locale</th>'
         '<th scope="col">Type</th><th scope="col">Approved</th><th scope="col">Pending</th>'
-        '<th scope="col">Restore</th><th scope="col">State</th><th scope="col">GUID</th>'
-        '</tr></thead><tbody><tr><td colspan="13">Loading…</td></tr></tbody></table></div>'
+        '<th scope="col">Restore</th><th scope="col">State</th><th scope="col">Confirmed</th>'
+        '<th scope="col">GUID</th>'
+        '</tr></thead><tbody><tr><td colspan="14">Loading…</td></tr></tbody></table></div>'
         '<dialog id="confirm" aria-labelledby="confirm-title" aria-describedby="confirm-impact">'
         '<form method="dialog"><h2 id="confirm-title">Confirm</h2>'
         '<ul id="confirm-rules" class="rules" aria-label="The rules it changes"></ul>'
@@ -231,7 +246,8 @@ def _updates(login: Login) -> str:
         '<p id="confirm-force-box" class="force" hidden><label>'
         '<input type="checkbox" id="confirm-force"> <span id="confirm-force-text"></span>'
         "</label></p>"
-        '<p class="buttons"><button value="cancel" id="confirm-cancel">Cancel</button>'
+        + pages_rollouts.approve_choices()
+        + '<p class="buttons"><button value="cancel" id="confirm-cancel">Cancel</button>'
         '<button value="ok" id="confirm-ok" class="primary">Confirm</button></p>'
         "</form></dialog>"
     )
@@ -328,8 +344,9 @@ def _devices(login: Login) -> str:
         '<caption>Devices <span id="devices-count"></span></caption><thead><tr>'
         '<th scope="col">Device</th><th scope="col">Model</th><th scope="col">Locale</th>'
         '<th scope="col">Version</th><th scope="col">Approved</th><th scope="col">Status</th>'
+        '<th scope="col">Offered (outcome)</th>'
         '<th scope="col">Zone</th><th scope="col">Address</th><th scope="col">Last check</th>'
-        '</tr></thead><tbody><tr><td colspan="9">Loading…</td></tr></tbody></table></div>'
+        '</tr></thead><tbody><tr><td colspan="10">Loading…</td></tr></tbody></table></div>'
     )
 
 

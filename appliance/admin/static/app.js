@@ -192,7 +192,9 @@
     async function load() {
       const mine = ++asked;
       let data;
+      const counts = api("GET", "/api/offer-counts").then((d) => d.counts, () => []);
       try { data = await api("GET", "/api/rules" + query(formValues(form))); } catch (e) { toast(e.message, true); return; }
+      const confirmed = confirmedText(await counts);
       if (mine !== asked) return; // a newer filter's answer is on its way
       for (const name of ["brand", "model", "locale", "revision"]) fillSelect($(`select[name=${name}]`, form), data.choices[name]);
       shown = data.rules;
@@ -209,7 +211,7 @@
           el("td", { text: r.revision }), el("td", { text: r.locale }), el("td", { text: r.update_type }),
           el("td", { text: dash(r.approved_version) }), el("td", { text: dash(r.pending_version) }),
           el("td", { text: dash(r.restore_version) }), el("td", {}, badge(r.state)),
-          el("td", { class: "guid", text: dash(r.guid) }));
+          el("td", { text: confirmed(r) }), el("td", { class: "guid", text: dash(r.guid) }));
         box.addEventListener("change", () => {
           if (box.checked) selected.add(r.id); else selected.delete(r.id);
           row.classList.toggle("selected", box.checked);
@@ -232,6 +234,64 @@
     form.addEventListener("reset", () => setTimeout(load, 0));
     form.addEventListener("submit", (e) => { e.preventDefault(); load(); });
 
+    // How many devices the next check confirmed for each rule's approved version.
+    function confirmedText(counts) {
+      return (r) => {
+        const mine = counts.filter((c) => c.rule_id === r.id && c.version === r.approved_version);
+        const by = {};
+        mine.forEach((c) => { by[c.outcome] = (by[c.outcome] || 0) + c.devices; });
+        const parts = ["updated", "pending", "stuck", "reverted", "silent"].filter((o) => by[o]).map((o) => `${by[o]} ${o}`);
+        return parts.length ? parts.join(", ") : "–";
+      };
+    }
+
+    // An approval may go to every device or in stages; the stages must rise to 100.
+    function stagesOf() {
+      const values = $("#confirm-stages").value.split(/[,;\s]+/).filter((v) => v).map(Number);
+      const rising = values.every((v, i) => v > 0 && v <= 100 && (i === 0 || v > values[i - 1]));
+      return values.length && rising && values[values.length - 1] === 100 ? values : null;
+    }
+    const staged = () => $("input[name=how]:checked").value === "staged";
+    // `canGo`: whether the rest of the dialog lets the action go ahead.
+    function approveChoices(action, canGo) {
+      const how = $("#confirm-how");
+      how.hidden = action !== "approve";
+      $("input[name=how][value=all]").checked = true;
+      $("#confirm-staged").hidden = true;
+      const check = () => {
+        $("#confirm-staged").hidden = !staged();
+        const bad = staged() && stagesOf() === null;
+        $("#confirm-stages").setAttribute("aria-invalid", bad ? "true" : "false");
+        $("#confirm-ok").disabled = bad || !canGo();
+      };
+      $$("input[name=how]").forEach((r) => { r.onchange = check; });
+      $("#confirm-stages").oninput = check;
+      return check;
+    }
+    function stagedBody() {
+      if ($("#confirm-how").hidden || !staged()) return null;
+      const soak = $("#confirm-soak").value.trim();
+      return { stages: stagesOf(), ...(soak ? { soak_hours: Number(soak) } : {}) };
+    }
+
+    // Would approving move a rule's approved version back? The server decides (the
+    // preview's needs_downgrade); the versions compared here stand in where it does not say.
+    function olderThan(a, b) {
+      const dotted = /^\d+(\.\d+)*$/;
+      if (!dotted.test(a) || !dotted.test(b)) return a !== b;
+      const x = a.split(".").map(Number), y = b.split(".").map(Number);
+      for (let i = 0; i < Math.max(x.length, y.length); i++) {
+        if ((x[i] || 0) !== (y[i] || 0)) return (x[i] || 0) < (y[i] || 0);
+      }
+      return false;
+    }
+    function downgrades(action, ids, impact) {
+      if (action !== "approve") return [];
+      if (impact.needs_downgrade) return impact.needs_downgrade;
+      return shown.filter((r) => ids.includes(r.id) && r.approved_version && r.pending_version
+        && olderThan(r.pending_version, r.approved_version)).map((r) => r.id);
+    }
+
     // What the preview says, as the dialog shows it: the rules named (six, then "and N
     // more"), the sentence, what is offered now, and the rules skipped with their reason.
     function dialogOf(action, impact) {
@@ -246,9 +306,27 @@
     $$("[data-action]").forEach((button) => button.addEventListener("click", async () => {
       const action = button.dataset.action;
       const ids = [...selected];
-      const preview = (force) => api("GET", "/api/rules/preview" + query({ action, id: ids, force: force ? "1" : "" }));
+      let downgrade = false;
+      const preview = (force) => api("GET", "/api/rules/preview" + query({ action, id: ids, force: force ? "1" : "", allow_downgrade: downgrade ? "1" : "" }));
       let impact;
       try { impact = await preview(false); } catch (e) { toast(e.message, true); return; }
+      // An approval that would move a rule's approved version back is refused unless the
+      // admin ticks the box that says which versions go back.
+      const downBox = $("#confirm-downgrade-box");
+      const down = $("#confirm-downgrade");
+      const backwards = downgrades(action, ids, impact);
+      down.checked = false;
+      downBox.hidden = backwards.length === 0;
+      $("#confirm-downgrade-text").textContent = `Allow the downgrade: approve ${backwards.length === 1 ? "the older version" : `the ${backwards.length} older versions`} anyway; `
+        + "phones running the newer one will be offered the older one (the event log records it as a downgrade).";
+      const canGo = () => impact.rule_ids.length > 0 && (backwards.length === 0 || down.checked);
+      const check = approveChoices(action, canGo);
+      down.onchange = async () => {
+        downgrade = down.checked;
+        check();
+        try { impact = await preview(force.checked); } catch (e) { toast(e.message, true); return; }
+        if (down.checked === downgrade) { fillDialog(...dialogOf(action, impact)); check(); }
+      };
       // A restore of rules without a restore version leaves them with none approved: only
       // when the admin ticks the box that says so (the preview is worked out again).
       const forceBox = $("#confirm-force-box");
@@ -263,13 +341,24 @@
         try { impact = await preview(asked); } catch (e) { toast(e.message, true); return; }
         if (force.checked === asked) fillDialog(...dialogOf(action, impact));
       };
-      const ok = await confirmDialog(...dialogOf(action, impact));
+      const asked = confirmDialog(...dialogOf(action, impact));
+      if (backwards.length) { check(); down.focus(); }
+      const ok = await asked;
       force.onchange = null;
+      down.onchange = null;
       if (!ok) return;
+      const allow = downgrade ? { allow_downgrade: true } : {};
+      const stagedAs = stagedBody();
       try {
-        const result = await api("POST", "/api/rules/" + action, { ids, force: impact.forced });
-        const done = result.changes.filter((c) => c.skipped === null).length;
-        toast(`${done} rule${done === 1 ? "" : "s"} ${ACTION_DONE[action]}${impact.forced ? " (forced)" : ""}`);
+        if (stagedAs) {
+          // a staged approval is given rule by rule, each guarded against a downgrade
+          for (const id of ids) await api("POST", "/api/rollouts", { rule_id: id, ...stagedAs, ...allow });
+          toast(`${ids.length} rule${ids.length === 1 ? "" : "s"} approved in stages (${stagedAs.stages.join(" → ")} %): see Rollouts`);
+        } else {
+          const result = await api("POST", "/api/rules/" + action, { ids, force: impact.forced, ...allow });
+          const done = result.changes.filter((c) => c.skipped === null).length;
+          toast(`${done} rule${done === 1 ? "" : "s"} ${ACTION_DONE[action]}${impact.forced ? " (forced)" : ""}`);
+        }
       } catch (e) { toast(e.message, true); }
       await load();
     }));
@@ -485,6 +574,13 @@
 
   // -- Devices ----------------------------------------------------------------------------
 
+  // What the device was last offered, and what its next check made of it.
+  function offerCell(offer) {
+    if (!offer) return el("td", { text: "–" });
+    return el("td", { title: offer.first_offered_at ? `first offered ${when(offer.first_offered_at)}` : null },
+      `${offer.version} `, badge(offer.outcome));
+  }
+
   function setupDevices() {
     const form = $("#device-filters");
     const table = $("#devices");
@@ -503,7 +599,7 @@
         el("td", { text: `${dash(d.brand)} ${dash(d.model)} ${dash(d.revision)}` }),
         el("td", { text: dash(d.locale) }), el("td", { text: dash(d.version) }),
         el("td", { text: dash(d.approved_version) }), el("td", {}, badge(d.status)),
-        el("td", { text: dash(d.zone) }), el("td", { text: dash(d.address) }),
+        offerCell(d.offer), el("td", { text: dash(d.zone) }), el("td", { text: dash(d.address) }),
         el("td", { text: when(d.last_seen) }))),
         data.total ? "No device matches the filters." : "No phone has checked in yet.");
     }
@@ -598,6 +694,11 @@
     login: setupLogin, updates: setupUpdates, upload: setupUpload,
     "test-devices": setupTestDevices, devices: setupDevices, activity: setupActivity,
     captures: setupCaptures,
+  };
+  // static/rollouts.js builds the rollout pages with the same tools, and adds its pages here.
+  window.ucupdates = {
+    $, $$, meta, isAdmin, api, query, formValues, el, dash, when, badge, bytes, fillTable,
+    fillSelect, toast, fillDialog, confirmDialog, pages: PAGES,
   };
   document.addEventListener("DOMContentLoaded", () => {
     setupLogout();

@@ -140,16 +140,22 @@ def drift_report(
         if pair not in latest or offer.last_offered_at > latest[pair].last_offered_at:
             latest[pair] = offer
     cutoff = now - timedelta(days=unseen_days)
-    groups: dict[tuple[object, ...], tuple[DriftRow, list[DriftCounts]]] = {}
+    rules_of: dict[tuple[str | None, ...], tuple[Rule, ...]] = {}
+    places: dict[tuple[str | None, str | None], int] = {}  # few versions: each compared once
+    groups: dict[tuple[object, ...], tuple[DriftRow, list[int]]] = {}
     for device in devices:
-        unseen = _seen_at(device.last_seen) < cutoff
-        request = _request(device)
-        rules = matching_rules(request, catalog) if request is not None else ()
+        unseen = int(_seen_at(device.last_seen) < cutoff)
+        raw = (device.device_type, device.brand, device.model, device.revision, device.locale)
+        if raw not in rules_of:  # a fleet has few models: each is matched once
+            request = _request(device)
+            rules_of[raw] = matching_rules(request, catalog) if request is not None else ()
+        rules = rules_of[raw]
         if not rules:
-            head = _no_rule_row(device)
             key: tuple[object, ...] = (None, *(v.casefold() for v in _fields(device)))
-            counts = DriftCounts(devices=1, unknown=1, unseen=int(unseen))
-            groups.setdefault(key, (head, []))[1].append(counts)
+            tally = groups.setdefault(key, (_no_rule_row(device), [0] * len(COUNT_COLUMNS)))[1]
+            tally[_DEVICES] += 1
+            tally[_UNKNOWN] += 1
+            tally[_UNSEEN] += unseen
             continue
         for rule in rules:
             last = latest.get((device.identity, rule.id))
@@ -157,32 +163,38 @@ def drift_report(
                 runs: str | None = last.reported
             else:
                 runs = device.version if len(rules) == 1 else None
-            counts = _counts(runs, rule.approved_version, last, unseen)
-            groups.setdefault((rule.id,), (_rule_row(rule), []))[1].append(counts)
-    rows = [replace(row, counts=sum(counts, DriftCounts())) for row, counts in groups.values()]
+            versions = (runs, rule.approved_version)
+            if versions not in places:
+                places[versions] = COUNT_COLUMNS.index(_place(*versions))
+            tally = groups.setdefault((rule.id,), (_rule_row(rule), [0] * len(COUNT_COLUMNS)))[1]
+            tally[_DEVICES] += 1
+            tally[places[versions]] += 1
+            tally[_UNSEEN] += unseen
+            if last is not None and last.outcome in _OUTCOME_COLUMN:
+                tally[_OUTCOME_COLUMN[last.outcome]] += 1
+    rows = [replace(row, counts=DriftCounts(*tally)) for row, tally in groups.values()]
     rows.sort(key=_row_order)
     return DriftReport(now, unseen_days, tuple(rows))
 
 
-def _counts(
-    runs: str | None, approved: str | None, offer: OfferRecord | None, unseen: bool
-) -> DriftCounts:
-    place = "unknown"
-    if approved is not None and runs is not None:
-        if same_version(runs, approved):
-            place = "current"
-        elif is_version(runs.strip()) and is_version(approved.strip()):
-            older = version_tuple(runs.strip()) < version_tuple(approved.strip())
-            place = "behind" if older else "ahead"
-    outcome = offer.outcome if offer is not None else None
-    return DriftCounts(
-        devices=1,
-        **{place: 1},
-        stuck=int(outcome is Outcome.STUCK),
-        reverted=int(outcome is Outcome.REVERTED),
-        silent=int(outcome is Outcome.SILENT),
-        unseen=int(unseen),
-    )
+_DEVICES = COUNT_COLUMNS.index("devices")
+_UNKNOWN = COUNT_COLUMNS.index("unknown")
+_UNSEEN = COUNT_COLUMNS.index("unseen")
+_OUTCOME_COLUMN = {
+    o: COUNT_COLUMNS.index(o.value) for o in (Outcome.STUCK, Outcome.REVERTED, Outcome.SILENT)
+}
+
+
+def _place(runs: str | None, approved: str | None) -> str:
+    """Where a device running `runs` stands against `approved`: its version column."""
+    if approved is None or runs is None:
+        return "unknown"
+    if same_version(runs, approved):
+        return "current"
+    if is_version(runs.strip()) and is_version(approved.strip()):
+        older = version_tuple(runs.strip()) < version_tuple(approved.strip())
+        return "behind" if older else "ahead"
+    return "unknown"
 
 
 def _request(device: Device) -> DeviceRequest | None:

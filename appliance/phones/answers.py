@@ -30,6 +30,7 @@ from appliance.catalogue import (
 )
 from appliance.model import Catalog, DeviceRequest, RolloutPolicy, StoredFile, Zone
 from appliance.phones.codec import BaseUrls, render_response
+from appliance.phones.slots import NetworkCaps
 from appliance.store import Store
 
 ANSWER_CACHE_SIZE = 4096  # distinct (model, locale, reported versions, test?) answers
@@ -166,19 +167,24 @@ class Answers:
         self._refresh()
         return self._files.get(relative.casefold())
 
-    def download_cap(self, client: str, zone: Zone) -> tuple[str, int] | None:
-        """The cap on concurrent downloads of the client's network (the external zone's for
-        an external client), named, or None."""
+    def download_caps(self, client: str, zone: Zone) -> NetworkCaps | None:
+        """The caps of the client's rollout network (the external zone's for an external
+        client): concurrent downloads and bytes a second; None without any."""
         policy = self._policy
         if policy.empty:
             return None
         if zone is Zone.EXTERNAL:
-            limit = policy.external_max_downloads
-            return None if limit is None else ("external zone", limit)
-        network = policy.network_for(client)
-        if network is None or network.max_downloads is None:
+            most, rate = policy.external_max_downloads, policy.external_max_bytes_per_second
+            group = "external zone"
+        else:
+            network = policy.network_for(client)
+            if network is None:
+                return None
+            most, rate = network.max_downloads, network.max_bytes_per_second
+            group = str(network.network)
+        if most is None and rate is None:
             return None
-        return str(network.network), network.max_downloads
+        return NetworkCaps(group, most, rate)
 
     def intact(self, stored: StoredFile) -> bool:
         """Whether a file about to be served matches its hash (`FileVerifier.intact`)."""

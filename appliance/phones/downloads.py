@@ -13,6 +13,8 @@ streamed through a pull producer that nothing watched:
   `service.max_downloads_per_client` per client address (after trusted proxies), and at
   most a rollout network's `max_downloads` to its phones (docs/rollouts.md); beyond any,
   503 with Retry-After (`download.refused`). HEAD and 304 take no slot;
+- bytes a second: the bodies of a rollout network with `max_bytes_per_second` share one
+  `throttle.Throttle`;
 - stalls: the body (`image_body.TransportBody`) is the transport's push producer; while
   nothing moves for `service.download_stall_seconds`, the connection is aborted
   (`download.stalled`). The slot is released exactly once: when the body is finished, or
@@ -28,7 +30,7 @@ import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from twisted.logger import Logger
 from twisted.web.http import datetimeToString, stringToDatetime
@@ -43,7 +45,8 @@ from appliance.phones.ranges import (
     if_range_holds,
     plan_ranges,
 )
-from appliance.phones.slots import Cap, DownloadLimit, DownloadSlots
+from appliance.phones.slots import DownloadLimit, DownloadSlots, NetworkCaps
+from appliance.phones.throttle import Throttle
 from appliance.web import LeanRequest, render
 from appliance.web import text_answer as plain
 
@@ -59,12 +62,13 @@ class Downloads:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.slots = DownloadSlots(settings.max_downloads, settings.max_downloads_per_client)
+        self.throttles: dict[str, Throttle] = {}  # per network with a bytes-a-second cap
 
     def serve(
-        self, request: LeanRequest, path: Path, download: Download, cap: Cap | None = None
+        self, request: LeanRequest, path: Path, download: Download, caps: NetworkCaps | None = None
     ) -> None:
-        """Answer GET or HEAD of the image at `path` (found, and inside the store); `cap`:
-        the client's network's cap on concurrent downloads, if it has one."""
+        """Answer GET or HEAD of the image at `path` (found, and inside the store); `caps`:
+        the client's network's caps (concurrent downloads, bytes a second), if any."""
         stored = download.stored
         etag = f'"{stored.sha256}"'.encode()
         headers = [b"ETag: " + etag]
@@ -79,7 +83,7 @@ class Downloads:
             plain(request, 404, "not found", headers)
             return
         try:
-            self._answer(request, image, etag, download, headers, cap)
+            self._answer(request, image, etag, download, headers, caps)
         except BaseException:
             image.close()
             raise
@@ -91,7 +95,7 @@ class Downloads:
         etag: bytes,
         download: Download,
         headers: list[bytes],
-        cap: Cap | None,
+        caps: NetworkCaps | None,
     ) -> None:
         stat = os.fstat(image.fileno())
         size = stat.st_size
@@ -122,7 +126,7 @@ class Downloads:
             headers.append(b"Content-Range: bytes */%d" % size)
             plain(request, 416, "range not satisfiable", headers)
             return
-        slot = self.slots.take(download.client, cap)
+        slot = self.slots.take(download.client, caps)
         if isinstance(slot, DownloadLimit):
             image.close()
             self._refuse(request, slot, download, headers)
@@ -150,6 +154,7 @@ class Downloads:
                 download,
                 status,
                 lambda sent: channel.finish(request, sent),
+                self._throttle(caps, channel.clock),
             )
         except BaseException:
             slot.release(0, complete=False)
@@ -158,6 +163,18 @@ class Downloads:
         channel.write(request, head)
         channel.lend_transport()
         body.start()
+
+    def _throttle(self, caps: NetworkCaps | None, reactor: Any) -> Throttle | None:
+        """The network's shared bucket of bytes a second (made at its first download; its
+        rate follows the policy)."""
+        if caps is None or caps.bytes_per_second is None:
+            return None
+        throttle = self.throttles.get(caps.group)
+        if throttle is None:
+            throttle = Throttle(caps.bytes_per_second, reactor.seconds())
+            self.throttles[caps.group] = throttle
+        throttle.rate = caps.bytes_per_second
+        return throttle
 
     def _refuse(
         self, request: LeanRequest, limit: DownloadLimit, download: Download, headers: list[bytes]

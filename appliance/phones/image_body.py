@@ -14,6 +14,9 @@ parts to send and the slot to a body, after the response head has been written. 
 
 Either way a slow client holds about one transport buffer of memory, not more.
 
+A body of a network with a cap on bytes a second (docs/rollouts.md) sends no more than its
+`throttle.Throttle` allows and waits for it on a timer meanwhile, which is not a stall.
+
 No progress for `service.download_stall_seconds` in a row (paused, or the socket full)
 means the client stopped reading: the connection is aborted (`download.stalled`).
 However the body ends (sent, connection lost, aborted), the file is closed and the slot
@@ -34,6 +37,7 @@ from appliance.config import ServiceSettings
 from appliance.model import StoredFile, Zone
 from appliance.phones.ranges import ByteRange
 from appliance.phones.slots import Slot
+from appliance.phones.throttle import Throttle
 from appliance.web import SocketWriter, socket_writer
 
 log = Logger(namespace="ucupdates.phone")
@@ -82,8 +86,11 @@ class TransportBody:
         download: Download,
         status: int,
         done: Callable[[bool], None],
+        throttle: Throttle | None = None,
     ) -> None:
         self._reactor = reactor
+        self._throttle = throttle  # the network's bytes a second, if it has a cap
+        self._held: Any = None  # IDelayedCall: the throttle lets the body go on
         self._transport = transport
         self._image = image
         self._items: list[bytes | ByteRange] = []
@@ -162,11 +169,17 @@ class TransportBody:
             for _ in range(BATCH):
                 if self._paused or self._ended:
                     return
+                limit = self._budget(CHUNK)
+                if not limit:
+                    self._hold()
+                    return
                 try:
-                    piece = self._read(CHUNK)
+                    piece = self._read(limit)
                 except OSError as e:
                     self._abort(f"cannot read the image: {e}")
                     return
+                if self._throttle is not None:
+                    self._throttle.spend(len(piece))
                 self.sent += len(piece)
                 self._transport.write(piece)
                 if self._index == len(self._items):
@@ -205,24 +218,30 @@ class TransportBody:
         sock = self._socket
         if self._ended or sock is None or not sock.ready():
             return  # what went through the transport (the head) goes first
-        moved = False
+        moved = held = False
         try:
             for _ in range(SOCKET_BATCH):
                 if self._index == len(self._items):
                     break
+                limit = self._budget(SEND_MAX)
+                if not limit:
+                    held = True
+                    break
                 item = self._items[self._index]
                 if isinstance(item, bytes):
-                    taken, full = sock.send(memoryview(item)[self._at :])
+                    taken, full = sock.send(memoryview(item)[self._at :][:limit])
                     size = len(item)
                 else:
                     left, size = item.size - self._at, item.size
                     where = item.offset + self._at
-                    taken, full = sock.send_file(self._image.fileno(), where, min(left, SEND_MAX))
+                    taken, full = sock.send_file(self._image.fileno(), where, min(left, limit))
                     if not taken and not full:
                         raise OSError(f"image ended {left} bytes early")
                 if taken:
                     moved = True
                     self.sent += taken
+                    if self._throttle is not None:
+                        self._throttle.spend(taken)
                     self._advance(taken, size)
                 if full:
                     break
@@ -236,8 +255,37 @@ class TransportBody:
             self._blocked_since = None
         if self._index == len(self._items):
             self._complete()
+        elif held:
+            self._hold()
         else:  # the socket may take no more (the kernel need not say so with EAGAIN)
             self._block()
+
+    # -- the network's bytes a second --------------------------------------------------------
+
+    def _budget(self, most: int) -> int:
+        """Bytes to send next, at most `most`; 0: wait for the throttle."""
+        if self._throttle is None:
+            return most
+        return min(most, self._throttle.budget(self._reactor.seconds()))
+
+    def _hold(self) -> None:
+        """Wait for the throttle: no socket events, no stall counted meanwhile."""
+        if self._held is not None or self._throttle is None:
+            return
+        self._blocked_since = None
+        if self._socket is not None:
+            self._socket.rest()
+        delay = self._throttle.wait(self._reactor.seconds())
+        self._held = self._reactor.callLater(delay, self._go_on)
+
+    def _go_on(self) -> None:
+        self._held = None
+        if self._ended:
+            return
+        if self._socket is not None:
+            self._socket.wait()  # sends again when the socket has room
+        elif not self._paused:
+            self._write()
 
     def _broken(self, reason: Failure | None = None) -> None:
         """The socket failed under us (the client reset it): the connection is lost."""
@@ -301,10 +349,10 @@ class TransportBody:
         if self._ended:
             return
         self._ended = True
-        for call in (self._stall, self._next):
+        for call in (self._stall, self._next, self._held):
             if call is not None and call.active():
                 call.cancel()
-        self._stall = self._next = None
+        self._stall = self._next = self._held = None
         if self._socket is not None:
             self._socket.close()  # before the transport closes: the duplicate holds it open
         if unregister:

@@ -214,7 +214,7 @@ class PhoneRoutes:
             request,
             found,
             Download(stored, admission.client, admission.zone),
-            answers.download_cap(admission.client, admission.zone),
+            answers.download_caps(admission.client, admission.zone),
         )
 
     # -- PUT/POST Files -------------------------------------------------------------------

@@ -7,6 +7,7 @@ A `Slot` is taken before a body starts and released once, however the body ends
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -16,8 +17,14 @@ class DownloadLimit(Enum):
     NETWORK = "network max_downloads"  # a rollout network's (or the external zone's) cap
 
 
-# A group of clients that share a cap: its name (the network, "external zone") and limit.
-Cap = tuple[str, int]
+@dataclass(frozen=True)
+class NetworkCaps:
+    """What the clients of one rollout network (or the external zone) share: at most
+    `max_downloads` bodies at once and `bytes_per_second` (None: no such cap)."""
+
+    group: str  # the network ("10.20.0.0/16") or "external zone"
+    max_downloads: int | None = None
+    bytes_per_second: int | None = None
 
 
 class Slot:
@@ -53,8 +60,8 @@ class DownloadSlots:
         self.refused = 0
         self.sent_bytes = 0
 
-    def take(self, client: str, cap: Cap | None = None) -> Slot | DownloadLimit:
-        """A place for a body to `client`, within `cap` when its network has one."""
+    def take(self, client: str, caps: NetworkCaps | None = None) -> Slot | DownloadLimit:
+        """A place for a body to `client`, within its network's cap if it has one."""
         if self.active >= self.total:
             self.refused += 1
             return DownloadLimit.ALL
@@ -62,8 +69,8 @@ class DownloadSlots:
             self.refused += 1
             return DownloadLimit.PER_CLIENT
         group = None
-        if cap is not None:
-            group, limit = cap
+        if caps is not None and caps.max_downloads is not None:
+            group, limit = caps.group, caps.max_downloads
             if self.by_group.get(group, 0) >= limit:
                 self.refused += 1
                 return DownloadLimit.NETWORK

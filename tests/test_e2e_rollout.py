@@ -20,11 +20,11 @@ each from its own loopback address, checking over plain HTTP.
 - The Tanjay two-step: CX700 phones on OCS-era firmware take each step, restart, check
   again and end on CU8.
 
-A stage's soak is four times what a check of every phone took before the approval (at
-least 4 s), so that each stage's pass ends before the timer moves on; a pass that outlasts
-it fails with a message saying so. Between a phone's checks it waits 1.5 s, longer than
-serve's inventory flush (once a second), which records offers and their confirmation.
-Every wait is bounded; nothing is timed.
+A stage's soak is four times what a check of every phone took before the approval, plus
+two idle periods (at least 4 s), so that each stage's pass ends before the timer moves on;
+a pass that outlasts it fails with a message saying so. Between a phone's checks it
+waits 1.5 s, longer than serve's inventory flush (once a second), which records offers
+and their confirmation. Every wait is bounded; nothing is timed.
 """
 
 from __future__ import annotations

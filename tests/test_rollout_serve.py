@@ -286,3 +286,22 @@ def test_a_settled_record_and_the_same_report_change_nothing(
 ) -> None:
     before = record(outcome=outcome, reported=CU7, ran_it=True)
     assert confirm(before, reported, T0 + 72 * HOUR, SETTINGS) is before
+
+
+def test_checks_within_one_flush_are_confirmed_in_order(
+    setup: tuple[Config, Store, FixedClock],
+) -> None:
+    config, store, clock = setup
+    approved(store)
+    answers = Answers(store, URLS, now=clock)
+    records = Records(config, store, clock)
+    check(records, answers, CU7)  # offered CU8
+    check(records, answers, CU8)  # took it and restarted, within the same second
+    records.flush_inventory()
+    (taken,) = store.offers()
+    assert (taken.outcome, taken.ran_it, taken.offers) == (Outcome.UPDATED, True, 1)
+    for version in (CU7, CU8, CU7):  # offered, took it, went back: all in one flush
+        check(records, answers, version, mac="00-04-F2-00-00-02")
+    records.flush_inventory()
+    (back,) = store.offers(identity="00-04-F2-00-00-02")
+    assert (back.outcome, back.offers) == (Outcome.REVERTED, 2)

@@ -28,34 +28,35 @@ Check = tuple[str, DeviceRequest, Sequence[Offer], datetime]  # identity, reques
 def record_outcomes(
     store: Store, checks: Iterable[Check], settings: RolloutSettings
 ) -> list[tuple[OfferRecord | None, OfferRecord]]:
-    """Confirm and record the checks' offers (the caller holds the transaction); returns
-    (before, after) of each record whose outcome changed or that is new."""
+    """Confirm and record the checks' offers, each device's checks in order (the caller
+    holds the transaction); returns (before, after) of each change of a record: new, or
+    another version or outcome."""
     followed = [c for c in checks if not c[0].startswith("ip:")]
     if not followed:
         return []
-    known: dict[str, list[OfferRecord]] = {}
-    for record in store.offers_of([c[0] for c in followed]):
-        known.setdefault(record.identity, []).append(record)
+    state: dict[str, dict[int, OfferRecord]] = {}
+    for record in store.offers_of(sorted({c[0] for c in followed})):
+        state.setdefault(record.identity, {})[record.rule_id] = record
     offering = any(c[2] for c in followed)
-    if not known and not offering:
+    if not state and not offering:
         return []
     stagings = store.stagings() if offering else []
     stage_of = {(s.rule_id, s.approval.version): s.approval.stage for s in stagings}
     changed: list[tuple[OfferRecord | None, OfferRecord]] = []
-    writes: list[OfferRecord] = []
+    written: dict[tuple[str, int], OfferRecord] = {}
     for identity, request, offers, at in followed:
-        before = {r.rule_id: r for r in known.get(identity, ())}
-        if not before and not offers:
+        mine = state.setdefault(identity, {})
+        if not mine and not offers:
             continue
         after = check_outcomes(
-            list(before.values()), request, offers, identity, stage_of, at, settings
+            list(mine.values()), request, offers, identity, stage_of, at, settings
         )
-        writes.extend(after)
         for record in after:
-            old = before.get(record.rule_id)
+            old = mine.get(record.rule_id)
             if old is None or old.outcome is not record.outcome or old.version != record.version:
                 changed.append((old, record))
-    store.save_offers(writes)
+            mine[record.rule_id] = written[identity, record.rule_id] = record
+    store.save_offers(written.values())
     return changed
 
 

@@ -35,6 +35,7 @@ from appliance.store import Store, iso_utc
 
 log = Logger(namespace="ucupdates.phone")
 
+CHECKS_KEPT = 8  # a device's checks within one flush that confirmations see
 FILE_MODE = 0o600  # the audit file, device logs: created so, whatever the umask
 FOLDER_MODE = 0o750
 
@@ -51,6 +52,14 @@ class _Sighting(NamedTuple):
     reported: str | None
     at: datetime
     offers: tuple[Offer, ...] = ()  # what the check offered: confirmed at the next one
+    # the device's earlier checks since the last flush (request, offers, at), oldest first
+    earlier: tuple[tuple[DeviceRequest, tuple[Offer, ...], datetime], ...] = ()
+
+    def checks(self) -> tuple[tuple[DeviceRequest, tuple[Offer, ...], datetime], ...]:
+        """Every check of the device since the last flush, oldest first (at most
+        `CHECKS_KEPT`: of a device that checks many times a second, its first ones and
+        its latest)."""
+        return (*self.earlier, (self.request, self.offers, self.at))
 
     def device(self, identity: str) -> Device:
         request, stamp = self.request, iso_utc(self.at)
@@ -130,7 +139,11 @@ class Records:
                 self._schedule(self.write_audit)
             self._lines.append((name, line))
         identity = request.mac or (f"serial:{request.serial}" if request.serial else f"ip:{client}")
-        self._inventory[identity] = _Sighting(request, client, reported, now, decision.offers)
+        previous = self._inventory.get(identity)
+        earlier = () if previous is None else previous.checks()[: CHECKS_KEPT - 1]
+        self._inventory[identity] = _Sighting(
+            request, client, reported, now, decision.offers, earlier
+        )
         self._count(request, decision, now)
 
     def _count(self, request: DeviceRequest, decision: AnyDecision, now: datetime) -> None:
@@ -163,7 +176,7 @@ class Records:
         if not self._inventory:
             return 0
         pending, self._inventory = self._inventory, {}
-        checks = [(i, s.request, s.offers, s.at) for i, s in pending.items()]
+        checks = [(i, *check) for i, s in pending.items() for check in s.checks()]
         try:
             with self.store.transaction():
                 for identity, sighting in pending.items():

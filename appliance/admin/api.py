@@ -26,7 +26,9 @@ from twisted.web import server
 
 from appliance.admin.api_captures import CapturesApi
 from appliance.admin.api_devices import DevicesApi
+from appliance.admin.api_drift import DriftApi
 from appliance.admin.api_packages import PackagesApi
+from appliance.admin.api_rollouts import RolloutsApi
 from appliance.admin.api_rules import RulesApi
 from appliance.admin.api_sessions import SessionsApi
 from appliance.admin.api_test_devices import TestDevicesApi
@@ -85,6 +87,8 @@ class Api:
         self.test_devices = TestDevicesApi(store)
         self.devices = DevicesApi(config, store, clock)
         self.captures = CapturesApi(config, clock)
+        self.drift = DriftApi(config, store, clock)
+        self.rollouts = RolloutsApi(store, clock)
         s, ru, p, t, d = self.sessions, self.rules, self.packages, self.test_devices, self.devices
         public, read, session, change = Access.PUBLIC, Access.READ, Access.SESSION, Access.CHANGE
         r = _route
@@ -112,7 +116,10 @@ class Api:
             r(b"GET", r"/api/captures", self.captures.listing, read),
             r(b"GET", r"/api/captures/export", self.captures.export, read),
             r(b"GET", r"/api/captures/(?P<id>[0-9T-]{20,60})", self.captures.detail, read),
+            r(b"GET", r"/api/reports/drift", self.drift.report, read),
+            r(b"GET", r"/api/reports/drift\.csv", self.drift.report_csv, read),
         ]
+        self.routes += [r(m, p, h, change if c else read) for m, p, h, c in self.rollouts.routes()]
 
     def login_of(self, request: server.Request) -> Login | None:
         """The open session the request's cookie names, if any (and if its kind of account

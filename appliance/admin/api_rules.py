@@ -49,7 +49,9 @@ class RulesApi:
         flt = _rule_filter(call, allow_selection=True)
         selected = self._select(flt)
         force = call.query("force") in ("1", "true")
-        impact = preview(action, selected, self.store.catalog(), self.store.devices(), force)
+        downgrade = call.query("allow_downgrade") in ("1", "true")
+        catalog, devices = self.store.catalog(), self.store.devices()
+        impact = preview(action, selected, catalog, devices, force, downgrade)
         return Reply(body=impact_json(impact))
 
     def _select(self, flt: RuleFilter) -> list[Rule]:
@@ -69,7 +71,10 @@ class RulesApi:
         flt = _body_filter(body)
         try:
             force = bool(body.get("force", False))
-            changes = apply_action(self.store, action, flt, call.actor, force=force)
+            downgrade = bool(body.get("allow_downgrade", False))
+            changes = apply_action(
+                self.store, action, flt, call.actor, force=force, allow_downgrade=downgrade
+            )
         except UnknownRule as e:
             raise ApiError(404, str(e)) from e
         except CatalogueError as e:
@@ -96,6 +101,7 @@ def impact_json(impact: Impact) -> dict[str, Any]:
         "skipped": [{"rule_id": i, "reason": why} for i, why in impact.skipped],
         "needs_force": list(impact.needs_force),
         "forced": impact.forced,
+        "needs_downgrade": list(impact.needs_downgrade),
         "devices": impact.devices,
         "before": [offered(o) for o in impact.before],
         "after": [offered(o) for o in impact.after],
@@ -134,7 +140,8 @@ def _rule_filter(call: Call, allow_selection: bool = False) -> RuleFilter:
 
 def _body_filter(body: dict[str, Any]) -> RuleFilter:
     """The rules an action names: {"ids": [...]}, {"filter": {...}}, {"all_pending": true}
-    or {"all": true}, combinable as on the command line; `force` is checked here too."""
+    or {"all": true}, combinable as on the command line; `force` and `allow_downgrade` are
+    checked here too."""
     ids = body.get("ids", [])
     if not isinstance(ids, list) or not all(isinstance(i, int) and i > 0 for i in ids):
         raise ApiError(400, "ids is a list of rule ids (whole numbers)")
@@ -146,7 +153,7 @@ def _body_filter(body: dict[str, Any]) -> RuleFilter:
     state = flt.pop("state", None)
     if state is not None and state not in {s.value for s in RuleState}:
         raise ApiError(400, f"unknown state {state!r}")
-    for key in ("all_pending", "all", "force"):
+    for key in ("all_pending", "all", "force", "allow_downgrade"):
         if not isinstance(body.get(key, False), bool):
             raise ApiError(400, f"{key} is true or false")
     return RuleFilter(

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 from appliance.catalogue import (
     Action,
+    DowngradeRefused,
     LifecycleError,
     NeedsForce,
     Reason,
+    check_approval,
     choose_update,
     is_test_device,
     matching_rules,
@@ -54,6 +56,7 @@ class Impact:
     lines: tuple[RuleLine, ...] = ()  # the rules changed, each as a line
     needs_force: tuple[int, ...] = ()  # skipped rules that forcing the action would change
     forced: bool = False  # worked out with force
+    needs_downgrade: tuple[int, ...] = ()  # skipped: approvals that would move a rule back
 
     def summary(self) -> str:
         """What the action does to the known phones, as an admin would say it."""
@@ -161,18 +164,30 @@ class _After:
     replaced: dict[int, Rule | None]  # the rules changed: id -> after (None: removed)
     skipped: list[tuple[int, str]]
     needs_force: list[int]
+    needs_downgrade: list[int]
 
 
 def catalog_after(
-    catalog: Catalog, action: Action, selected: Iterable[Rule], force: bool = False
+    catalog: Catalog,
+    action: Action,
+    selected: Iterable[Rule],
+    force: bool = False,
+    allow_downgrade: bool = False,
 ) -> _After:
-    """The catalogue after `action` on `selected`, the rules changed, and those skipped."""
+    """The catalogue after `action` on `selected`, the rules changed, and those skipped
+    (an approval that would move a rule back too, unless `allow_downgrade`)."""
     replaced: dict[int, Rule | None] = {}
     skipped: list[tuple[int, str]] = []
     needs_force: list[int] = []
+    needs_downgrade: list[int] = []
     for rule in selected:
         try:
+            if action is Action.APPROVE and rule.pending_version is not None:
+                check_approval(rule, rule.pending_version, allow_downgrade)
             replaced[rule.id] = rule_after(action, rule)
+        except DowngradeRefused as e:
+            needs_downgrade.append(rule.id)
+            skipped.append((rule.id, str(e)))
         except NeedsForce as e:
             needs_force.append(rule.id)
             if force:
@@ -195,7 +210,7 @@ def catalog_after(
         test_macs=catalog.test_macs,
         test_serials=catalog.test_serials,
     )
-    return _After(after_catalog, replaced, skipped, needs_force)
+    return _After(after_catalog, replaced, skipped, needs_force, needs_downgrade)
 
 
 def preview(
@@ -204,9 +219,11 @@ def preview(
     catalog: Catalog,
     devices: Iterable[Device],
     force: bool = False,
+    allow_downgrade: bool = False,
 ) -> Impact:
-    """What `action` on `selected` changes for the known devices (forced with `force`)."""
-    done = catalog_after(catalog, action, selected, force)
+    """What `action` on `selected` changes for the known devices (forced with `force`,
+    approving downgrades with `allow_downgrade`)."""
+    done = catalog_after(catalog, action, selected, force, allow_downgrade)
     after_catalog = done.catalog
     ids = {r.id for r in selected}
     before_count: Counter[str] = Counter()
@@ -257,6 +274,7 @@ def preview(
         ),
         needs_force=tuple(done.needs_force),
         forced=force,
+        needs_downgrade=tuple(done.needs_downgrade),
     )
 
 

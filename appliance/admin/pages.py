@@ -29,6 +29,7 @@ NAV = (
     ("/upload", "Upload"),
     ("/test-devices", "Test devices"),
     ("/devices", "Devices"),
+    ("/compliance", "Compliance"),
     ("/activity", "Activity"),
     ("/captures", "Captures"),
 )
@@ -52,6 +53,7 @@ class Pages:
             "/devices": ("Devices", self._devices),
             "/activity": ("Activity", _activity),
             "/captures": ("Captures", _captures),
+            "/compliance": ("Compliance", self.api.drift.page_body),
             "/rollouts": ("Rollouts", pages_rollouts.rollouts),
             "/pins": ("Pins", pages_rollouts.pins),
             "/networks": ("Networks & windows", pages_rollouts.networks),

@@ -132,7 +132,9 @@ def pins(login: Login) -> str:
             "MAC address</label>"
             '<label class="inline"><input type="radio" name="kind" value="serial"> '
             "Serial number</label></fieldset>"
-            + _field("pin-id", "MAC address", "required", "00-04-F2-A1-B2-C3", "identifier")
+            + _field(
+                "pin-id", "MAC address", "required", "For example 00-04-F2-A1-B2-C3", "identifier"
+            )
             + '<fieldset class="field"><legend>Pin</legend>'
             '<label class="inline"><input type="radio" name="action" value="hold" checked> '
             "Hold on a version</label>"
@@ -160,7 +162,9 @@ def networks(login: Login) -> str:
     if _admin(login):
         form = (
             '<form id="add-network" class="card grid" novalidate><h2>Add a network</h2>'
-            + _field("net-network", "Network (CIDR)", "required", "10.20.0.0/16", "network")
+            + _field(
+                "net-network", "Network (CIDR)", "required", "For example 10.20.0.0/16", "network"
+            )
             + _windows_fields("net")
             + '<p id="net-error" class="error" role="alert"></p>'
             '<button type="submit" class="primary">Add network</button></form>'
@@ -237,8 +241,10 @@ def upgrade_paths(login: Login) -> str:
             + _field("path-model", "Model", 'list="path-models" required')
             + _field("path-revision", "Revision", "", "Empty: every revision")
             + _field("path-type", "Update type", "", "Empty: every update type", "update_type")
-            + _field("path-below", "A phone reporting a version below", "required", "3.5")
-            + _field("path-offer", "is first offered", "required", "3.5.6907.37")
+            + _field(
+                "path-below", "A phone reporting a version below", "required", "For example 3.5"
+            )
+            + _field("path-offer", "is first offered", "required", "For example 3.5.6907.37")
             + '<p id="path-error" class="error" role="alert"></p>'
             '<button type="submit" class="primary">Add step</button>'
             '<datalist id="path-brands"></datalist><datalist id="path-models"></datalist>'

@@ -174,7 +174,7 @@
     const known = Object.values(answers).reduce((n, c) => n + c, 0);
     const out = (answers["not-in-stage"] || 0) + (answers["stage-paused"] || 0);
     const others = Object.entries(answers).filter(([k]) => !WAITING.includes(k)).map(([k, n]) => `${n} ${k}`);
-    return el("td", { class: "wrap", title: Object.entries(answers).map(([k, n]) => `${n} ${k}`).join(", ") },
+    return el("td", { class: "wrap narrow", title: Object.entries(answers).map(([k, n]) => `${n} ${k}`).join(", ") },
       `${known - out} of ${known}`, others.length ? el("span", { class: "hint-inline", text: ` (${others.join(", ")})` }) : null);
   }
 
@@ -236,7 +236,7 @@
       const sync = () => {
         const kind = $("input[name=kind]:checked", form).value;
         $("label[for=pin-id]").textContent = kind === "mac" ? "MAC address" : "Serial number";
-        $("#pin-id-hint").textContent = kind === "mac" ? "00-04-F2-A1-B2-C3" : "1 to 64 letters, digits, - or _";
+        $("#pin-id-hint").textContent = kind === "mac" ? "For example 00-04-F2-A1-B2-C3" : "1 to 64 letters, digits, - or _";
         const hold = $("input[name=action]:checked", form).value === "hold";
         $("#pin-version").closest("p").hidden = !hold;
         $("#pin-version").required = hold;

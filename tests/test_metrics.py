@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
 
 from appliance.admin import add_account, make_admin_site
-from appliance.catalogue import Reason, make_sample_package, sample_check
+from appliance.catalogue import Reason, RolloutReason, make_sample_package, sample_check
 from appliance.config import Config, Network, load_config
 from appliance.discovery.dhcp_answer import Outcome as DhcpOutcome
 from appliance.ops import Readings, make_registry, metrics_site
@@ -313,5 +313,6 @@ def test_download_slots_count_refusals_and_interrupted_bodies() -> None:
 
 
 def test_every_decision_reason_has_its_checks_series() -> None:
-    assert tuple(reason.value for reason in Reason) == CHECK_OUTCOMES
+    reasons = (*Reason, *RolloutReason)  # a rollout policy answers with its own reasons
+    assert tuple(reason.value for reason in reasons) == CHECK_OUTCOMES
     assert tuple(outcome.value for outcome in DhcpOutcome) == DHCP_OUTCOMES

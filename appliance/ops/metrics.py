@@ -41,8 +41,8 @@ log = Logger(namespace="ucupdates.metrics")
 
 OTHER = "other"  # the label of a model or version the catalogue does not know
 STORE_SECONDS = 10.0  # the catalogue and inventory figures are this fresh at most
-CHECK_OUTCOMES = (  # catalogue.Reason's values (a test holds them equal): every series
-    # exists from the start, so an alert on one of them has a series to look at
+CHECK_OUTCOMES = (  # catalogue.Reason's values, then RolloutReason's (a test holds them
+    # equal): every series exists from the start, so an alert on one has a series to look at
     "no-rule",
     "no-version",
     "up-to-date",
@@ -50,6 +50,12 @@ CHECK_OUTCOMES = (  # catalogue.Reason's values (a test holds them equal): every
     "pending-test-device",
     "missing-files",
     "broken-files",
+    "excluded",
+    "held",
+    "not-in-stage",
+    "stage-paused",
+    "upgrade-path",
+    "outside-window",
 )
 IMPORT_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 DNS_ANSWERS = {  # label -> the responder's counters summed into it

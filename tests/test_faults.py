@@ -26,7 +26,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 
 from appliance.admin import accounts, sessions
-from appliance.catalogue import Reason, choose_update, sample_check
+from appliance.catalogue import Reason, choose_update, import_package, sample_check
 from appliance.config import AdminSettings, AuthSettings, Config, load_config
 from appliance.ops.checks import check_files
 from appliance.phones import Authenticator, FileCheckService, LocalDirectory, PhoneService
@@ -284,6 +284,30 @@ def test_a_corrupted_image_is_not_served_nor_offered_until_restored(
     assert names(log_events).count("file.restored") == 1
     assert offer(stub)["Version"] == fields["Version"]
     assert check_files(service.config, service.store, hashes=True).ok
+
+
+def test_an_image_repaired_by_a_reimport_is_offered_again_at_the_next_check(
+    phones: tuple[PhoneService, StubTreq], log_events: list[LogEvent]
+) -> None:
+    """The import writes the damaged file back from the package; a running serve that had
+    found it broken offers the version again without waiting for a download of it."""
+    service, stub = phones
+    fields = offer(stub)
+    relative = image_of(fields)
+    flip_byte(service.config.store_dir / relative)
+    assert download(stub, relative)[0] == 503
+    assert offer(stub)["Downloads"] == "0"
+
+    package = service.config.data_dir.parent / "UCUpdates.cab"
+    other = Store.open(service.config.db_path)  # `ucupdates import`, another process
+    try:
+        result = import_package(other, service.config, package, "test")
+    finally:
+        other.close()
+    assert [path for path, _ in result.repaired] == [relative]
+    service.answers.clock = lambda: 10**9  # past the snapshot's next look at the store
+    assert offer(stub)["Version"] == fields["Version"]
+    assert names(log_events).count("file.restored") == 1
 
 
 def test_the_start_up_check_finds_corruption_that_kept_the_file_time(

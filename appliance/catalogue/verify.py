@@ -94,6 +94,15 @@ class FileVerifier:
             except StopIteration as done:
                 return bool(done.value)
 
+    def recheck_broken(self, files: Iterable[StoredFile]) -> None:
+        """Verify again those of `files` that are broken now, so that one put right (a
+        re-import repairs it from the package) is offered again at once, not at its next
+        download; one still as it was costs a stat (remembered by size and time)."""
+        broken = {path for paths in self._broken.values() for path in paths}
+        for stored in files:
+            if stored.path in broken:
+                self.intact(stored)
+
     def steps(self, files: Iterable[StoredFile]) -> Iterator[None]:
         """Verify `files` a chunk at a time (start-up): yields between chunks."""
         for stored in files:

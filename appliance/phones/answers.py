@@ -100,10 +100,6 @@ class Answers:
         if generations == self._generations and data_version == self._data_version:
             return
         self._catalog = self.store.catalog()
-        if self.verifier is not None:
-            self._catalog = dataclasses.replace(
-                self._catalog, broken=self.verifier.broken_updates()
-            )
         self._policy = self.store.rollout_policy()
         self._answers.clear()
         referenced = kept_versions(self._catalog.rules, self._policy)
@@ -112,6 +108,12 @@ class Answers:
             for f in self.store.stored_files()
             if (f.key.folded(), f.version) in referenced
         }
+        if self.verifier is not None:
+            self.verifier.recheck_broken(self._files.values())  # repaired since?
+            self._catalog = dataclasses.replace(
+                self._catalog, broken=self.verifier.broken_updates()
+            )
+            generations = (generations[0], self.verifier.generation)
         self._generations, self._data_version = generations, data_version
 
     def catalog(self) -> Catalog:

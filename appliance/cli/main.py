@@ -63,11 +63,13 @@ from appliance.cli.remote import (
     run_remote,
     server_token,
 )
+from appliance.cli.rollout_table import LOCAL_COMMANDS as ROLLOUT_COMMANDS
+from appliance.cli.rollout_table import local_approve
+from appliance.cli.rollouts import add_rollout_parsers
 from appliance.cli.rules import (
     add_explain_parser,
     add_rules_parsers,
     rule_action,
-    run_explain,
     run_rules,
 )
 from appliance.cli.serve import add_serve_parsers, reload, serve
@@ -100,10 +102,11 @@ _COMMANDS: dict[str, Command] = {
     "user": run_user,
     "admin": run_admin,
     "events": run_events,
-    "explain": run_explain,
     "drift": run_drift,
     "backup": run_backup,
     **{a.value: rule_action(a) for a in Action},
+    "approve": local_approve(rule_action(Action.APPROVE)),  # --stages, --soak-gate
+    **ROLLOUT_COMMANDS,  # path, rollout, network, external-policy, pin, offers, explain
 }
 
 
@@ -136,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_user_parser(sub)
     add_events_parser(sub)
     add_explain_parser(sub)
+    add_rollout_parsers(sub)  # path, rollout, network, external-policy, pin, offers
     add_drift_parser(sub)
     add_serve_parsers(sub)  # serve, reload
     add_backup_parsers(sub)  # backup, restore-backup

@@ -1,7 +1,8 @@
 """Driving a remote appliance through the Control Panel's API: `ucupdates --server URL ...`.
 
 The commands that change the catalogue (`rules`, `approve`, `reset`, `restore`, `remove`,
-`import`, `clean-files`, `test-device`, `events`; and the `drift` report, `cli/drift.py`)
+`import`, `clean-files`, `test-device`, `events`; the `drift` report, `cli/drift.py`; the
+rollout commands and `explain`, `cli/rollout_table.py`)
 then run on the appliance at URL instead of a local data folder, as the admin account
 `--server-user` (default: the login name), whose password comes from
 `UCUPDATES_ADMIN_PASSWORD` or is asked at the terminal; or with an API token (`ucupdates
@@ -26,6 +27,8 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from appliance.cli.drift import remote_drift
 from appliance.cli.exits import EX_DATAERR, EX_FAILED, EX_USAGE
+from appliance.cli.rollout_table import REMOTE_COMMANDS as ROLLOUT_COMMANDS
+from appliance.cli.rollout_table import remote_approve
 from appliance.identifiers import InvalidIdentifier, normalise_mac, normalise_serial
 
 if TYPE_CHECKING:
@@ -262,6 +265,8 @@ def _action(client: RemoteClient, args: argparse.Namespace, out: TextIO) -> int:
     }
     if getattr(args, "force", False):
         body["force"] = True  # restore --force
+    if getattr(args, "allow_downgrade", False):
+        body["allow_downgrade"] = True  # approve --allow-downgrade
     try:
         result = client.request("POST", f"/api/rules/{args.command}", body)
     except RemoteError as e:
@@ -378,7 +383,7 @@ def _query(params: dict[str, str]) -> str:
 
 _COMMANDS = {
     "rules": _rules,
-    "approve": _action,
+    "approve": remote_approve(_action),  # --stages, --soak-gate: rollout_table.py
     "reset": _action,
     "restore": _action,
     "remove": _action,
@@ -387,5 +392,6 @@ _COMMANDS = {
     "test-device": _test_device,
     "events": _events,
     "drift": remote_drift,
+    **ROLLOUT_COMMANDS,  # path, rollout, network, external-policy, pin, offers, explain
 }
 REMOTE_COMMANDS = tuple(_COMMANDS)

@@ -3,7 +3,8 @@
     rules [filters] [--state S] [--json]
     approve | reset | restore | remove [ID ...] [filters] [--all-pending] [--all] [--json]
     restore ... --force
-    explain --brand B --model M [--mac MAC | --serial S] [--reported-version V]
+    explain --brand B --model M [--mac MAC | --serial S] [--reported-version V] (its run:
+            rollouts.py, the rollout decision)
 
 Filters: --device-type, --brand, --model, --revision, --locale, --update-type. A rule
 action exits 1 when it changed no rule (each skipped rule says why).
@@ -22,14 +23,12 @@ from appliance.catalogue import (
     RuleChange,
     apply_action,
     change_json,
-    choose_update,
     rule_json,
 )
 from appliance.cli.exits import EX_FAILED
 from appliance.cli.table import write_table
 from appliance.config import Config
-from appliance.identifiers import normalise_mac, normalise_serial
-from appliance.model import DeviceRequest, Rule, RuleState
+from appliance.model import Rule, RuleState
 from appliance.store import RuleFilter, Store
 
 _RULE_HEADERS = (
@@ -148,7 +147,9 @@ def rule_action(action: Action) -> Callable[[argparse.Namespace, Config, Store, 
 
     def run(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
         force = bool(getattr(args, "force", False))
-        changes = apply_action(store, action, _rule_filter(args), actor, force=force)
+        downgrade = bool(getattr(args, "allow_downgrade", False))
+        flt = _rule_filter(args)
+        changes = apply_action(store, action, flt, actor, force=force, allow_downgrade=downgrade)
         if args.json:
             print(json.dumps([change_json(c) for c in changes], indent=2))
         else:
@@ -159,6 +160,12 @@ def rule_action(action: Action) -> Callable[[argparse.Namespace, Config, Store, 
                 print(
                     f"{held} rule(s) not restored: with no restore version, phones would be "
                     "offered no update for them; give --force to do that anyway",
+                    file=sys.stderr,
+                )
+            if any(c.needs_downgrade for c in changes):
+                print(
+                    "to approve a version older than the approved one, give --allow-downgrade"
+                    " (restore is the one-step rollback)",
                     file=sys.stderr,
                 )
         return 0 if any(c.skipped is None for c in changes) else EX_FAILED
@@ -185,24 +192,3 @@ def _change_line(action: Action, c: RuleChange) -> str:
     ]
     forced = " (forced)" if c.forced else ""
     return f"{head}: {_DONE[action]}{forced}: " + ", ".join(parts + [f"state {a.state.value}"])
-
-
-def run_explain(args: argparse.Namespace, config: Config, store: Store, actor: str) -> int:
-    request = DeviceRequest(
-        device_type=args.device_type,
-        brand=args.brand,
-        model=args.model,
-        revision=args.revision,
-        locale=args.locale,
-        mac=normalise_mac(args.mac) if args.mac else None,
-        serial=normalise_serial(args.serial) if args.serial else None,
-        version=args.reported_version,
-    )
-    decision = choose_update(request, store.catalog())
-    print(f"{decision.reason.value}: {decision.detail}")
-    for offer in decision.offers:
-        if offer.rule.guid:
-            print(f"  rule {offer.rule.id} {offer.rule.key} guid {offer.rule.guid}")
-        for f in offer.files:
-            print(f"  {f.path}  {f.size} bytes  sha256 {f.sha256}")
-    return 0

@@ -1,11 +1,13 @@
 """The rollout pages' HTML, in process: who sees which forms, navigation, labels, no inline
-script or style (the CSP forbids both). What the pages do in a browser:
-test_admin_rollouts_browser.py."""
+script or style (the CSP forbids both); and the Devices rows' latest offer, which the
+Devices page shows. What the pages do in a browser: test_admin_rollouts_browser.py."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,9 +17,11 @@ import pytest
 from treq.testing import StubTreq
 
 from appliance.admin import add_account, make_admin_site
-from appliance.config import load_config
+from appliance.catalogue import import_package, make_sample_package
+from appliance.config import Config, load_config
+from appliance.model import OfferRecord, Outcome
 from appliance.store import Store
-from appliance.testing import InlineReactor, memory_client, settle
+from appliance.testing import InlineReactor, memory_client, seen_device, settle
 
 NOW = datetime(2026, 12, 6, 9, 30, tzinfo=UTC)
 BASE = "https://ucupdates.test:9443"
@@ -65,15 +69,31 @@ def outline(body: bytes) -> Outline:
     return parser
 
 
+@dataclass
+class Site:
+    config: Config
+    store: Store
+    stub: StubTreq
+
+
 @pytest.fixture
-def stub(tmp_path: Path) -> Iterator[StubTreq]:
+def site(tmp_path: Path) -> Iterator[Site]:
     config = load_config(None, tmp_path / "data")
     config.data_dir.mkdir(parents=True)
     store = Store.open(config.db_path, clock=lambda: NOW)
     add_account(store, "alice", "admin", PASSWORD, "test")
     add_account(store, "victor", "viewer", PASSWORD, "test")
-    yield memory_client(lambda _: make_admin_site(config, store, lambda: NOW, InlineReactor()))
+    yield Site(
+        config,
+        store,
+        memory_client(lambda _: make_admin_site(config, store, lambda: NOW, InlineReactor())),
+    )
     store.close()
+
+
+@pytest.fixture
+def stub(site: Site) -> StubTreq:
+    return site.stub
 
 
 def get(stub: StubTreq, path: str, cookie: str | None = None) -> tuple[int, bytes, Any]:
@@ -131,3 +151,46 @@ def test_the_script_is_served_and_only_writes_text(stub: StubTreq) -> None:
     assert status == 200
     assert headers.getRawHeaders("Content-Type") == ["text/javascript; charset=utf-8"]
     assert b"innerHTML" not in body and b"eval(" not in body
+
+
+def test_a_device_row_carries_its_latest_offer_and_outcome(site: Site, tmp_path: Path) -> None:
+    make_sample_package(tmp_path / "UCUpdates.cab", image_size=1024)
+    import_package(site.store, site.config, tmp_path / "UCUpdates.cab", "test")
+    first, second = (r.id for r in site.store.rules()[:2])
+    phone, quiet = "00-04-F2-00-00-01", "00-04-F2-00-00-02"
+    with site.store.transaction():
+        for mac in (phone, quiet):
+            site.store.record_device(seen_device(mac, "4.0.1"))
+        earlier, later = "2026-12-05T08:00:00Z", "2026-12-06T08:00:00Z"
+        site.store.save_offers(
+            [
+                OfferRecord(
+                    phone,
+                    first,
+                    "4.0.2",
+                    "4.0.1",
+                    earlier,
+                    earlier,
+                    1,
+                    Outcome.UPDATED,
+                    None,
+                    earlier,
+                ),
+                OfferRecord(
+                    phone, second, "4.0.3", "4.0.1", later, later, 2, Outcome.REVERTED, later, later
+                ),
+            ]
+        )
+    status, answer, _ = get(site.stub, "/api/devices", login(site.stub, "victor"))
+    assert status == 200
+    rows = {d["identity"]: d["offer"] for d in json.loads(answer)["devices"]}
+    assert rows == {
+        phone: {
+            "rule_id": second,
+            "version": "4.0.3",
+            "outcome": "reverted",
+            "first_offered_at": later,
+            "last_offered_at": later,
+        },
+        quiet: None,
+    }

@@ -12,7 +12,7 @@ from appliance.admin import charts, inventory
 from appliance.admin.call import Call
 from appliance.admin.web import ApiError, Reply
 from appliance.config import Config
-from appliance.model import Event
+from appliance.model import Event, OfferRecord
 from appliance.store import Store
 
 _DEVICE_FILTERS = ("brand", "model", "locale", "version", "zone", "status", "q")
@@ -30,6 +30,24 @@ class DevicesApi:
         """Every device seen, with what the catalogue says of it now."""
         return inventory.device_rows(self.store.devices(), self.store.catalog())
 
+    def newest_offers(self, identities: list[str]) -> dict[str, dict[str, Any]]:
+        """What each of these devices was last offered, and its outcome (one query)."""
+        newest: dict[str, OfferRecord] = {}
+        for record in self.store.offers_of(identities):
+            known = newest.get(record.identity)
+            if known is None or record.last_offered_at > known.last_offered_at:
+                newest[record.identity] = record
+        return {
+            identity: {
+                "rule_id": r.rule_id,
+                "version": r.version,
+                "outcome": r.outcome.value,
+                "first_offered_at": r.first_offered_at,
+                "last_offered_at": r.last_offered_at,
+            }
+            for identity, r in newest.items()
+        }
+
     def checkins(self) -> list[tuple[date, int]]:
         """Update checks per day, over the last two weeks."""
         return inventory.checkins_per_day(self.config.logs_dir, self.clock().date())
@@ -40,9 +58,11 @@ class DevicesApi:
         offset = _int(call.query("offset"), 0, 0, 10**9, "offset")
         rows = self.device_rows()
         matched = [r for r in rows if flt.matches(r)]
+        page = matched[offset : offset + limit]
+        offers = self.newest_offers([r.identity for r in page])
         return Reply(
             body={
-                "devices": [r.as_json() for r in matched[offset : offset + limit]],
+                "devices": [{**r.as_json(), "offer": offers.get(r.identity)} for r in page],
                 "total": len(rows),
                 "matched": len(matched),
                 "choices": {

@@ -1,12 +1,14 @@
 """The Compliance page in a real headless Chromium, driven by Selenium (the fixtures and
 verbs of test_admin_browser.py): a viewer follows the main navigation to it, reads the
 drift table (a row per model, revision, locale and update type, a totals row) and gets
-the CSV its link names. Screenshot in `test-artifacts/admin-drift/`."""
+the CSV its link names. Screenshot in `test-artifacts/admin-drift/`. And `ucupdates
+--server URL drift` against the same Control Panel process, over HTTPS."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,12 +18,16 @@ from browser.panel import REPO, Panel, simulate_check
 from test_admin_browser import PASSWORD, Page, browser
 
 from appliance.admin.accounts import add_account
+from appliance.cli.main import build_parser
+from appliance.cli.remote import run_remote
 from appliance.config import load_config
 from appliance.store.database import Store
 from appliance.testing.records import CX600
 from appliance.testing.stores import add_rule
 
-pytestmark = pytest.mark.skipif(chromium.available() is not None, reason=str(chromium.available()))
+needs_chromium = pytest.mark.skipif(
+    chromium.available() is not None, reason=str(chromium.available())
+)
 
 __all__ = ["browser"]  # test_admin_browser's fixture, with this module's panel
 
@@ -42,11 +48,12 @@ def panel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Panel]:
     for n, version in enumerate((NEW, OLD, OLD), start=1):
         simulate_check(data_dir, f"00-04-F2-00-00-3{n}", version=version)
     simulate_check(data_dir, "00-04-F2-00-00-39", model="CX3000", version=OLD)
-    running = Panel(data_dir)
+    running = Panel(data_dir, "--fqdn", "localhost")
     yield running
     running.stop()
 
 
+@needs_chromium
 def test_a_viewer_reads_the_compliance_page(browser: Any, panel: Panel) -> None:
     from selenium.webdriver.common.keys import Keys
 
@@ -87,3 +94,31 @@ def test_a_viewer_reads_the_compliance_page(browser: Any, panel: Panel) -> None:
         ("CX3000", "", "1"),
         ("CX600", "CPE", "3"),
     ]
+
+
+def remote(panel: Panel, *argv: str) -> tuple[int, str]:
+    url = f"https://localhost:{panel.port}"
+    args = build_parser().parse_args(["--server", url, "--server-ca", str(panel.ca_file), *argv])
+    out = io.StringIO()
+    return run_remote(args, VIEWER, PASSWORD, out=out), out.getvalue()
+
+
+def test_drift_with_server(panel: Panel) -> None:
+    status, out = remote(panel, "drift")
+    assert status == 0
+    assert out.splitlines()[2].split()[:9] == [
+        "Polycom",
+        "CX600",
+        "A",
+        "ENU",
+        "CPE",
+        NEW,
+        "3",
+        "1",
+        "2",
+    ]
+    status, out = remote(panel, "drift", "--json", "--unseen-days", "30")
+    assert status == 0 and json.loads(out)["unseen_days"] == 30
+    status, out = remote(panel, "drift", "--csv")
+    assert status == 0
+    assert [r["model"] for r in csv.DictReader(io.StringIO(out))] == ["CX3000", "CX600"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import os
 import sqlite3
 import subprocess
@@ -204,3 +205,38 @@ def test_the_token_comes_from_a_file_or_the_environment(
     args.server_token_file = tmp_path / "missing"
     with pytest.raises(RemoteError, match="cannot read the token file"):
         server_token(args, {})
+
+
+def test_remote_rollout_commands(
+    panel: Panel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rollout commands through the API: a staged approval, a path, a window, a pin,
+    explain, and a refusal as one line with status 1."""
+    package = tmp_path / "UCUpdates.cab"
+    make_sample_package(package, image_size=2000)
+    assert remote(panel, "import", str(package))[0] == 0  # or already imported
+    status, out = remote(panel, "approve", "--model", "CX500", "--stages", "5,100")
+    assert status == 0, capsys.readouterr().err
+    assert "staged 5/100 %: stage 0 (5 %)" in out
+    status, out = remote(panel, "rollout", "list")
+    assert status == 0 and "CX500" in out and "running" in out
+    status, out = remote(panel, "rollout", "advance", "999")
+    assert status == 1 and "no rule with id 999" in capsys.readouterr().err
+    step = ("--brand", "Polycom", "--model", "CX700", "--below", "3.5")
+    assert remote(panel, "path", "add", *step, "--offer", "3.5.6907.37")[0] == 0
+    status, out = remote(panel, "path", "list", "--json")
+    assert [p["offer"] for p in json.loads(out)] == ["3.5.6907.37"]
+    net = ("10.20.0.0/16", "--zone", "Europe/Berlin", "--window", "22:00-05:00")
+    status, out = remote(panel, "network", "add", *net)
+    assert status == 0 and out.startswith("added: 10.20.0.0/16")
+    assert remote(panel, "network", "remove", "10.20.0.0/16")[0] == 0  # the slash as %2F
+    pin = ("--mac", "00-04-F2-00-00-42", "--exclude", "--reason", "loan phone")
+    assert remote(panel, "pin", "add", *pin)[0] == 0
+    status, out = remote(
+        panel, "explain", "--brand", "Polycom", "--model", "CX600", "--mac", "00-04-F2-00-00-42"
+    )
+    assert status == 0 and out.startswith("excluded: ")
+    status, out = remote(panel, "offers", "--json")
+    assert status == 0 and json.loads(out) == []
+    status, _ = remote(panel, "path", "add", *step, "--offer", "3.5.6907.37", user="eve")
+    assert status == 1 and "viewer cannot change" in capsys.readouterr().err

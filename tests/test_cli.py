@@ -287,3 +287,18 @@ def test_the_console_script_is_installed() -> None:
         "make-sample-package",
     ):
         assert command in result.stdout
+
+
+def test_a_staged_approval_as_a_process(data: Path) -> None:
+    """The rollout commands as the installed command runs them (in process: elsewhere)."""
+    rule = one(data, "CX600")
+    staged = run_cli(data, "approve", str(rule["id"]), "--stages", "5,25,100")
+    assert staged.returncode == 0, staged.stderr
+    assert f"approved {V1} -> {V2}, staged 5/25/100 %: stage 0 (5 %)" in staged.stdout
+    (rollout,) = json.loads(run_cli(data, "rollout", "list", "--json").stdout)
+    assert (rollout["rule_id"], rollout["version"], rollout["share"]) == (rule["id"], V2, 5)
+    paused = run_cli(data, "rollout", "pause", str(rule["id"]), "--reason", "desk phones")
+    assert paused.returncode == 0 and "desk phones" in paused.stdout
+    refused = run_cli(data, "rollout", "advance", str(rule["id"]))
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "resume it first" in refused.stderr

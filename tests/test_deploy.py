@@ -24,6 +24,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import dnslib
@@ -303,6 +304,19 @@ def test_converge_debian12_upgrade_serve_and_check_again(tmp_path: Path) -> None
                 "ucupdates_syslog_protocol": "udp",
                 "ucupdates_firewall_admin_networks": [f"{ns.host_address}/32"],
                 "ucupdates_firewall_external_sources": ["10.0.5.10"],
+                "ucupdates_firewall_monitoring_networks": ["10.0.8.5/32"],  # may scrape
+                # Control Panel accounts and tokens, set again by every run (unchanged)
+                "ucupdates_appliance_admins": [
+                    {"name": "ops", "role": "admin", "password": "ops password 1"}
+                ],
+                "ucupdates_appliance_api_tokens": [
+                    {
+                        "name": "ci",
+                        "role": "viewer",
+                        "secret": "0123456789abcdef" * 4,
+                        "expires": "2099-12-31",
+                    }
+                ],
                 # render and check the rules (nft -c) only: never load them here
                 "ucupdates_firewall_manage_service": False,
             }
@@ -357,6 +371,9 @@ def test_converge_debian12_upgrade_serve_and_check_again(tmp_path: Path) -> None
             # the user is not added again
             assert not any("Import the vendor packages" in t for t in changed), changed
             assert not any("Add the missing local phone users" in t for t in changed), changed
+            if (previous / "roles" / "ucupdates_appliance" / "tasks" / "admins.yml").exists():
+                assert not any("Control Panel accounts" in t for t in changed), changed
+                assert not any("API tokens" in t for t in changed), changed
             said = _in_root(root, "--version")
             assert said.stdout == f"ucupdates {release.declared_version(source)}\n", said
             wanted = {
@@ -396,6 +413,12 @@ def test_converge_debian12_upgrade_serve_and_check_again(tmp_path: Path) -> None
                 in rules
             ), rules
             assert "ip6 saddr { ::1/128, fc00::/7 } tcp dport 80" in rules, rules
+            # /metrics on its own listener, to loopback and the monitoring networks only
+            metrics_rule = 'ip saddr { 10.0.8.5/32 } tcp dport 9150 accept comment "Prometheus'
+            assert metrics_rule in rules, rules
+            config = tomllib.loads((root / "etc" / "ucupdates" / "ucupdates.toml").read_text())
+            assert config["metrics"]["listen"] == "0.0.0.0:9150", config["metrics"]
+            assert "10.0.8.5/32" in config["metrics"]["allowed_networks"], config["metrics"]
 
             unit = netns.Unit.read(root / UNIT)
             assert unit.user == "ucupdates" and unit.user != "root"

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from appliance.admin.rollout_ops import Body, InputError, text
-from appliance.catalogue import decide, matching_rules, pin_json, upgrade_path
+from appliance.catalogue import decide, is_test_device, matching_rules, pin_json, upgrade_path
 from appliance.identifiers import InvalidIdentifier, normalise_mac, normalise_serial
 from appliance.model import Catalog, DeviceRequest, RolloutPolicy, Rule, Zone
 from appliance.store import Store, iso_utc
@@ -121,8 +121,7 @@ def _rule_path(
         ),
         None,
     )
-    tests = catalog.test_macs if request.mac else frozenset()
-    test = request.mac in tests or (request.serial or "") in catalog.test_serials
+    test = is_test_device(request, catalog)
     target = held or (rule.pending_version if test and rule.pending_version else None)
     target = target or rule.approved_version
     staging = store.staging(rule.id)

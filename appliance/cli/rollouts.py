@@ -161,7 +161,7 @@ def _stage_options(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument(
         "--stages", required=required, metavar="P,P,...", help="rising percentages: 5,25,100"
     )
-    p.add_argument("--soak-hours", type=float, metavar="H", help="advance after H hours a stage")
+    p.add_argument("--soak-hours", type=float, metavar="H", help="advance each stage after H hours")
     p.add_argument("--no-auto-pause", action="store_true", help="never pause on its own")
     p.add_argument("--pause-percent", type=float, metavar="P", help="pause at P %% failing (5)")
     p.add_argument("--pause-min", type=int, metavar="N", help="and at least N devices (3)")

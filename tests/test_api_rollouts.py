@@ -207,6 +207,10 @@ def test_the_soak_gate_refuses_until_overridden_with_a_reason(site: Site) -> Non
     reply = admin.request("POST", "/api/rollouts", gate)
     assert reply.status == 409
     assert "CX600: 0 of 1 test devices have run it for 24 hours" in reply.error
+    for bad in ({"devices": 1}, {"hours": 24}, [1, 24]):
+        assert admin.request("POST", "/api/rollouts", {**gate, "soak_gate": bad}).status == 400
+    alone = {"rule_id": site.rule, "override_soak": "no gate"}
+    assert admin.request("POST", "/api/rollouts", alone).status == 400
     # a test device that runs it since 23 hours: not yet
     since = "2026-11-26T13:00:00Z"
     ran = OfferRecord(TEST_MAC, site.rule, CU8, CU7, since, since, 1, Outcome.UPDATED, since, since)

@@ -228,10 +228,14 @@ def approve_rollout(store: Store, now: datetime, actor: str, body: Body) -> dict
     override = text(body, "override_soak")
     shortfall: tuple[str, ...] = ()
     gate = body.get("soak_gate")
+    if override is not None and gate is None:
+        raise InputError("override_soak overrides a soak_gate: give both")
     if gate is not None and approving:
         if not isinstance(gate, dict):
             raise InputError('soak_gate is {"devices": N, "hours": H}')
-        devices, hours = whole(gate, "devices") or 1, number(gate, "hours") or 0.0
+        devices, hours = whole(gate, "devices"), number(gate, "hours")
+        if devices is None or hours is None:
+            raise InputError('soak_gate is {"devices": N, "hours": H}')
         shortfall = soak_gate_shortfall(store, rule, devices, hours, now)
         if shortfall and override is None:
             raise SoakGateRefused(

@@ -173,23 +173,42 @@ def test_rollout_pages(browser: Any, panel: Panel) -> None:
     page.find("#confirm-ok").click()
     page.until(lambda: page.text(f"{row} td:nth-child(3) strong") == "25 %", "at 25 %")
 
-    # -- a downgrade needs its box ticked -------------------------------------------------------
+    # -- stop staging: every device gets the version ----------------------------------------------
+    page.find(f"{row} button[aria-label^='Stop staging']").click()
+    _confirm(page, f"Stop staging rule {rule_id} UCPhone/Polycom/CX600/A/ENU/CPE?")
+    assert "Every device of the rule will be offered" in page.text("#confirm-impact")
+    page.find("#confirm-ok").click()
+    page.until(lambda: "No staged approval" in page.text("#rollouts tbody"), "staging removed")
+
+    # -- a downgrade needs its box ticked; a soak gate, met or overridden ------------------------
     page.find("nav a[href='/updates']").click()
     page.choose("#f-model", "CX500")
     page.until(lambda: len(page.rows("#rules")) == 1, "the CX500 rule")
     page.find("#rules tbody input[type=checkbox]").click()
-    page.find("[data-action=approve]").click()
-    page.until(page.dialog_open, "the dialog")
-    page.until(lambda: page.find("#confirm-downgrade-box").is_displayed(), "the downgrade box")
-    assert "Allow the downgrade" in page.text("#confirm-downgrade-box")
-    assert f"would move approved {NEW} back to {OLD}" in page.text("#confirm-details")
-    assert not page.find("#confirm-ok").is_enabled()
-    page.find("#confirm-downgrade").click()
-    page.until(lambda: page.find("#confirm-ok").is_enabled(), "allowed")
-    page.until(lambda: page.text("#confirm-title") == "Approve 1 rule?", "worked out again")
-    page.shot("approve-downgrade")
-    page.find("#confirm-ok").click()
-    page.until(lambda: "1 rule approved" in page.text("#toast"), "the downgrade approved")
+
+    def downgrade(override: str) -> None:
+        page.find("[data-action=approve]").click()
+        page.until(page.dialog_open, "the dialog")
+        page.until(lambda: page.find("#confirm-downgrade-box").is_displayed(), "the box")
+        assert "Allow the downgrade" in page.text("#confirm-downgrade-box")
+        assert f"would move approved {NEW} back to {OLD}" in page.text("#confirm-details")
+        assert not page.find("#confirm-ok").is_enabled()
+        page.find("#confirm-downgrade").click()
+        page.until(lambda: page.find("#confirm-ok").is_enabled(), "allowed")
+        page.until(lambda: page.text("#confirm-title") == "Approve 1 rule?", "worked out again")
+        page.find("#confirm-gate summary").click()
+        page.type("#confirm-gate-devices", "1")
+        page.type("#confirm-gate-hours", "24")
+        if override:
+            page.type("#confirm-gate-override", override)
+        page.shot("approve-downgrade")
+        page.find("#confirm-ok").click()
+
+    downgrade("")  # no test device has run it: the gate refuses, nothing changes
+    page.until(lambda: "soak gate is not met" in page.text("#toast"), "the gate refuses")
+    assert "pending" in page.rows("#rules")[0]
+    downgrade("vendor hotfix")
+    page.until(lambda: "(soak gate overridden)" in page.text("#toast"), "overridden")
     page.until(lambda: f"{OLD} – {NEW} approved" in page.rows("#rules")[0], "CX500 back at OLD")
 
     # -- pins -----------------------------------------------------------------------------------
@@ -268,11 +287,23 @@ def test_rollout_pages(browser: Any, panel: Panel) -> None:
         "–",  # never offered anything
     ]
     assert page.find("#devices tbody .badge.reverted")
+    page.find(f"#devices button[aria-label='Details of {PHONES[2][0]}']").click()
+    page.until(lambda: page.find("#device-detail").is_displayed(), "the device's detail")
+    assert browser.switch_to.active_element.get_attribute("id") == "device-detail-title"
+    page.until(lambda: "reverted" in page.text("#device-offers tbody"), "its offers")
+    assert page.rows("#device-offers")[0].startswith(f"rule {rule_id} ")
+    explained = page.text("#device-explain")
+    assert f"rule {rule_id} UCPhone/Polycom/CX600/A/ENU/CPE:" in explained
+    assert "No download window applies" in explained and "Bucket " in explained
+    assert page.text("#device-now").startswith("Now: ")
+    page.shot("device-detail")
 
-    # no script error, no CSP violation, no failed request but the bad network's 400
+    # no script error, no CSP violation, no failed request but the bad network's 400 and the
+    # soak gate's 409
     problems = [e["message"] for e in browser.get_log("browser")]
-    bad_network = (
-        "/api/networks - Failed to load resource: the server responded with a status of 400"
+    refused = (
+        "/api/networks - Failed to load resource: the server responded with a status of 400",
+        "/api/rollouts - Failed to load resource: the server responded with a status of 409",
     )
-    assert [m for m in problems if bad_network not in m] == []
-    assert len(problems) == 1
+    assert [m for m in problems if not any(r in m for r in refused)] == []
+    assert len(problems) == 2

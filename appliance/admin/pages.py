@@ -348,7 +348,9 @@ def _devices(login: Login) -> str:
         '<th scope="col">Version</th><th scope="col">Approved</th><th scope="col">Status</th>'
         '<th scope="col">Offered (outcome)</th>'
         '<th scope="col">Zone</th><th scope="col">Address</th><th scope="col">Last check</th>'
-        '</tr></thead><tbody><tr><td colspan="10">Loading…</td></tr></tbody></table></div>'
+        '<th scope="col"><span class="sr-only">Details</span></th>'
+        '</tr></thead><tbody><tr><td colspan="11">Loading…</td></tr></tbody></table></div>'
+        + pages_rollouts.device_detail()
     )
 
 

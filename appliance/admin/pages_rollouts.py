@@ -294,7 +294,52 @@ def approve_choices() -> str:
         "others are answered as before the approval until their stage comes. A stage pauses "
         "by itself when too many of its devices are stuck, reverted or silent.</p>"
         + "</span></fieldset>"
+        '<details id="confirm-gate" class="stages" hidden><summary>Soak gate</summary>'
+        '<p class="hint">Approve only when enough test devices of each model have run the '
+        "version long enough (confirmed by their checks).</p>"
+        + _field(
+            "confirm-gate-devices",
+            "Test devices of each model",
+            'type="number" min="1" step="1"',
+            "Empty: no soak gate",
+            "gate_devices",
+        )
+        + _field("confirm-gate-hours", "that ran it for (hours)", 'type="number" min="0"')
+        + _field(
+            "confirm-gate-override",
+            "Override it, because",
+            'maxlength="500"',
+            "Approves although the gate is not met; the reason goes to the event log",
+            "override_soak",
+        )
+        + "</details>"
         '<p id="confirm-downgrade-box" class="force" hidden><label>'
         '<input type="checkbox" id="confirm-downgrade"> <span id="confirm-downgrade-text"></span>'
         "</label></p>"
+    )
+
+
+def device_detail() -> str:
+    """The Devices page's detail of one device: what it gets now and why (explain), and
+    what it was offered per rule with the outcome."""
+    return (
+        '<section id="device-detail" class="card" aria-labelledby="device-detail-title" hidden>'
+        '<h2 id="device-detail-title" tabindex="-1">Device</h2>'
+        '<p id="device-now"></p><ul id="device-explain"></ul>'
+        + _table(
+            "device-offers",
+            "What it was offered, and what its next check made of it",
+            (
+                "Rule",
+                "Version",
+                "From",
+                "First offered",
+                "Last offered",
+                "Offers",
+                "Outcome",
+                "Reports",
+            ),
+            actions=False,
+        )
+        + "</section>"
     )

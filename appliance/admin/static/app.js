@@ -256,6 +256,10 @@
     function approveChoices(action, canGo) {
       const how = $("#confirm-how");
       how.hidden = action !== "approve";
+      const gate = $("#confirm-gate");
+      gate.hidden = action !== "approve";
+      gate.open = false;
+      for (const f of ["#confirm-gate-devices", "#confirm-gate-hours", "#confirm-gate-override"]) $(f).value = "";
       $("input[name=how][value=all]").checked = true;
       $("#confirm-staged").hidden = true;
       const check = () => {
@@ -268,10 +272,22 @@
       $("#confirm-stages").oninput = check;
       return check;
     }
-    function stagedBody() {
-      if ($("#confirm-how").hidden || !staged()) return null;
-      const soak = $("#confirm-soak").value.trim();
-      return { stages: stagesOf(), ...(soak ? { soak_hours: Number(soak) } : {}) };
+    // An approval in stages, or behind a soak gate, goes rule by rule through /api/rollouts.
+    function rolloutBody() {
+      if ($("#confirm-how").hidden) return null;
+      const body = {};
+      if (staged()) {
+        body.stages = stagesOf();
+        const soak = $("#confirm-soak").value.trim();
+        if (soak) body.soak_hours = Number(soak);
+      }
+      const devices = $("#confirm-gate-devices").value.trim();
+      if (devices) {
+        body.soak_gate = { devices: Number(devices), hours: Number($("#confirm-gate-hours").value.trim() || 0) };
+        const why = $("#confirm-gate-override").value.trim();
+        if (why) body.override_soak = why;
+      }
+      return Object.keys(body).length ? body : null;
     }
 
     // Would approving move a rule's approved version back? The server decides (the
@@ -348,12 +364,13 @@
       down.onchange = null;
       if (!ok) return;
       const allow = downgrade ? { allow_downgrade: true } : {};
-      const stagedAs = stagedBody();
+      const rollout = rolloutBody();
       try {
-        if (stagedAs) {
-          // a staged approval is given rule by rule, each guarded against a downgrade
-          for (const id of ids) await api("POST", "/api/rollouts", { rule_id: id, ...stagedAs, ...allow });
-          toast(`${ids.length} rule${ids.length === 1 ? "" : "s"} approved in stages (${stagedAs.stages.join(" → ")} %): see Rollouts`);
+        if (rollout) {
+          // rule by rule, each guarded against a downgrade (and by the soak gate if asked)
+          for (const id of ids) await api("POST", "/api/rollouts", { rule_id: id, ...rollout, ...allow });
+          const how = rollout.stages ? ` in stages (${rollout.stages.join(" → ")} %): see Rollouts` : "";
+          toast(`${ids.length} rule${ids.length === 1 ? "" : "s"} approved${how}${rollout.override_soak ? " (soak gate overridden)" : ""}`);
         } else {
           const result = await api("POST", "/api/rules/" + action, { ids, force: impact.forced, ...allow });
           const done = result.changes.filter((c) => c.skipped === null).length;
@@ -600,7 +617,11 @@
         el("td", { text: dash(d.locale) }), el("td", { text: dash(d.version) }),
         el("td", { text: dash(d.approved_version) }), el("td", {}, badge(d.status)),
         offerCell(d.offer), el("td", { text: dash(d.zone) }), el("td", { text: dash(d.address) }),
-        el("td", { text: when(d.last_seen) }))),
+        el("td", { text: when(d.last_seen) }),
+        el("td", {}, el("button", {
+          type: "button", text: "Details", "aria-label": `Details of ${d.mac || d.serial || d.identity}`,
+          onclick: () => window.ucupdates.deviceDetail(d), // static/rollouts.js
+        })))),
         data.total ? "No device matches the filters." : "No phone has checked in yet.");
     }
     async function charts() {

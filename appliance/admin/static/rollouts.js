@@ -112,8 +112,20 @@
   }
 
   function rolloutActions(r, reload) {
-    if (!isAdmin() || r.current === false) return el("td");
+    if (!isAdmin()) return el("td");
     const name = ruleText(r.rule, r.rule_id);
+    const stop = el("button", {
+      type: "button", class: "danger", text: r.current === false ? "Remove…" : "Stop staging…", "aria-label": `Stop staging ${name}`,
+      onclick: async () => {
+        const ok = await confirmDialog(`Stop staging ${name}?`,
+          r.current === false
+            ? `The rule's approved version is another one now: this staging of ${r.version} holds nobody back, and goes.`
+            : `Every device of the rule will be offered ${r.version} at its next check, as after a plain approval; the stages and their pauses go.`,
+          [], "Stop staging", true);
+        if (ok && await send("DELETE", `/api/rollouts/${r.rule_id}`, undefined, `${name}: staging removed`)) reload();
+      },
+    });
+    if (r.current === false) return el("td", { class: "buttons" }, stop);
     const previous = r.restore_version ? `keep ${r.restore_version}` : "are offered nothing for this rule";
     const last = r.stage + 1 >= r.stages.length;
     const health = r.health || {};
@@ -150,7 +162,7 @@
           if (reason && await send("POST", `/api/rollouts/${r.rule_id}/pause`, { reason }, `${name} paused`)) reload();
         },
       });
-    return el("td", { class: "buttons" }, advance, toggle);
+    return el("td", { class: "buttons" }, advance, toggle, stop);
   }
 
   function confirmationRows(counts, names) {
@@ -375,6 +387,48 @@
     }
     load();
   }
+
+  // -- a device: what it gets now and why, and what it was offered ---------------------------
+
+  function explainLines(x) {
+    const lines = x.rules.map((r) => {
+      const path = r.path && r.path.length > 1 ? `; path ${r.path.join(" → ")}` : "";
+      const stage = r.stage ? `; stage ${r.stage.stage + 1} (${pct(r.stage.share)}), ${r.stage.in_stage ? "in it" : "not in it"}${r.stage.paused ? ", paused" : ""}` : "";
+      return `rule ${r.rule_id} ${r.rule}: ${r.reason}${r.target ? `, to ${r.target}` : ""}${path}${stage}`;
+    });
+    if (x.window) lines.push(`Download window: ${x.window.label || x.window.network}: ${x.window.open ? "open now" : "shut now"}`);
+    else lines.push("No download window applies to it.");
+    x.pins.forEach((p) => lines.push(`Pinned: ${p.action === "hold" ? `held on ${p.version}` : "excluded"}${p.update_type ? ` (${p.update_type})` : ""}: ${p.reason}`));
+    if (x.bucket !== null && x.bucket !== undefined) lines.push(`Bucket ${x.bucket} of 10,000 (the stages take the lowest buckets first).`);
+    return lines;
+  }
+
+  async function deviceDetail(d) {
+    const name = d.mac || (d.serial ? "serial " + d.serial : d.identity);
+    const params = {
+      device_type: d.device_type, brand: d.brand, model: d.model, revision: d.revision, locale: d.locale,
+      mac: d.mac, serial: d.serial, reported_version: d.version, address: d.address, zone: d.zone,
+    };
+    const box = $("#device-detail");
+    $("#device-detail-title").textContent = `${name}: ${dash(d.brand)} ${dash(d.model)} ${dash(d.locale)}, runs ${dash(d.version)}`;
+    try {
+      const [x, offers] = await Promise.all([
+        api("GET", "/api/explain" + U.query(params)),
+        d.mac || d.serial ? api("GET", "/api/offers" + U.query({ device: d.mac || d.serial, limit: 100 })).then((o) => o.offers) : [],
+      ]);
+      $("#device-now").textContent = `Now: ${x.reason}${x.offers.length ? `, offered ${x.offers.map((o) => o.version).join(", ")}` : ""}. ${x.detail || ""}`;
+      $("#device-explain").replaceChildren(...explainLines(x).map((l) => el("li", { text: l })));
+      $("#device-offers-count").textContent = `(${offers.length})`;
+      fillTable($("#device-offers"), offers.map((o) => el("tr", {},
+        el("td", { text: o.rule ? `rule ${o.rule_id} ${o.rule}` : `rule ${o.rule_id}` }), el("td", { text: o.version }),
+        el("td", { text: dash(o.from_version) }), el("td", { text: when(o.first_offered_at) }),
+        el("td", { text: when(o.last_offered_at) }), el("td", { class: "num", text: o.offers }),
+        el("td", {}, badge(o.outcome)), el("td", { text: dash(o.reported) }))), "Never offered an update.");
+    } catch (e) { toast(e.message, true); return; }
+    box.hidden = false;
+    $("#device-detail-title").focus();
+  }
+  U.deviceDetail = deviceDetail;
 
   Object.assign(U.pages, {
     rollouts: setupRollouts, pins: setupPins, networks: setupNetworks, "upgrade-paths": setupUpgradePaths,

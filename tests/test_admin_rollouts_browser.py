@@ -296,7 +296,12 @@ def test_rollout_pages(browser: Any, panel: Panel) -> None:
     assert f"rule {rule_id} UCPhone/Polycom/CX600/A/ENU/CPE:" in explained
     assert "No download window applies" in explained and "Bucket " in explained
     assert page.text("#device-now").startswith("Now: ")
+    browser.execute_script("document.getElementById('device-detail').scrollIntoView()")
     page.shot("device-detail")
+    # nothing sticks out of the page sideways (a wide table scrolls in its own box)
+    width = "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    scroll_width, client_width = browser.execute_script(width)
+    assert scroll_width == client_width
 
     # no script error, no CSP violation, no failed request but the bad network's 400 and the
     # soak gate's 409

@@ -2,10 +2,12 @@
 
 One admin session: approve a rule in stages from the Updates page, follow it on the
 Rollouts page (health counts from the offers' outcomes, what the devices are answered),
-pause it with a reason, resume and advance it, each through its confirmation; approve a
-downgrade only after ticking the box that says so; pin a device, list a network with a
-night window and give the external zone a policy, add an upgrade step, and remove each
-again; see on the Devices page what a phone was offered and what became of it.
+pause it with a reason, resume, advance and stop it, each through its confirmation; see
+the rule's confirmation counts on the Updates page; approve a downgrade only after ticking
+the box that says so, refused by a soak gate until its override is given; pin a device,
+list a network with a night window and give the external zone a policy, add an upgrade
+step, and remove each again; see on the Devices page what a phone was offered and what
+became of it, and its details (explain and its offers).
 Screenshots go to `test-artifacts/admin-rollouts/`; those the admin guide shows are
 copied to docs/img by hand.
 """
@@ -182,6 +184,8 @@ def test_rollout_pages(browser: Any, panel: Panel) -> None:
 
     # -- a downgrade needs its box ticked; a soak gate, met or overridden ------------------------
     page.find("nav a[href='/updates']").click()
+    confirmed = f"#rules tr[data-rule='{rule_id}'] td:nth-child(13)"  # the approved version's
+    page.until(lambda: page.text(confirmed) == "2 updated, 1 reverted", "confirmation counts")
     page.choose("#f-model", "CX500")
     page.until(lambda: len(page.rows("#rules")) == 1, "the CX500 rule")
     page.find("#rules tbody input[type=checkbox]").click()

@@ -142,7 +142,9 @@ def test_rollout_pages(browser: Any, panel: Panel) -> None:
     assert page.text(f"{row} td:nth-child(3) strong") == "5 %"
     cells = [c.text for c in page.all(f"{row} td")]
     assert cells[1] == f"– → {OLD}"
-    assert " of 4" in cells[3]  # the four known CX600 ENU phones, some in the first 5 %
+    # what the four known CX600 ENU phones are answered now, by reason
+    answered = cells[3].split("answered now: ", 1)[1].rstrip(")")
+    assert sum(int(part.split()[0]) for part in answered.split(", ")) == 4, answered
     assert cells[4:8] == ["2", "0", "1", "0"]  # updated, stuck, reverted, silent
     assert "failing" in page.find(f"{row} td:nth-child(7)").get_attribute("class")
     counts = page.rows("#confirmations")

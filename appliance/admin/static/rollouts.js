@@ -178,16 +178,14 @@
       ...OUTCOMES.map((o) => el("td", { class: "num", text: r.counts[o] || 0 }))));
   }
 
-  // What the rule's known devices are answered now, by reason: those in the stage, those
-  // the stage leaves out, and those waiting for their network's window.
-  const WAITING = ["not-in-stage", "stage-paused", "outside-window"];
-  function devicesCell(answers) {
-    if (!answers) return el("td", { text: "–" });
-    const known = Object.values(answers).reduce((n, c) => n + c, 0);
-    const out = (answers["not-in-stage"] || 0) + (answers["stage-paused"] || 0);
-    const others = Object.entries(answers).filter(([k]) => !WAITING.includes(k)).map(([k, n]) => `${n} ${k}`);
-    return el("td", { class: "wrap narrow", title: Object.entries(answers).map(([k, n]) => `${n} ${k}`).join(", ") },
-      `${known - out} of ${known}`, others.length ? el("span", { class: "hint-inline", text: ` (${others.join(", ")})` }) : null);
+  // How many of the rule's known devices the stage holds (when the view says), and what
+  // they are all answered now, by reason: served, up to date, or waiting for the stage.
+  function devicesCell(r) {
+    const answers = r.answers || {};
+    const now = Object.entries(answers).map(([k, n]) => `${n} ${k}`).join(", ");
+    return el("td", { class: "wrap narrow" },
+      r.devices ? `${r.devices.in_stage} of ${r.devices.known}` : "–",
+      now ? el("span", { class: "hint-inline", text: ` (answered now: ${now})` }) : null);
   }
 
   function setupRollouts() {
@@ -206,7 +204,7 @@
         return el("tr", { "data-rule": r.rule_id, class: r.paused ? "paused" : "" },
           el("td", { class: "rule" }, el("span", { class: "id", text: `rule ${r.rule_id} ` }), dash(r.rule)),
           el("td", { text: `${dash(r.restore_version)} → ${r.version}` }),
-          stagesCell(r), devicesCell(r.answers),
+          stagesCell(r), devicesCell(r),
           ...["updated", "stuck", "reverted", "silent"].map((o) => el("td", { class: "num" + (o !== "updated" && h[o] ? " failing" : ""), text: dash(h[o]) })),
           el("td", { class: "num", text: dash(waiting) }),
           stateCell(r), rolloutActions(r, load));
@@ -235,7 +233,7 @@
         const which = { [p.kind]: p.identifier, update_type: p.update_type };
         return el("tr", {},
           el("td", { text: device }), el("td", {}, badge(p.action), " ", pin),
-          el("td", { text: p.update_type || "every type" }), el("td", { class: "change", text: p.reason }),
+          el("td", { text: p.update_type || "every type" }), el("td", { class: "wrap", text: p.reason }),
           el("td", { text: p.set_by }), el("td", { text: when(p.set_at) }),
           el("td", {}, removeButton(`Remove the pin of ${device}`, () => [`Remove the pin of ${device}?`,
             `${device} will be offered what the rules approve for it again, from its next check.`,

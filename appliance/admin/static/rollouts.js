@@ -203,7 +203,7 @@
         const waiting = r.answers ? r.answers["outside-window"] || 0 : null;
         return el("tr", { "data-rule": r.rule_id, class: r.paused ? "paused" : "" },
           el("td", { class: "rule" }, el("span", { class: "id", text: `rule ${r.rule_id} ` }), dash(r.rule)),
-          el("td", { text: `${dash(r.restore_version)} → ${r.version}` }),
+          el("td", { class: "wrap narrow", text: `${dash(r.restore_version)} → ${r.version}` }),
           stagesCell(r), devicesCell(r),
           ...["updated", "stuck", "reverted", "silent"].map((o) => el("td", { class: "num" + (o !== "updated" && h[o] ? " failing" : ""), text: dash(h[o]) })),
           el("td", { class: "num", text: dash(waiting) }),

@@ -14,6 +14,7 @@ from twisted.logger import LogEvent, globalLogPublisher
 from appliance.catalogue.sample import make_sample_package
 from appliance.config import Config, load_config
 from appliance.store.database import Store
+from appliance.testing import Postgres, throwaway_postgres
 
 
 @pytest.fixture
@@ -34,6 +35,14 @@ def sample_cab(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("sample") / "UCUpdates.cab"
     make_sample_package(path)
     return path
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL (appliance/testing/postgres.py), stopped and removed after the
+    test. Never skipped: a server that cannot start fails the test with its log."""
+    with throwaway_postgres() as server:
+        yield server
 
 
 @pytest.fixture
@@ -78,6 +87,8 @@ SLOW_FILES = {
     "test_users_cli.py",  # the CLI as a process
     "test_backup_serve.py",  # backup under a serving appliance's load, restore; a tmpfs
     "test_metrics_live.py",  # /metrics of a serving appliance: curl, promtool, a Prometheus server
+    "test_pg_schema.py",  # every schema version on a throwaway PostgreSQL and on SQLite
+    "test_pg_replication.py",  # a PostgreSQL primary and its streaming hot standby
 }
 SLOW_TESTS = {
     "test_opening_the_database_again_keeps_the_locks_of_open_connections",  # 2 processes

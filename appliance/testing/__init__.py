@@ -3,7 +3,8 @@
 Like txacme's `MemoryStore` next to `DirectoryStore`: clocks that move only when told
 (`clocks`), records and catalogues for the decision (`records`), stores with rules and
 updates in them (`stores`), phone-user directories that count their checks (`users`), the
-appliance as a process (`processes`), subnets in network namespaces joined by veth pairs
+appliance as a process (`processes`), a throwaway PostgreSQL and its replicas
+(`postgres`), subnets in network namespaces joined by veth pairs
 (`netns`), and the HTTP sites in process (`web`). Nothing here is used by the running
 appliance; nothing here imports pytest. `web` needs treq (the test extra).
 """
@@ -21,6 +22,7 @@ from appliance.testing.netns import (
     veth_subnet,
     veth_subnets,
 )
+from appliance.testing.postgres import Postgres, PostgresError, throwaway_postgres
 from appliance.testing.processes import (
     REPO,
     STARTUP_SECONDS,
@@ -75,6 +77,9 @@ from appliance.testing.web import (
 )
 
 __all__ = [
+    "Postgres",
+    "PostgresError",
+    "throwaway_postgres",
     "approved_sample",
     "phone_client",
     "phone_site",

@@ -69,7 +69,7 @@ class Postgres:
     password: str  # of ROLE and REPLICATOR
     bin: Path
     user: str | None
-    group: int | None = None  # the process group of the postmaster and its children
+    group: int | None = None  # the postmaster's pid: it leads its children's process group
     replicas: list[Postgres] = field(default_factory=list)
 
     @property
@@ -131,7 +131,7 @@ class Postgres:
             user=self.user,
             group=self.user,
             cwd=self.folder,
-            start_new_session=True,  # the postmaster and its children share this group
+            start_new_session=True,
         )
         out, _ = process.communicate(timeout=SECONDS + 30)
         if process.returncode != 0:
@@ -139,7 +139,8 @@ class Postgres:
                 f"PostgreSQL did not start ({process.returncode}): {out.decode(errors='replace')}"
                 f"\nserver log:\n{self.log_text()}"
             )
-        self.group = process.pid
+        # the postmaster makes itself a session leader: its pid is its children's group
+        self.group = int((self.data / "postmaster.pid").read_text().split()[0])
 
     def stop(self) -> None:
         """A fast shutdown (sessions ended, a checkpoint), waited for."""
@@ -152,13 +153,17 @@ class Postgres:
         if self.group is None:
             return
         group, self.group = self.group, None
+        deadline = time.monotonic() + SECONDS
         for _ in range(SECONDS * 20):
+            if not _alive(group) or time.monotonic() > deadline:
+                break
             try:
                 os.killpg(group, signal.SIGKILL)
             except ProcessLookupError:
-                return
+                break
             time.sleep(0.05)
-        raise PostgresError(f"processes of group {group} survived SIGKILL for {SECONDS} s")
+        if _alive(group):
+            raise PostgresError(f"processes of group {group} survived SIGKILL for {SECONDS} s")
 
     def promote(self) -> None:
         """Make a standby a primary, waiting until it accepts writes."""
@@ -178,6 +183,18 @@ class Postgres:
         self.replicas.append(standby)
         standby.start()
         return standby
+
+
+def _alive(group: int) -> bool:
+    """Whether a process of `group` is still running (zombies, already dead, are not)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if fields[0] != "Z" and int(fields[2]) == group:
+            return True
+    return False
 
 
 def _new_folder(user: str | None) -> Path:

@@ -125,14 +125,14 @@ def answer_key(request: DeviceRequest, catalog: Catalog) -> tuple[object, ...]:
 
 
 def choose_update(request: DeviceRequest, catalog: Catalog) -> Decision:
-    who = _describe_device(request, catalog)
+    test = is_test_device(request, catalog)
+    who = describe_device(request, test)
     rules = matching_rules(request, catalog)
     if not rules:
         where = "/".join(
             (request.device_type, request.brand, request.model, request.revision, request.locale)
         )
         return Decision((), Reason.NO_RULE, f"{who}: no rule for {where}")
-    test = is_test_device(request, catalog)
     outcomes = [_consider(rule, request, catalog, test, who) for rule in rules]
     offers = tuple(o.offer for o in outcomes if o.offer is not None)
     if offers:
@@ -153,37 +153,53 @@ def _consider(
         wanted = "pending or approved" if test else "approved"
         return _Outcome(None, Reason.NO_VERSION, f"{who}: rule {rule.key} has no {wanted} version")
 
-    files = catalog.files_for(rule.key, version)
-    reported = reported_version(request, _image_names(rule, version, catalog))
+    reported = reported_version(request, image_names(rule, version, catalog))
     if same_version(version, reported):
         return _Outcome(
             None, Reason.UP_TO_DATE, f"{who}: already runs {label} {version} (rule {rule.key})"
         )
+    offer, problem, detail = offer_or_problem(
+        rule, version, f"{label} {version}", reported, catalog, who, reason
+    )
+    return _Outcome(offer, problem or reason, detail)
+
+
+def offer_or_problem(
+    rule: Rule,
+    version: str,
+    what: str,
+    reported: str | None,
+    catalog: Catalog,
+    who: str,
+    reason: Reason,
+) -> tuple[Offer | None, Reason | None, str]:
+    """`version` of `rule` (described as `what`) offered with `reason`, or why it cannot be
+    (its files missing or broken) and the detail line either way. The rollout decision
+    words its offers with it too, so a policy that changes nothing changes no word."""
+    files = catalog.files_for(rule.key, version)
     if not files:
-        return _Outcome(
+        return (
             None,
             Reason.MISSING_FILES,
-            f"{who}: {label} {version} of rule {rule.key} has no files in the catalogue;"
-            " not offered",
+            f"{who}: {what} of rule {rule.key} has no files in the catalogue; not offered",
         )
     if (rule.key.folded(), version) in catalog.broken:
-        return _Outcome(
+        return (
             None,
             Reason.BROKEN_FILES,
-            f"{who}: {label} {version} of rule {rule.key} has a stored file that fails"
-            " verification; not offered",
+            f"{who}: {what} of rule {rule.key} has a stored file that fails verification;"
+            " not offered",
         )
-    rollback = _is_older(version, reported)
+    rollback = is_older(version, reported)
     reported_text = f"reported {reported}" if reported is not None else "unknown reported version"
     change = "rolls back from" if rollback else "differs from"
     offer = Offer(rule, version, files, reason, reported, rollback)
-    return _Outcome(
-        offer, reason, f"{who}: {label} {version} {change} {reported_text} (rule {rule.key})"
-    )
+    return offer, None, f"{who}: {what} {change} {reported_text} (rule {rule.key})"
 
 
-def _describe_device(request: DeviceRequest, catalog: Catalog) -> str:
-    kind = "test device" if is_test_device(request, catalog) else "device"
+def describe_device(request: DeviceRequest, test: bool) -> str:
+    """How the detail lines name the device: its MAC, else its serial number."""
+    kind = "test device" if test else "device"
     if request.mac:
         return f"{kind} {request.mac}"
     if request.serial:
@@ -191,7 +207,7 @@ def _describe_device(request: DeviceRequest, catalog: Catalog) -> str:
     return f"{kind} without MAC or serial"
 
 
-def _image_names(rule: Rule, version: str, catalog: Catalog) -> frozenset[str]:
+def image_names(rule: Rule, version: str, catalog: Catalog) -> frozenset[str]:
     """Folded image file names of the update: those of the chosen version and of the rule's
     other versions, so a device's module is still recognised when the chosen version's
     files are missing (then it can be reported up to date rather than missing files)."""
@@ -206,7 +222,8 @@ def _given(version: str | None) -> bool:
     return version is not None and version.strip() != ""
 
 
-def _is_older(chosen: str, reported: str | None) -> bool:
+def is_older(chosen: str, reported: str | None) -> bool:
+    """`chosen` is an older version than the one reported (both dotted versions)."""
     if reported is None:
         return False
     a, b = chosen.strip(), reported.strip()

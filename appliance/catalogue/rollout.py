@@ -46,8 +46,12 @@ from appliance.catalogue.decision import (
     Reason,
     answer_key,
     choose_update,
+    describe_device,
+    image_names,
+    is_older,
     is_test_device,
     matching_rules,
+    offer_or_problem,
     reported_version,
 )
 from appliance.catalogue.rollout_paths import next_step
@@ -57,7 +61,7 @@ from appliance.catalogue.rollout_policy import (
     RolloutPolicy,
     StagedApproval,
 )
-from appliance.identifiers import is_version, same_version, version_tuple
+from appliance.identifiers import same_version
 from appliance.model import Catalog, DeviceRequest, Rule, Zone
 
 
@@ -195,7 +199,7 @@ def decide_with(
     if not rules:
         return RolloutDecision.of(choose_update(request, catalog))
     test = is_test_device(request, catalog)
-    who = _describe_device(request, test)
+    who = describe_device(request, test)
     outcomes = [_consider(rule, request, catalog, policy, facts, test, who) for rule in rules]
     offers = tuple(o.offer for o in outcomes if o.offer is not None)
     detail = "; ".join(o.detail for o in outcomes)
@@ -270,7 +274,7 @@ def _behind_stage(
     who: str,
 ) -> _Outcome:
     approved = rule.approved_version or ""
-    reported = reported_version(request, _image_names(rule, approved, catalog))
+    reported = reported_version(request, image_names(rule, approved, catalog))
     if same_version(approved, reported):
         return _Outcome(
             None, Reason.UP_TO_DATE, f"{who}: already runs approved {approved} (rule {rule.key})"
@@ -283,7 +287,7 @@ def _behind_stage(
     previous = rule.restore_version
     if previous is None:
         return _Outcome(None, reason, f"{who}: {why} yet; nothing offered")
-    if same_version(previous, reported) or _is_older(previous, reported):
+    if same_version(previous, reported) or is_older(previous, reported):
         return _Outcome(None, reason, f"{who}: {why} yet; stays on reported {reported}")
     return _offer(
         rule, request, catalog, policy, previous, f"previous approved ({why} yet)", reason, who
@@ -302,7 +306,7 @@ def _offer(
 ) -> _Outcome:
     """The rule's chosen `version` offered unless the device runs it or it cannot be; the
     texts are choose_update's, so that a policy that changes nothing changes no word."""
-    reported = reported_version(request, _image_names(rule, version, catalog))
+    reported = reported_version(request, image_names(rule, version, catalog))
     own = Reason.PENDING_TEST_DEVICE if why is Reason.PENDING_TEST_DEVICE else Reason.APPROVED
     if same_version(version, reported):
         done = Reason.UP_TO_DATE if why is own else why
@@ -312,47 +316,5 @@ def _offer(
     if step is not None:
         offered, what = step.offer, f"upgrade path step {step.offer} (before {what})"
         why = RolloutReason.UPGRADE_PATH
-    files = catalog.files_for(rule.key, offered)
-    if not files:
-        return _Outcome(
-            None,
-            Reason.MISSING_FILES,
-            f"{who}: {what} of rule {rule.key} has no files in the catalogue; not offered",
-        )
-    if (rule.key.folded(), offered) in catalog.broken:
-        return _Outcome(
-            None,
-            Reason.BROKEN_FILES,
-            f"{who}: {what} of rule {rule.key} has a stored file that fails verification;"
-            " not offered",
-        )
-    rollback = _is_older(offered, reported)
-    reported_text = f"reported {reported}" if reported is not None else "unknown reported version"
-    change = "rolls back from" if rollback else "differs from"
-    offer = Offer(rule, offered, files, own, reported, rollback)
-    return _Outcome(offer, why, f"{who}: {what} {change} {reported_text} (rule {rule.key})")
-
-
-def _describe_device(request: DeviceRequest, test: bool) -> str:
-    kind = "test device" if test else "device"
-    if request.mac:
-        return f"{kind} {request.mac}"
-    if request.serial:
-        return f"{kind} serial {request.serial}"
-    return f"{kind} without MAC or serial"
-
-
-def _image_names(rule: Rule, version: str, catalog: Catalog) -> frozenset[str]:
-    """As the decision's: the image names of the rule's versions and of `version`."""
-    return frozenset(
-        f.file_name.strip().casefold()
-        for v in rule.versions() | {version}
-        for f in catalog.files_for(rule.key, v)
-    )
-
-
-def _is_older(chosen: str, reported: str | None) -> bool:
-    if reported is None:
-        return False
-    a, b = chosen.strip(), reported.strip()
-    return is_version(a) and is_version(b) and version_tuple(a) < version_tuple(b)
+    offer, problem, detail = offer_or_problem(rule, offered, what, reported, catalog, who, own)
+    return _Outcome(offer, problem or why, detail)

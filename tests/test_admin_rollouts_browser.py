@@ -14,6 +14,7 @@ copied to docs/img by hand.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,21 @@ def _offers(data_dir: Path, rule_id: int) -> None:
         store.close()
 
 
+def _in_stage(data_dir: Path, share: float) -> int:
+    """How many of PHONES a stage of `share` % holds: their bucket (SHA-256 of the store's
+    salt and the MAC, mod 10000) is below it."""
+    store = Store.open(load_config(None, data_dir).db_path)
+    try:
+        salt = store.rollout_salt()
+    finally:
+        store.close()
+    places = (
+        int.from_bytes(hashlib.sha256(f"{salt}\nmac:{mac}".encode()).digest()[:8], "big") % 10000
+        for mac, _, _ in PHONES
+    )
+    return sum(1 for p in places if p < share * 100)
+
+
 def _confirm(page: Page, title: str) -> None:
     page.until(page.dialog_open, "the dialog")
     page.until(lambda: page.text("#confirm-title") == title, title)
@@ -142,6 +158,7 @@ def test_rollout_pages(browser: Any, panel: Panel) -> None:
     assert page.text(f"{row} td:nth-child(3) strong") == "5 %"
     cells = [c.text for c in page.all(f"{row} td")]
     assert cells[1] == f"– → {OLD}"
+    assert cells[3].startswith(f"{_in_stage(panel.data_dir, 5)} of 4 ("), cells[3]
     # what the four known CX600 ENU phones are answered now, by reason
     answered = cells[3].split("answered now: ", 1)[1].rstrip(")")
     assert sum(int(part.split()[0]) for part in answered.split(", ")) == 4, answered

@@ -8,6 +8,7 @@ explain; viewers read and may not change.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -183,6 +184,35 @@ def test_a_rollout_shows_its_health_and_what_waits(site: Site) -> None:
     by_device = admin.request("GET", "/api/offers?device=00:04:f2:00:10:00").json()["offers"]
     assert len(by_device) == 1
     assert admin.request("GET", "/api/offers?outcome=lost").status == 400
+
+
+def test_a_rollout_counts_the_known_devices_its_stage_holds(site: Site) -> None:
+    """`devices`: the rule's devices in the inventory and those in the current stage,
+    worked out here from the salt and the bucket's definition (SHA-256 of the salt and
+    the MAC, first 8 bytes mod 10000, below 2500 at 25 %); a test device counts in the
+    stage whatever its bucket; another model's device is not the rule's."""
+    salt = site.store.rollout_salt()
+    macs = [f"00-04-F2-00-20-{n:02X}" for n in range(40)]
+
+    def place(mac: str) -> int:
+        digest = hashlib.sha256(f"{salt}\nmac:{mac}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") % 10000
+
+    for mac in macs:
+        site.store.record_device(seen_device(mac, CU7))
+    site.store.record_device(seen_device("00-04-F2-00-21-00", CU8, model="CX700"))
+    outside = next(m for m in macs if place(m) >= 2500)
+    add_test_device(site.store, "desk", IdentifierKind.MAC, outside, "test")
+    expected = sum(1 for m in macs if place(m) < 2500) + 1
+    admin = site.admin()
+    admin.request("POST", "/api/rollouts", {"rule_id": site.rule, "stages": [25, 100]})
+    shown = admin.request("GET", f"/api/rollouts/{site.rule}").json()
+    assert shown["devices"] == {"known": 40, "in_stage": expected}
+    (listed,) = admin.request("GET", "/api/rollouts").json()["rollouts"]
+    assert listed["devices"] == {"known": 40, "in_stage": expected}
+    admin.request("POST", f"/api/rollouts/{site.rule}/advance")
+    shown = admin.request("GET", f"/api/rollouts/{site.rule}").json()
+    assert shown["devices"] == {"known": 40, "in_stage": 40}
 
 
 def test_the_downgrade_guard_refuses_naming_both_versions(site: Site) -> None:

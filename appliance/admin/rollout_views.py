@@ -7,6 +7,7 @@ stage timer would do next, and what the rule's known devices are answered now, c
 by reason: `not-in-stage` and `stage-paused` wait for the rollout, `outside-window` for
 their network's download window. That count runs the rollout decision for each device of
 the rule's model in the inventory, with the address and zone of its last check.
+`devices` counts the same devices and those the current stage holds (their bucket).
 
 Approving goes through the catalogue's `approve_staged` (or `apply_action` without
 stages) after two guards: the downgrade guard (`check_approval`) and, when asked for,
@@ -34,6 +35,7 @@ from appliance.catalogue import (
     approve_staged,
     change_json,
     decide,
+    is_test_device,
     pause_staging,
     remove_staging,
     resume_staging,
@@ -98,9 +100,30 @@ def rollout_json(store: Store, staging: Staging, now: datetime, answers: bool) -
             else "the rule's approved version is another one: this staging holds nobody back",
         },
     }
+    body["devices"] = devices_in_stage(store, rule, staging)
     if answers:
         body["answers"] = answers_by_reason(store, rule, now)
     return body
+
+
+def devices_in_stage(store: Store, rule: Rule, staging: Staging) -> dict[str, int]:
+    """The rule's devices in the inventory (`known`) and how many of them the current stage
+    holds (`in_stage`): their bucket, under the store's salt, is below the stage's share,
+    as the decision places them. Test devices count in every stage, as the decision
+    offers them the version whatever their bucket. Pausing changes nobody's place."""
+    catalog = store.catalog()
+    policy = store.rollout_policy()
+    wanted = rule.key.folded()[:5]
+    known = inside = 0
+    for device in store.devices():
+        request = request_of(device)
+        if request is None or _folded(request) != wanted:
+            continue
+        known += 1
+        place = policy.bucket(request.mac, request.serial)
+        if staging.approval.includes(place) or is_test_device(request, catalog):
+            inside += 1
+    return {"known": known, "in_stage": inside}
 
 
 def answers_by_reason(store: Store, rule: Rule, now: datetime) -> dict[str, int]:

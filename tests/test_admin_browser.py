@@ -241,6 +241,7 @@ def test_an_admin_session(browser: Any, panel: Panel, tmp_path: Path) -> None:
     assert "has no restore version" in page.text("#confirm-details")
     assert f"Now 1 phone is offered {NEW}." in page.text("#confirm-details")
     assert page.find("#confirm-force-box").is_displayed()
+    assert page.text("#confirm-title") == "Restore 1 rule without a restore version?"
     assert not page.find("#confirm-ok").is_enabled()
     browser.switch_to.active_element.send_keys(Keys.ESCAPE)
     page.until(lambda: page.find("#confirm").get_attribute("open") is None, "dialog closed")
@@ -251,6 +252,7 @@ def test_an_admin_session(browser: Any, panel: Panel, tmp_path: Path) -> None:
     then = "1 phone will be offered no update and keeps the firmware it runs."
     page.until(lambda: page.text("#confirm-impact") == then, "the forced impact")
     assert page.text("#confirm-rules") == f"Polycom CX600 ENU: {NEW} → no version"
+    assert page.text("#confirm-title") == "Restore 1 rule?"
     page.shot("restore-confirm")
     page.find("#confirm-ok").click()
     page.until(lambda: "1 rule restored (forced)" in page.text("#toast"), "the forced restore")

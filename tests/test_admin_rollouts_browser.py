@@ -216,6 +216,7 @@ def test_rollout_pages(browser: Any, panel: Panel) -> None:
         assert "Allow the downgrade" in page.text("#confirm-downgrade-box")
         assert f"would move approved {NEW} back to {OLD}" in page.text("#confirm-details")
         assert not page.find("#confirm-ok").is_enabled()
+        assert page.text("#confirm-title") == "Approve 1 downgrade?"
         page.find("#confirm-downgrade").click()
         page.until(lambda: page.find("#confirm-ok").is_enabled(), "allowed")
         page.until(lambda: page.text("#confirm-title") == "Approve 1 rule?", "worked out again")

@@ -308,6 +308,20 @@
         && olderThan(r.pending_version, r.approved_version)).map((r) => r.id);
     }
 
+    // The dialog's title: what confirming does. Rules that wait for their box (a downgrade
+    // to allow, a restore without a restore version to force) are named as such until it
+    // is ticked, when the preview counts them among the rules changed.
+    function titleOf(action, impact) {
+      const n = impact.rule_ids.length;
+      const rules = (k) => `${k} rule${k === 1 ? "" : "s"}`;
+      const waiting = (action === "approve" ? impact.needs_downgrade
+        : action === "restore" && !impact.forced ? impact.needs_force : null) || [];
+      const k = waiting.length;
+      if (!k) return `${ACTION_WORDS[action]} ${rules(n)}?`;
+      const held = action === "approve" ? `${k} downgrade${k === 1 ? "" : "s"}` : `${rules(k)} without a restore version`;
+      return `${ACTION_WORDS[action]} ${n ? `${rules(n)} and ` : ""}${held}?`;
+    }
+
     // What the preview says, as the dialog shows it: the rules named (six, then "and N
     // more"), the sentence, what is offered now, and the rules skipped with their reason.
     function dialogOf(action, impact) {
@@ -316,7 +330,7 @@
       if (impact.more_rules) rules.push(`and ${impact.more_rules} more`);
       const details = impact.before.map((o) => `Now ${o.devices} ${o.devices === 1 ? "phone is" : "phones are"} offered ${o.version}.`);
       impact.skipped.forEach((s) => details.push(`Rule ${s.rule_id} is skipped: it ${s.reason}.`));
-      return [`${ACTION_WORDS[action]} ${n} rule${n === 1 ? "" : "s"}?`, impact.summary, details, ACTION_WORDS[action], n > 0, rules];
+      return [titleOf(action, impact), impact.summary, details, ACTION_WORDS[action], n > 0, rules];
     }
 
     $$("[data-action]").forEach((button) => button.addEventListener("click", async () => {

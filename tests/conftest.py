@@ -5,7 +5,8 @@ Helper functions live in `appliance.testing`; test modules import them from ther
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from twisted.logger import LogEvent, globalLogPublisher
 
 from appliance.catalogue.sample import make_sample_package
 from appliance.config import Config, load_config
+from appliance.store.connection import Clock
 from appliance.store.database import Store
 from appliance.testing import Postgres, throwaway_postgres
 
@@ -43,6 +45,46 @@ def postgres() -> Iterator[Postgres]:
     test. Never skipped: a server that cannot start fails the test with its log."""
     with throwaway_postgres() as server:
         yield server
+
+
+STORE_TEMPLATE = "store_template"  # a database at the newest schema, copied per test
+_store_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def store_postgres() -> Iterator[Postgres]:
+    """One throwaway PostgreSQL for the session's store tests, with STORE_TEMPLATE at the
+    newest schema: each test gets a fresh copy (CREATE DATABASE ... TEMPLATE)."""
+    with throwaway_postgres() as server:
+        server.sql(f"CREATE DATABASE {STORE_TEMPLATE} OWNER ucupdates")
+        Store.open_postgresql(_database(server, STORE_TEMPLATE)).close()
+        yield server
+
+
+def _database(server: Postgres, name: str) -> str:
+    return server.conninfo.replace("dbname=ucupdates ", f"dbname={name} ")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def open_test_store(request: pytest.FixtureRequest) -> Iterator[Callable[[Clock], Store]]:
+    """Opens a new empty store on each backend in turn (SQLite in memory; PostgreSQL: a
+    fresh database of the session's server, in the slow tier); closed after the test."""
+    server = request.getfixturevalue("store_postgres") if request.param == "postgresql" else None
+    opened: list[Store] = []
+
+    def open_store(clock: Clock) -> Store:
+        if server is None:
+            store = Store.open(":memory:", clock=clock)
+        else:
+            name = f"store_{next(_store_databases)}"
+            server.sql(f"CREATE DATABASE {name} TEMPLATE {STORE_TEMPLATE} OWNER ucupdates")
+            store = Store.open_postgresql(_database(server, name), clock=clock)
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        store.close()
 
 
 @pytest.fixture

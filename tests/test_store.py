@@ -6,14 +6,16 @@ import dataclasses
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 
+import psycopg
 import pytest
 
 from appliance.model import Device, IdentifierKind, RuleKey, RuleState
 from appliance.store import DuplicateError, RuleFilter, SchemaError, Store, StoreError
+from appliance.store.connection import INTEGRITY_ERRORS
 from appliance.testing import (
     CU7,
     CU8,
@@ -36,10 +38,9 @@ def clock() -> FixedClock:
 
 
 @pytest.fixture
-def db(clock: FixedClock) -> Iterator[Store]:
-    store = Store.open(":memory:", clock=clock)
-    yield store
-    store.close()
+def db(clock: FixedClock, open_test_store: Callable[[FixedClock], Store]) -> Store:
+    """A new store on each backend (tests/conftest.py: SQLite, then PostgreSQL)."""
+    return open_test_store(clock)
 
 
 def device(identity: str, version: str, first: str, last: str) -> Device:
@@ -65,7 +66,12 @@ LATEST = max(
 
 def test_memory_store_has_the_schema_applied(db: Store) -> None:
     assert db.schema_version == LATEST
-    tables = {r[0] for r in db._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    listing = (
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        if db.backend == "postgresql"
+        else "SELECT name FROM sqlite_master WHERE type = 'table'"
+    )
+    tables = {r[0] for r in db._conn.execute(listing)}
     assert {"packages", "rules", "updates", "files", "test_devices", "devices", "events"} <= tables
     assert db.integrity_errors() == []
 
@@ -145,7 +151,7 @@ def test_rule_by_key_ignores_case(db: Store) -> None:
 
 def test_rule_key_is_unique_ignoring_case(db: Store) -> None:
     first = db.insert_rule(CX600, CU8)
-    with pytest.raises(sqlite3.IntegrityError, match="rules_key"):
+    with pytest.raises(INTEGRITY_ERRORS, match="rules_key"):
         db.insert_rule(RuleKey("ucphone", "polycom", "cx600", "a", "enu", "cpe"), CU7)
     assert db.rules() == [first]
     assert db.rule_by_key(CX600) == first
@@ -344,7 +350,7 @@ def test_update_lookups_ignore_the_case_of_the_key(db: Store) -> None:
 def test_same_update_twice_is_refused(db: Store) -> None:
     add_update(db, CX600, CU8)
     package = db.add_package("again.cab", "d" * 64, 1, "admin")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY_ERRORS):
         db.add_update(CX600, CU8, None, package, [])
     assert len(db.updates()) == 1
 
@@ -501,7 +507,7 @@ def test_events_limit(db: Store) -> None:
 )
 def test_event_log_is_append_only(db: Store, sql: str) -> None:
     db.append_event("admin", "approve", "rule 1", {"pending": CU8}, {"approved": CU8})
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+    with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="append-only"):
         db._conn.execute(sql)
     (event,) = db.events()
     assert event.actor == "admin"

@@ -5,7 +5,7 @@ appliance/catalogue/rollout_actions.py)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -46,10 +46,9 @@ def clock() -> FixedClock:
 
 
 @pytest.fixture
-def db(clock: FixedClock) -> Iterator[Store]:
-    store = Store.open(":memory:", clock=clock)
-    yield store
-    store.close()
+def db(clock: FixedClock, open_test_store: Callable[[FixedClock], Store]) -> Store:
+    """A new store on each backend (tests/conftest.py: SQLite, then PostgreSQL)."""
+    return open_test_store(clock)
 
 
 def approved_rule(db: Store, pending: str = CU8, approved: str | None = CU7) -> int:

@@ -7,12 +7,11 @@ are ISO strings (UTC, "Z"), compared as text.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from appliance.model import AdminAccount, AdminSession, ApiToken, Role
-from appliance.store.connection import Connection
+from appliance.store.connection import INTEGRITY_ERRORS, Connection
 from appliance.store.errors import DuplicateError, StoreError
 
 _ADMIN_COLUMNS = (
@@ -37,7 +36,7 @@ class AdminTables(Connection):
                 " VALUES (?, ?, ?, ?, ?)",
                 (name, role.value, password_hash, now, now),
             )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise DuplicateError(f"admin account {name!r} exists already") from None
         found = self.admin_account_by_id(int(cur.lastrowid or 0))
         assert found is not None
@@ -154,7 +153,7 @@ class AdminTables(Connection):
                 " VALUES (?, ?, ?, ?, ?)",
                 (name, role.value, token_hash, self.now(), expires_at),
             )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise DuplicateError(f"an API token named {name!r} exists already") from None
         row = self._conn.execute(
             f"SELECT {_API_TOKEN_COLUMNS} FROM api_tokens WHERE id = ?", (cur.lastrowid,)
@@ -189,7 +188,7 @@ class AdminTables(Connection):
                 " WHERE lower(name) = lower(?)",
                 (role.value, token_hash, expires_at, name),
             )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise DuplicateError("another API token has this secret") from None
         if cur.rowcount == 0:
             raise StoreError(f"no API token {name!r}")

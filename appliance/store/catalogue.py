@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -24,7 +23,7 @@ from appliance.model import (
     TestDevice,
     UpdateFile,
 )
-from appliance.store.connection import Connection
+from appliance.store.connection import INTEGRITY_ERRORS, Connection
 from appliance.store.errors import DuplicateError, StoreError
 
 
@@ -268,7 +267,7 @@ class CatalogueTables(Connection):
                 " VALUES (?, ?, ?, ?, ?)",
                 (name, kind.value, identifier, scope, self.now()),
             )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise DuplicateError(
                 f"a test device with {kind.value} {identifier} exists already"
             ) from None

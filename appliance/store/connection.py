@@ -1,13 +1,47 @@
-"""What every table group works through: the open SQLite connection and the clock."""
+"""What every table group works through: the open database connection and the clock.
+
+The connection is SQLite's own (`sqlite3.Connection`) or, on PostgreSQL, the adapter of
+`store.pgsql` with the same shape (`Database`): the table groups run one SQL for both.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
 
 Clock = Callable[[], datetime]
+Backend = Literal["sqlite", "postgresql"]
+
+
+class Cursor(Protocol):
+    """What the table groups read from a statement they ran."""
+
+    @property
+    def rowcount(self) -> int: ...
+    @property
+    def lastrowid(self) -> int | None: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Database(Protocol):
+    """The connection the table groups call: SQLite's, or PostgreSQL's adapter."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Cursor: ...
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> Cursor: ...
+    def close(self) -> None: ...
+
+
+class UniqueRowError(Exception):
+    """PostgreSQL refused a row whose unique key exists (SQLite raises IntegrityError)."""
+
+
+# What a violated unique key raises on either backend: the table groups catch these.
+INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, UniqueRowError)
 
 
 def utc_now() -> datetime:
@@ -33,7 +67,9 @@ def count_catalogue_change() -> None:
 class Connection:
     """The connection and clock the table groups share; `Store` composes them."""
 
-    def __init__(self, conn: sqlite3.Connection, clock: Clock = utc_now) -> None:
+    backend: Backend = "sqlite"
+
+    def __init__(self, conn: Database, clock: Clock = utc_now) -> None:
         self._conn = conn
         self._clock = clock
         self._in_transaction = False
@@ -50,7 +86,11 @@ class Connection:
         return _catalogue_generation
 
     def _catalogue_changed(self) -> None:
-        """A catalogue table was written: counted now, or when the transaction commits."""
+        """A catalogue table was written: counted now, or when the transaction commits.
+        On PostgreSQL the pool-wide counter row (`data_version`) moves in the same
+        transaction; SQLite keeps its own `PRAGMA data_version`."""
+        if self.backend == "postgresql":
+            self._conn.execute("UPDATE catalogue_version SET version = version + 1")
         if self._in_transaction:
             self._catalogue_written = True
         else:

@@ -1,8 +1,9 @@
 """The store: one open database, its schema and its upgrades.
 
 Every SQL statement of the appliance lives in this package, one module per table group
-(`catalogue`, `devices`, `admin`); `Store` composes them. SQLite in WAL mode by default
-(a PostgreSQL backend will follow, so the SQL stays portable). The schema is package data
+(`catalogue`, `devices`, `admin`); `Store` composes them. SQLite in WAL mode by default;
+PostgreSQL through `Store.open_postgresql` runs the same SQL through the adapter of
+`store.pgsql` and the schema through `store.dialect`. The schema is package data
 (`schema/NNN_name.sql`) applied in order and recorded in `schema_version`. Callers get
 typed records, never cursors.
 
@@ -27,6 +28,7 @@ from appliance.store.admin import AdminTables
 from appliance.store.catalogue import CatalogueTables
 from appliance.store.connection import Clock, count_catalogue_change, utc_now
 from appliance.store.devices import DeviceTables
+from appliance.store.dialect import to_postgresql
 from appliance.store.errors import SchemaError, StoreError
 from appliance.store.offers import OfferTables
 from appliance.store.rollouts import SALT, RolloutTables, new_salt
@@ -109,6 +111,26 @@ class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTabl
         return store
 
     @classmethod
+    def open_postgresql(
+        cls, dsn: str, pool_size: int = 4, clock: Clock = utc_now, upgrade: bool = True
+    ) -> Store:
+        """Connect to the PostgreSQL database `dsn` and bring its schema to the newest
+        (under an advisory lock: two nodes never upgrade at once). The connection string
+        is never part of a message. No backup is taken before an upgrade: PostgreSQL's
+        own tools back it up (docs/pool.md)."""
+        from appliance.store.pgsql import PgConnection  # psycopg only when it is used
+
+        conn = PgConnection.open(dsn, pool_size)
+        store = cls(conn, clock)
+        store.backend = "postgresql"
+        try:
+            store._migrate(None, upgrade)
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    @classmethod
     def open_copy(cls, path: Path) -> Store:
         """A copy of a database made by `backup_to`, read only as it is: never upgraded,
         nothing written beside it."""
@@ -128,21 +150,45 @@ class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTabl
         """A consistent copy of the whole database in a new file `target` (0600, fsynced),
         through SQLite's online backup API: other connections and processes go on reading
         and writing meanwhile. Raises OSError (the file) or sqlite3.Error (the copy)."""
-        copy_database(self._conn, target)
+        copy_database(self._sqlite(), target)
+
+    def _sqlite(self) -> sqlite3.Connection:
+        """The SQLite connection, for what only SQLite has (a backup copy, a script)."""
+        if not isinstance(self._conn, sqlite3.Connection):
+            raise StoreError("not on the PostgreSQL store: back it up with pg_dump")
+        return self._conn
 
     # -- schema -------------------------------------------------------------------------
 
     @property
     def schema_version(self) -> int:
-        row = self._conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-        ).fetchone()
+        if self.backend == "postgresql":
+            row = self._conn.execute("SELECT to_regclass('schema_version')").fetchone()
+            row = None if row is None or row[0] is None else row
+        else:
+            row = self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+            ).fetchone()
         if row is None:
             return 0
         found = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()
         return int(found[0] or 0)
 
     def _migrate(self, path: Path | None, upgrade: bool = True) -> None:
+        if self.backend != "postgresql":
+            self._upgrade(path, upgrade)
+            return
+        from appliance.store.pgsql import SCHEMA_LOCK, PgConnection
+
+        assert isinstance(self._conn, PgConnection)
+        self._conn.execute("SELECT pg_advisory_lock(?)", (SCHEMA_LOCK,))
+        try:
+            self._upgrade(None, upgrade)
+            self._conn.script(_CATALOGUE_VERSION)
+        finally:
+            self._conn.execute("SELECT pg_advisory_unlock(?)", (SCHEMA_LOCK,))
+
+    def _upgrade(self, path: Path | None, upgrade: bool) -> None:
         scripts = _schema_scripts()
         newest = scripts[-1][0]
         current = self.schema_version
@@ -162,15 +208,20 @@ class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTabl
         for version, sql in scripts:
             if version <= current:
                 continue
-            self._conn.executescript(
-                "BEGIN IMMEDIATE;\n"
+            body = (
                 "CREATE TABLE IF NOT EXISTS schema_version "
                 "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL);\n"
                 f"{sql}\n"
                 f"INSERT INTO schema_version VALUES ({version}, '{self.now()}');\n"
                 f"{_AFTER[version]() if version in _AFTER else ''}"
-                "COMMIT;"
             )
+            if self.backend == "postgresql":
+                from appliance.store.pgsql import PgConnection
+
+                assert isinstance(self._conn, PgConnection)
+                self._conn.script(f"BEGIN;\n{to_postgresql(body)}\nCOMMIT;")
+            else:
+                self._sqlite().executescript(f"BEGIN IMMEDIATE;\n{body}COMMIT;")
 
     def _backup_before_upgrade(self, path: Path, current: int, newest: int) -> Path:
         stamp = self._clock().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -178,7 +229,7 @@ class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTabl
         target = folder / f"pre-upgrade-{current}-to-{newest}-{stamp}.db"
         try:
             folder.mkdir(mode=0o700, exist_ok=True)
-            copy_database(self._conn, target)
+            copy_database(self._sqlite(), target)
         except (OSError, sqlite3.Error) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise SchemaError(
@@ -210,12 +261,30 @@ class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTabl
             self._catalogue_written = False
 
     def data_version(self) -> int:
-        """Changes when another connection commits (SQLite's `PRAGMA data_version`)."""
+        """Changes when another connection commits (SQLite's `PRAGMA data_version`); on
+        PostgreSQL when any node commits a catalogue change (the counter row every
+        catalogue write moves)."""
+        if self.backend == "postgresql":
+            return int(self._conn.execute("SELECT version FROM catalogue_version").fetchone()[0])
         return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     def integrity_errors(self) -> list[str]:
+        """What SQLite's integrity check finds wrong (empty: nothing). PostgreSQL has no
+        such check of a whole database: its pages are checksummed by the server, and the
+        constraints hold on every write, so the list is empty there."""
+        if self.backend == "postgresql":
+            return []
         rows = self._conn.execute("PRAGMA integrity_check").fetchall()
         return [r[0] for r in rows if r[0] != "ok"]
+
+
+# PostgreSQL only: the pool-wide catalogue version (`Store.data_version`), one row. Made
+# beside the numbered schema (it is how this backend learns of changes, not data).
+_CATALOGUE_VERSION = (
+    "CREATE TABLE IF NOT EXISTS catalogue_version (one BOOLEAN PRIMARY KEY DEFAULT TRUE"
+    " CHECK (one), version BIGINT NOT NULL);"
+    " INSERT INTO catalogue_version (version) VALUES (0) ON CONFLICT DO NOTHING;"
+)
 
 
 def copy_database(conn: sqlite3.Connection, target: Path) -> None:

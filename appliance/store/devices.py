@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from appliance.model import Device, Event, User, Zone
-from appliance.store.connection import Connection
+from appliance.store.connection import INTEGRITY_ERRORS, Connection
 from appliance.store.errors import DuplicateError, StoreError
 
 
@@ -83,7 +82,7 @@ class DeviceTables(Connection):
                 " VALUES (?, ?, ?, ?, ?)",
                 (name, password_hash, nt_hash, now, now),
             )
-        except sqlite3.IntegrityError:
+        except INTEGRITY_ERRORS:
             raise DuplicateError(f"user {name!r} exists already") from None
         row = self._conn.execute(
             "SELECT id, name, password_hash, created_at, updated_at, disabled, nt_hash FROM users"

@@ -17,7 +17,8 @@ meaning something else on PostgreSQL):
 
 Refused: AUTOINCREMENT, `INSERT OR ...`, `REPLACE INTO`, PRAGMA, `WITHOUT ROWID`, SQLite's
 date functions (datetime, strftime, julianday), `BEGIN IMMEDIATE`, any other trigger or
-RAISE. Pure text in, text out: nothing here talks to a database.
+RAISE, rowid, SQLite's own tables (`sqlite_master`). Pure text in, text out: nothing here
+talks to a database.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ _REFUSED = [
     (re.compile(r"\bCREATE\s+TRIGGER\b", re.I), "a trigger other than an append-only guard"),
     (re.compile(r"\bRAISE\s*\(", re.I), "RAISE outside an append-only guard"),
     (re.compile(r"\browid\b", re.I), "rowid"),
+    (re.compile(r"\bsqlite_\w+", re.I), "SQLite's own tables"),
 ]
 
 
@@ -109,3 +111,20 @@ def to_postgresql(sql: str) -> str:
         out.append(piece)
     text = "".join(out)
     return re.sub(r"\x00(\d+)\x00", lambda m: guards[int(m.group(1))], text)
+
+
+def statement_to_postgresql(sql: str) -> str:
+    """The PostgreSQL form of one statement the table groups run: their `?` placeholders
+    become psycopg's `%s` (and a literal `%` becomes `%%`). SQLite-only SQL is refused as
+    in the schema scripts, so no such statement can run on PostgreSQL unnoticed."""
+    out = []
+    for literal, piece in _outside_literals(sql):
+        if not literal:
+            for pattern, what in _REFUSED:
+                if pattern.search(piece):
+                    raise DialectError(f"no PostgreSQL form for {what}: {piece.strip()[:80]!r}")
+            piece = piece.replace("%", "%%").replace("?", "%s")
+        else:
+            piece = piece.replace("%", "%%")
+        out.append(piece)
+    return "".join(out)

@@ -87,6 +87,7 @@ def test_a_staged_approval_from_approve_to_remove(cli: Cli) -> None:
     assert "paused: resume it first" in err
     status, out, _ = cli("rollout", "show", "1")
     assert "paused at" in out and "desk phones" in out and "waiting: none" in out
+    assert "  in the stage: 0 of 0 known devices\n" in out  # no phone has checked yet
     assert cli("rollout", "resume", "1")[0] == 0
     status, out, _ = cli("rollout", "advance", "1")
     assert status == 0 and "stage 1 (25 %)" in out

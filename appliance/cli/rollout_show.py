@@ -63,6 +63,11 @@ def print_rollout(r: Row, out: TextIO) -> None:
     stages = " -> ".join(f"{s:g} %" for s in r["stages"])
     print(f"rule {r['rule_id']} {r['rule']}: {r['version']} staged {stages}", file=out)
     print(f"  stage {_stage(r)} since {r['entered_at']}, {_state(r)}", file=out)
+    devices = r.get("devices")
+    if devices is not None:  # test devices count as in every stage
+        print(
+            f"  in the stage: {devices['in_stage']} of {devices['known']} known devices", file=out
+        )
     if r["paused"]:
         print(f"  paused at {r['paused_at']}: {r['paused_why']}", file=out)
     soak = "by hand" if r["soak_seconds"] is None else f"after {r['soak_seconds'] / 3600:g} hours"

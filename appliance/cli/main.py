@@ -74,7 +74,7 @@ from appliance.cli.rules import (
 )
 from appliance.cli.serve import add_serve_parsers, reload, serve
 from appliance.cli.users import add_user_parser, run_user
-from appliance.config import Config, ConfigError, load_config
+from appliance.config import Config, ConfigError, StoreBackend, load_config
 from appliance.identifiers import InvalidIdentifier
 from appliance.passwords import AuthError
 from appliance.store import Store, StoreError
@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+POSTGRESQL_NOT_YET = (
+    'store.backend = "postgresql" is not usable yet: the commands and the service run on '
+    'SQLite only (docs/pool.md); set store.backend = "sqlite" or leave it out'
+)
+
+
 def open_store(config: Config) -> Store:
     """The store of `config`'s data folder, after sweeping what a crash left behind."""
     try:
@@ -221,6 +227,12 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "check":  # a monitoring plugin that cannot run: UNKNOWN
             return check_cannot_run(args, str(e))
         print(f"ucupdates: {e}", file=sys.stderr)
+        return EX_CONFIG
+    if config.store.backend is StoreBackend.POSTGRESQL:  # docs/pool.md: not usable yet
+        refused = POSTGRESQL_NOT_YET
+        if args.command == "check":
+            return check_cannot_run(args, refused)
+        print(f"ucupdates: {refused}", file=sys.stderr)
         return EX_CONFIG
     actor = args.actor or _login_name()
     try:

@@ -6,6 +6,7 @@ exit status 78 (EX_CONFIG). With no file, the embedded defaults apply.
 """
 
 from appliance.config.loader import Config, load_config
+from appliance.config.store import StoreBackend, StoreSettings
 from appliance.config.tables import (
     AdminLdapSettings,
     AdminSettings,
@@ -53,6 +54,8 @@ __all__ = [
     "NtlmBackend",
     "Network",
     "RolloutSettings",
+    "StoreBackend",
+    "StoreSettings",
     "ServiceSettings",
     "SyslogSettings",
     "TlsProfile",

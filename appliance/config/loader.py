@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Union
 
+from appliance.config.store import StoreSettings
 from appliance.config.tables import (
     AdminSettings,
     AuthSettings,
@@ -55,6 +56,7 @@ class Config:
     metrics: MetricsSettings = MetricsSettings()
     check: CheckSettings = CheckSettings()
     rollouts: RolloutSettings = RolloutSettings()
+    store: StoreSettings = StoreSettings()
     source: Path | None = field(default=None, metadata={"internal": True})
 
     @property

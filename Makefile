@@ -14,7 +14,7 @@ STAMP_SYS := $(VENV)/.system-packages
 STAMP := $(VENV)/.installed
 
 .PHONY: run test check lint typecheck bench bench-check bench-download bench-serve bench-dns bench-import \
-	bench-profile bench-fleet setup clean sample fuzz \
+	bench-profile bench-fleet bench-rollout setup clean sample fuzz \
 	soak constraints wheelhouse
 
 setup: $(STAMP)
@@ -123,6 +123,12 @@ bench-profile: $(STAMP)
 FLEET ?= 10000
 bench-fleet: $(STAMP)
 	FLEET=$(FLEET) $(PY) bench/bench_fleet.py
+
+# a staged approval (5 -> 25 -> 100 %) under 1,500 phones with an upgrade path and 1 %
+# reverting, then serve with and without a rollout policy, A B A B (about 2 minutes);
+# bench/out/rollout.json (docs/benchmarks.md, Rollouts)
+bench-rollout: $(STAMP)
+	$(PY) bench/bench_rollout.py
 
 bench: bench-check bench-download bench-dns bench-import bench-profile bench-fleet
 	$(PY) bench/summary.py

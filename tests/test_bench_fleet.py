@@ -1,15 +1,19 @@
 """The fleet benchmark's arithmetic and its charts (bench/fleet_series.py, bench/chart.py,
-bench/bench_fleet.py), with made-up records: nothing here is timed or started.
+bench/bench_fleet.py), with made-up records: nothing here is timed.
 
 The charts must be SVG a browser reads (parsed here with xml.etree), each series one
 polyline with as many points as the series has values; the per-second series and totals
 must count what they say (by a check's end, a body's share of each second, nearest rank).
+One test (slow tier) runs bench/bench_rollout.py's staged rollout at a tiny size against a
+real serve.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -184,3 +188,33 @@ def test_every_phone_has_its_own_address(bench: dict[str, ModuleType]) -> None:
     seen = {address(n) for n in range(1, 20_001)}
     assert len(seen) == 20_000
     assert all(a.startswith("127.") and a.rsplit(".", 1)[1] not in ("0", "255") for a in seen)
+
+
+@pytest.mark.slow  # starts `ucupdates serve`
+def test_the_staged_rollout_scenario_at_a_tiny_size(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """bench/bench_rollout.py's staged rollout with 80 phones: a record per stage with the
+    figures it reports, and serve's confirmed counts (its offer records) equal to phone-sim's
+    own count of the same phones; no stage lets fewer phones in (the buckets hang on the
+    store's random salt, so a 5 % stage of 72 phones may hold none), the path walkers end on
+    the approved version."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    bench_rollout = importlib.import_module("bench_rollout")
+    args = argparse.Namespace(
+        phones=80, path_share=0.1, revert_share=0.05, concurrency=20, jitter=0.5, idle=1.0
+    )
+    report = bench_rollout.staged(args, tmp_path)
+    assert report["phones"] == 80
+    stages = report["stages"]
+    assert [s["share"] for s in stages] == list(bench_rollout.STAGES)
+    keys = {"offered", "updated", "reverted", "paused_itself", "check_ms", "checks", "failed"}
+    for s in stages:
+        assert keys <= s.keys() and s["server_cpu_per_check_us"] > 0
+        assert s["failed"] == 0 and s["checks"] > 0
+        assert {k: s[k] for k in ("updated", "reverted", "stuck")} == s["phonesim"]
+        assert s["offered"] == s["updated"] + s["reverted"] + s["stuck"] + s["pending"]
+        assert s["path"]["phones_on"] == {bench_rollout.CU7: 8}
+    offered = [s["offered"] for s in stages]
+    assert offered[0] <= offered[1] <= offered[2] == 72  # the CX600 phones, all in the end
+    assert stages[-1]["reverted"] == 4  # 5 % of 80, all CX600

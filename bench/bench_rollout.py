@@ -41,7 +41,6 @@ from appliance.config import load_config
 from appliance.model import (
     AutoPause,
     DownloadWindows,
-    IdentifierKind,
     NetworkPolicy,
     Pin,
     PinAction,
@@ -211,8 +210,8 @@ def set_policy(config: Any, on: bool) -> None:
         if on:
             windows = DownloadWindows(zone="UTC", windows=())  # none listed: always open
             catalogue.set_network(store, NetworkPolicy(parse_network(net), windows), "bench")
-            ident = catalogue.parse_identifier("00-04-F2-FF-FF-01", None)
-            pin = Pin(IdentifierKind.MAC, ident, PinAction.EXCLUDE, "bench")
+            kind, ident = catalogue.parse_identifier("00-04-F2-FF-FF-01", None)
+            pin = Pin(kind, ident, PinAction.EXCLUDE, "bench")
             catalogue.pin_device(store, pin, "bench")
             if store.staging(rid) is None:
                 catalogue.stage_approved(store, rid, (100.0,), StageSchedule(), "bench")
@@ -255,7 +254,7 @@ def cost(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", nargs="*", default=["staged", "cost"], choices=["staged", "cost"])
+    p.add_argument("part", nargs="*", help="staged, cost (both when none is named)")
     p.add_argument("--phones", type=int, default=1500)
     p.add_argument("--path-share", type=float, default=0.2)
     p.add_argument("--revert-share", type=float, default=0.01)
@@ -268,6 +267,9 @@ def main() -> None:
     p.add_argument("--out", default="rollout")
     p.add_argument("--keep", action="store_true")
     args = p.parse_args()
+    args.part = args.part or ["staged", "cost"]
+    if set(args.part) - {"staged", "cost"}:
+        p.error("the parts are staged and cost")
     machine = h.machine_check()
     h.pin_self(h.CLIENT_CPU)
     report: dict[str, Any] = {"machine": machine, "options": vars(args)}

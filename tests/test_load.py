@@ -143,8 +143,9 @@ def test_slowloris_on_https_leaves_every_real_check_answered(tmp_path: Path) -> 
     )
 
 
-def test_soak_for_two_minutes(tmp_path: Path) -> None:
-    report = run_bench("soak.py", tmp_path, "--seconds", "120", timeout=280)
+def test_soak_for_a_minute(tmp_path: Path) -> None:
+    """The suite's short soak (its 15-minute budget); `make soak` runs the hour."""
+    report = run_bench("soak.py", tmp_path, "--seconds", "60", timeout=220)
     assert report["passed"]
     assert report["errors"] == 0
     for kind in ("check", "download", "dns"):

@@ -11,12 +11,13 @@ Screenshots of every step go to `test-artifacts/admin/` for review.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from browser import chromium
+from browser.page import Page
 from browser.panel import REPO, Panel, simulate_check
 
 from appliance.admin.accounts import add_account
@@ -30,7 +31,6 @@ ARTIFACTS = REPO / "test-artifacts" / "admin"
 USER, PASSWORD = "alice", "correct horse battery"
 OLD, NEW = "4.0.7577.4366", "4.0.7577.4387"
 PHONE = "00-04-F2-00-00-20"
-WAIT = 10.0
 FLEET = [  # other phones, for a realistic inventory and charts
     ("Polycom", "CX600", "DEU", OLD),
     ("Polycom", "CX500", "ENU", OLD),
@@ -64,62 +64,10 @@ def browser(panel: Panel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     driver.quit()
 
 
-class Page:
-    """A few verbs over Selenium, with waits instead of sleeps."""
-
-    def __init__(self, driver: Any, panel: Panel) -> None:
-        from selenium.common.exceptions import (
-            NoSuchElementException,
-            StaleElementReferenceException,
-        )
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        self.d, self.panel, self.by = driver, panel, By
-        # the script redraws tables and menus: an element may be replaced while we look
-        ignored = (NoSuchElementException, StaleElementReferenceException)
-        self.wait = WebDriverWait(driver, WAIT, ignored_exceptions=ignored)
-        self.shots = 0
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-
-    def open(self, path: str) -> None:
-        self.d.get(self.panel.url + path)
-
-    def find(self, css: str) -> Any:
-        return self.wait.until(lambda d: d.find_element(self.by.CSS_SELECTOR, css))
-
-    def all(self, css: str) -> list[Any]:
-        return list(self.d.find_elements(self.by.CSS_SELECTOR, css))
-
-    def until(self, condition: Callable[[], Any], what: str) -> Any:
-        return self.wait.until(lambda _: condition(), message=what)
-
-    def text(self, css: str) -> str:
-        return str(self.find(css).text)
-
-    def rows(self, table: str) -> list[str]:
-        return [r.text for r in self.all(f"{table} tbody tr")]
-
-    def choose(self, css: str, value: str) -> None:
-        from selenium.webdriver.support.ui import Select
-
-        self.until(
-            lambda: value in [o.get_attribute("value") for o in self.all(css + " option")],
-            f"{value} offered in {css}",
-        )
-        Select(self.find(css)).select_by_value(value)
-
-    def shot(self, name: str) -> None:
-        self.shots += 1
-        self.d.save_screenshot(str(ARTIFACTS / f"{self.shots:02d}-{name}.png"))
-
-
 def test_an_admin_session(browser: Any, panel: Panel, tmp_path: Path) -> None:
     from selenium.webdriver.common.keys import Keys
 
-    page = Page(browser, panel)
-    for old in ARTIFACTS.glob("*.png"):
-        old.unlink()
+    page = Page(browser, panel, ARTIFACTS)  # old screenshots removed
 
     # -- log in: a page asked for without a session leads to the login form -------------------
     page.open("/updates")

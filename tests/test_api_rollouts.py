@@ -9,14 +9,13 @@ explain; viewers read and may not change.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser.panel import check_against_openapi
+from browser.api import PASSWORD, Browser
 from treq.testing import StubTreq
 
 from appliance.admin import add_account, make_admin_site
@@ -24,64 +23,12 @@ from appliance.catalogue import add_test_device
 from appliance.config import load_config
 from appliance.model import IdentifierKind, OfferRecord, Outcome
 from appliance.store import Store
-from appliance.testing import FixedClock, InlineReactor, memory_client, settle
+from appliance.testing import FixedClock, InlineReactor, memory_client
 from appliance.testing.records import CU6, CU7, CU8, CX600, rule_key, seen_device
 from appliance.testing.stores import add_rule
 
-PASSWORD = "correct horse battery"
-BASE = "https://ucupdates.test:9443"
 CX700 = rule_key(model="CX700")
 TEST_MAC = "00-04-F2-00-00-01"
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def error(self) -> str:
-        return str(self.json()["error"])
-
-
-@dataclass
-class Browser:
-    stub: StubTreq
-    cookie: str | None = None
-    csrf: str | None = None
-
-    def request(self, method: str, path: str, body: Any = None) -> Reply:
-        headers = {"Accept": ["application/json"], "Origin": [BASE]}
-        if self.cookie:
-            headers["Cookie"] = [f"__Host-ucupdates-session={self.cookie}"]
-        if self.csrf and method in ("POST", "DELETE"):
-            headers["X-CSRF-Token"] = [self.csrf]
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = ["application/json"]
-        response = settle(
-            self.stub, self.stub.request(method, BASE + path, data=data, headers=headers)
-        )
-        flat = {k.decode(): v[0].decode() for k, v in response.headers.getAllRawHeaders()}
-        reply = Reply(response.code, flat, settle(self.stub, response.content()))
-        for value in response.headers.getRawHeaders("Set-Cookie") or []:
-            name, _, rest = value.partition("=")
-            if name == "__Host-ucupdates-session":
-                self.cookie = rest.split(";", 1)[0] or None
-        if path.startswith("/api/"):
-            check_against_openapi(method, BASE + path, reply)  # type: ignore[arg-type]
-        return reply
-
-    def login(self, name: str) -> Browser:
-        reply = self.request("POST", "/api/login", {"name": name, "password": PASSWORD})
-        assert reply.status == 200, reply.body
-        self.csrf = reply.json()["csrf_token"]
-        return self
 
 
 @dataclass

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 from browser import chromium
+from browser.page import Page
 from browser.panel import REPO, Panel, simulate_check
-from test_admin_browser import PASSWORD, Page, browser
+from test_admin_browser import PASSWORD, browser
 
 from appliance.admin.accounts import add_account
 from appliance.cli.main import build_parser
@@ -57,7 +58,7 @@ def panel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Panel]:
 def test_a_viewer_reads_the_compliance_page(browser: Any, panel: Panel) -> None:
     from selenium.webdriver.common.keys import Keys
 
-    page = Page(browser, panel)
+    page = Page(browser, panel, ARTIFACTS)
     page.open("/login?next=%2Fdevices")
     page.find("#login-name").send_keys(VIEWER)
     page.find("#login-password").send_keys(PASSWORD, Keys.ENTER)

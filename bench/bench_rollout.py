@@ -136,7 +136,8 @@ def staged(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         store = Store.open(config.db_path)
         try:
             staged_rule, path_rule = rule_id(store, "CX600"), rule_id(store, "CX700")
-            schedule = StageSchedule(soak=None, auto_pause=AutoPause())
+            pause = None if args.no_auto_pause else AutoPause()
+            schedule = StageSchedule(soak=None, auto_pause=pause)
             catalogue.approve_staged(store, staged_rule, STAGES, schedule, "bench")
         finally:
             store.close()
@@ -261,6 +262,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--jitter", type=float, default=5.0, help="each pass's start spread (s)")
     p.add_argument("--idle", type=float, default=1.5, help="seconds between a phone's checks")
+    p.add_argument("--no-auto-pause", action="store_true",
+                   help="stages never pause themselves (the failures are counted still)")
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--seconds", type=float, default=8.0, help="each cost run's wrk time")
     p.add_argument("--conns", type=int, default=16)

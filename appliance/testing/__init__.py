@@ -4,9 +4,10 @@ Like txacme's `MemoryStore` next to `DirectoryStore`: clocks that move only when
 (`clocks`), records and catalogues for the decision (`records`), stores with rules and
 updates in them (`stores`), phone-user directories that count their checks (`users`), the
 appliance as a process (`processes`), a throwaway PostgreSQL and its replicas
-(`postgres`), subnets in network namespaces joined by veth pairs
-(`netns`), and the HTTP sites in process (`web`). Nothing here is used by the running
-appliance; nothing here imports pytest. `web` needs treq (the test extra).
+(`postgres`), pool nodes as serve processes on it (`pool`), subnets in network
+namespaces joined by veth pairs (`netns`), and the HTTP sites in process (`web`). Nothing
+here is used by the running appliance; nothing here imports pytest. `web` needs treq (the
+test extra).
 """
 
 from appliance.testing.clocks import (
@@ -22,6 +23,7 @@ from appliance.testing.netns import (
     veth_subnet,
     veth_subnets,
 )
+from appliance.testing.pool import PoolNode, pool_ca, pool_nodes, tls_context
 from appliance.testing.postgres import Postgres, PostgresError, throwaway_postgres
 from appliance.testing.processes import (
     REPO,
@@ -77,6 +79,10 @@ from appliance.testing.web import (
 )
 
 __all__ = [
+    "PoolNode",
+    "pool_ca",
+    "pool_nodes",
+    "tls_context",
     "Postgres",
     "PostgresError",
     "throwaway_postgres",

@@ -88,6 +88,32 @@ class Postgres:
             f"password={self.password} connect_timeout=10"
         )
 
+    def conninfo_of(self, database: str) -> str:
+        """The test role's connection string to another database of this server."""
+        return self.conninfo.replace(f"dbname={ROLE} ", f"dbname={database} ")
+
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A new database `name` owned by the test role (a copy of `template` when given,
+        which no session may hold open); its connection string. On a primary it appears on
+        its replicas once they replay it (`caught_up`)."""
+        copy = f" TEMPLATE {template}" if template else ""
+        self.sql(f"CREATE DATABASE {name}{copy} OWNER {ROLE}")
+        return self.conninfo_of(name)
+
+    def caught_up(self, standby: Postgres, seconds: float = SECONDS) -> None:
+        """Wait (bounded) until `standby` has replayed everything this primary has written
+        so far; PostgresError after `seconds`."""
+        target = self.sql("SELECT pg_current_wal_lsn()").strip()
+        deadline = time.monotonic() + seconds
+        for _ in range(int(seconds * 10) + 1):
+            behind = standby.sql(f"SELECT pg_last_wal_replay_lsn() < '{target}'::pg_lsn").strip()
+            if behind == "f":
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        raise PostgresError(f"the standby did not replay up to {target} within {seconds} s")
+
     def log_text(self) -> str:
         try:
             return self.log.read_text(errors="replace")

@@ -1,5 +1,6 @@
 """`[store]`: the backend and PostgreSQL's connection string (from the file, a file of its
-own or the environment, never shown), and commands refusing the backend not usable yet."""
+own or the environment, never shown), and the commands that work on SQLite's file
+refusing it."""
 
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ def test_a_pool_size_out_of_range_is_refused(tmp_path: Path) -> None:
         load_config(config_file(tmp_path, "pool_size = 0"))
 
 
-@pytest.mark.parametrize("command", [["serve"], ["rules"], ["events"]])
-def test_commands_refuse_postgresql_with_one_line(
+@pytest.mark.parametrize("command", [["backup", "out.tar"], ["restore-backup", "x"]])
+def test_sqlite_only_commands_refuse_postgresql_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:
     path = config_file(tmp_path, f'backend = "postgresql"\ndsn = "{SECRET}"')
@@ -58,6 +59,17 @@ def test_commands_refuse_postgresql_with_one_line(
     out, err = capsys.readouterr()
     assert out == ""
     assert err.count("\n") == 1
-    assert err.startswith('ucupdates: store.backend = "postgresql" is not usable yet')
+    assert err.startswith(f"ucupdates: {command[0]} works on the SQLite database only")
+    assert "pg_dump" in err and "docs/pool.md" in err
     assert "hunter2" not in err
     assert not (tmp_path / "var").exists()  # nothing opened or made
+
+
+def test_a_command_without_a_connection_string_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config_file(tmp_path, 'backend = "postgresql"\ndsn_env = "UCU_TEST_NO_SUCH_DSN"')
+    assert main(["--config", str(path), "rules"]) == EX_CONFIG
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("ucupdates: store.dsn_env: the connection string is empty")

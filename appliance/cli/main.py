@@ -77,7 +77,7 @@ from appliance.cli.users import add_user_parser, run_user
 from appliance.config import Config, ConfigError, StoreBackend, load_config
 from appliance.identifiers import InvalidIdentifier
 from appliance.passwords import AuthError
-from appliance.store import Store, StoreError
+from appliance.store import Store, StoreError, open_configured
 
 Command = Callable[[argparse.Namespace, Config, Store, str], int]
 
@@ -152,9 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-POSTGRESQL_NOT_YET = (
-    'store.backend = "postgresql" is not usable yet: the commands and the service run on '
-    'SQLite only (docs/pool.md); set store.backend = "sqlite" or leave it out'
+# Commands that work on SQLite's database file itself: refused on a PostgreSQL store.
+SQLITE_ONLY = {"backup", "restore-backup"}
+POSTGRESQL_REFUSED = (
+    "{command} works on the SQLite database only: back up a PostgreSQL store with "
+    "pg_dump (docs/pool.md)"
 )
 
 
@@ -164,7 +166,7 @@ def open_store(config: Config) -> Store:
         config.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         if finish_restore(config):  # a restore interrupted after its commit point
             print("finished a restore that was interrupted", file=sys.stderr)
-        store = Store.open(config.db_path)
+        store = open_configured(config.store, config.db_path)
     except OSError as e:
         raise Failure(f"cannot use data folder {config.data_dir}: {e.strerror}") from e
     if store.upgrade_backup is not None:
@@ -228,11 +230,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return check_cannot_run(args, str(e))
         print(f"ucupdates: {e}", file=sys.stderr)
         return EX_CONFIG
-    if config.store.backend is StoreBackend.POSTGRESQL:  # docs/pool.md: not usable yet
-        refused = POSTGRESQL_NOT_YET
-        if args.command == "check":
-            return check_cannot_run(args, refused)
-        print(f"ucupdates: {refused}", file=sys.stderr)
+    if config.store.backend is StoreBackend.POSTGRESQL and args.command in SQLITE_ONLY:
+        print(f"ucupdates: {POSTGRESQL_REFUSED.format(command=args.command)}", file=sys.stderr)
         return EX_CONFIG
     actor = args.actor or _login_name()
     try:
@@ -253,6 +252,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except (CatalogueError, StoreError, InvalidIdentifier, AuthError) as e:
         print(f"ucupdates: {e}", file=sys.stderr)
         return EX_FAILED
+    except ConfigError as e:  # the PostgreSQL connection string's settings, at the open
+        print(f"ucupdates: {e}", file=sys.stderr)
+        return EX_CONFIG
 
 
 def _login_name() -> str:

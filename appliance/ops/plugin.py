@@ -24,11 +24,11 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any, TextIO
 
-from appliance.config import Config
+from appliance.config import Config, ConfigError, StoreBackend
 from appliance.ops.checks import TIMEOUT, checks
 from appliance.ops.perfdata import Perf, perfdata
 from appliance.ops.results import CheckResult, report
-from appliance.store import Store, StoreError
+from appliance.store import Store, StoreError, open_configured
 
 SERVICE = "UCUPDATES"
 SUMMARY_DETAIL_CHARS = 100  # of each check named on the first line
@@ -165,10 +165,10 @@ def run_check(config: Config, json_output: bool, out: TextIO | None = None) -> i
     database under a service still running the previous version."""
     store: Store | None = None
     problem = None
-    if config.db_path.exists():
+    if config.store.backend is StoreBackend.POSTGRESQL or config.db_path.exists():
         try:
-            store = Store.open(config.db_path, upgrade=False)
-        except (StoreError, OSError) as e:
+            store = open_configured(config.store, config.db_path, upgrade=False)
+        except (StoreError, ConfigError, OSError) as e:
             problem = str(e)
     try:
         return check_command(config, store, json_output, out, store_problem=problem)

@@ -1,6 +1,7 @@
 """The store: every SQL statement, the schema and its upgrades; records are in `appliance.model`."""
 
 from appliance.store.catalogue import RuleFilter
+from appliance.store.configured import open_configured
 from appliance.store.connection import iso_utc, utc_now
 from appliance.store.database import Store, inspect_database, newest_schema_version
 from appliance.store.errors import DuplicateError, SchemaError, StoreError
@@ -14,5 +15,6 @@ __all__ = [
     "inspect_database",
     "iso_utc",
     "newest_schema_version",
+    "open_configured",
     "utc_now",
 ]

@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from appliance.store.admin import AdminTables
+from appliance.store.blobs import BlobTables
 from appliance.store.catalogue import CatalogueTables
 from appliance.store.connection import Clock, count_catalogue_change, utc_now
 from appliance.store.devices import DeviceTables
@@ -81,7 +82,7 @@ def _private_files(path: Path) -> None:
             continue  # not there (or not ours to change): SQLite reports what matters
 
 
-class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTables):
+class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTables, BlobTables):
     """One open database. Use `Store.open(path)`; `":memory:"` works for tests."""
 
     @classmethod

@@ -87,10 +87,9 @@ class Connection:
 
     def _catalogue_changed(self) -> None:
         """A catalogue table was written: counted now, or when the transaction commits.
-        On PostgreSQL the pool-wide counter row (`data_version`) moves in the same
-        transaction; SQLite keeps its own `PRAGMA data_version`."""
-        if self.backend == "postgresql":
-            self._conn.execute("UPDATE catalogue_version SET version = version + 1")
+        On PostgreSQL the pool-wide counter row (`data_version`) moves, and its
+        notification goes, by the catalogue tables' triggers in the writing transaction
+        (`store.pgchanges`); SQLite keeps its own `PRAGMA data_version`."""
         if self._in_transaction:
             self._catalogue_written = True
         else:

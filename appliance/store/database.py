@@ -179,13 +179,14 @@ class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTabl
         if self.backend != "postgresql":
             self._upgrade(path, upgrade)
             return
+        from appliance.store import pgchanges
         from appliance.store.pgsql import SCHEMA_LOCK, PgConnection
 
         assert isinstance(self._conn, PgConnection)
         self._conn.execute("SELECT pg_advisory_lock(?)", (SCHEMA_LOCK,))
         try:
             self._upgrade(None, upgrade)
-            self._conn.script(_CATALOGUE_VERSION)
+            pgchanges.install(self._conn)  # the catalogue version's row and triggers
         finally:
             self._conn.execute("SELECT pg_advisory_unlock(?)", (SCHEMA_LOCK,))
 
@@ -277,15 +278,6 @@ class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTabl
             return []
         rows = self._conn.execute("PRAGMA integrity_check").fetchall()
         return [r[0] for r in rows if r[0] != "ok"]
-
-
-# PostgreSQL only: the pool-wide catalogue version (`Store.data_version`), one row. Made
-# beside the numbered schema (it is how this backend learns of changes, not data).
-_CATALOGUE_VERSION = (
-    "CREATE TABLE IF NOT EXISTS catalogue_version (one BOOLEAN PRIMARY KEY DEFAULT TRUE"
-    " CHECK (one), version BIGINT NOT NULL);"
-    " INSERT INTO catalogue_version (version) VALUES (0) ON CONFLICT DO NOTHING;"
-)
 
 
 def copy_database(conn: sqlite3.Connection, target: Path) -> None:

@@ -27,9 +27,11 @@ from appliance.store.pgsql import WRITER_LOCK, PgConnection
 
 CHANNEL = "ucupdates_catalogue"
 
-# The tables whose rows the update decision and the rollout policy read: a change to any
+# The tables whose rows the update decision and the rollout policy read, and the blobs
+# (a node waiting for a rule's bytes fills its cache when one arrives): a change to any
 # of them is a catalogue change (the table groups also count it in-process).
 CATALOGUE_TABLES = (
+    "blobs",
     "rules",
     "updates",
     "files",

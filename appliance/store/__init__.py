@@ -5,15 +5,19 @@ from appliance.store.configured import open_configured
 from appliance.store.connection import iso_utc, utc_now
 from appliance.store.database import Store, inspect_database, newest_schema_version
 from appliance.store.errors import DuplicateError, SchemaError, StoreError
+from appliance.store.guard import GuardMode, ReactorBlockingError, guard_thread
 
 __all__ = [
     "DuplicateError",
+    "GuardMode",
+    "ReactorBlockingError",
     "RuleFilter",
     "SchemaError",
     "Store",
     "StoreError",
     "inspect_database",
     "iso_utc",
+    "guard_thread",
     "newest_schema_version",
     "open_configured",
     "utc_now",

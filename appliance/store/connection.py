@@ -72,8 +72,27 @@ class Connection:
     def __init__(self, conn: Database, clock: Clock = utc_now) -> None:
         self._conn = conn
         self._clock = clock
-        self._in_transaction = False
-        self._catalogue_written = False  # in this transaction: counted when it commits
+        # Per thread: a PostgreSQL store is called from several threads, each in its own
+        # transaction (an SQLite store is used by one thread only).
+        self._thread = threading.local()
+
+    @property
+    def _in_transaction(self) -> bool:
+        """Whether this thread is inside `Store.transaction`."""
+        return getattr(self._thread, "in_transaction", False)
+
+    @_in_transaction.setter
+    def _in_transaction(self, value: bool) -> None:
+        self._thread.in_transaction = value
+
+    @property
+    def _catalogue_written(self) -> bool:
+        """Whether this thread's transaction wrote the catalogue (counted when it commits)."""
+        return getattr(self._thread, "catalogue_written", False)
+
+    @_catalogue_written.setter
+    def _catalogue_written(self, value: bool) -> None:
+        self._thread.catalogue_written = value
 
     def now(self) -> str:
         return iso_utc(self._clock())

@@ -183,12 +183,13 @@ class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTabl
         from appliance.store.pgsql import SCHEMA_LOCK, PgConnection
 
         assert isinstance(self._conn, PgConnection)
-        self._conn.execute("SELECT pg_advisory_lock(?)", (SCHEMA_LOCK,))
-        try:
-            self._upgrade(None, upgrade)
-            pgchanges.install(self._conn)  # the catalogue version's row and triggers
-        finally:
-            self._conn.execute("SELECT pg_advisory_unlock(?)", (SCHEMA_LOCK,))
+        with self._conn.pinned():  # the session lock and its unlock on one connection
+            self._conn.execute("SELECT pg_advisory_lock(?)", (SCHEMA_LOCK,))
+            try:
+                self._upgrade(None, upgrade)
+                pgchanges.install(self._conn)  # the catalogue version's row and triggers
+            finally:
+                self._conn.execute("SELECT pg_advisory_unlock(?)", (SCHEMA_LOCK,))
 
     def _upgrade(self, path: Path | None, upgrade: bool) -> None:
         scripts = _schema_scripts()

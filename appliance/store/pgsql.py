@@ -15,14 +15,20 @@ only here (docs/pool.md lists it):
   after the lock sees what the previous writer committed, so the read-then-write methods
   behave as on SQLite.
 
-Connections come from psycopg_pool; the store holds one in autocommit mode (each
-statement outside `Store.transaction` is its own transaction, as in SQLite).
+Connections come from psycopg_pool, in autocommit mode (each statement outside
+`Store.transaction` is its own transaction, as in SQLite). The store may be called from
+any thread: a statement borrows a connection for as long as it runs (its rows are read
+before the connection goes back), and a thread inside a transaction (or an upgrade) keeps
+its own until the end, so the pool's `max_size` bounds the connections, not the threads.
+A thread declared by `store.guard` (the reactor's) is refused every statement.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -34,6 +40,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from appliance.store.connection import UniqueRowError
 from appliance.store.dialect import statement_to_postgresql
 from appliance.store.errors import StoreError
+from appliance.store.guard import check_thread
 
 WRITER_LOCK = 0x75637570  # pg_advisory_xact_lock: one write transaction at a time
 SCHEMA_LOCK = WRITER_LOCK + 1  # pg_advisory_lock: one node upgrades the schema at a time
@@ -66,32 +73,46 @@ def _translated(sql: str) -> tuple[str, bool]:
 
 
 class PgCursor:
-    """What the table groups read from a statement: rows, rowcount, lastrowid."""
+    """What the table groups read from a statement: rows, rowcount, lastrowid. The rows
+    are read when the statement has run (`of`), so its connection may go back to the
+    pool."""
 
-    def __init__(self, cursor: psycopg.Cursor[Any], returns_id: bool) -> None:
-        self._cursor = cursor
-        self.rowcount = cursor.rowcount
-        self.lastrowid: int | None = None
+    def __init__(self, rows: list[Any], rowcount: int = -1, lastrowid: int | None = None):
+        self._rows = rows
+        self._next = 0
+        self.rowcount = rowcount
+        self.lastrowid = lastrowid
+
+    @classmethod
+    def of(cls, cursor: psycopg.Cursor[Any], returns_id: bool) -> PgCursor:
+        rows: list[Any] = cursor.fetchall() if cursor.description else []
         if returns_id:
-            row = cursor.fetchone()
-            self.lastrowid = None if row is None else int(row[0])
+            return cls([], cursor.rowcount, int(rows[0][0]) if rows else None)
+        return cls(rows, cursor.rowcount)
 
     def fetchone(self) -> Any:
-        return self._cursor.fetchone() if self._cursor.description else None
+        if self._next >= len(self._rows):
+            return None
+        self._next += 1
+        return self._rows[self._next - 1]
 
     def fetchall(self) -> list[Any]:
-        return self._cursor.fetchall() if self._cursor.description else []
+        rows, self._next = self._rows[self._next :], len(self._rows)
+        return rows
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
 
 
+_END = frozenset({"COMMIT", "ROLLBACK"})
+
+
 class PgConnection:
-    """One pooled PostgreSQL connection, called as the table groups call SQLite's."""
+    """The pooled PostgreSQL connections, called as the table groups call SQLite's."""
 
     def __init__(self, pool: ConnectionPool[psycopg.Connection[Any]]) -> None:
         self._pool = pool
-        self._conn = pool.getconn(timeout=CONNECT_SECONDS)
+        self._local = threading.local()  # .held: this thread's connection, .pins: how held
 
     @classmethod
     def open(cls, dsn: str, pool_size: int) -> PgConnection:
@@ -113,37 +134,100 @@ class PgConnection:
             pool.close()
             raise StoreError(f"cannot connect to the PostgreSQL store: {_first_line(e)}") from None
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
-        text, returns_id = _translated(sql)
-        cursor = self._conn.cursor()
+    def _take(self) -> psycopg.Connection[Any]:
+        """This thread's held connection, else one from the pool (given back by `_give`)."""
+        held: psycopg.Connection[Any] | None = getattr(self._local, "held", None)
+        if held is not None:
+            return held
         try:
-            if text == "BEGIN":
-                cursor.execute("BEGIN")
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
-            else:
-                cursor.execute(text.encode(), tuple(params))
+            return self._pool.getconn(timeout=CONNECT_SECONDS)
+        except PoolTimeout as e:
+            raise StoreError(f"no connection to the PostgreSQL store: {_first_line(e)}") from None
+
+    def _give(self, conn: psycopg.Connection[Any]) -> None:
+        if getattr(self._local, "held", None) is not conn:
+            self._pool.putconn(conn)
+
+    def _hold(self, conn: psycopg.Connection[Any]) -> None:
+        self._local.held = conn
+        self._local.pins = getattr(self._local, "pins", 0) + 1
+
+    def _release(self) -> None:
+        self._local.pins -= 1
+        if self._local.pins == 0:
+            conn, self._local.held = self._local.held, None
+            self._pool.putconn(conn)
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Every statement of this thread on one connection meanwhile (a session lock)."""
+        check_thread()
+        self._hold(self._take())
+        try:
+            yield
+        finally:
+            self._release()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
+        check_thread()
+        text, returns_id = _translated(sql)
+        if text == "BEGIN":
+            conn = self._take()
+            self._hold(conn)
+            try:
+                conn.execute("BEGIN")
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+            except BaseException:
+                self._end(conn, "ROLLBACK")
+                raise
+            return PgCursor([])
+        verb = text.strip().upper()
+        held = getattr(self._local, "held", None)
+        if verb in _END and held is not None:
+            self._end(held, verb)
+            return PgCursor([])
+        conn = self._take()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(text.encode(), tuple(params))
+            return PgCursor.of(cursor, returns_id)
         except pg_errors.UniqueViolation as e:
             raise UniqueRowError(_first_line(e)) from e
-        return PgCursor(cursor, returns_id)
+        finally:
+            self._give(conn)
+
+    def _end(self, conn: psycopg.Connection[Any], verb: str) -> None:
+        """COMMIT or ROLLBACK this thread's transaction; its connection goes back."""
+        try:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.execute(verb)
+        finally:
+            self._release()
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> PgCursor:
+        check_thread()
         text, _ = _translated(sql)
-        cursor = self._conn.cursor()
+        conn = self._take()
         try:
+            cursor = conn.cursor()
             cursor.executemany(text.encode(), [tuple(r) for r in rows])
+            return PgCursor.of(cursor, False)
         except pg_errors.UniqueViolation as e:
             raise UniqueRowError(_first_line(e)) from e
-        return PgCursor(cursor, False)
+        finally:
+            self._give(conn)
 
     def script(self, sql: str) -> None:
         """Several statements already in PostgreSQL's SQL (a translated schema script)."""
-        self._conn.execute(sql.encode())
+        check_thread()
+        conn = self._take()
+        try:
+            conn.execute(sql.encode())
+        finally:
+            self._give(conn)
 
     def close(self) -> None:
-        try:
-            self._pool.putconn(self._conn)
-        finally:
-            self._pool.close()
+        self._pool.close()
 
 
 def _first_line(e: BaseException) -> str:

@@ -52,12 +52,14 @@ from appliance.catalogue.drift_summary import drift_summary_service, read_drift
 from appliance.catalogue.importer import PackageError, import_package
 from appliance.catalogue.lifecycle import Action, LifecycleError, NeedsForce
 from appliance.catalogue.lifecycle import apply as rule_after
+from appliance.catalogue.migrate import Migration, MigrationError, migrate_store, verify_store
 from appliance.catalogue.progress import ImportProgress
 from appliance.catalogue.restore import (
     RestoreError,
     RestoreResult,
     finish_restore,
     hold_serve_lock,
+    no_serve,
     restore_backup,
 )
 from appliance.catalogue.results import ImportResult, import_json
@@ -161,6 +163,8 @@ __all__ = [
     "ImportProgress",
     "ImportResult",
     "LifecycleError",
+    "Migration",
+    "MigrationError",
     "ModelTotal",
     "NeedsForce",
     "NetworkPolicy",
@@ -218,7 +222,9 @@ __all__ = [
     "kept_versions",
     "make_sample_package",
     "matching_rules",
+    "migrate_store",
     "network_json",
+    "no_serve",
     "offer_count_json",
     "offer_json",
     "parse_identifier",
@@ -254,6 +260,7 @@ __all__ = [
     "tick_stage",
     "tick_stagings",
     "unpin_device",
+    "verify_store",
     "upgrade_path",
     "windows_json",
 ]

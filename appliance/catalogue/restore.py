@@ -88,7 +88,9 @@ def hold_serve_lock(data_dir: Path) -> int:
 
 
 @contextmanager
-def _no_serve(data_dir: Path) -> Iterator[None]:
+def no_serve(data_dir: Path, doing: str = "restore") -> Iterator[None]:
+    """Hold `serve.lock` exclusive while `doing` (a verb: what the message asks to do
+    between stopping serve and starting it again); refused while serve runs."""
     fd = os.open(data_dir / SERVE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
@@ -100,7 +102,7 @@ def _no_serve(data_dir: Path) -> Iterator[None]:
                 pid = ""
             raise RestoreError(
                 f"ucupdates serve is running on {data_dir}{pid}: stop it first "
-                "(systemctl stop ucupdates), restore, then start it again"
+                f"(systemctl stop ucupdates), {doing}, then start it again"
             ) from None
         yield
     finally:
@@ -133,7 +135,7 @@ def restore_backup(
         data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
     except OSError as e:
         raise RestoreError(f"cannot use data folder {data_dir}: {e.strerror}") from e
-    with _no_serve(data_dir), data_lock(config.lock_path, "restore"):
+    with no_serve(data_dir), data_lock(config.lock_path, "restore"):
         _finish_locked(data_dir)
         _check_renamable(data_dir)
         stamp = _stamp()

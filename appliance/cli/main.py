@@ -39,6 +39,7 @@ from appliance.cli.exits import (
     EX_USAGE,
     Failure,
 )
+from appliance.cli.migrate import add_migrate_parser, run_migrate_store
 from appliance.cli.ops import (
     add_check_parser,
     add_events_parser,
@@ -91,6 +92,7 @@ _WITHOUT_STORE: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "capture": run_capture,
     "phone-sim": run_phone_sim,
     "restore-backup": run_restore,  # replaces the database: opens its own store after
+    "migrate-store": run_migrate_store,  # opens the SQLite source and the PostgreSQL target
 }
 _COMMANDS: dict[str, Command] = {
     "serve": serve,
@@ -143,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_drift_parser(sub)
     add_serve_parsers(sub)  # serve, reload
     add_backup_parsers(sub)  # backup, restore-backup
+    add_migrate_parser(sub)  # migrate-store
     add_certs_parser(sub)
     add_check_parser(sub)
     add_capture_parser(sub)

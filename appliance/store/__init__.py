@@ -3,6 +3,7 @@
 from appliance.store.catalogue import RuleFilter
 from appliance.store.configured import open_configured
 from appliance.store.connection import iso_utc, utc_now
+from appliance.store.copy import copy_rows, occupied_tables, row_differences
 from appliance.store.database import Store, inspect_database, newest_schema_version
 from appliance.store.errors import DuplicateError, SchemaError, StoreError
 from appliance.store.guard import GuardMode, ReactorBlockingError, guard_thread
@@ -15,10 +16,13 @@ __all__ = [
     "SchemaError",
     "Store",
     "StoreError",
+    "copy_rows",
     "inspect_database",
     "iso_utc",
     "guard_thread",
     "newest_schema_version",
+    "occupied_tables",
     "open_configured",
+    "row_differences",
     "utc_now",
 ]

@@ -65,6 +65,19 @@ def _database(server: Postgres, name: str) -> str:
     return server.conninfo.replace("dbname=ucupdates ", f"dbname={name} ")
 
 
+@pytest.fixture
+def new_postgres_database(store_postgres: Postgres) -> Callable[[], str]:
+    """Makes a fresh database at the newest schema on the session's server and returns its
+    connection string (each call a new one: several nodes open the same string)."""
+
+    def make() -> str:
+        name = f"store_{next(_store_databases)}"
+        store_postgres.sql(f"CREATE DATABASE {name} TEMPLATE {STORE_TEMPLATE} OWNER ucupdates")
+        return _database(store_postgres, name)
+
+    return make
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def open_test_store(request: pytest.FixtureRequest) -> Iterator[Callable[[Clock], Store]]:
     """Opens a new empty store on each backend in turn (SQLite in memory; PostgreSQL: a
@@ -131,6 +144,7 @@ SLOW_FILES = {
     "test_metrics_live.py",  # /metrics of a serving appliance: curl, promtool, a Prometheus server
     "test_pg_schema.py",  # every schema version on a throwaway PostgreSQL and on SQLite
     "test_pg_replication.py",  # a PostgreSQL primary and its streaming hot standby
+    "test_pool_blobs.py",  # blobs and a second node's cache on a throwaway PostgreSQL
 }
 SLOW_TESTS = {
     "test_opening_the_database_again_keeps_the_locks_of_open_connections",  # 2 processes

@@ -29,6 +29,7 @@ from appliance.catalogue.backup import (
     prune,
     scheduled_name,
 )
+from appliance.catalogue.cache import CacheFill, NodeCache
 from appliance.catalogue.decision import (
     Decision,
     Offer,
@@ -148,6 +149,7 @@ __all__ = [
     "AutoPause",
     "BackupError",
     "BackupResult",
+    "CacheFill",
     "COUNT_COLUMNS",
     "CatalogueError",
     "DEFAULT_IMAGE_SIZE",
@@ -168,6 +170,7 @@ __all__ = [
     "ModelTotal",
     "NeedsForce",
     "NetworkPolicy",
+    "NodeCache",
     "Offer",
     "PackageError",
     "Pin",

@@ -226,11 +226,14 @@ class CleanResult:
     updates: tuple[str, ...]  # "key version" of each update dropped from the catalogue
     files: tuple[Path, ...]  # files deleted from disk
     bytes: int
+    blobs: int = 0  # PostgreSQL: blobs deleted from the store (no file lists them any more)
 
 
 def clean_files(store: Store, store_dir: Path, lock_path: Path, actor: str) -> CleanResult:
     """Delete the updates no rule references any more, and their files (Lync's clean-up).
-    Versions an upgrade path offers on the way, or a pin holds devices on, are kept."""
+    Versions an upgrade path offers on the way, or a pin holds devices on, are kept. On
+    PostgreSQL the blobs no stored file lists go in the same transaction (other nodes'
+    copies of those files stay until their own clean-files)."""
     with data_lock(lock_path, "clean files"):
         with store.transaction():
             kept = kept_versions(store.rules(), store.rollout_policy())  # paths, pins too
@@ -238,12 +241,16 @@ def clean_files(store: Store, store_dir: Path, lock_path: Path, actor: str) -> C
             for key, version in dropped:
                 store.delete_update(key, version)
             names = tuple(sorted(f"{k} {v}" for k, v in dropped))
-            if names:
-                store.append_event(
-                    actor, "clean-files", "DeviceUpdateStore", None, {"updates": list(names)}
-                )
+            blobs = store.unreferenced_blobs()  # none on SQLite
+            for sha256, _ in blobs:
+                store.delete_blob(sha256)
+            if names or blobs:
+                after: dict[str, object] = {"updates": list(names)}
+                if blobs:
+                    after["blobs"] = [sha256 for sha256, _ in blobs]
+                store.append_event(actor, "clean-files", "DeviceUpdateStore", None, after)
         files, size = sweep_unreferenced(store, store_dir)
-    return CleanResult(names, files, size)
+    return CleanResult(names, files, size, len(blobs))
 
 
 def sweep_unreferenced(store: Store, store_dir: Path) -> tuple[tuple[Path, ...], int]:

@@ -12,7 +12,11 @@ the commit:
   new entries (a file, or a folder made for it) are on disk. These fsyncs need no order
   among themselves and run several at once (`fsync_folders`): each waits for the disk to
   flush its cache, and flushes waited for together are merged;
-- the transaction then commits, and SQLite fsyncs its own files.
+- the transaction then commits, and SQLite fsyncs its own files. On PostgreSQL (pool
+  mode, docs/pool.md) the same transaction also stores each new file's bytes as a blob
+  (`store_blobs`, read back from the store folder and hash-checked as they are written):
+  the rules and their bytes commit together, so no node is ever told of a file whose
+  bytes the pool does not hold.
 
 The staging folder is never fsynced: nothing in it needs to survive a crash.
 
@@ -30,8 +34,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+
+from appliance.model import NewFile, StoredFile
+from appliance.store import BLOB_CHUNK, Store
 
 _AT_ONCE = 8  # folders fsynced at the same time
 
@@ -80,3 +87,21 @@ def fsync_folders(folders: Sequence[Path]) -> None:
         thread.join()
     if errors:
         raise errors[0]
+
+
+def file_chunks(path: Path, size: int = BLOB_CHUNK) -> Iterator[bytes]:
+    """The bytes of the file at `path`, `size` at a time. Raises OSError."""
+    with path.open("rb") as f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+def store_blobs(store: Store, store_dir: Path, files: Iterable[NewFile | StoredFile]) -> None:
+    """On a store that keeps blobs (PostgreSQL), each file's bytes as the blob of its
+    recorded SHA-256, read from the store folder (`store.put_blob` checks the hash, and
+    skips a blob it holds already). Called inside the caller's transaction; nothing on
+    SQLite."""
+    if not store.keeps_blobs:
+        return
+    for f in files:
+        store.put_blob(f.sha256, file_chunks(store_dir / f.path))

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from appliance.cab import CabError, Cabinet, CabLimits, ExtractedMember, Scan, open_package
 from appliance.catalogue import lifecycle
 from appliance.catalogue.actions import data_lock, recover_locked
-from appliance.catalogue.durable import fsync_folders
+from appliance.catalogue.durable import fsync_folders, store_blobs
 from appliance.catalogue.package_format import (
     UPDATE_INFO,
     PackageFormatError,
@@ -335,13 +335,14 @@ class _Import:
         size: int,
         ignored: tuple[str, ...],
     ) -> list[UpdateReport]:
-        """One transaction: the package, its updates and files, the rules, the events."""
+        """One transaction: the package, its updates, files (and blobs), rules and events."""
         store, actor = self.store, self.actor
         with store.transaction():
             package_id = store.add_package(self.path.name, sha256, size, actor)
             for u in new:
                 folder = u.key.store_dir(u.version)
                 files = [r for path, r in records.items() if path.parent == folder]
+                store_blobs(store, self.config.store_dir, files)  # PostgreSQL: the bytes too
                 store.add_update(u.key, u.version, u.timestamp, package_id, files)
             done = []
             for report in reports:

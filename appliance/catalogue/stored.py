@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.catalogue.durable import fsync_folders
+from appliance.catalogue.durable import fsync_folders, store_blobs
 from appliance.catalogue.verify import file_sha256
 from appliance.model import StoredFile
 from appliance.store import Store
@@ -72,6 +72,7 @@ def write_back(
         os.replace(copy, target)
     fsync_folders(sorted({(store_dir / d.stored.path).parent for d, _ in repairs}))
     with store.transaction():
+        store_blobs(store, store_dir, [d.stored for d, _ in repairs])  # a blob lost too
         for damage, _ in repairs:
             store.append_event(
                 actor,

@@ -12,6 +12,14 @@ its downloads are refused, and `file.corrupt` is logged once; when the file is r
 
 A file whose size and time are unchanged is not read again: corruption that keeps both
 (bit rot under the file system) is found at the next start, or by `ucupdates check`.
+
+On a pool node (`cached`: the store is PostgreSQL, docs/pool.md) files arrive after the
+catalogue names them: `catalogue.NodeCache` fetches them from the store's blobs. There a
+referenced file the verifier has not seen yet is looked for (a stat) at every reload
+(`recheck_broken`), so that its version is held back from the first answer after the
+change; a missing file is *awaited* (`file.awaited`, info), not corrupt, and is offered
+once the cache has fetched and verified it (`vouch`). The verifier is shared by the
+reactor and the cache's thread: its state changes under a lock.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -76,14 +85,17 @@ def file_sha256(path: Path) -> str:
 class FileVerifier:
     """Which stored files match their hash, remembered by size and modification time."""
 
-    def __init__(self, store_dir: Path) -> None:
+    def __init__(self, store_dir: Path, cached: bool = False) -> None:
         self.store_dir = store_dir
+        self.cached = cached  # a pool node: files come from the store's blobs
         self._seen: dict[PurePosixPath, _Seen] = {}
         self._broken: dict[UpdateId, set[PurePosixPath]] = {}
+        self._lock = threading.Lock()
         self.generation = 0  # changes whenever the set of broken updates does
 
     def broken_updates(self) -> frozenset[UpdateId]:
-        return frozenset(self._broken)
+        with self._lock:
+            return frozenset(self._broken)
 
     def intact(self, stored: StoredFile) -> bool:
         """Whether the file's bytes match its recorded hash (hashed now unless remembered)."""
@@ -98,10 +110,29 @@ class FileVerifier:
         """Verify again those of `files` that are broken now, so that one put right (a
         re-import repairs it from the package) is offered again at once, not at its next
         download; one still as it was costs a stat (remembered by size and time)."""
-        broken = {path for paths in self._broken.values() for path in paths}
+        with self._lock:
+            broken = {path for paths in self._broken.values() for path in paths}
         for stored in files:
             if stored.path in broken:
                 self.intact(stored)
+            elif self.cached and stored.path not in self._seen:
+                self._look_for(stored)
+
+    def _look_for(self, stored: StoredFile) -> None:
+        """A file not seen yet on a pool node: awaited when it is not there (a stat);
+        one that is there is hashed by the start-up check, the cache or its download."""
+        try:
+            os.stat(self.store_dir / stored.path)
+        except FileNotFoundError:
+            self._record(stored, None, "missing")
+        except OSError:
+            pass  # found wrong when it is hashed
+
+    def vouch(self, stored: StoredFile, st: os.stat_result) -> None:
+        """The file was just written with bytes whose SHA-256 the caller checked against
+        the record (`NodeCache`): remembered as intact with its size and time `st`,
+        without reading it again; its update is offered again if that was all it missed."""
+        self._record(stored, _Seen(st.st_mtime_ns, st.st_size, None), None)
 
     def steps(self, files: Iterable[StoredFile]) -> Iterator[None]:
         """Verify `files` a chunk at a time (start-up): yields between chunks."""
@@ -132,6 +163,10 @@ class FileVerifier:
         return problem is None
 
     def _record(self, stored: StoredFile, seen: _Seen | None, problem: str | None) -> None:
+        with self._lock:
+            self._record_locked(stored, seen, problem)
+
+    def _record_locked(self, stored: StoredFile, seen: _Seen | None, problem: str | None) -> None:
         if seen is None:
             self._seen.pop(stored.path, None)
         else:
@@ -142,6 +177,16 @@ class FileVerifier:
         if problem is not None and not was_broken:
             self._broken.setdefault(update, set()).add(stored.path)
             self.generation += 1
+            if self.cached and problem == "missing":
+                _log().info(
+                    "stored file {path} of {key} {version} is not on this node yet: that "
+                    "version is offered once it is fetched from the store and verified",
+                    path=stored.path.as_posix(),
+                    key="/".join(stored.key.folded()),
+                    version=stored.version,
+                    event="file.awaited",
+                )
+                return
             _log().error(
                 "stored file {path} of {key} {version} fails verification ({problem}): "
                 "that version is not offered until the file is restored",

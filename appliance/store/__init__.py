@@ -1,5 +1,6 @@
 """The store: every SQL statement, the schema and its upgrades; records are in `appliance.model`."""
 
+from appliance.store.blobs import BLOB_CHUNK
 from appliance.store.catalogue import RuleFilter
 from appliance.store.configured import open_configured
 from appliance.store.connection import iso_utc, utc_now
@@ -9,6 +10,7 @@ from appliance.store.errors import DuplicateError, SchemaError, StoreError
 from appliance.store.guard import GuardMode, ReactorBlockingError, guard_thread
 
 __all__ = [
+    "BLOB_CHUNK",
     "DuplicateError",
     "GuardMode",
     "ReactorBlockingError",

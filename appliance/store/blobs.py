@@ -1,4 +1,4 @@
-"""Image bytes content-addressed: one blob per SHA-256, in chunks of `CHUNK` bytes.
+"""Image bytes content-addressed: one blob per SHA-256, in chunks of `BLOB_CHUNK` bytes.
 
 On PostgreSQL (pool mode, docs/pool.md) an import stores every image and signature file
 here, in the transaction that records its rules, so that every node of the pool can fetch
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from appliance.store.connection import Connection
 from appliance.store.errors import StoreError
 
-CHUNK = 1 << 20  # bytes per stored chunk (the last one of a blob may be shorter)
+BLOB_CHUNK = 1 << 20  # bytes per stored chunk (the last one of a blob may be shorter)
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -34,7 +34,7 @@ def check_sha256(sha256: str) -> str:
     return sha256
 
 
-def rechunked(chunks: Iterable[bytes], size: int = CHUNK) -> Iterator[bytes]:
+def rechunked(chunks: Iterable[bytes], size: int = BLOB_CHUNK) -> Iterator[bytes]:
     """The bytes of `chunks` again, cut into pieces of exactly `size` (the last shorter)."""
     pending = bytearray()
     for chunk in chunks:
@@ -52,6 +52,12 @@ class BlobTables(Connection):
     if TYPE_CHECKING:
 
         def transaction(self) -> AbstractContextManager[None]: ...  # Store's
+
+    @property
+    def keeps_blobs(self) -> bool:
+        """Whether stored files' bytes live in this store (PostgreSQL: pool mode); on
+        SQLite the files on disk are the truth and the blob tables stay empty."""
+        return self.backend == "postgresql"
 
     def put_blob(self, sha256: str, chunks: Iterable[bytes]) -> int:
         """Store the bytes of `chunks` as the blob `sha256`; return its size in bytes.
@@ -110,7 +116,7 @@ class BlobTables(Connection):
         return None if row is None else int(row[0])
 
     def blob_chunks(self, sha256: str) -> Iterator[bytes]:
-        """The blob's bytes, one chunk (`CHUNK` bytes) per query, in order: a large blob is
+        """The blob's bytes, one chunk (`BLOB_CHUNK` bytes) per query, in order: a large blob is
         never in memory whole. Raises StoreError when the blob is not stored, or when a
         chunk is gone before it is read (the blob was removed meanwhile)."""
         row = self._conn.execute("SELECT chunks FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()

@@ -1,0 +1,208 @@
+"""A pool node's local copies of the stored files its rules reference (docs/pool.md).
+
+On PostgreSQL the store holds every stored file's bytes as a blob (`store.put_blob`, in
+the import's transaction); each node serves phones from its own files folder, as a single
+appliance does. `NodeCache.fill` makes that folder hold every file the rules reference
+(`kept_versions`: approved, pending and restore versions, upgrade steps, pins):
+
+- a file already there whose bytes match the recorded SHA-256 is kept (the verifier
+  remembers it by size and time, so a second fill costs a stat per file);
+- a missing or damaged one is fetched from its blob into a temporary file in the staging
+  folder, hashed as it is written, fsynced, renamed into place and its folder fsynced;
+  only then does the verifier hear of it (`FileVerifier.vouch`), so its version is
+  offered from the next answer on and never before its bytes are local and verified;
+- a file whose blob the store does not hold (yet) stays missing: its version is not
+  offered on this node (the verifier's broken set) and is fetched by a later fill, which
+  the blob's arrival causes (it moves the catalogue version).
+
+Serve calls `fill` in a thread at start and after each catalogue change. A call while a
+fill runs returns at once (None) and the running fill goes round once more, so calls do
+not pile up. On SQLite there is nothing to fetch (the files on disk are the truth).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.catalogue.durable import fsync_folders
+from appliance.catalogue.rollout import kept_versions
+from appliance.catalogue.verify import FileVerifier, _log
+from appliance.model import StoredFile
+from appliance.store import Store, StoreError
+
+
+@dataclass(frozen=True)
+class CacheFill:
+    """What one fill found and did (paths relative to the files folder)."""
+
+    present: int = 0  # referenced files already here and intact
+    fetched: tuple[str, ...] = ()  # missing, fetched from their blobs
+    repaired: tuple[str, ...] = ()  # damaged here, fetched again
+    waiting: tuple[str, ...] = ()  # their blob is not in the store (yet): not offered
+    failed: tuple[str, ...] = ()  # the fetch failed (store, disk or hash): tried again later
+    bytes: int = 0  # bytes fetched
+
+    @property
+    def complete(self) -> bool:
+        """Whether every referenced file is here and intact now."""
+        return not self.waiting and not self.failed
+
+
+class FetchError(Exception):
+    """A blob could not be made a verified local file; str() says why."""
+
+
+class NodeCache:
+    """This node's files folder, filled from the store's blobs."""
+
+    def __init__(
+        self,
+        store: Store,
+        store_dir: Path,
+        staging_dir: Path,
+        verifier: FileVerifier | None = None,
+    ) -> None:
+        self.store, self.store_dir, self.staging_dir = store, store_dir, staging_dir
+        self.verifier = verifier if verifier is not None else FileVerifier(store_dir, True)
+        self._lock = threading.Lock()
+        self._running = False
+        self._again = False
+        self._waiting: set[str] = set()  # paths logged as waiting for their blob
+        self.last: CacheFill | None = None  # the last complete pass's result
+
+    def fill(self) -> CacheFill | None:
+        """Fetch what the rules reference and this node lacks; the pass's result, or None
+        when a fill was running already (it goes round again for this call)."""
+        with self._lock:
+            if self._running:
+                self._again = True
+                return None
+            self._running = True
+        try:
+            while True:
+                result = self._pass()
+                with self._lock:
+                    if not self._again:
+                        self._running = False
+                        self.last = result
+                        return result
+                    self._again = False
+        except BaseException:
+            with self._lock:
+                self._running = self._again = False
+            raise
+
+    def _referenced(self) -> list[StoredFile]:
+        kept = kept_versions(self.store.rules(), self.store.rollout_policy())
+        return [f for f in self.store.stored_files() if (f.key.folded(), f.version) in kept]
+
+    def _pass(self) -> CacheFill:
+        if not self.store.keeps_blobs:
+            return CacheFill()
+        present, size = 0, 0
+        fetched: list[str] = []
+        repaired: list[str] = []
+        waiting: list[str] = []
+        failed: list[str] = []
+        for stored in self._referenced():
+            name = stored.path.as_posix()
+            here = (self.store_dir / stored.path).exists()
+            if here and self.verifier.intact(stored):
+                present += 1
+                continue
+            if not here:
+                self.verifier.intact(stored)  # held back (awaited) before the fetch
+            if not self.store.has_blob(stored.sha256):
+                waiting.append(name)
+                self._log_waiting(stored)
+                continue
+            try:
+                size += self._fetch(stored)
+            except (FetchError, StoreError, OSError) as e:
+                failed.append(name)
+                _log().error(
+                    "stored file {path} could not be fetched from the store: {problem}; "
+                    "tried again at the next fill",
+                    path=name,
+                    problem=str(e),
+                    event="file.fetch_failed",
+                )
+                continue
+            (repaired if here else fetched).append(name)
+        self._waiting.intersection_update(waiting)
+        return CacheFill(
+            present, tuple(fetched), tuple(repaired), tuple(waiting), tuple(failed), size
+        )
+
+    def _log_waiting(self, stored: StoredFile) -> None:
+        name = stored.path.as_posix()
+        if name in self._waiting:
+            return
+        self._waiting.add(name)
+        _log().warn(
+            "stored file {path} of {key} {version}: the store holds no blob {sha256} yet; "
+            "that version is not offered on this node until it does",
+            path=name,
+            key="/".join(stored.key.folded()),
+            version=stored.version,
+            sha256=stored.sha256,
+            event="blob.missing",
+        )
+
+    def _fetch(self, stored: StoredFile) -> int:
+        """The blob into a temporary file (hashed as written, fsynced), renamed into
+        place, its folders fsynced; then vouched for to the verifier. Returns its size."""
+        started = time.monotonic()
+        target = self.store_dir / stored.path
+        folder = self.staging_dir / f"fetch-{os.getpid()}-{secrets.token_hex(4)}"
+        folder.mkdir(parents=True)
+        try:
+            temporary = folder / "blob"
+            digest = hashlib.sha256()
+            size = 0
+            with temporary.open("xb") as out:
+                for chunk in self.store.blob_chunks(stored.sha256):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if (digest.hexdigest(), size) != (stored.sha256, stored.size):
+                raise FetchError(
+                    f"the blob's {size} bytes have SHA-256 {digest.hexdigest()}, "
+                    f"not the {stored.size} bytes of {stored.sha256} recorded"
+                )
+            made = _make_folders(target.parent, self.store_dir)
+            os.replace(temporary, target)
+            fsync_folders([target.parent, *made])
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.verifier.vouch(stored, os.stat(target))
+        _log().info(
+            "stored file {path} fetched from the store ({size} bytes, {seconds:.2f} s)",
+            path=stored.path.as_posix(),
+            size=size,
+            seconds=time.monotonic() - started,
+            sha256=stored.sha256,
+            event="file.fetched",
+        )
+        return size
+
+
+def _make_folders(folder: Path, root: Path) -> list[Path]:
+    """Make `folder` (under `root`) and its missing parents; return the parents of the
+    folders made (their entries changed), deepest first."""
+    missing: list[Path] = []
+    at = folder
+    while not at.exists() and at != root:
+        missing.append(at)
+        at = at.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return [m.parent for m in missing]

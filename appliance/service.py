@@ -39,11 +39,12 @@ from appliance.phones import (
     FileCheckService,
     LocalDirectory,
     PhoneService,
+    SharedLockouts,
     ThreadPoolRunner,
     clean_device_logs,
     ntlm_verifier,
 )
-from appliance.store import Store
+from appliance.store import Store, node_name
 from appliance.tls import ServerCredentials, context_factory
 from appliance.web import LeanFactory, Limits
 
@@ -220,6 +221,8 @@ def make_service(
         steady_seconds(),  # lockouts and remembered logins: a clock step does not move them
         run_blocking=ThreadPoolRunner(reactor),
         ntlm=ntlm_verifier(config.auth, config.db_path),
+        # a pool's lockouts held by every node (PostgreSQL)
+        shared=SharedLockouts(store, node_name()) if store.backend == "postgresql" else None,
     )
     phone = PhoneService(config, store, authenticator, clock)
     phone.records.batch_audit(lambda write: reactor.callLater(0, write))  # one write a turn

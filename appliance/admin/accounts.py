@@ -6,8 +6,10 @@ argon2id hashes (`appliance.passwords`). Changes go to the event log like every 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -253,42 +255,66 @@ def record_failure(
     return until
 
 
+ADDRESS_SCOPE = "admin.address"  # the address lockouts' scope in the store's lockouts table
+
+
 @dataclass
 class AddressFailures:
-    """Wrong passwords per client address (in memory: a restart forgets them)."""
+    """Wrong passwords per client address (in memory: a restart forgets them). Given a
+    `shared` store (PostgreSQL, a pool), a lockout this node starts is written to the
+    store's lockouts table and one another node started holds here too; the failures
+    that lead to one are counted per node. Safe to call from several threads."""
 
     settings: AdminSettings
     max_addresses: int = 10_000
+    shared: Store | None = None
+    node: str = ""
 
     def __post_init__(self) -> None:
         self._failures: dict[str, list[float]] = {}
         self._locked: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def locked(self, address: str, now: float) -> float | None:
         """Seconds left of the address's lockout, or None."""
-        until = self._locked.get(address)
+        with self._lock:
+            until = self._locked.get(address)
+        if until is None and self.shared is not None:
+            until = self.shared.lockout_until(ADDRESS_SCOPE, address, now)
         if until is None:
             return None
         if until <= now or until - now > self.settings.lockout_seconds:  # over, or the
-            del self._locked[address]  # clock went back: not held until it catches up
+            with self._lock:  # clock went back: not held until it catches up
+                self._locked.pop(address, None)
             return None
         return until - now
 
     def recent(self, address: str, now: float) -> int:
         """The address's wrong passwords within the failure window."""
         window = self.settings.failure_window_seconds
-        return sum(1 for t in self._failures.get(address, []) if 0 <= now - t < window)
+        with self._lock:
+            times = list(self._failures.get(address, []))
+        return sum(1 for t in times if 0 <= now - t < window)
 
-    def fail(self, address: str, now: float) -> None:
+    def fail(self, address: str, now: float) -> float | None:
+        """Count a wrong password; returns the end of the lockout it started, if any."""
         window = self.settings.failure_window_seconds
-        recent = [t for t in self._failures.get(address, []) if 0 <= now - t < window]
-        recent.append(now)
-        if len(self._failures) >= self.max_addresses and address not in self._failures:
-            self._failures.clear()  # a flood of addresses: forget rather than grow
-        self._failures[address] = recent
-        if len(recent) >= self.settings.max_failures:
-            self._locked[address] = now + self.settings.lockout_seconds
-            self._failures.pop(address, None)
+        until = None
+        with self._lock:
+            recent = [t for t in self._failures.get(address, []) if 0 <= now - t < window]
+            recent.append(now)
+            if len(self._failures) >= self.max_addresses and address not in self._failures:
+                self._failures.clear()  # a flood of addresses: forget rather than grow
+            self._failures[address] = recent
+            if len(recent) >= self.settings.max_failures:
+                until = self._locked[address] = now + self.settings.lockout_seconds
+                self._failures.pop(address, None)
+        if until is not None and self.shared is not None:
+            # (held on this node still when the write fails; the others count their own)
+            with contextlib.suppress(StoreError):
+                self.shared.put_lockout(ADDRESS_SCOPE, address, until, self.node)
+        return until
 
     def clear(self, address: str) -> None:
-        self._failures.pop(address, None)
+        with self._lock:
+            self._failures.pop(address, None)

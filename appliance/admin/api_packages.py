@@ -2,7 +2,8 @@
 and `GET /api/packages/progress/{job}` (how far the import of an upload has got).
 
 The upload arrives on disk before the handler runs (see `AdminRequest`); the import then
-runs in a thread with its own store connection, as `import` on the command line does.
+runs in a thread: with its own SQLite connection, as `import` on the command line does, or
+on PostgreSQL through the service's store (its thread takes a pooled connection of its own).
 An upload may name a `job` (the page picks a random one); while its import runs, the page
 polls the job's progress: scanning, verifying, extracting N of M updates, committing.
 """
@@ -11,16 +12,17 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 
 from appliance.admin.call import Call
 from appliance.admin.request import AdminRequest
+from appliance.admin.threads import blocking
 from appliance.admin.web import ApiError, Reply
 from appliance.catalogue import (
     CatalogueError,
@@ -32,7 +34,7 @@ from appliance.catalogue import (
     import_package,
 )
 from appliance.config import Config
-from appliance.store import Store, StoreError
+from appliance.store import Store, StoreError, open_configured
 
 UPLOAD_PATH = b"/api/packages"
 JOB = re.compile(r"[0-9a-f]{16,64}\Z")  # a job id as the page makes one: random hex
@@ -55,6 +57,7 @@ class PackagesApi:
         self.reactor = reactor
         self.observe = observe
         self.jobs: OrderedDict[str, ImportProgress] = OrderedDict()
+        self._jobs_lock = threading.Lock()  # on PostgreSQL, requests run in worker threads
 
     def upload(self, call: Call) -> defer.Deferred[Reply]:
         request = call.request
@@ -63,11 +66,12 @@ class PackagesApi:
         staged = request.take_upload(call.query("name"))
         if staged is None:
             raise ApiError(400, "the upload is empty")
-        config, actor, observe = self.config, call.actor, self.observe
+        config, actor, observe, shared = self.config, call.actor, self.observe, self.store
 
         def run() -> ImportResult:
             started, outcome = time.monotonic(), "failed"
-            store = Store.open(config.db_path)  # this thread's own connection
+            pooled = shared.backend == "postgresql"  # usable from any thread
+            store = shared if pooled else open_configured(config.store, config.db_path)
             try:
                 result = import_package(store, config, staged, actor, progress=progress)
                 outcome = "imported"
@@ -76,7 +80,8 @@ class PackagesApi:
                 outcome = "refused"
                 raise
             finally:
-                store.close()
+                if not pooled:
+                    store.close()
                 if observe is not None:
                     observe(time.monotonic() - started, outcome)
 
@@ -94,7 +99,7 @@ class PackagesApi:
                 raise ApiError(409, str(error))
             return failure  # type: ignore[no-any-return]
 
-        imported = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), run)
+        imported = blocking(self.reactor, run)
         imported.addBoth(cleanup)
         reply: Any = imported.addCallbacks(lambda result: Reply(body=import_json(result)), failed)
         return cast("defer.Deferred[Reply]", reply)
@@ -105,10 +110,11 @@ class PackagesApi:
         if job is not None:
             if JOB.match(job) is None:
                 raise ApiError(400, "job is 16 to 64 lowercase hex digits")
-            self.jobs[job] = progress
-            self.jobs.move_to_end(job)
-            while len(self.jobs) > JOBS_KEPT:
-                self.jobs.popitem(last=False)
+            with self._jobs_lock:
+                self.jobs[job] = progress
+                self.jobs.move_to_end(job)
+                while len(self.jobs) > JOBS_KEPT:
+                    self.jobs.popitem(last=False)
         return progress
 
     def progress(self, call: Call) -> Reply:

@@ -11,13 +11,13 @@ parallel wrong logins run at most `max_failures` checks, and the account ends lo
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -46,11 +46,12 @@ from appliance.admin.sessions import (
     open_session,
     session_cookie,
 )
+from appliance.admin.threads import blocking
 from appliance.admin.web import ApiError, Reply
 from appliance.config import AdminSettings
 from appliance.directory import DirectoryUnavailable
 from appliance.model import AdminAccount
-from appliance.store import Store
+from appliance.store import Store, node_name
 
 log = Logger(namespace="ucupdates.admin")
 
@@ -74,7 +75,9 @@ class SessionsApi:
         self.reactor = reactor
         self.settings = settings
         self.directory = directory  # directory logins ([admin.ldap]), or None
-        self.address_failures = AddressFailures(settings)
+        shared = store if store.backend == "postgresql" else None  # lockouts pool-wide
+        self.address_failures = AddressFailures(settings, shared=shared, node=node_name())
+        self._checks_lock = threading.Lock()  # on PostgreSQL logins run in worker threads
         self.checking_accounts: Counter[str] = Counter()  # checks in flight per account name
         self.checking_addresses: Counter[str] = Counter()  # and per client address
 
@@ -94,8 +97,7 @@ class SessionsApi:
         failed = self._check_lockout(account)
         key = name.lower()[:64]  # the store finds accounts by lower(name)
         self._start_check(key, failed, address)
-        pool = self.reactor.getThreadPool()
-        checked = deferToThreadPool(self.reactor, pool, password_matches, account, password)
+        checked = blocking(self.reactor, password_matches, account, password)
 
         def decided(ok: bool) -> Reply:
             if not ok or account is None:
@@ -112,8 +114,7 @@ class SessionsApi:
         failed = self._check_lockout(existing)
         key = row.lower()
         self._start_check(key, failed, address)
-        pool = self.reactor.getThreadPool()
-        checked = deferToThreadPool(self.reactor, pool, self.directory.check, name, password)
+        checked = blocking(self.reactor, self.directory.check, name, password)
 
         def decided(answer: DirectoryAnswer) -> Reply:
             if not answer.accepted:
@@ -209,16 +210,17 @@ class SessionsApi:
         could use up what is left of the account's or the address's allowance."""
         allowed = self.settings.max_failures
         recent = self.address_failures.recent(address, self.reactor.seconds())
-        if self.checking_accounts[key] + failed >= allowed:
-            why = "password checks for this account under way"
-        elif self.checking_addresses[address] + recent >= allowed:
-            why = "password checks from this address under way"
-        elif self.checking_accounts.total() >= MAX_CHECKS:
-            why = "too many password checks under way"
-        else:
-            self.checking_accounts[key] += 1
-            self.checking_addresses[address] += 1
-            return
+        with self._checks_lock:
+            if self.checking_accounts[key] + failed >= allowed:
+                why = "password checks for this account under way"
+            elif self.checking_addresses[address] + recent >= allowed:
+                why = "password checks from this address under way"
+            elif self.checking_accounts.total() >= MAX_CHECKS:
+                why = "too many password checks under way"
+            else:
+                self.checking_accounts[key] += 1
+                self.checking_addresses[address] += 1
+                return
         log.info(
             "admin login throttled for {name} from {address}: {why}",
             name=key,
@@ -229,10 +231,14 @@ class SessionsApi:
         raise _locked(RETRY_SECONDS, why)
 
     def _end_check(self, key: str, address: str) -> None:
-        for counter, item in ((self.checking_accounts, key), (self.checking_addresses, address)):
-            counter[item] -= 1
-            if counter[item] <= 0:
-                del counter[item]
+        with self._checks_lock:
+            for counter, item in (
+                (self.checking_accounts, key),
+                (self.checking_addresses, address),
+            ):
+                counter[item] -= 1
+                if counter[item] <= 0:
+                    del counter[item]
 
     def logout(self, call: Call) -> Reply:
         assert call.login is not None

@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -34,9 +35,11 @@ from appliance.admin.api import Access, Api
 from appliance.admin.api_packages import UPLOAD_PATH, ImportObserver
 from appliance.admin.directory_logins import AdminDirectory
 from appliance.admin.request import AdminRequest
+from appliance.admin.threads import Worker, resolved
 from appliance.admin.tokens import bearer_secret
 from appliance.admin.web import ApiError, Reply, error_reply, finish, send
 from appliance.config import AdminSettings, Config
+from appliance.model import Event
 from appliance.ops import (
     HealthResource,
     admin_log,
@@ -54,8 +57,59 @@ UPLOADS = "uploads"
 
 class AdminChannel(GuardedChannel):
     site: AdminSite
+    _awaiting = False  # an upload's caller is being looked up (PostgreSQL)
+    _content_done = False  # its (empty) body ended meanwhile
+    _lost = False
 
     def allHeadersReceived(self) -> None:
+        request = self.requests[-1] if self.requests else None
+        path: Any = self._path
+        if (
+            self.site.admit_upload is not None
+            and isinstance(request, AdminRequest)
+            and self._command == b"POST"
+            and path.split(b"?", 1)[0] == UPLOAD_PATH
+        ):
+            # Read nothing more (the body's first bytes stay in the line buffer) until the
+            # caller is known: a worker thread asks the store.
+            self._awaiting = True
+            self.paused = True
+            transport: Any = self.transport
+            transport.pauseProducing()
+            looked_up = self.site.admit_upload(request)
+            looked_up.addBoth(self._upload_authorised, request)
+            return
+        self._headers_admitted()
+
+    def allContentReceived(self) -> None:
+        if self._awaiting:
+            self._content_done = True
+            return
+        super().allContentReceived()
+
+    def _upload_authorised(self, outcome: Any, request: AdminRequest) -> None:
+        self._awaiting = False
+        if self._lost or self._rejected:
+            return
+        if isinstance(outcome, Failure):
+            log.failure("looking up an upload's caller failed", outcome)
+            outcome = Authorised(None, ApiError(500, "internal error (see the service log)"))
+        request.admission = outcome
+        self._headers_admitted()
+        if self._rejected:
+            return
+        if self._content_done:
+            self.allContentReceived()
+        self.paused = False
+        transport: Any = self.transport
+        transport.resumeProducing()
+        self.dataReceived(b"")  # what arrived with the headers
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._lost = True
+        super().connectionLost(reason)
+
+    def _headers_admitted(self) -> None:
         super().allHeadersReceived()
         request = self.requests[-1] if self.requests else None
         uploading = isinstance(request, AdminRequest) and request.upload_path is not None
@@ -92,6 +146,8 @@ class AdminSite(GuardedSite):
     ) -> None:
         super().__init__(resource, admit, limits, **kwargs)
         self.settings = settings
+        # PostgreSQL: an upload's caller looked up off the reactor (a Deferred of Authorised)
+        self.admit_upload: Callable[[AdminRequest], Any] | None = None
 
 
 class ControlPanel(resource.Resource):
@@ -99,12 +155,19 @@ class ControlPanel(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, api: Api, pages_: pages.Pages) -> None:
+    def __init__(self, api: Api, pages_: pages.Pages, worker: Worker | None = None) -> None:
         super().__init__()
         self.api = api
         self.pages = pages_
+        self.worker = worker or Worker(None, api.store)
 
     def render(self, request: server.Request) -> bytes | int:
+        if self.worker.threaded:  # PostgreSQL: the store work in a worker thread
+            answered = self.worker.run(self._answer, request)
+            answered.addCallbacks(
+                lambda done: self._deliver(request, *done), lambda f: _failed(request, f)
+            )
+            return server.NOT_DONE_YET
         path = request.path.split(b"?", 1)[0]
         if request.method in (b"POST", b"DELETE"):
             since = newest_event_id(self.api.store)
@@ -123,6 +186,34 @@ class ControlPanel(resource.Resource):
             return send(request, outcome)
         outcome.addCallbacks(lambda reply: finish(request, reply), lambda f: _failed(request, f))
         return server.NOT_DONE_YET
+
+    def _answer(self, request: server.Request) -> tuple[Reply, list[Event]]:
+        """In a worker thread: the reply, and the event-log entries the request added."""
+        path = request.path.split(b"?", 1)[0]
+        changes = request.method in (b"POST", b"DELETE")
+        since = newest_event_id(self.api.store) if changes else 0
+        try:
+            if path == b"/api" or path.startswith(b"/api/"):
+                reply = resolved(self.api.handle(request))
+            else:
+                reply = self.pages.handle(request)
+        except ApiError as e:
+            reply = error_reply(e)
+        except Exception:
+            log.failure("admin request {path} failed", path=path.decode("latin-1"))
+            reply = Reply(500, {"error": "internal error (see the service log)"})
+        events: list[Event] = []
+        if changes:
+            try:
+                events = events_after(self.api.store, since)
+            except Exception:
+                log.failure("could not read the admin events to forward")
+        return reply, events
+
+    def _deliver(self, request: server.Request, reply: Reply, events: list[Event]) -> None:
+        """On the reactor: the answer, then the request's events as log events."""
+        finish(request, reply)
+        emit_store_events(admin_log, events)
 
     def _forward(self, since: int) -> None:
         """The event-log entries a change added, as log events (so syslog gets them too)."""
@@ -171,19 +262,50 @@ def make_admin_site(
     directory = directory or AdminDirectory.of(settings.ldap, config.auth.ldap)
     api = Api(config, store, clock, reactor, settings, openapi, directory)
     api.packages.observe = observe_import
-    panel = ControlPanel(api, pages.Pages(api))
+    worker = Worker(reactor, store)
+    panel = ControlPanel(api, pages.Pages(api), worker)
     root = _Root(panel)
 
     def signed_in(request: server.Request) -> bool:  # the checks' details are for admins
         return api.login_of(request) is not None or api.token_of(request) is not None
 
-    health: Any = HealthResource(config, store, clock, service, authorised=signed_in)
-    root.putChild(b"health", health)
+    health = HealthResource(config, store, clock, service, authorised=signed_in)
+    health_page: Any = _Health(health, worker)
+    root.putChild(b"health", health_page)
     uploads = config.data_dir / UPLOADS
     _sweep_uploads(uploads)
     limits = Limits.of(config.service, settings.max_connections)
     site = AdminSite(root, _admitter(api, settings, uploads), limits, settings, reactor=reactor)
+    if worker.threaded:  # an upload's session is looked up in a worker thread
+        site.admit_upload = _upload_admitter(api, worker)
     return site
+
+
+class _Health(resource.Resource):
+    """/health: answered in a worker thread on PostgreSQL, at once on SQLite."""
+
+    isLeaf = True
+
+    def __init__(self, health: HealthResource, worker: Worker) -> None:
+        super().__init__()
+        self.health = health
+        self.worker = worker
+
+    def render_GET(self, request: server.Request) -> bytes | int:
+        if not self.worker.threaded:
+            return self.health.render_GET(request)
+        answered = self.worker.run(self.health.answer, request)
+
+        def write(answer: tuple[int, bytes]) -> None:
+            http_request: Any = request
+            if http_request.finished or http_request._disconnected:
+                return
+            body = self.health.write(request, *answer)
+            http_request.write(b"" if request.method == b"HEAD" else body)
+            http_request.finish()
+
+        answered.addCallbacks(write, lambda f: _failed(request, f))
+        return server.NOT_DONE_YET
 
 
 def _sweep_uploads(folder: Path) -> None:
@@ -222,7 +344,10 @@ def _admitter(api: Api, settings: AdminSettings, uploads: Path) -> Any:
         if method == b"POST" and path.split(b"?", 1)[0] == UPLOAD_PATH:
             # Authorised before any of the body is read: a stranger's upload costs nothing.
             request.method = method  # authorise() reads it
-            login, problem = api.authorise(request, Access.CHANGE)
+            if isinstance(request.admission, Authorised):  # looked up in a worker thread
+                login, problem = request.admission.caller, request.admission.problem
+            else:
+                login, problem = api.authorise(request, Access.CHANGE)
             if problem is not None:
                 return Rejection(problem.status, problem.message)
             limit = settings.max_upload_bytes
@@ -239,3 +364,26 @@ def _admitter(api: Api, settings: AdminSettings, uploads: Path) -> Any:
         return None
 
     return admit
+
+
+@dataclass(frozen=True)
+class Authorised:
+    """An upload's caller (or why not), found in a worker thread before its body is read."""
+
+    caller: Any
+    problem: ApiError | None
+
+
+def _upload_admitter(api: Api, worker: Worker) -> Callable[[AdminRequest], Any]:
+    """On PostgreSQL: an upload's session or token, looked up in a worker thread while the
+    connection reads nothing more (`AdminChannel`); a Deferred of `Authorised`."""
+
+    def lookup(request: AdminRequest) -> Authorised:
+        caller, problem = api.authorise(request, Access.CHANGE)
+        return Authorised(caller, problem)
+
+    def admit_upload(request: AdminRequest) -> Any:
+        request.method = b"POST"  # authorise() reads it
+        return worker.run(lookup, request)
+
+    return admit_upload

@@ -4,6 +4,7 @@ rollout policy with what was offered each device.
 Nothing here does I/O; the store returns these records and the decisions read them.
 """
 
+from appliance.model.pool import Lockout, PoolNode
 from appliance.model.records import (
     RULE_KEY_FIELDS,
     AdminAccount,
@@ -66,6 +67,8 @@ from appliance.model.windows import (
 )
 
 __all__ = [
+    "Lockout",
+    "PoolNode",
     "AdminAccount",
     "AdminSession",
     "ApiToken",

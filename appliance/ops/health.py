@@ -80,16 +80,26 @@ class HealthResource(resource.Resource):
         return CheckResult("serving", True, f"listening: {listening or 'nothing'}")
 
     def render_GET(self, request: server.Request) -> bytes:
+        return self.write(request, *self.answer(request))
+
+    def answer(self, request: server.Request) -> tuple[int, bytes]:
+        """The status and body for `request`, without writing to it (on PostgreSQL the
+        Control Panel asks for them in a worker thread, then `write`s on the reactor)."""
         results = self.results()
-        http_request: Any = request  # Twisted's setHeader is unannotated
-        http_request.setResponseCode(200 if all(r.ok for r in results) else 503)
-        http_request.setHeader(b"content-type", b"application/json")
-        http_request.setHeader(b"cache-control", b"no-store")
         full = report(results)
         body = {"status": full["status"]}
         if self.authorised(request):
             body |= {"version": __version__, "checks": full["checks"]}
-        return json.dumps(body, indent=2).encode() + b"\n"
+        status = 200 if all(r.ok for r in results) else 503
+        return status, json.dumps(body, indent=2).encode() + b"\n"
+
+    def write(self, request: server.Request, status: int, body: bytes) -> bytes:
+        """Set the answer's status and headers; returns the body."""
+        http_request: Any = request  # Twisted's setHeader is unannotated
+        http_request.setResponseCode(status)
+        http_request.setHeader(b"content-type", b"application/json")
+        http_request.setHeader(b"cache-control", b"no-store")
+        return body
 
 
 def log_certificate_expiry(creds: ServerCredentials, now: datetime, warn_days: int) -> str | None:

@@ -8,6 +8,7 @@ from appliance.phones.directories import (
     NtlmVerifier,
     ntlm_verifier,
 )
+from appliance.phones.lockouts import SharedLockouts
 from appliance.phones.ntlm import NtlmResponse
 from appliance.phones.records import clean_device_logs
 from appliance.phones.resource import PhoneRoutes, PhoneService
@@ -24,6 +25,7 @@ __all__ = [
     "NtlmVerifier",
     "PhoneRoutes",
     "PhoneService",
+    "SharedLockouts",
     "ThreadPoolRunner",
     "WinbindVerifier",
     "clean_device_logs",

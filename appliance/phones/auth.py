@@ -24,7 +24,7 @@ import secrets
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from appliance.config import AuthSettings
 from appliance.directory import loggable_name
+from appliance.model import Lockout
 from appliance.phones.credentials import (
     MALFORMED,
     NO_CREDENTIALS,
@@ -44,7 +45,7 @@ from appliance.phones.credentials import (
     parse_basic,
 )
 from appliance.phones.directories import Directory, NtlmVerifier
-from appliance.phones.lockouts import Guard
+from appliance.phones.lockouts import Guard, SharedLockouts
 from appliance.phones.ntlm import (
     NtlmError,
     NtlmSession,
@@ -82,6 +83,7 @@ class _Check:
     source: str  # the address that started it (counted as running for it)
     waiters: list[tuple[defer.Deferred[AuthResult], str]]
     remember: bool  # a success goes to the cache (Basic; NTLM answers differ every time)
+    held: list[Lockout] = field(default_factory=list)  # the pool's, read after a failure
 
 
 class Authenticator:
@@ -112,6 +114,7 @@ class Authenticator:
         cache_size: int = CACHE_SIZE,
         tracked_keys: int = TRACKED_KEYS,
         max_pending: int = MAX_PENDING,
+        shared: SharedLockouts | None = None,
     ) -> None:
         self._directory = directory
         self._settings = settings
@@ -123,6 +126,8 @@ class Authenticator:
         self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._good: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # last right ones
         self._guard = Guard(settings, tracked_keys)
+        self._shared = shared  # a pool's lockouts (PostgreSQL), or None
+        self._guard.share = shared is not None
         self._checks: dict[bytes, _Check] = {}
         self._ntlm = ntlm
         self._sessions: weakref.WeakSet[NtlmSession] = weakref.WeakSet()
@@ -152,7 +157,7 @@ class Authenticator:
             return defer.succeed(_malformed(source))
         username, password = credentials
         if not acceptable(username, password):
-            return defer.succeed(self._guard.fail(username, [source], now)[source])
+            return defer.succeed(self._fail(username, [source], now)[source])
         digest = self._digest(username, password)
         if self._cached(username, digest, now):
             return defer.succeed(AuthResult(True, 200, AuthReason.CACHED, user=username))
@@ -190,7 +195,10 @@ class Authenticator:
             if refused is not None:
                 return defer.succeed(refused)
         remember = known is not None
-        self._checks[digest] = _Check(username, user_key, source, [(waiter, source)], remember)
+        check = _Check(username, user_key, source, [(waiter, source)], remember)
+        self._checks[digest] = check
+        if self._shared is not None:
+            work = _pulling(work, check, self._shared)
         d = defer.maybeDeferred(self._run_blocking, work)
         d.addBoth(self._checked, digest, username)
         return waiter
@@ -232,7 +240,7 @@ class Authenticator:
             return defer.succeed(_malformed(source))
         username = response.user
         if not username or response.anonymous:
-            return defer.succeed(self._guard.fail(username, [source], now)[source])
+            return defer.succeed(self._fail(username, [source], now)[source])
         if not response.v2 and not self._settings.ntlm_allow_v1:
             log.info(
                 "auth failure for {user} from {source}: {reason} ({version})",
@@ -275,9 +283,29 @@ class Authenticator:
             good = self._good.get(check.user_key)
             if good is not None and hmac.compare_digest(good[0], digest):
                 del self._good[check.user_key]  # the password changed since
-            results = self._guard.fail(username, sources, now)
+            if self._shared is not None:  # the pool's lockouts hold here first
+                offset = self._shared.offset(now)
+                for held in check.held:
+                    self._guard.adopt(held.scope, held.key, held.until - offset, now)
+            results = self._fail(username, sources, now)
         for waiter, source in check.waiters:
             waiter.callback(results[source])
+
+    def _fail(self, username: str, sources: list[str], now: float) -> dict[str, AuthResult]:
+        """`Guard.fail`; the lockouts it started are written for the pool (in a thread)."""
+        results = self._guard.fail(username, sources, now)
+        shared, started = self._shared, self._guard.started
+        if shared is not None and started:
+            self._guard.started = []
+            offset = shared.offset(now)
+
+            def publish() -> bool:
+                shared.publish(started, offset)
+                return True
+
+            written = defer.maybeDeferred(self._run_blocking, publish)
+            written.addErrback(lambda f: log.failure("could not share a lockout", f))
+        return results
 
     # -- the cache of recent successes ------------------------------------------------------
 
@@ -341,6 +369,21 @@ class Authenticator:
     def tracked_counts(self) -> tuple[int, int]:
         """How many user names and client addresses have failures or lockouts on record."""
         return len(self._guard), self._guard.addresses
+
+
+def _pulling(work: Callable[[], bool], check: _Check, shared: SharedLockouts) -> Callable[[], bool]:
+    """`work`, then, when it failed, the pool's lockouts read in the same thread."""
+
+    def run() -> bool:
+        ok = work()
+        if not ok:
+            try:
+                check.held = shared.holding()
+            except Exception:
+                log.failure("could not read the pool's lockouts")
+        return ok
+
+    return run
 
 
 def _malformed(source: str) -> AuthResult:

@@ -22,18 +22,25 @@ is held to a few checks a minute, while the right password still gets in:
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.logger import Logger
 
 from appliance.config import AuthSettings
 from appliance.directory import loggable_name
+from appliance.model import Lockout
 from appliance.phones.credentials import AuthReason, AuthResult
+from appliance.store import Store
 
 log = Logger(namespace="appliance.phones.auth")
 
 MAX_RUNNING_PER_ADDRESS = 16  # checks in flight from one client address
+MAX_STARTED = 1_000  # lockouts started and not yet written for the pool
+# The scopes of the phones' lockouts in the store's lockouts table (a pool's nodes share them)
+USER, PAIR, SOURCE = "phone.user", "phone.pair", "phone.source"
 
 
 @dataclass(slots=True)
@@ -83,6 +90,14 @@ class Failures:
 
     def clear(self, key: str) -> None:
         self._records.pop(key, None)
+
+    def adopt(self, key: str, until: float) -> None:
+        """Hold `key` locked until `until` (another node's lockout); a later end is kept."""
+        record = self._records.pop(key, None) or _Record()
+        self._records[key] = record
+        while len(self._records) > self._max_keys:
+            self._records.popitem(last=False)
+        record.locked_until = max(record.locked_until, until)
 
 
 class Expiring:
@@ -136,6 +151,10 @@ class Guard:
         self._slots = Expiring(3 * tracked_keys)  # slot key -> when the next check may run
         self._trusted = Expiring(tracked_keys)  # pair -> until when
         self._running: Counter[str] = Counter()
+        # Lockouts started here, (scope, key, until), for the pool's other nodes to hold
+        # (kept only when `share` is set: a pool's authenticator writes them to the store).
+        self.share = False
+        self.started: list[tuple[str, str, float]] = []
         # Counted for /metrics: failed checks, and lockouts started by scope.
         self.counts = dict.fromkeys(
             ("failures", "lockout_user", "lockout_user_source", "lockout_source"), 0
@@ -222,6 +241,7 @@ class Guard:
         counts["failures"] += 1
         until = self._users.fail(user, now)
         counts["lockout_user"] += until is not None
+        self._started(USER, user, until)
         _lockout("user {user}", until, seconds, user=shown)
         results: dict[str, AuthResult] = {}
         for source in dict.fromkeys(sources):
@@ -234,9 +254,11 @@ class Guard:
             )
             until = self._pairs.fail(_pair(user, source), now)
             counts["lockout_user_source"] += until is not None
+            self._started(PAIR, _pair(user, source), until)
             _lockout("user {user} from {source}", until, seconds, user=shown, source=source)
             until = self._sources.fail(source, now)
             counts["lockout_source"] += until is not None
+            self._started(SOURCE, source, until)
             _lockout("source {source}", until, seconds, source=source)
             needs = self._slots_needed(user, source, now)
             self._take(needs, now)
@@ -246,6 +268,17 @@ class Guard:
                 else AuthResult(False, 401, AuthReason.BAD_CREDENTIALS)
             )
         return results
+
+    def _started(self, scope: str, key: str, until: float | None) -> None:
+        if self.share and until is not None and len(self.started) < MAX_STARTED:
+            self.started.append((scope, key, until))
+
+    def adopt(self, scope: str, key: str, until: float, now: float) -> None:
+        """Hold a lockout another node started (an end beyond this node's own lockout's
+        length is cut to it: the clocks of two nodes differ a little)."""
+        table = {USER: self._users, PAIR: self._pairs, SOURCE: self._sources}.get(scope)
+        if table is not None and until > now:
+            table.adopt(key, min(until, now + self._settings.lockout_seconds))
 
 
 def _lockout(what: str, until: float | None, seconds: float, **who: str) -> None:
@@ -262,3 +295,30 @@ def _lockout(what: str, until: float | None, seconds: float, **who: str) -> None
 
 def _pair(user: str, source: str) -> str:
     return user + "\0" + source
+
+
+class SharedLockouts:
+    """The phones' lockouts pool-wide (PostgreSQL): a lockout this node starts is written
+    to the store's lockouts table, and after each failed check the node reads the ones
+    that hold and holds them too, before it counts that failure (so it learns another
+    node's lockout at its next failed check at the latest). Failures are counted per node.
+    Store calls: off the reactor. Times are the wall clock's in the store; `offset` turns
+    the authenticator's steady clock into it."""
+
+    def __init__(self, store: Store, node: str, wall: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._node = node
+        self._wall = wall
+
+    def offset(self, now: float) -> float:
+        """What to add to the authenticator's time `now` for the wall clock's."""
+        return self._wall() - now
+
+    def publish(self, started: list[tuple[str, str, float]], offset: float) -> None:
+        """Write lockouts (their ends in the authenticator's time, `offset` from the wall)."""
+        for scope, key, until in started:
+            self._store.put_lockout(scope, key, until + offset, self._node)
+
+    def holding(self) -> list[Lockout]:
+        """The phones' lockouts that hold now (ends in wall-clock seconds)."""
+        return self._store.lockouts("phone.", self._wall())

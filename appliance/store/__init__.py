@@ -8,6 +8,7 @@ from appliance.store.copy import copy_rows, occupied_tables, row_differences
 from appliance.store.database import Store, inspect_database, newest_schema_version
 from appliance.store.errors import DuplicateError, SchemaError, StoreError
 from appliance.store.guard import GuardMode, ReactorBlockingError, guard_thread
+from appliance.store.pool import node_name
 
 __all__ = [
     "BLOB_CHUNK",
@@ -23,6 +24,7 @@ __all__ = [
     "iso_utc",
     "guard_thread",
     "newest_schema_version",
+    "node_name",
     "occupied_tables",
     "open_configured",
     "row_differences",

@@ -32,6 +32,7 @@ from appliance.store.devices import DeviceTables
 from appliance.store.dialect import to_postgresql
 from appliance.store.errors import SchemaError, StoreError
 from appliance.store.offers import OfferTables
+from appliance.store.pool import PoolTables
 from appliance.store.rollouts import SALT, RolloutTables, new_salt
 
 # What a schema version sets besides its script, in the same transaction: values portable
@@ -82,7 +83,15 @@ def _private_files(path: Path) -> None:
             continue  # not there (or not ours to change): SQLite reports what matters
 
 
-class Store(CatalogueTables, DeviceTables, AdminTables, RolloutTables, OfferTables, BlobTables):
+class Store(
+    CatalogueTables,
+    DeviceTables,
+    AdminTables,
+    RolloutTables,
+    OfferTables,
+    BlobTables,
+    PoolTables,
+):
     """One open database. Use `Store.open(path)`; `":memory:"` works for tests."""
 
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from appliance.admin.site import make_admin_site
 from appliance.config import Address, AdminSettings, TlsProfile, load_config
 from appliance.service import Listener, SharedPortServer
-from appliance.store.database import Store
+from appliance.store import GuardMode, Store, guard_thread
 from appliance.tls.contexts import context_factory
 from appliance.tls.generated import ensure_test_certificates
 
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--max-failures", type=int, default=AdminSettings.max_failures)
     parser.add_argument("--lockout", type=float, default=AdminSettings.lockout_seconds)
     parser.add_argument("--fqdn", help="the name the certificate carries (default: the config's)")
+    parser.add_argument("--dsn-file", type=Path, help="a PostgreSQL store (its DSN in a file)")
     args = parser.parse_args()
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     reactor: Any = default_reactor
@@ -42,7 +44,11 @@ def main() -> None:
         service = dataclasses.replace(config.service, internal_fqdn=args.fqdn)
         config = dataclasses.replace(config, service=service)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store.open(config.db_path)
+    if args.dsn_file is not None:  # a pool's node: store calls off the reactor thread
+        store = Store.open_postgresql(args.dsn_file.read_text().strip())
+        guard_thread(os.environ.get("UCUPDATES_REACTOR_GUARD", GuardMode.LOG))
+    else:
+        store = Store.open(config.db_path)
     creds = ensure_test_certificates(config.tls_dir, config.server_names())
     settings = AdminSettings(
         max_upload_bytes=args.max_upload,

@@ -190,14 +190,23 @@ class Postgres:
             time.sleep(0.05)
         if _alive(group):
             raise PostgresError(f"processes of group {group} survived SIGKILL for {SECONDS} s")
+        # The dead postmaster's pid may linger as a zombie nobody reaps yet, which the next
+        # start takes for a running server: every process is gone, so its lock files go.
+        for lock in (self.data / "postmaster.pid", self.folder / f".s.PGSQL.{self.port}.lock"):
+            lock.unlink(missing_ok=True)
 
     def promote(self) -> None:
         """Make a standby a primary, waiting until it accepts writes."""
         self._run("pg_ctl", "promote", "-w", "-t", str(SECONDS), "-D", str(self.data))
 
-    def replica(self) -> Postgres:
+    def replica(self, synchronous: bool = False) -> Postgres:
         """A hot standby of this server, started: `pg_basebackup -R` through a new
-        replication slot, streaming over TCP as REPLICATOR. Stopped with its primary."""
+        replication slot, streaming over TCP as REPLICATOR. Stopped with its primary.
+
+        `synchronous`: this server then names it in `synchronous_standby_names` with
+        `synchronous_commit = remote_apply` (set after the copy, so the standby, once
+        promoted, waits for no one): a commit returns only once the standby has applied
+        it. Returns when the standby streams as the synchronous one."""
         standby = Postgres(_new_folder(self.user), free_port(), self.password, self.bin, self.user)
         slot = f"replica_{standby.port}"
         self._run(
@@ -205,10 +214,34 @@ class Postgres:
             *("-U", REPLICATOR, "-R", "-C", "-S", slot, "-X", "stream", "-c", "fast"),
             env={"PGPASSWORD": self.password},
         )
-        _append(standby.data / "postgresql.conf", _listening(standby))
+        # cluster_name is the application_name its WAL receiver gives the primary
+        _append(
+            standby.data / "postgresql.conf", f"cluster_name = '{slot}'\n" + _listening(standby)
+        )
         self.replicas.append(standby)
         standby.start()
+        if synchronous:
+            self.sql(f"ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 ({slot})'")
+            self.sql("ALTER SYSTEM SET synchronous_commit = 'remote_apply'")
+            self.sql("SELECT pg_reload_conf()")
+            self._wait_for(
+                f"SELECT count(*) FROM pg_stat_replication WHERE application_name = '{slot}'"
+                " AND sync_state = 'sync' AND state = 'streaming'",
+                "1",
+            )
         return standby
+
+    def _wait_for(self, query: str, expected: str, seconds: float = SECONDS) -> None:
+        """Poll `query` (bounded) until it prints `expected`; PostgresError after `seconds`."""
+        deadline = time.monotonic() + seconds
+        got = ""
+        for _ in range(int(seconds * 10) + 1):
+            got = self.sql(query).strip()
+            if got == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        if got != expected:
+            raise PostgresError(f"{query}: {got!r}, not {expected!r}, after {seconds} s")
 
 
 def _alive(group: int) -> bool:

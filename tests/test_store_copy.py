@@ -13,7 +13,7 @@ import pytest
 from appliance.catalogue import MigrationError, migrate_store, verify_store
 from appliance.config import Config
 from appliance.model import IdentifierKind, Role
-from appliance.store import Store, StoreError, copy_rows, occupied_tables, row_differences
+from appliance.store import Store, StoreError, copy, copy_rows, occupied_tables, row_differences
 from appliance.store.copy import source_tables
 from appliance.testing.stores import approved_sample
 
@@ -88,3 +88,30 @@ def test_migrating_into_an_sqlite_store_is_refused(source: Store, config: Config
     with pytest.raises(MigrationError, match="PostgreSQL"):
         verify_store(source, target)
     assert target.rules() == []
+
+
+def test_rows_by_id_are_compared_a_page_at_a_time_and_the_list_is_capped(
+    source: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(copy, "BATCH", 3)  # 17 events: pages of 3 on both sides
+    target = Store.open(":memory:")
+    with target.transaction():
+        copy_rows(source, target)
+    assert row_differences(source, target) == []
+    target._conn.execute("DROP TRIGGER events_no_delete")
+    target._conn.execute("DROP TRIGGER events_no_update")
+    target._conn.execute("DELETE FROM events WHERE id = 5")
+    target._conn.execute("UPDATE events SET actor = 'mallory' WHERE id = 9")
+    target._conn.execute(
+        "INSERT INTO events (id, at, actor, action, target) VALUES (40, 'now', 'x', 'y', 'z')"
+    )
+    assert row_differences(source, target) == [
+        "events id 5: missing in the target",
+        "events id 9: actor is 'test' in the source, 'mallory' in the target",
+        "events id 40: only in the target",
+    ]
+    target._conn.execute("UPDATE events SET actor = 'mallory'")
+    monkeypatch.setattr(copy, "SHOWN", 5)
+    found = row_differences(source, target)
+    assert len(found) == copy.SHOWN + 1
+    assert found[-1] == f"events: {18 - copy.SHOWN} more difference(s)"

@@ -221,32 +221,71 @@ def _key_text(table: Table, key: tuple[Any, ...]) -> str:
     return ", ".join(f"{c} {_shown(c, v)}" for c, v in zip(table.key, key, strict=True))
 
 
+def _by_id(store: Store, table: Table) -> Iterator[tuple[Any, ...]]:
+    """The rows of a table keyed by an integer `id`, in id order, a page at a time (both
+    engines order integers alike), so that a large inventory is never held whole."""
+    sql = f"SELECT {', '.join(map(_q, table.columns))} FROM {_q(table.name)}"
+    at = table.columns.index("id")
+    last: int | None = None
+    while True:
+        after = "" if last is None else " WHERE id > ?"
+        rows = store._conn.execute(
+            f"{sql}{after} ORDER BY id LIMIT {BATCH}", () if last is None else (last,)
+        ).fetchall()
+        yield from (tuple(r) for r in rows)
+        if len(rows) < BATCH:
+            return
+        last = int(rows[-1][at])
+
+
+def _pairs(
+    source: Store, target: Store, table: Table
+) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...] | None, tuple[Any, ...] | None]]:
+    """(key, source row, target row) for every key on either side, in key order."""
+    at = [table.columns.index(c) for c in table.key]
+    if table.key == ("id",):  # merged as read: both sides in id order
+        left, right = _by_id(source, table), _by_id(target, table)
+        a, b = next(left, None), next(right, None)
+        i = at[0]
+        while a is not None or b is not None:
+            if a is not None and (b is None or a[i] < b[i]):
+                yield (a[i],), a, None
+                a = next(left, None)
+            elif b is not None and (a is None or b[i] < a[i]):
+                yield (b[i],), None, b
+                b = next(right, None)
+            elif a is not None and b is not None:  # the same id on both sides
+                yield (a[i],), a, b
+                a, b = next(left, None), next(right, None)
+        return
+    lefts = {tuple(r[i] for i in at): tuple(r) for r in _rows(source, table)}
+    rights = {tuple(r[i] for i in at): tuple(r) for r in _rows(target, table)}
+    for key in sorted(lefts.keys() | rights.keys(), key=repr):
+        yield key, lefts.get(key), rights.get(key)
+
+
 def row_differences(source: Store, target: Store) -> list[str]:
     """Every row of every copied table compared between the two stores, by primary key:
     one line per row missing from the target, found only there, or with a column that
     differs (at most SHOWN a table, then how many more). Secrets (hashes, tokens) are
     never printed. Empty: the same rows."""
-    tables = check_same_schema(source, target)
     problems: list[str] = []
-    for t in tables:
-        at = [t.columns.index(c) for c in t.key]
-        left = {tuple(r[i] for i in at): tuple(r) for r in _rows(source, t)}
-        right = {tuple(r[i] for i in at): tuple(r) for r in _rows(target, t)}
-        found: list[str] = []
-        for key in sorted(left.keys() | right.keys(), key=repr):
-            a, b = left.get(key), right.get(key)
+    for t in check_same_schema(source, target):
+        found = 0
+        for key, a, b in _pairs(source, target, t):
             where = f"{t.name} {_key_text(t, key)}"
             if b is None:
-                found.append(f"{where}: missing in the target")
+                lines = [f"{where}: missing in the target"]
             elif a is None:
-                found.append(f"{where}: only in the target")
+                lines = [f"{where}: only in the target"]
             else:
-                found.extend(
+                lines = [
                     f"{where}: {c} is {_shown(c, x)} in the source, {_shown(c, y)} in the target"
                     for c, x, y in zip(t.columns, a, b, strict=True)
                     if x != y
-                )
-        problems.extend(found[:SHOWN])
-        if len(found) > SHOWN:
-            problems.append(f"{t.name}: {len(found) - SHOWN} more difference(s)")
+                ]
+            problems.extend(lines[: max(0, SHOWN - found)])
+            found += len(lines)
+        if found > SHOWN:
+            problems.append(f"{t.name}: {found - SHOWN} more difference(s)")
     return problems

@@ -29,6 +29,7 @@ from appliance.config import Address, Config
 from appliance.model import Device
 from appliance.ops.figures import check_disk, check_phones, check_rules
 from appliance.ops.perfdata import Perf, at_least
+from appliance.ops.pool_check import pool_checks
 from appliance.ops.results import CheckResult as CheckResult  # re-exported: /health, tests
 from appliance.ops.results import guarded
 from appliance.ops.results import report as report  # re-exported: /health imports it here
@@ -294,6 +295,7 @@ def process_checks(
         check_config(config),
         _guarded("certificate", lambda: check_certificate(config, now, _inventory(store))),
         *store_checks(config, store, problem, hashes),
+        *pool_checks(store, now),  # a branch node's primary, spool and replica
     ]
 
 

@@ -31,6 +31,15 @@ def open_configured(
     On PostgreSQL the store may be used from any thread (not from a guarded one:
     `store.guard`), so a process needs only one."""
     if settings.backend is StoreBackend.POSTGRESQL:
-        dsn = settings.connection_string(os.environ if environ is None else environ)
+        env = os.environ if environ is None else environ
+        dsn = settings.connection_string(env)
+        primary = settings.primary_connection_string(env)
+        if primary is not None:  # a branch node: `dsn` is its replica (store.split)
+            from appliance.store.split import open_branch  # psycopg only when it is used
+
+            spool = settings.spool_path(db_path.parent)
+            return open_branch(
+                dsn, primary, settings.pool_size, spool, settings.spool_limit, clock, upgrade
+            )
         return Store.open_postgresql(dsn, settings.pool_size, clock=clock, upgrade=upgrade)
     return Store.open(db_path, clock=clock, upgrade=upgrade)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from appliance.store.admin import AdminTables
 from appliance.store.blobs import BlobTables
+from appliance.store.branch_state import PoolState
 from appliance.store.catalogue import CatalogueTables
 from appliance.store.connection import Clock, count_catalogue_change, utc_now
 from appliance.store.devices import DeviceTables
@@ -279,6 +280,16 @@ class Store(
         if self.backend == "postgresql":
             return int(self._conn.execute("SELECT version FROM catalogue_version").fetchone()[0])
         return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def pool_state(self) -> PoolState | None:
+        """A branch node's pool: its primary reachable, what waits in its spool, its
+        replica's lag (store.split; a query of the replica: off the reactor). None for
+        any other store."""
+        if self.backend != "postgresql":
+            return None
+        from appliance.store.split import pool_state
+
+        return pool_state(self)
 
     def integrity_errors(self) -> list[str]:
         """What SQLite's integrity check finds wrong (empty: nothing). PostgreSQL has no

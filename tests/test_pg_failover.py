@@ -192,5 +192,13 @@ def test_an_approval_survives_the_primary_killed_as_it_returns_on_a_synchronous_
         assert half_applied(node, config.store_dir, base) == []
         assert {r.pending_version for r in node.rules() if r.id != rule_id} >= {version(1)}
         assert second != rule_id
+
+        # The old primary's place: a new synchronous standby of the promoted server, made
+        # as the first was (pg_basebackup), holding what the pool wrote meanwhile.
+        again = replica.replica(synchronous=True)
+        third, approved = _approve_one(node)
+        with psycopg.connect(again.conninfo, autocommit=True) as standby:
+            found = standby.execute("SELECT approved_version FROM rules WHERE id = %s", (third,))
+            assert found.fetchone() == (approved,)
     finally:
         node.close()

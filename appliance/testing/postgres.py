@@ -201,7 +201,8 @@ class Postgres:
 
     def replica(self, synchronous: bool = False) -> Postgres:
         """A hot standby of this server, started: `pg_basebackup -R` through a new
-        replication slot, streaming over TCP as REPLICATOR. Stopped with its primary.
+        replication slot, streaming over TCP as REPLICATOR. Stopped with its primary (as are
+        the standbys made from it in turn, once it is promoted).
 
         `synchronous`: this server then names it in `synchronous_standby_names` with
         `synchronous_commit = remote_apply` (set after the copy, so the standby, once
@@ -313,8 +314,14 @@ def throwaway_postgres() -> Iterator[Postgres]:
         server.sql(f"CREATE DATABASE {ROLE} OWNER {ROLE}")
         yield server
     finally:
-        for s in [*server.replicas, server]:
+        for s in [*_replicas(server), server]:
             _shut(s)
+
+
+def _replicas(server: Postgres) -> list[Postgres]:
+    """Every standby made from `server`, or from one of them (a promoted one's), deepest
+    first."""
+    return [r for first in server.replicas for r in [*_replicas(first), first]]
 
 
 def _shut(server: Postgres) -> None:

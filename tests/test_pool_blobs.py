@@ -159,12 +159,35 @@ def test_a_rule_is_offered_on_a_node_only_once_its_files_are_fetched_and_verifie
     assert decision.reason is Reason.BROKEN_FILES and decision.downloads == 0
 
     assert a.store.put_blob(image.sha256, [kept]) == image.size  # the blob arrives
-    filled = cache.fill()
+    cache.fill_soon()  # as serve calls it after the catalogue change: in its own thread
+    assert cache.wait(60)
+    filled = cache.last
     assert filled is not None and filled.fetched == (image.path.as_posix(),)
     assert filled.complete
     decision, body = answers.answer(CHECK)
     assert decision.reason is Reason.APPROVED and decision.downloads == 1
     assert b"<Downloads>1</Downloads>" in body
+
+
+def test_a_fetch_that_fails_is_tried_again(nodes: tuple[Node, Node], package: Path) -> None:
+    a, b = nodes
+    import_package(a.store, a.config, package, "alice")
+    b.config.staging_dir.parent.mkdir(parents=True, exist_ok=True)
+    b.config.staging_dir.write_bytes(b"")  # a file where the staging folder goes
+    cache = NodeCache(b.store, b.config.store_dir, b.config.staging_dir)
+    cache.fill_soon()
+    for _ in range(600):  # the first pass ends with every fetch failed
+        if cache.last is not None:
+            break
+        cache.wait(0.1)
+    assert cache.last is not None and len(cache.last.failed) == 16
+    assert not cache.wait(0)  # not idle: it waits to try again
+
+    b.config.staging_dir.unlink()
+    cache.fill_soon()  # the next catalogue change, before the retry's time
+    assert cache.wait(60)
+    assert cache.last.complete and len(cache.last.fetched) == 16
+    cache.close()
 
 
 def test_put_blob_refuses_bytes_that_are_not_the_hash_and_leaves_nothing(

@@ -15,9 +15,10 @@ appliance does. `NodeCache.fill` makes that folder hold every file the rules ref
   offered on this node (the verifier's broken set) and is fetched by a later fill, which
   the blob's arrival causes (it moves the catalogue version).
 
-Serve calls `fill` in a thread at start and after each catalogue change. A call while a
-fill runs returns at once (None) and the running fill goes round once more, so calls do
-not pile up. On SQLite there is nothing to fetch (the files on disk are the truth).
+Serve calls `fill_soon` at start and after each catalogue change: the fill runs in a
+thread of the cache's own, goes round again for a call made meanwhile (calls do not pile
+up), and tries again later what it could not fetch. `fill` is the same pass, run in the
+caller's thread. On SQLite there is nothing to fetch (the files on disk are the truth).
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class CacheFill:
         return not self.waiting and not self.failed
 
 
+RETRY_SECONDS = 5.0  # after a pass that could not fetch everything
+RETRY_MAX_SECONDS = 300.0
+
+
 class FetchError(Exception):
     """A blob could not be made a verified local file; str() says why."""
 
@@ -76,6 +81,59 @@ class NodeCache:
         self._again = False
         self._waiting: set[str] = set()  # paths logged as waiting for their blob
         self.last: CacheFill | None = None  # the last complete pass's result
+        self._wake = threading.Event()  # fill_soon: a pass is wanted
+        self._idle = threading.Event()  # fill_soon's thread has nothing left to do
+        self._idle.set()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def fill_soon(self) -> None:
+        """Fill in a thread of this cache's own, and return at once: what serve calls at
+        start and after each catalogue change (never blocking the caller, so a large fetch
+        does not hold back the next reload). A call while that thread runs makes it go
+        round again. A pass that could not fetch everything (`failed`, or the store not
+        answering) is tried again after `RETRY_SECONDS`, doubled each time up to
+        `RETRY_MAX_SECONDS`, or at the next call."""
+        with self._lock:
+            if self._closed:
+                return
+            self._wake.set()
+            self._idle.clear()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._background, name="blob-cache", daemon=True
+                )
+                self._thread.start()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether `fill_soon`'s thread became idle within `timeout` seconds (tests)."""
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        """No more passes: `fill_soon`'s thread ends after the pass it is in, if any."""
+        with self._lock:
+            self._closed = True
+            self._wake.set()
+
+    def _background(self) -> None:
+        delay = RETRY_SECONDS
+        while True:
+            self._wake.clear()
+            try:
+                result = self.fill()  # None: a fill of another thread goes round again
+                retry = result is not None and bool(result.failed)
+            except Exception:
+                _log().failure("the blob cache's fill failed; tried again later")
+                retry = True
+            with self._lock:
+                if self._closed or (not retry and not self._wake.is_set()):
+                    self._thread = None
+                    self._idle.set()
+                    return
+            if not retry:
+                continue
+            woken = self._wake.wait(delay)
+            delay = RETRY_SECONDS if woken else min(2 * delay, RETRY_MAX_SECONDS)
 
     def fill(self) -> CacheFill | None:
         """Fetch what the rules reference and this node lacks; the pass's result, or None

@@ -14,7 +14,7 @@ STAMP_SYS := $(VENV)/.system-packages
 STAMP := $(VENV)/.installed
 
 .PHONY: run test check lint typecheck bench bench-check bench-download bench-serve bench-dns bench-import \
-	bench-profile bench-fleet bench-rollout setup clean sample fuzz \
+	bench-profile bench-fleet bench-rollout bench-pool setup clean sample fuzz \
 	soak constraints wheelhouse
 
 setup: $(STAMP)
@@ -129,6 +129,12 @@ bench-fleet: $(STAMP)
 # bench/out/rollout.json (docs/benchmarks.md, Rollouts)
 bench-rollout: $(STAMP)
 	$(PY) bench/bench_rollout.py
+
+# pool mode: checks with the catalogue on PostgreSQL against SQLite, A B A B, and the time
+# until two nodes on a PostgreSQL primary and a branch on its standby serve a 200 MB import
+# (about 3 minutes); bench/out/pool.json (docs/benchmarks.md, Pool)
+bench-pool: $(STAMP)
+	$(PY) bench/bench_pool.py
 
 bench: bench-check bench-download bench-dns bench-import bench-profile bench-fleet
 	$(PY) bench/summary.py

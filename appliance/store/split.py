@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import PoolClosed, PoolTimeout
 from twisted.logger import Logger
 
@@ -56,8 +56,39 @@ _NOT_READ = re.compile(
 )
 T = TypeVar("T")
 _SPOOLED = re.compile(r"^\s*INSERT\s+INTO\s+events\b", re.IGNORECASE)
-# psycopg's and its pool's errors of a server that is away (not of a statement)
-_UNREACHABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, PoolClosed)
+# SQLSTATEs of a server that is going or gone: admin shutdown, crash shutdown, starting up
+_GONE = frozenset({"57P01", "57P02", "57P03"})
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether `error` says the server is away (not that a statement failed): a connection
+    that failed or broke (no SQLSTATE, or class 08), a server shutting down, no connection
+    to be had from the pool (the adapter's StoreError, the pool's own errors)."""
+    if isinstance(error, psycopg.InterfaceError | PoolTimeout | PoolClosed):
+        return True
+    if isinstance(error, psycopg.OperationalError):
+        state = error.sqlstate
+        return state is None or state.startswith("08") or state in _GONE
+    return type(error) is StoreError  # the adapter's "cannot connect" / "no connection"
+
+
+# libpq settings for a primary across a WAN, unless the connection string sets them: a
+# WAN that drops packets (rather than refusing) fails a statement in seconds, not the
+# minutes of TCP's own retries.
+WAN_SETTINGS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "15",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "20000",  # ms: data sent and not acknowledged
+}
+
+
+def across_the_wan(dsn: str) -> str:
+    """`dsn` with WAN_SETTINGS for what it does not set itself."""
+    given = conninfo_to_dict(dsn)
+    return make_conninfo(dsn, **{k: v for k, v in WAN_SETTINGS.items() if k not in given})
 
 
 def is_read(sql: str) -> bool:
@@ -71,7 +102,7 @@ class PrimaryLink:
     at once that it is unavailable)."""
 
     def __init__(self, dsn: str, pool_size: int, clock: Clock, spool: Spool | None) -> None:
-        self._dsn = dsn
+        self._dsn = across_the_wan(dsn)
         self._pool_size = pool_size
         self._clock = clock
         self._spool = spool
@@ -167,23 +198,24 @@ class BranchConnection:
         self.replica = replica
         self.primary = primary
         self.spool = spool
-        self._local = threading.local()  # .writing: inside a transaction on the primary
+        self._local = threading.local()  # .held: this thread's transaction's connection
         self._target_lock = threading.Lock()
         self._target: int | None = None  # the primary's WAL position after our last write
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
         check_thread()
         verb = sql.strip().split(None, 1)[0].upper() if sql.strip() else ""
-        writing = getattr(self._local, "writing", False)
+        held: PgConnection | None = getattr(self._local, "held", None)
         if verb == "BEGIN":
-            cursor = self._on_primary(lambda c: c.execute(sql, params))
-            self._local.writing = True
+            conn = self.primary.connection()
+            cursor = self._on_primary(lambda c: c.execute(sql, params), conn)
+            self._local.held = conn  # the whole transaction on this primary connection
             return cursor
-        if writing:
+        if held is not None:
             if verb in ("COMMIT", "ROLLBACK"):
-                self._local.writing = False
-                return self._end(sql, verb)
-            return self._on_primary(lambda c: c.execute(sql, params))
+                self._local.held = None
+                return self._end(held, sql, verb)
+            return self._on_primary(lambda c: c.execute(sql, params), held)
         if is_read(sql):
             return self._read(sql, params)
         try:
@@ -198,19 +230,25 @@ class BranchConnection:
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> PgCursor:
         check_thread()
-        cursor = self._on_primary(lambda c: c.executemany(sql, rows))
-        if not getattr(self._local, "writing", False):
+        held: PgConnection | None = getattr(self._local, "held", None)
+        cursor = self._on_primary(lambda c: c.executemany(sql, rows), held)
+        if held is None:
             self._wrote()
         return cursor
 
     def script(self, sql: str) -> None:
-        self._on_primary(lambda c: c.script(sql))
+        self._on_primary(lambda c: c.script(sql), getattr(self._local, "held", None))
 
     @contextmanager
     def pinned(self) -> Iterator[None]:
         """Every statement of this thread on one primary connection meanwhile."""
-        with self._on_primary(lambda c: c.pinned()):
-            yield
+        conn = self.primary.connection()
+        with conn.pinned():
+            self._local.held = conn
+            try:
+                yield
+            finally:
+                self._local.held = None
 
     def close(self) -> None:
         try:
@@ -220,20 +258,22 @@ class BranchConnection:
             if self.spool is not None:
                 self.spool.close()
 
-    def _on_primary(self, call: Callable[[PgConnection], T]) -> T:
-        conn = self.primary.connection()
+    def _on_primary(self, call: Callable[[PgConnection], T], conn: PgConnection | None = None) -> T:
+        """`call` on the primary's connection (`conn`: the one this thread's transaction
+        runs on); a server away, or no connection to it, raises PrimaryUnavailable."""
+        if conn is None:
+            conn = self.primary.connection()
         try:
             return call(conn)
-        except _UNREACHABLE as e:
-            self.primary.failed(e)
-            raise self.primary.unavailable() from None
-        except StoreError as e:  # the adapter found no connection in its pool
+        except Exception as e:
+            if not unreachable(e):
+                raise
             self.primary.failed(e)
             raise self.primary.unavailable() from None
 
-    def _end(self, sql: str, verb: str) -> PgCursor:
+    def _end(self, conn: PgConnection, sql: str, verb: str) -> PgCursor:
         try:
-            cursor: PgCursor = self._on_primary(lambda c: c.execute(sql))
+            cursor: PgCursor = self._on_primary(lambda c: c.execute(sql), conn)
         except PrimaryUnavailable:
             if verb == "ROLLBACK":
                 return PgCursor([])  # the transaction went with the connection

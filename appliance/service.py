@@ -20,7 +20,7 @@ from twisted.application import internet, service
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from appliance.admin import make_admin_site
+from appliance.admin import heartbeat_service, make_admin_site
 from appliance.catalogue import drift_summary_service
 from appliance.config import Address, AuthBackend, Config, TlsProfile
 from appliance.directory import LdapDirectory
@@ -289,6 +289,9 @@ def make_service(
         summary = drift_summary_service(store, config.rollouts, clock, reactor)  # once a day
         if summary is not None:
             summary.setServiceParent(root)
+        heartbeat = heartbeat_service(config, store, clock, reactor)  # a pool's Pool page
+        if heartbeat is not None:
+            heartbeat.setServiceParent(root)
     retention = internet.TimerService(
         3600.0,
         lambda: clean_device_logs(

@@ -17,6 +17,7 @@ from appliance.admin.accounts import set_password as set_account_password
 from appliance.admin.accounts import set_role as set_account_role
 from appliance.admin.accounts import unlock as unlock_account
 from appliance.admin.api_rollouts import rollout_operation
+from appliance.admin.pool import heartbeat_service
 from appliance.admin.site import make_admin_site
 from appliance.admin.tokens import create_token, parse_expiry, revoke_token
 
@@ -24,6 +25,7 @@ __all__ = [
     "add_account",
     "create_token",
     "ensure_account",
+    "heartbeat_service",
     "parse_expiry",
     "revoke_token",
     "rollout_operation",

@@ -34,6 +34,7 @@ from appliance.admin.api_sessions import SessionsApi
 from appliance.admin.api_test_devices import TestDevicesApi
 from appliance.admin.call import Call, Handler
 from appliance.admin.directory_logins import AdminDirectory, is_directory_account
+from appliance.admin.pool import PoolApi
 from appliance.admin.sessions import CSRF_HEADER, Login, cookie_token, csrf_matches, find_session
 from appliance.admin.tokens import bearer_secret, find_token
 from appliance.admin.web import ApiError, Reply
@@ -89,6 +90,7 @@ class Api:
         self.captures = CapturesApi(config, clock)
         self.drift = DriftApi(config, store, clock)
         self.rollouts = RolloutsApi(store, clock)
+        self.pool = PoolApi(config, store, clock)
         s, ru, p, t, d = self.sessions, self.rules, self.packages, self.test_devices, self.devices
         public, read, session, change = Access.PUBLIC, Access.READ, Access.SESSION, Access.CHANGE
         r = _route
@@ -118,6 +120,7 @@ class Api:
             r(b"GET", r"/api/captures/(?P<id>[0-9T-]{20,60})", self.captures.detail, read),
             r(b"GET", r"/api/reports/drift", self.drift.report, read),
             r(b"GET", r"/api/reports/drift\.csv", self.drift.report_csv, read),
+            r(b"GET", r"/api/pool", self.pool.pool, read),
         ]
         self.routes += [r(m, p, h, change if c else read) for m, p, h, c in self.rollouts.routes()]
 

@@ -32,6 +32,7 @@ NAV = (
     ("/compliance", "Compliance"),
     ("/activity", "Activity"),
     ("/captures", "Captures"),
+    ("/pool", "Pool"),
 )
 STATIC_TYPES = {
     "app.css": b"text/css; charset=utf-8",
@@ -54,6 +55,7 @@ class Pages:
             "/activity": ("Activity", _activity),
             "/captures": ("Captures", _captures),
             "/compliance": ("Compliance", self.api.drift.page_body),
+            "/pool": ("Pool", self.api.pool.page_body),
             "/rollouts": ("Rollouts", pages_rollouts.rollouts),
             "/pins": ("Pins", pages_rollouts.pins),
             "/networks": ("Networks & windows", pages_rollouts.networks),

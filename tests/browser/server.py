@@ -20,10 +20,12 @@ from twisted.internet import reactor as default_reactor
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from appliance.admin import heartbeat_service
 from appliance.admin.site import make_admin_site
 from appliance.config import Address, AdminSettings, TlsProfile, load_config
 from appliance.service import Listener, SharedPortServer
 from appliance.store import GuardMode, Store, guard_thread
+from appliance.testing.processes import free_port
 from appliance.tls.contexts import context_factory
 from appliance.tls.generated import ensure_test_certificates
 
@@ -43,6 +45,9 @@ def main() -> None:
     if args.fqdn:
         service = dataclasses.replace(config.service, internal_fqdn=args.fqdn)
         config = dataclasses.replace(config, service=service)
+    # a free port chosen here, so that the node's name in a pool (host:port) is known
+    listeners = dataclasses.replace(config.listeners, admin=Address("127.0.0.1", free_port()))
+    config = dataclasses.replace(config, listeners=listeners)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     if args.dsn_file is not None:  # a pool's node: store calls off the reactor thread
         store = Store.open_postgresql(args.dsn_file.read_text().strip())
@@ -57,10 +62,13 @@ def main() -> None:
     )
     site = make_admin_site(config, store, lambda: datetime.now(UTC), reactor, settings=settings)
     # the wiring `serve` uses (appliance/service.py)
-    listener = Listener("admin", Address("127.0.0.1", 0), TlsProfile.MODERN, False)
+    listener = Listener("admin", config.listeners.admin, TlsProfile.MODERN, False)
     tls: Any = context_factory(creds, TlsProfile.MODERN)
     server = SharedPortServer(listener, TLSMemoryBIOFactory(tls, False, site), reactor)
     server.startService()
+    heartbeat = heartbeat_service(config, store, lambda: datetime.now(UTC), reactor)
+    if heartbeat is not None:  # PostgreSQL: this node on the Pool page, as serve does
+        heartbeat.startService()
     port = server._port.getHost().port
     print(
         json.dumps(

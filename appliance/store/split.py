@@ -401,6 +401,10 @@ def open_branch(
             Store.open_postgresql(primary_dsn, 1, clock=clock, upgrade=upgrade).close()
         except PrimaryUnavailable:
             pass  # served from the replica as it is
+        except StoreError as e:
+            if not unreachable(e):
+                raise
+            link.failed(e)  # gone between the two connections
         _wait_for_schema(store)
     except BaseException:
         store.close()

@@ -304,7 +304,9 @@ class Authenticator:
                 return True
 
             written = defer.maybeDeferred(self._run_blocking, publish)
-            written.addErrback(lambda f: log.failure("could not share a lockout", f))
+            written.addErrback(
+                lambda f: log.warn("lockout not shared: {error}", error=f.getErrorMessage())
+            )
         return results
 
     # -- the cache of recent successes ------------------------------------------------------
@@ -379,8 +381,8 @@ def _pulling(work: Callable[[], bool], check: _Check, shared: SharedLockouts) ->
         if not ok:
             try:
                 check.held = shared.holding()
-            except Exception:
-                log.failure("could not read the pool's lockouts")
+            except Exception as e:  # the failure still counts here; the pool's next time
+                log.warn("the pool's lockouts not read: {error}", error=str(e).split("\n")[0])
         return ok
 
     return run

@@ -232,6 +232,7 @@ def test_an_approval_on_the_primary_reaches_the_branch(pool: Pool) -> None:
 def test_with_the_primary_down_the_branch_serves_and_spools(pool: Pool) -> None:
     reference = check(pool.branch, ORDINARY_MAC)
     digest = serves(pool.branch, ORDINARY_MAC, NEW, reference)
+    assert digest in pool.images
     pool.a.stop()
     pool.b.stop()
     pool.pg.stop()

@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.application import internet, service
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -36,10 +37,12 @@ from appliance.ops import (
 from appliance.phones import (
     Authenticator,
     BaseUrls,
+    CatalogueWatcher,
     FileCheckService,
     LocalDirectory,
     PhoneService,
     SharedLockouts,
+    StoreThreads,
     ThreadPoolRunner,
     clean_device_logs,
     ntlm_verifier,
@@ -169,8 +172,10 @@ class ApplianceService(service.MultiService):
         for name in self.ports:
             log.info("listener {name} stopping", name=name, event="listener.stop")
         result = super().stopService()
-        self.phone.close()
-        return result
+        closed = self.phone.close()  # PostgreSQL: the last flush's write, in a thread
+        if closed is None:
+            return result
+        return defer.gatherResults([defer.maybeDeferred(lambda: result), closed])
 
 
 def steady_seconds(
@@ -214,19 +219,24 @@ def make_service(
     if config.auth.backend is AuthBackend.LDAP:
         directory: Any = LdapDirectory(config.auth.ldap)
     else:
-        directory = LocalDirectory.at(config.db_path)
+        directory = LocalDirectory.at(config.db_path, store)  # PostgreSQL's: shared
     authenticator = Authenticator(
         directory,
         config.auth,
         steady_seconds(),  # lockouts and remembered logins: a clock step does not move them
         run_blocking=ThreadPoolRunner(reactor),
-        ntlm=ntlm_verifier(config.auth, config.db_path),
+        ntlm=ntlm_verifier(config.auth, config.db_path, store),
         # a pool's lockouts held by every node (PostgreSQL)
         shared=SharedLockouts(store, node_name()) if store.backend == "postgresql" else None,
     )
-    phone = PhoneService(config, store, authenticator, clock)
+    # PostgreSQL: no store call on the reactor thread (docs/pool.md): the phones' store work
+    # runs in threads of its own, and a watcher thread reloads their catalogue snapshot.
+    offload = StoreThreads(reactor) if store.backend == "postgresql" else None
+    phone = PhoneService(config, store, authenticator, clock, offload)
     phone.records.batch_audit(lambda write: reactor.callLater(0, write))  # one write a turn
     root = ApplianceService(phone, config)
+    if offload is not None:  # first: the snapshot is loaded before anything reads it
+        CatalogueWatcher(store, phone.answers, reactor).setServiceParent(root)
     limits = Limits.of(config.service)
     for listener in listeners(config):
         routes = phone.routes(listener.external, plain_http=listener.profile is None)
@@ -286,7 +296,9 @@ def make_service(
         rollouts = internet.TimerService(config.rollouts.timer_seconds, phone.rollout_tick)
         rollouts.clock = reactor
         rollouts.setServiceParent(root)
-        summary = drift_summary_service(store, config.rollouts, clock, reactor)  # once a day
+        summary = drift_summary_service(  # once a day
+            store, config.rollouts, clock, reactor, offload=offload
+        )
         if summary is not None:
             summary.setServiceParent(root)
         heartbeat = heartbeat_service(config, store, clock, reactor)  # a pool's Pool page

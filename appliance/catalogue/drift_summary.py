@@ -76,7 +76,10 @@ class DriftSummaryService(service.Service):
         clock: Callable[[], datetime],
         reactor: Any,
         logger: Logger = log,
+        offload: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
+        """`offload` (PostgreSQL): runs the report's reading and logging in a thread."""
+        self.offload = offload
         self.report = report
         self.logger = logger
         self.at = at
@@ -97,12 +100,19 @@ class DriftSummaryService(service.Service):
 
     def _run(self) -> None:
         due = self.due or self.clock()
-        try:
-            log_drift_summary(self.report(self.clock()), self.logger)
-        except Exception:
-            self.logger.failure("could not make the daily drift summary")
+        now = self.clock()
+        if self.offload is None:
+            self._summarise(now)
+        else:
+            self.offload(lambda: self._summarise(now))
         # from the later of now and the moment due: a timer a little early runs once a day
         self._schedule(max(self.clock(), due))
+
+    def _summarise(self, now: datetime) -> None:
+        try:
+            log_drift_summary(self.report(now), self.logger)
+        except Exception:
+            self.logger.failure("could not make the daily drift summary")
 
     def stopService(self) -> Any:
         if self._call is not None and self._call.active():
@@ -116,8 +126,10 @@ def drift_summary_service(
     settings: RolloutSettings,
     clock: Callable[[], datetime],
     reactor: Any,
+    offload: Callable[[Callable[[], None]], object] | None = None,
 ) -> DriftSummaryService | None:
-    """The service for `config.rollouts` (None when `drift_summary_at` is "")."""
+    """The service for `config.rollouts` (None when `drift_summary_at` is ""); `offload`:
+    the summary made in a thread (PostgreSQL)."""
     if not settings.drift_summary_at:
         return None
     days = settings.drift_unseen_days
@@ -127,4 +139,5 @@ def drift_summary_service(
         settings.drift_summary_zone,
         clock,
         reactor,
+        offload=offload,
     )

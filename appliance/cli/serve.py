@@ -15,13 +15,14 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from appliance.catalogue import hold_serve_lock
 from appliance.cli.exits import EX_CONFIG, EX_USAGE, Failure
 from appliance.cli.packages import SAMPLE_CHECK
 from appliance.config import Address, Config, ConfigError
-from appliance.store import Store
+from appliance.store import GuardMode, Store, guard_thread
 
 if TYPE_CHECKING:
     from appliance.service import ApplianceService
@@ -100,6 +101,7 @@ def serve(args: argparse.Namespace, config: Config, store: Store, actor: str) ->
         raise Failure(f"cannot start: {e}") from e
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(root.reload))
+    guard_reactor(os.environ)
     if args.bind:
         _follow_parent(reactor)
         reactor.run()
@@ -112,6 +114,20 @@ def serve(args: argparse.Namespace, config: Config, store: Store, actor: str) ->
     _print_banner(config, root, creds)
     reactor.run()
     return 0
+
+
+REACTOR_GUARD = "UCUPDATES_REACTOR_GUARD"  # raise (the tests), log (the default) or off
+
+
+def guard_reactor(environ: Mapping[str, str]) -> None:
+    """From here on this thread runs the reactor: a PostgreSQL store call made on it is a
+    bug (`store.guard`), logged once, or raised with UCUPDATES_REACTOR_GUARD=raise. What
+    ran before (opening the store, the first catalogue snapshot) was before any phone."""
+    try:
+        mode = GuardMode(environ.get(REACTOR_GUARD, "log").strip().lower() or "log")
+    except ValueError:
+        raise Failure(f"{REACTOR_GUARD} must be raise, log or off", EX_CONFIG) from None
+    guard_thread(mode)
 
 
 def _begin_logging(config: Config, reactor: Any, log_format: str) -> None:

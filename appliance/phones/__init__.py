@@ -10,14 +10,17 @@ from appliance.phones.directories import (
 )
 from appliance.phones.lockouts import SharedLockouts
 from appliance.phones.ntlm import NtlmResponse
+from appliance.phones.offload import StoreThreads
 from appliance.phones.records import clean_device_logs
 from appliance.phones.resource import PhoneRoutes, PhoneService
 from appliance.phones.verification import FileCheckService
+from appliance.phones.watcher import CatalogueWatcher
 from appliance.phones.winbind import WinbindVerifier
 
 __all__ = [
     "Authenticator",
     "BaseUrls",
+    "CatalogueWatcher",
     "Directory",
     "FileCheckService",
     "LocalDirectory",
@@ -26,6 +29,7 @@ __all__ = [
     "PhoneRoutes",
     "PhoneService",
     "SharedLockouts",
+    "StoreThreads",
     "ThreadPoolRunner",
     "WinbindVerifier",
     "clean_device_logs",

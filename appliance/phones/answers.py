@@ -9,13 +9,19 @@ the `catalogue.FileVerifier`'s generation, both seen by the very next check; ano
 process's commit (the command line while `serve` runs, another worker) shows in the
 store's `data_version`, looked at no more than every `LOOK_SECONDS`, so it is seen within
 that time.
+
+On PostgreSQL no check may wait on the database: the answers are `watched`. A watcher
+(`phones.watcher`) loads the snapshot in its own thread (`load_snapshot`) when the
+catalogue's version moves and swaps it in on the reactor thread (`install`); a check only
+notices the file verifier's generation, which needs no query.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -65,8 +71,40 @@ def route(path: bytes) -> RouteKind | None:
     return None
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What answers are given from, as loaded from the store: the catalogue, the rollout
+    policy and the stored files a device may be offered (by folded relative path)."""
+
+    catalog: Catalog
+    policy: RolloutPolicy
+    files: Mapping[str, StoredFile]
+    data_version: int  # read before loading: a commit after it shows as a change
+    generation: int  # this process's catalogue generation, read before loading
+
+
+def load_snapshot(store: Store) -> Snapshot:
+    """The snapshot from the store (blocking: on PostgreSQL, in a thread)."""
+    generation = store.catalogue_generation()
+    data_version = store.data_version()
+    return _loaded(store, data_version, generation)
+
+
+def _loaded(store: Store, data_version: int, generation: int) -> Snapshot:
+    catalog = store.catalog()
+    policy = store.rollout_policy()
+    referenced = kept_versions(catalog.rules, policy)
+    files = {
+        f.path.as_posix().casefold(): f
+        for f in store.stored_files()
+        if (f.key.folded(), f.version) in referenced
+    }
+    return Snapshot(catalog, policy, files, data_version, generation)
+
+
 class Answers:
-    """The catalogue snapshot, the files it references and the answers given from it."""
+    """The catalogue snapshot, the files it references and the answers given from it.
+    `watched`: the snapshot comes only from `install` (PostgreSQL), never from a check."""
 
     def __init__(
         self,
@@ -75,22 +113,29 @@ class Answers:
         verifier: FileVerifier | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        watched: bool = False,
     ) -> None:
         self.store = store
         self.urls = urls
         self.verifier = verifier
         self.clock = clock
         self.now = now  # the service's clock: download windows, only with a policy
+        self.watched = watched
         self._generations: tuple[int, int] | None = None  # the store's, the verifier's
         self._data_version: int | None = None
         self._next_look = 0.0  # when `data_version` is read again (`clock`)
+        self._loaded_catalog = Catalog()  # as loaded, before the verifier's broken updates
         self._catalog = Catalog()
         self._policy = RolloutPolicy()
-        self._files: dict[str, StoredFile] = {}
+        self._files: Mapping[str, StoredFile] = {}
         self._answers: dict[tuple[object, ...], tuple[AnyDecision, bytes]] = {}
 
     def _refresh(self) -> None:
         verified = self.verifier.generation if self.verifier is not None else 0
+        if self.watched:
+            if self._generations is not None and verified != self._generations[1]:
+                self._verified(self._generations[0])  # a file failed, or passes again
+            return
         generations = (self.store.catalogue_generation(), verified)
         now = self.clock()
         if generations == self._generations and now < self._next_look:
@@ -99,22 +144,33 @@ class Answers:
         data_version = self.store.data_version()  # before loading: a later commit shows
         if generations == self._generations and data_version == self._data_version:
             return
-        self._catalog = self.store.catalog()
-        self._policy = self.store.rollout_policy()
+        self.install(_loaded(self.store, data_version, generations[0]))
+
+    def install(self, snapshot: Snapshot) -> None:
+        """Answer from `snapshot` from now on (on the reactor thread)."""
+        self._loaded_catalog = self._catalog = snapshot.catalog
+        self._policy = snapshot.policy
+        self._files = snapshot.files
+        self._data_version = snapshot.data_version
+        self._verified(snapshot.generation)
+
+    @property
+    def data_version(self) -> int | None:
+        """The store's `data_version` the snapshot was loaded at (None: none loaded)."""
+        return self._data_version
+
+    def _verified(self, generation: int) -> None:
+        """The loaded catalogue less the updates whose files fail verification; the answers
+        remembered are forgotten."""
         self._answers.clear()
-        referenced = kept_versions(self._catalog.rules, self._policy)
-        self._files = {
-            f.path.as_posix().casefold(): f
-            for f in self.store.stored_files()
-            if (f.key.folded(), f.version) in referenced
-        }
+        self._catalog = self._loaded_catalog
         if self.verifier is not None:
             self.verifier.recheck_broken(self._files.values())  # repaired since?
             self._catalog = dataclasses.replace(
-                self._catalog, broken=self.verifier.broken_updates()
+                self._loaded_catalog, broken=self.verifier.broken_updates()
             )
-            generations = (generations[0], self.verifier.generation)
-        self._generations, self._data_version = generations, data_version
+        verified = self.verifier.generation if self.verifier is not None else 0
+        self._generations = (generation, verified)
 
     def catalog(self) -> Catalog:
         self._refresh()

@@ -38,8 +38,11 @@ class NtlmVerifier(Protocol):
         ...
 
 
-def ntlm_verifier(settings: AuthSettings, db_path: Path) -> NtlmVerifier | None:
-    """What checks NTLM responses (`auth.ntlm_backend`), or None when `auth.ntlm` is off.
+def ntlm_verifier(
+    settings: AuthSettings, db_path: Path, shared: Store | None = None
+) -> NtlmVerifier | None:
+    """What checks NTLM responses (`auth.ntlm_backend`), or None when `auth.ntlm` is off;
+    local users from the store at `db_path`, or `shared` (`LocalDirectory.at`).
     Allowing NTLMv1 is logged as a warning (it is called once per worker at start)."""
     if not settings.ntlm:
         return None
@@ -51,7 +54,7 @@ def ntlm_verifier(settings: AuthSettings, db_path: Path) -> NtlmVerifier | None:
         )
     if settings.ntlm_backend is NtlmBackend.WINBIND:
         return WinbindVerifier(settings.ntlm_helper, settings.ntlm_helper_timeout)
-    return LocalDirectory.at(db_path)
+    return LocalDirectory.at(db_path, shared)
 
 
 class LocalDirectory:
@@ -59,7 +62,9 @@ class LocalDirectory:
 
     verify() runs on pool threads, and an SQLite connection may only be used by the thread
     that opened it: each thread gets its own Store from `open_store`, opened on first use
-    (`LocalDirectory.at(config.db_path)`). Tests that verify inline may hand in one Store.
+    (`LocalDirectory.at(config.db_path)`). A PostgreSQL store may be used by every thread
+    (each borrows a pooled connection): the service's own is shared (`at(path, store)`).
+    Tests that verify inline may hand in one Store.
     """
 
     def __init__(self, open_store: Callable[[], Store]) -> None:
@@ -68,7 +73,11 @@ class LocalDirectory:
         self._dummy: str | None = None
 
     @classmethod
-    def at(cls, path: Path) -> LocalDirectory:
+    def at(cls, path: Path, shared: Store | None = None) -> LocalDirectory:
+        """The users of the configured store: `shared` when it may be used from any thread
+        (PostgreSQL's), else an SQLite store opened at `path` by each thread."""
+        if shared is not None and shared.backend == "postgresql":
+            return cls(lambda: shared)
         return cls(lambda: Store.open(path))
 
     def _store(self) -> Store:

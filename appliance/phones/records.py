@@ -18,16 +18,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from appliance.catalogue import AnyDecision, Offer
-from appliance.config import Config
-from appliance.model import Device, DeviceRequest
+from appliance.config import Config, RolloutSettings
+from appliance.model import Device, DeviceRequest, OfferRecord
 from appliance.phones.capture import Captures
 from appliance.phones.codec import audit_line
 from appliance.phones.confirmations import log_outcomes, record_outcomes
@@ -44,7 +46,7 @@ class DeviceLogError(Exception):
     """A device log that cannot be stored now (a full disk, a read-only folder...)."""
 
 
-class _Sighting(NamedTuple):
+class Sighting(NamedTuple):
     """A check as the inventory keeps it until the next flush."""
 
     request: DeviceRequest
@@ -81,14 +83,39 @@ class _Sighting(NamedTuple):
         )
 
 
+Changes = list[tuple[OfferRecord | None, OfferRecord]]  # offer records changed (before, after)
+Offload = Callable[[Callable[[], Any]], "Deferred[Any]"]  # runs the work in a thread
+
+
+def write_sightings(
+    store: Store, pending: Mapping[str, Sighting], settings: RolloutSettings
+) -> Changes:
+    """Record the buffered sightings' devices, and confirm and record their checks'
+    offers (the caller holds the store's transaction); returns the offer records changed."""
+    checks = [(i, *check) for i, s in pending.items() for check in s.checks()]
+    for identity, sighting in pending.items():
+        store.record_device(sighting.device(identity))
+    return record_outcomes(store, checks, settings)
+
+
 class Records:
     """The audit file, the inventory buffer and the captures. Use from the reactor."""
 
-    def __init__(self, config: Config, store: Store, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        now: Callable[[], datetime],
+        offload: Offload | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.now = now
-        self._inventory: dict[str, _Sighting] = {}
+        self._offload = offload  # PostgreSQL: the inventory's writes run in a thread
+        # The inventory's write of one batch (in its own transaction); a branch node's
+        # replaces it with one that keeps the batch locally while the primary is away.
+        self.write_batch: Callable[[Mapping[str, Sighting]], Changes] = self._write_batch
+        self._inventory: dict[str, Sighting] = {}
         self._audit: tuple[str, int] | None = None  # today's audit file name, its descriptor
         self._audit_failing = False  # an error was logged; the next success says so
         self._server = config.service.server_name or os.uname().nodename
@@ -141,7 +168,7 @@ class Records:
         identity = request.mac or (f"serial:{request.serial}" if request.serial else f"ip:{client}")
         previous = self._inventory.get(identity)
         earlier = () if previous is None else previous.checks()[: CHECKS_KEPT - 1]
-        self._inventory[identity] = _Sighting(
+        self._inventory[identity] = Sighting(
             request, client, reported, now, decision.offers, earlier
         )
         self._count(request, decision, now)
@@ -168,27 +195,40 @@ class Records:
                 self._write_audit(lines[start][0], text)
                 start = end
 
-    def flush_inventory(self) -> int:
+    def flush_inventory(self) -> int | Deferred[int]:
         """Write the buffered sightings in one transaction (called every second), with
         what their checks offered and confirmed (confirmations.py), and the audit lines
-        waiting."""
+        waiting. The buffer is taken, and put back after a failure, on this thread; the
+        write (`write_batch`) runs here, or through `offload` in a thread (PostgreSQL),
+        when the count comes in a Deferred."""
         self.write_audit()
         if not self._inventory:
             return 0
         pending, self._inventory = self._inventory, {}
-        checks = [(i, *check) for i, s in pending.items() for check in s.checks()]
-        try:
-            with self.store.transaction():
-                for identity, sighting in pending.items():
-                    self.store.record_device(sighting.device(identity))
-                outcomes = record_outcomes(self.store, checks, self.config.rollouts)
-        except Exception:
-            log.failure("could not record {count} device sightings", count=len(pending))
-            for identity, sighting in pending.items():
-                self._inventory.setdefault(identity, sighting)
-            return 0
+        if self._offload is None:
+            try:
+                outcomes = self.write_batch(pending)
+            except Exception:
+                self._put_back(pending, Failure())
+                return 0
+            return self._written(outcomes, pending)
+        writing: Deferred[Changes] = self._offload(lambda: self.write_batch(pending))
+        done = writing.addCallback(self._written, pending)
+        return done.addErrback(lambda failure: self._put_back(pending, failure))
+
+    def _write_batch(self, pending: Mapping[str, Sighting]) -> Changes:
+        with self.store.transaction():
+            return write_sightings(self.store, pending, self.config.rollouts)
+
+    def _written(self, outcomes: Changes, pending: Mapping[str, Sighting]) -> int:
         log_outcomes(outcomes)
         return len(pending)
+
+    def _put_back(self, pending: Mapping[str, Sighting], failure: Failure) -> int:
+        log.failure("could not record {count} device sightings", failure, count=len(pending))
+        for identity, sighting in pending.items():
+            self._inventory.setdefault(identity, sighting)
+        return 0
 
     def _write_audit(self, name: str, text: str) -> None:
         """Append whole lines to the day's file `name` (named by the check's time: after
@@ -226,9 +266,11 @@ class Records:
                 os.close(self._audit[1])
             self._audit = None
 
-    def close(self) -> None:
-        self.flush_inventory()  # and the audit lines waiting
+    def close(self) -> Deferred[int] | None:
+        """Write what is buffered; with `offload`, the Deferred of the last write."""
+        flushed = self.flush_inventory()  # and the audit lines waiting
         self._close_audit()
+        return flushed if isinstance(flushed, Deferred) else None
 
 
 def store_device_log(folder: Path, name: str, body: bytes) -> Path:

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from urllib.parse import parse_qs, unquote_to_bytes
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -30,7 +31,7 @@ from appliance.phones.codec import CONTENT_TYPE, BaseUrls, CheckError, parse_che
 from appliance.phones.confirmations import rollout_tick
 from appliance.phones.downloads import Downloads
 from appliance.phones.image_body import Download
-from appliance.phones.records import DeviceLogError, Records, store_device_log
+from appliance.phones.records import DeviceLogError, Offload, Records, store_device_log
 from appliance.store import Store
 from appliance.web import LeanRequest, Rejection
 from appliance.web import text_answer as plain
@@ -64,32 +65,44 @@ class PhoneService:
         store: Store,
         authenticator: Authenticator,
         now: Callable[[], datetime],
+        offload: Offload | None = None,
     ) -> None:
+        """`offload` (PostgreSQL): the store's work runs through it, in a thread; the
+        answers' snapshot is then installed by a `CatalogueWatcher`, never read by a check."""
         self.config = config
         self.store = store
         self.authenticator = authenticator
         self.now = now
+        self.offload = offload
         self.answers = Answers(
-            store, BaseUrls.from_config(config), FileVerifier(config.store_dir), now=now
+            store,
+            BaseUrls.from_config(config),
+            FileVerifier(config.store_dir),
+            now=now,
+            watched=offload is not None,
         )
-        self.records = Records(config, store, now)
+        self.records = Records(config, store, now, offload)
         self.downloads = Downloads(config.service)
 
     def set_urls(self, urls: BaseUrls) -> None:
         """The base URLs answers carry (known once the listeners have their ports)."""
         self.answers.set_urls(urls)
 
-    def flush_inventory(self) -> int:
+    def flush_inventory(self) -> int | Deferred[int]:
         """Write the buffered sightings in one transaction (called every second)."""
         return self.records.flush_inventory()
 
-    def rollout_tick(self) -> None:
+    def rollout_tick(self) -> Deferred[None] | None:
         """Silent devices found, staged approvals advanced or paused (every
         `rollouts.timer_seconds`, by one process)."""
-        rollout_tick(self.store, self.now(), self.config.rollouts)
+        now, settings = self.now(), self.config.rollouts
+        if self.offload is None:
+            rollout_tick(self.store, now, settings)
+            return None
+        return self.offload(lambda: rollout_tick(self.store, now, settings))
 
-    def close(self) -> None:
-        self.records.close()
+    def close(self) -> Deferred[int] | None:
+        return self.records.close()
 
     def admitter(self, external_listener: bool, plain_http: bool = False) -> Admit:
         """The admission of one listener (`admission.make_admitter`)."""

@@ -8,6 +8,7 @@ from appliance.store.connection import iso_utc, utc_now
 from appliance.store.copy import copy_rows, occupied_tables, row_differences
 from appliance.store.database import Store, inspect_database, newest_schema_version
 from appliance.store.errors import DuplicateError, SchemaError, StoreError
+from appliance.store.feed import ChangeFeed
 from appliance.store.guard import GuardMode, ReactorBlockingError, guard_thread
 from appliance.store.pool import node_name
 from appliance.store.spool import Spool, branch_spool
@@ -15,6 +16,7 @@ from appliance.store.spool import ship as ship_spool
 
 __all__ = [
     "BLOB_CHUNK",
+    "ChangeFeed",
     "DuplicateError",
     "PoolState",
     "PrimaryUnavailable",

@@ -134,6 +134,12 @@ class PgConnection:
             pool.close()
             raise StoreError(f"cannot connect to the PostgreSQL store: {_first_line(e)}") from None
 
+    @property
+    def conninfo(self) -> str:
+        """The connection string (for a connection of its own, such as LISTEN's). Secret:
+        never part of a message."""
+        return str(self._pool.conninfo)
+
     def _take(self) -> psycopg.Connection[Any]:
         """This thread's held connection, else one from the pool (given back by `_give`)."""
         held: psycopg.Connection[Any] | None = getattr(self._local, "held", None)

@@ -5,7 +5,8 @@ a PostgreSQL store, verified (docs/pool.md, "Moving an appliance into a pool").
     migrate-store --verify-only [--dsn-file FILE | --dsn-env NAME] [--json]
 
 The target's connection string comes from a file or an environment variable, or from the
-configuration's [store] when it says postgresql; never from an argument (it holds a
+configuration's [store] when it says postgresql (a branch node's: its primary); never from
+an argument (it holds a
 password, and the process list shows arguments).
 """
 
@@ -69,8 +70,9 @@ def _connection_string(args: argparse.Namespace, config: Config) -> str:
         text = os.environ.get(args.dsn_env, "").strip()
         where = f"--dsn-env {args.dsn_env}"
     elif config.store.backend is StoreBackend.POSTGRESQL:
-        try:
-            return config.store.connection_string(os.environ)
+        try:  # a branch node's configuration: its writes go to the primary, so does this
+            primary = config.store.primary_connection_string(os.environ)
+            return primary or config.store.connection_string(os.environ)
         except ConfigError as e:
             raise Failure(str(e), EX_CONFIG) from None
     else:

@@ -168,6 +168,16 @@ def test_a_rule_is_offered_on_a_node_only_once_its_files_are_fetched_and_verifie
     assert decision.reason is Reason.APPROVED and decision.downloads == 1
     assert b"<Downloads>1</Downloads>" in body
 
+    # The copy damaged later, found when it is about to be served: fetched again at once.
+    with b.file(image.path).open("r+b") as f:
+        f.write(b"X")
+    assert not answers.intact(image)  # its download refused; the cache wakes up
+    assert cache.wait(60)
+    assert cache.last is not None and cache.last.repaired == (image.path.as_posix(),)
+    assert _sha256(b.file(image.path)) == image.sha256
+    assert answers.answer(CHECK)[0].reason is Reason.APPROVED
+    cache.close()
+
 
 def test_a_fetch_that_fails_is_tried_again(nodes: tuple[Node, Node], package: Path) -> None:
     a, b = nodes
@@ -181,12 +191,14 @@ def test_a_fetch_that_fails_is_tried_again(nodes: tuple[Node, Node], package: Pa
             break
         cache.wait(0.1)
     assert cache.last is not None and len(cache.last.failed) == 16
-    assert not cache.wait(0)  # not idle: it waits to try again
+    assert not cache.wait(0)  # not idle: it tries again
 
     b.config.staging_dir.unlink()
     cache.fill_soon()  # the next catalogue change, before the retry's time
     assert cache.wait(60)
-    assert cache.last.complete and len(cache.last.fetched) == 16
+    assert cache.last is not None and cache.last.complete
+    for f in b.store.stored_files():
+        assert _sha256(b.file(f.path)) == f.sha256
     cache.close()
 
 

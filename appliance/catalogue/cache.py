@@ -97,6 +97,7 @@ class NodeCache:
         with self._lock:
             if self._closed:
                 return
+            self.verifier.on_broken = self.fill_soon  # a copy found damaged: fetched again
             self._wake.set()
             self._idle.clear()
             if self._thread is None:
@@ -136,22 +137,24 @@ class NodeCache:
             delay = RETRY_SECONDS if woken else min(2 * delay, RETRY_MAX_SECONDS)
 
     def fill(self) -> CacheFill | None:
-        """Fetch what the rules reference and this node lacks; the pass's result, or None
-        when a fill was running already (it goes round again for this call)."""
+        """Fetch what the rules reference and this node lacks, in the caller's thread; what
+        was done (with the rounds asked for meanwhile), or None when a fill was running
+        already (it goes round again for this call)."""
         with self._lock:
             if self._running:
                 self._again = True
                 return None
             self._running = True
         try:
+            result = self._pass()
             while True:
-                result = self._pass()
                 with self._lock:
                     if not self._again:
                         self._running = False
                         self.last = result
                         return result
                     self._again = False
+                result = _then(result, self._pass())
         except BaseException:
             with self._lock:
                 self._running = self._again = False
@@ -252,6 +255,18 @@ class NodeCache:
             event="file.fetched",
         )
         return size
+
+
+def _then(first: CacheFill, then: CacheFill) -> CacheFill:
+    """Two passes of one fill as one: what both fetched, what the second still lacks."""
+    return CacheFill(
+        then.present,
+        first.fetched + tuple(p for p in then.fetched if p not in first.fetched),
+        first.repaired + tuple(p for p in then.repaired if p not in first.repaired),
+        then.waiting,
+        then.failed,
+        first.bytes + then.bytes,
+    )
 
 
 def _make_folders(folder: Path, root: Path) -> list[Path]:

@@ -28,7 +28,7 @@ import functools
 import hashlib
 import os
 import threading
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -92,6 +92,7 @@ class FileVerifier:
         self._broken: dict[UpdateId, set[PurePosixPath]] = {}
         self._lock = threading.Lock()
         self.generation = 0  # changes whenever the set of broken updates does
+        self.on_broken: Callable[[], object] | None = None  # called when a file starts failing
 
     def broken_updates(self) -> frozenset[UpdateId]:
         with self._lock:
@@ -164,7 +165,10 @@ class FileVerifier:
 
     def _record(self, stored: StoredFile, seen: _Seen | None, problem: str | None) -> None:
         with self._lock:
+            was_broken = stored.path in self._broken.get((stored.key.folded(), stored.version), ())
             self._record_locked(stored, seen, problem)
+        if problem is not None and not was_broken and self.on_broken is not None:
+            self.on_broken()  # outside the lock: a pool node's cache fetches it again
 
     def _record_locked(self, stored: StoredFile, seen: _Seen | None, problem: str | None) -> None:
         if seen is None:

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from appliance.admin import heartbeat_service, make_admin_site
-from appliance.catalogue import drift_summary_service
+from appliance.catalogue import NodeCache, drift_summary_service
 from appliance.config import Address, AuthBackend, Config, TlsProfile
 from appliance.directory import LdapDirectory
 from appliance.discovery import DnsService, make_dhcp_service, make_dns_service
@@ -236,7 +236,10 @@ def make_service(
     phone.records.batch_audit(lambda write: reactor.callLater(0, write))  # one write a turn
     root = ApplianceService(phone, config)
     if offload is not None:  # first: the snapshot is loaded before anything reads it
-        CatalogueWatcher(store, phone.answers, reactor).setServiceParent(root)
+        # the node's files folder filled from the blobs its rules reference, in a thread
+        cache = NodeCache(store, config.store_dir, config.staging_dir, phone.answers.verifier)
+        watcher = CatalogueWatcher(store, phone.answers, reactor, after_reload=cache.fill_soon)
+        watcher.setServiceParent(root)
     limits = Limits.of(config.service)
     for listener in listeners(config):
         routes = phone.routes(listener.external, plain_http=listener.profile is None)

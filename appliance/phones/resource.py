@@ -77,7 +77,8 @@ class PhoneService:
         self.answers = Answers(
             store,
             BaseUrls.from_config(config),
-            FileVerifier(config.store_dir),
+            # a pool node's files come from the store's blobs (catalogue.NodeCache)
+            FileVerifier(config.store_dir, cached=store.backend == "postgresql"),
             now=now,
             watched=offload is not None,
         )

@@ -27,6 +27,8 @@ from appliance.catalogue import (
     make_sample_package,
 )
 from appliance.config import Config, load_config
+from appliance.ops.checks import check_files
+from appliance.ops.results import CheckResult
 from appliance.phones.answers import Answers
 from appliance.phones.codec import BaseUrls
 from appliance.store import BLOB_CHUNK, RuleFilter, Store, StoreError
@@ -83,6 +85,9 @@ def test_an_import_stores_every_file_as_a_blob_and_another_node_fills_its_files_
     assert a.store.blob_size(image.sha256) == IMAGE_SIZE
     assert b"".join(b.store.blob_chunks(image.sha256)) == a.file(image.path).read_bytes()
     assert not b.config.store_dir.exists()
+    waiting = check_files(b.config, b.store)  # `ucupdates check` on B before its fill
+    assert waiting.ok and waiting.warning
+    assert "16 file(s), 8.4 MB, not fetched from the store yet" in waiting.detail
 
     cache = NodeCache(b.store, b.config.store_dir, b.config.staging_dir)
     filled = cache.fill()
@@ -96,6 +101,9 @@ def test_an_import_stores_every_file_as_a_blob_and_another_node_fills_its_files_
     again = cache.fill()  # everything here and verified: nothing fetched twice
     assert again is not None and again.present == 16 and again.fetched == ()
     assert again.bytes == 0
+    assert check_files(b.config, b.store, hashes=True) == CheckResult(
+        "files", True, "16 file(s) of 8 update(s), 8.4 MB hashed"
+    )
 
 
 def test_a_damaged_copy_on_the_node_is_found_and_fetched_again(
@@ -155,6 +163,8 @@ def test_a_rule_is_offered_on_a_node_only_once_its_files_are_fetched_and_verifie
     filled = cache.fill()
     assert filled is not None and filled.waiting == (image.path.as_posix(),)
     assert not b.file(image.path).exists()
+    lost = check_files(b.config, b.store)
+    assert not lost.ok and "the store holds no blob of it" in lost.detail
     decision, body = answers.answer(CHECK)
     assert decision.reason is Reason.BROKEN_FILES and decision.downloads == 0
 

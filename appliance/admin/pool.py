@@ -85,13 +85,25 @@ def heartbeat_service(
     if store.backend != "postgresql":
         return None
     heartbeat = Heartbeat(config, store, clock, name)
+    failing = [False]  # logged when writes start failing, and when they work again
+
+    def written(_: None) -> None:
+        if failing[0]:
+            failing[0] = False
+            log.info("pool heartbeat written again", event="pool.heartbeat.back")
+
+    def failed(failure: Any) -> None:
+        if not failing[0]:
+            failing[0] = True
+            log.warn(
+                "pool heartbeat not written: {error}",
+                error=failure.getErrorMessage().split("\n")[0],
+                event="pool.heartbeat.failed",
+            )
 
     def tick() -> defer.Deferred[None]:
-        written = deferToThreadPool(reactor, reactor.getThreadPool(), heartbeat.beat)
-        written.addErrback(
-            lambda f: log.warn("pool heartbeat not written: {error}", error=f.getErrorMessage())
-        )
-        return written
+        beat = deferToThreadPool(reactor, reactor.getThreadPool(), heartbeat.beat)
+        return beat.addCallbacks(written, failed)
 
     service = internet.TimerService(HEARTBEAT_SECONDS, tick)
     service.clock = reactor

@@ -262,7 +262,7 @@ def make_admin_site(
     directory = directory or AdminDirectory.of(settings.ldap, config.auth.ldap)
     api = Api(config, store, clock, reactor, settings, openapi, directory)
     api.packages.observe = observe_import
-    worker = Worker(reactor, store)
+    worker = Worker(reactor, store, config.store.pool_size)  # as many as connections
     panel = ControlPanel(api, pages.Pages(api), worker)
     root = _Root(panel)
 

@@ -28,7 +28,7 @@ from appliance.store import Store
 
 T = TypeVar("T")
 
-DEFAULT_THREADS = 4  # when the store does not say its pool size
+DEFAULT_THREADS = 4  # [store] pool_size's default
 
 _local = threading.local()
 
@@ -64,11 +64,10 @@ class Worker:
     """Runs a request's store work: in a bounded pool on PostgreSQL (`threaded`), inline on
     SQLite. The pool starts on first use and stops when the reactor shuts down."""
 
-    def __init__(self, reactor: Any, store: Store, threads: int | None = None) -> None:
+    def __init__(self, reactor: Any, store: Store, threads: int = DEFAULT_THREADS) -> None:
         self.reactor = reactor
         self.threaded = store.backend == "postgresql"
-        size = threads or getattr(store, "pool_size", None) or DEFAULT_THREADS
-        self.threads = max(1, int(size))
+        self.threads = max(1, threads)
         self._pool: ThreadPool | None = None
         self._lock = threading.Lock()
 

@@ -269,6 +269,7 @@ def make_service(
             auth=lambda: authenticator.counts,
             certificate_expiry=lambda: credentials.not_after,
             store=store,
+            offload=offload,  # PostgreSQL: the store's figures read in a thread
         )
         if first_worker and root.dns is not None:
             readings.dns = lambda: root.dns.responder.counters if root.dns else {}

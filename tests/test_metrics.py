@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
 
 from appliance.admin import add_account, make_admin_site
 from appliance.catalogue import Reason, RolloutReason, make_sample_package, sample_check
@@ -282,6 +283,25 @@ def test_a_store_that_cannot_be_read_leaves_the_other_metrics_served(tmp_path: P
     _, samples = scrape(Readings(checks=lambda: {("internal", "approved"): 2}, store=store))
     assert samples["ucupdates_checks_total", (("outcome", "approved"), ("zone", "internal"))] == 2
     assert not any(name.startswith("ucupdates_catalogue") for name, _ in samples)
+
+
+def test_with_an_offload_a_scrape_never_reads_the_store(appliance: Appliance) -> None:
+    """On PostgreSQL the store's figures are read in a thread (`Readings.offload`): a
+    scrape starts the read, shows the last figures read, and starts no second read."""
+    reads: list[tuple[Deferred[StoreFigures], Callable[[], StoreFigures]]] = []
+
+    def offload(work: Callable[[], StoreFigures]) -> Deferred[StoreFigures]:
+        reads.append((Deferred(), work))
+        return reads[-1][0]
+
+    registry, _ = make_registry(dataclasses.replace(appliance.readings, offload=offload))
+    assert "ucupdates_catalogue" not in generate_latest(registry).decode()
+    assert "ucupdates_catalogue" not in generate_latest(registry).decode()
+    assert len(reads) == 1
+    done, work = reads.pop()
+    done.callback(work())  # what the thread does, and its result coming back
+    assert "ucupdates_catalogue" in generate_latest(registry).decode()
+    assert reads == []
 
 
 def test_a_download_is_counted_with_its_bytes(appliance: Appliance) -> None:

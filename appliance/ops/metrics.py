@@ -5,7 +5,8 @@ plain integer counters (a dict increment beside what they already do), and
 `ApplianceCollector` turns them into metric families only when Prometheus scrapes. What
 the composition root hands in is a `Readings`: callables that return plain numbers and
 mappings, so this module imports nothing of the phones or of discovery. The store's
-figures (catalogue, inventory) are read at most every `STORE_SECONDS`.
+figures (catalogue, inventory) are read at most every `STORE_SECONDS` (on PostgreSQL in a
+thread, a scrape showing the last figures read).
 
 Labels stay bounded: zones, outcomes and answer kinds are closed sets; a model or version
 is shown only when the catalogue knows it (an imported update), any other as `other`, so a
@@ -32,7 +33,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from appliance.model import RuleState, Zone
 from appliance.store import Store
@@ -90,6 +93,9 @@ class Readings:
     dhcp: Callable[[], Figures] | None = None  # outcome -> count
     certificate_expiry: Callable[[], datetime] | None = None
     store: Store | None = None
+    # PostgreSQL: the store's figures are read in a thread (`offload(work)` returns a
+    # Deferred), never at a scrape on the reactor thread; a scrape shows the last read.
+    offload: Callable[[Callable[[], StoreFigures]], Deferred[StoreFigures]] | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,7 @@ class ApplianceCollector(Collector):
         self.readings = readings
         self.clock = clock
         self._store: tuple[float, StoreFigures] | None = None
+        self._reading = False  # a read in a thread is running (`Readings.offload`)
         self.version = _version()
 
     def store_figures(self) -> StoreFigures | None:
@@ -153,12 +160,35 @@ class ApplianceCollector(Collector):
             return None
         now = self.clock()
         if self._store is None or now - self._store[0] >= STORE_SECONDS:
+            if self.readings.offload is not None:
+                self._read_in_thread(self.readings.offload, self.readings.store, now)
+                return None if self._store is None else self._store[1]
             try:
                 self._store = (now, StoreFigures.read(self.readings.store))
             except Exception:
                 log.failure("metrics: the catalogue and inventory figures cannot be read")
                 return None if self._store is None else self._store[1]
         return self._store[1]
+
+    def _read_in_thread(
+        self,
+        offload: Callable[[Callable[[], StoreFigures]], Deferred[StoreFigures]],
+        store: Store,
+        now: float,
+    ) -> None:
+        """Start a read of the store's figures unless one runs; kept when it is done."""
+        if self._reading:
+            return
+        self._reading = True
+
+        def done(figures: StoreFigures) -> None:
+            self._store = (now, figures)
+
+        def failed(failure: Failure) -> None:
+            log.failure("metrics: the catalogue and inventory figures cannot be read", failure)
+
+        reading = offload(lambda: StoreFigures.read(store))
+        reading.addCallbacks(done, failed).addBoth(lambda _: setattr(self, "_reading", False))
 
     def collect(self) -> Iterator[Metric]:
         r = self.readings

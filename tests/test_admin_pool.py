@@ -21,7 +21,9 @@ import pytest
 from browser.panel import OPENAPI, Client, Panel
 from twisted.internet import defer
 
+from appliance.admin import pages_rollouts
 from appliance.admin.accounts import add_account
+from appliance.admin.pages import NAV
 from appliance.catalogue.sample import make_sample_package
 from appliance.config import AuthSettings
 from appliance.phones import Authenticator, SharedLockouts
@@ -154,7 +156,7 @@ def test_every_documented_operation_answers_without_a_500(pool: Pool) -> None:
             path = path.replace("{job}", "0" * 16)
             reply = admin.request(method.upper(), path, check=False)
             assert reply.status < 500, (method, path, reply.body)
-    for page in ("/", "/login", "/updates", "/upload", "/devices", "/activity", "/rollouts"):
+    for page in ("/", "/login", *[href for href, _ in NAV], *pages_rollouts.TITLES):
         assert admin.request("GET", page).status in (200, 303), page
     assert admin.request("GET", "/health").status in (200, 503)
 

@@ -12,8 +12,12 @@ import itertools
 import json
 import os
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from appliance.catalogue import (
@@ -36,7 +40,7 @@ from appliance.model import (
 )
 from appliance.store import Store, newest_schema_version
 from appliance.testing import Postgres
-from appliance.testing.processes import run_cli
+from appliance.testing.processes import REPO, run_cli
 from appliance.testing.stores import approved_sample
 
 NEWER = "4.0.7577.4400"
@@ -291,3 +295,52 @@ def test_an_older_sqlite_schema_is_upgraded_first_and_says_so(
         assert pool.has_package("ab")
     finally:
         pool.close()
+
+
+def test_a_migration_killed_mid_way_commits_nothing(
+    store_postgres: Postgres, tmp_path: Path
+) -> None:
+    """kill -9 once every row is in the migration's transaction, while its first blob
+    waits on a lock the test holds: nothing is committed, and a new run goes through."""
+    config = appliance(tmp_path)
+    dsn, dsn_file = target(store_postgres, tmp_path)
+    Store.open_postgresql(dsn).close()  # the schema, so that the test can lock `blobs`
+    with psycopg.connect(dsn) as holder, psycopg.connect(dsn, autocommit=True) as watcher:
+        holder.execute("LOCK TABLE blobs IN ACCESS EXCLUSIVE MODE")
+        migrating = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "--data-dir", str(config.data_dir)]
+            + ["migrate-store", "--dsn-file", str(dsn_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        try:
+            assert migrating.stderr is not None
+            copied = ""
+            for _ in range(200):  # the progress lines, up to the last table's
+                copied = migrating.stderr.readline()
+                if copied.startswith("copied files") or not copied:
+                    break
+            assert copied.startswith("copied files: 32 row(s)"), copied
+            for _ in range(600):  # bounded: its put_blob waits on the lock
+                waiting = watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                ).fetchone()
+                if waiting is not None and waiting[0] >= 1:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the migration never waited on the blobs' lock")
+        finally:
+            migrating.kill()
+            migrating.wait(timeout=30)
+        holder.rollback()
+    pool = Store.open_postgresql(dsn)
+    try:
+        assert pool.rules() == [] and pool.events() == [] and pool.blob_hashes() == set()
+    finally:
+        pool.close()
+    again = run_cli(config.data_dir, "migrate-store", "--dsn-file", str(dsn_file))
+    assert again.returncode == 0, again.stderr

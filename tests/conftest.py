@@ -144,6 +144,7 @@ SLOW_FILES = {
     "test_metrics_live.py",  # /metrics of a serving appliance: curl, promtool, a Prometheus server
     "test_pg_schema.py",  # every schema version on a throwaway PostgreSQL and on SQLite
     "test_pg_replication.py",  # a PostgreSQL primary and its streaming hot standby
+    "test_branch_pg.py",  # a branch node on a PostgreSQL primary and its hot standby
     "test_admin_pool.py",  # two Control Panel processes on one throwaway PostgreSQL
     "test_admin_pool_browser.py",  # Chromium: the Pool page of two nodes on PostgreSQL
     "test_pool_blobs.py",  # blobs and a second node's cache on a throwaway PostgreSQL

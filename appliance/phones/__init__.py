@@ -13,13 +13,16 @@ from appliance.phones.ntlm import NtlmResponse
 from appliance.phones.offload import StoreThreads
 from appliance.phones.records import clean_device_logs
 from appliance.phones.resource import PhoneRoutes, PhoneService
+from appliance.phones.spooled import SHIP_SECONDS, BranchWriter, branch_writer
 from appliance.phones.verification import FileCheckService
 from appliance.phones.watcher import CatalogueWatcher
 from appliance.phones.winbind import WinbindVerifier
 
 __all__ = [
+    "SHIP_SECONDS",
     "Authenticator",
     "BaseUrls",
+    "BranchWriter",
     "CatalogueWatcher",
     "Directory",
     "FileCheckService",
@@ -32,6 +35,7 @@ __all__ = [
     "StoreThreads",
     "ThreadPoolRunner",
     "WinbindVerifier",
+    "branch_writer",
     "clean_device_logs",
     "ntlm_verifier",
 ]

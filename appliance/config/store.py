@@ -12,7 +12,7 @@ from appliance.config.values import ConfigError, within
 
 class StoreBackend(StrEnum):
     SQLITE = "sqlite"  # the embedded default: <data_dir>/ucupdates.sqlite3
-    POSTGRESQL = "postgresql"  # pool mode (docs/pool.md): not usable by serve yet
+    POSTGRESQL = "postgresql"  # pool mode (docs/pool.md)
 
 
 @dataclass(frozen=True)

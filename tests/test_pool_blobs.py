@@ -106,6 +106,33 @@ def test_an_import_stores_every_file_as_a_blob_and_another_node_fills_its_files_
     )
 
 
+def test_two_workers_of_a_node_fill_one_folder_without_fetching_a_file_twice(
+    nodes: tuple[Node, Node], package: Path
+) -> None:
+    a, b = nodes
+    import_package(a.store, a.config, package, "alice")
+    other = Store.open_postgresql(b.store._conn.conninfo)  # the second worker's own store
+    try:
+        workers = [
+            NodeCache(store, b.config.store_dir, b.config.staging_dir) for store in (b.store, other)
+        ]
+        for cache in workers:
+            cache.fill_soon()
+        assert all(cache.wait(60) for cache in workers)
+        first, second = (cache.last for cache in workers)
+        assert first is not None and second is not None
+        assert first.complete and second.complete
+        assert not set(first.fetched) & set(second.fetched)
+        assert len(first.fetched) + len(second.fetched) == 16
+        assert first.bytes + second.bytes == sum(f.size for f in b.store.stored_files())
+        for f in b.store.stored_files():
+            assert _sha256(b.file(f.path)) == f.sha256
+    finally:
+        for cache in workers:
+            cache.close()
+        other.close()
+
+
 def test_a_damaged_copy_on_the_node_is_found_and_fetched_again(
     nodes: tuple[Node, Node], package: Path
 ) -> None:

@@ -23,12 +23,15 @@ caller's thread. On SQLite there is nothing to fetch (the files on disk are the 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import secrets
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +59,7 @@ class CacheFill:
         return not self.waiting and not self.failed
 
 
+FETCH_LOCK = "blob-cache.lock"  # in the data folder: one fetch at a time per node
 RETRY_SECONDS = 5.0  # after a pass that could not fetch everything
 RETRY_MAX_SECONDS = 300.0
 
@@ -80,7 +84,7 @@ class NodeCache:
         self._running = False
         self._again = False
         self._waiting: set[str] = set()  # paths logged as waiting for their blob
-        self.last: CacheFill | None = None  # the last complete pass's result
+        self.last: CacheFill | None = None  # the last fill (fill_soon's: since it started)
         self._wake = threading.Event()  # fill_soon: a pass is wanted
         self._idle = threading.Event()  # fill_soon's thread has nothing left to do
         self._idle.set()
@@ -118,11 +122,15 @@ class NodeCache:
 
     def _background(self) -> None:
         delay = RETRY_SECONDS
+        done: CacheFill | None = None  # this thread's passes as one, until it idles
         while True:
             self._wake.clear()
             try:
                 result = self.fill()  # None: a fill of another thread goes round again
                 retry = result is not None and bool(result.failed)
+                if result is not None:
+                    done = result if done is None else _then(done, result)
+                    self.last = done
             except Exception:
                 _log().failure("the blob cache's fill failed; tried again later")
                 retry = True
@@ -185,7 +193,7 @@ class NodeCache:
                 self._log_waiting(stored)
                 continue
             try:
-                size += self._fetch(stored)
+                got = self._fetch(stored)
             except (FetchError, StoreError, OSError) as e:
                 failed.append(name)
                 _log().error(
@@ -196,6 +204,10 @@ class NodeCache:
                     event="file.fetch_failed",
                 )
                 continue
+            if got is None:  # another worker of this node fetched it meanwhile
+                present += 1
+                continue
+            size += got
             (repaired if here else fetched).append(name)
         self._waiting.intersection_update(waiting)
         return CacheFill(
@@ -217,11 +229,19 @@ class NodeCache:
             event="blob.missing",
         )
 
-    def _fetch(self, stored: StoredFile) -> int:
+    def _fetch(self, stored: StoredFile) -> int | None:
         """The blob into a temporary file (hashed as written, fsynced), renamed into
-        place, its folders fsynced; then vouched for to the verifier. Returns its size."""
-        started = time.monotonic()
+        place, its folders fsynced; then vouched for to the verifier. Returns its size;
+        None when another worker process of this node has fetched it meanwhile (the
+        node's workers fetch one file at a time, under `FETCH_LOCK`)."""
         target = self.store_dir / stored.path
+        with _exclusive(self.store_dir.parent / FETCH_LOCK):
+            if target.exists() and self.verifier.intact(stored):
+                return None
+            return self._fetch_locked(stored, target)
+
+    def _fetch_locked(self, stored: StoredFile, target: Path) -> int:
+        started = time.monotonic()
         folder = self.staging_dir / f"fetch-{os.getpid()}-{secrets.token_hex(4)}"
         folder.mkdir(parents=True)
         try:
@@ -255,6 +275,17 @@ class NodeCache:
             event="file.fetched",
         )
         return size
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (made 0600 if missing), waited for."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _then(first: CacheFill, then: CacheFill) -> CacheFill:

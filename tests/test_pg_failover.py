@@ -125,6 +125,18 @@ def test_kill_9_of_the_primary_at_random_moments_leaves_nothing_half_applied(
                 assert rule is not None and rule.approved_version != paused[0][2]
     assert sum(a.startswith("approve") for a in acked) > 0  # the loop got going
 
+    # The check finds each half state it looks for (written here by hand, without events).
+    with psycopg.connect(postgres.conninfo, autocommit=True) as raw:
+        last_staged = "SELECT max(rule_id) FROM staged_approvals"
+        raw.execute(f"DELETE FROM staged_approvals WHERE rule_id = ({last_staged})")
+        approved = "SELECT max(id) FROM rules WHERE approved_version IS NOT NULL AND id % 2 = 0"
+        raw.execute(f"UPDATE rules SET approved_version = NULL WHERE id = ({approved})")
+        raw.execute("DELETE FROM files WHERE id = (SELECT max(id) FROM files)")
+    with closing(Store.open_postgresql(postgres.conninfo)) as store:
+        found = half_applied(store, store_dir, base)
+    for problem in ("stagings {", "its events say", "files [", "catalogue version moved"):
+        assert [p for p in found if problem in p], (problem, found)
+
 
 def _approve_one(store: Store) -> tuple[int, str]:
     rule = store.rules(RuleFilter(pending_only=True))[0]

@@ -2,16 +2,18 @@
 
 `python -m appliance.testing.churn DSN DATA_DIR ACKS [--pause-at import|approve]` imports
 a sample package of a new version (small images), then approves each pending rule in a
-transaction of its own, over and over, against the PostgreSQL store `DSN`. After each
+transaction of its own (a rule with an odd id to the first of staged shares, with its
+staging), over and over, against the PostgreSQL store `DSN`. After each
 call returns it appends a line to ACKS (`import <version>`, `approve <rule> <version>`):
 what the store told the writer it committed. `--pause-at` stops inside the transaction
 (`import`: after the rows, before COMMIT; `approve`: after the rule's write, before its
-event), says `paused <where>` in ACKS, and waits there to be killed.
+staging and event), says `paused <where>` in ACKS, and waits there to be killed.
 
 `half_applied(store, store_dir)` lists what a crash must never leave: an update without
 both its files, a file whose bytes are not on disk with their hash (or, on PostgreSQL, not
 in the blobs), a rule naming a version without its update, a rule whose versions and state
-are not what its event log replays to, an import event naming an update that is not
+are not what its event log replays to, a staged approval without its staging of that
+version (or a staging without its approval), an import event naming an update that is not
 there, and a catalogue version that is not one move per committed change.
 """
 
@@ -26,18 +28,23 @@ from typing import Any
 from appliance.catalogue import (
     Action,
     apply_action,
+    approve_staged,
     file_sha256,
     import_package,
     make_sample_package,
 )
 from appliance.config import Config, load_config
-from appliance.model import FileRole, Rule
+from appliance.model import FileRole, Rule, StageSchedule
 from appliance.store import RuleFilter, Store
 
 FIRST = 5000  # the first version's last part: 4.0.7577.5000
 IMAGE_SIZE = 4096  # small: the database's work is what is tested, not the extraction
 CHANGES = ("import", "approve")  # the events of a transaction that moves the version once
 PAUSE_SECONDS = 300  # how long a paused writer waits to be killed
+STAGES = (25.0, 100.0)
+
+
+SUMMARY = ("approved", "pending", "restore", "state")
 
 
 def rule_summary(rule: Rule) -> dict[str, str | None]:
@@ -103,7 +110,10 @@ def churn(store: Store, config: Config, pause_at: str | None = None) -> None:
         if pause_at == "approve" and isinstance(store, _PausingStore):
             store.pause_approval = True
         for rule in store.rules(RuleFilter(pending_only=True)):
-            apply_action(store, Action.APPROVE, RuleFilter(ids=(rule.id,)), "churn")
+            if rule.id % 2:
+                approve_staged(store, rule.id, STAGES, StageSchedule(), "churn")
+            else:
+                apply_action(store, Action.APPROVE, RuleFilter(ids=(rule.id,)), "churn")
             _ACKS.ack(f"approve {rule.id} {rule.pending_version}")
 
 
@@ -125,15 +135,19 @@ def half_applied(store: Store, store_dir: Path, base: int) -> list[str]:
                 problems.append(f"{f.path}: no blob of its size")
     replayed: dict[int, dict[str, Any]] = {}
     events = sorted(store.events(limit=1_000_000), key=lambda e: e.id)
-    changes = 0
+    changes = stage_sets = 0
+    staged: set[int] = set()
     for e in events:
         changes += e.action in CHANGES
+        stage_sets += e.action == "rollout.stage.set"
+        if e.action == "approve" and "staged" in e.after:
+            staged.add(int(e.target.split()[1]))
         if e.action == "import":
             for line in e.after["updates"]:
                 text, _ = line.rsplit(": ", 1)
                 problems += [] if text in named else [f"import event names {text}"]
         if e.target.startswith("rule ") and e.action in ("rule.create", "rule.pending", "approve"):
-            replayed[int(e.target.split()[1])] = e.after
+            replayed[int(e.target.split()[1])] = {k: e.after[k] for k in SUMMARY}
     rules = store.rules()
     for rule in rules:
         for named_version in (rule.approved_version, rule.pending_version, rule.restore_version):
@@ -142,6 +156,11 @@ def half_applied(store: Store, store_dir: Path, base: int) -> list[str]:
         if replayed.get(rule.id) != rule_summary(rule):
             said = replayed.get(rule.id)
             problems.append(f"rule {rule.id}: {rule_summary(rule)}, its events say {said}")
+    stagings = {s.rule_id: s.approval.version for s in store.stagings()}
+    approved = {r.id: r.approved_version for r in rules if r.id in staged}
+    staged_approvals = sum(e.action == "approve" and "staged" in e.after for e in events)
+    if stagings != approved or stage_sets != staged_approvals:
+        problems.append(f"stagings {stagings}, staged approvals {approved}, {stage_sets} set")
     if sorted(replayed) != sorted(r.id for r in rules):
         problems.append(f"events of rules {sorted(replayed)}, rules {[r.id for r in rules]}")
     moved = store.data_version() - base

@@ -45,14 +45,6 @@ from appliance.testing import PoolNode, Postgres, pool_ca, throwaway_postgres
 pytestmark = pytest.mark.slow  # PostgreSQL, a replica and three serve processes
 
 T = TypeVar("T")
-# Pieces of pool mode this file needs that have not landed yet (strict: flip when they do).
-NEEDS_CACHE = pytest.mark.xfail(
-    strict=True, reason="a node's cache of the blobs its rules reference is not built yet"
-)
-NEEDS_BRANCH = pytest.mark.xfail(
-    strict=True,
-    reason="branch nodes (writes to the primary, the spool) and node caches are not built yet",
-)
 RUNNING, NEW = "4.0.7577.4366", "4.0.7577.4387"
 IMAGE_SIZE = 20_000
 TEST_MAC = "00-04-F2-00-00-01"  # a test device: offered pending updates
@@ -209,7 +201,6 @@ def serves(node: PoolNode, mac: str, version: str, reference: bytes) -> str | No
 # -- the pool ---------------------------------------------------------------------------
 
 
-@NEEDS_CACHE
 def test_an_import_on_one_node_is_served_by_the_others_on_the_primary(pool: Pool) -> None:
     pool.a.start()
     pool.b.start()
@@ -225,7 +216,6 @@ def test_an_import_on_one_node_is_served_by_the_others_on_the_primary(pool: Pool
     assert offered(check(pool.b, ORDINARY_MAC)) is None  # pending: test devices only
 
 
-@NEEDS_BRANCH
 def test_the_branch_serves_what_was_imported_from_its_replica(pool: Pool) -> None:
     pool.pg.caught_up(pool.standby)
     pool.branch.start()
@@ -236,7 +226,6 @@ def test_the_branch_serves_what_was_imported_from_its_replica(pool: Pool) -> Non
     assert got == digest
 
 
-@NEEDS_BRANCH
 def test_an_approval_on_the_primary_reaches_the_branch(pool: Pool) -> None:
     assert offered(check(pool.branch, ORDINARY_MAC)) is None
     cli(pool.a, "approve", "--all-pending")
@@ -245,7 +234,6 @@ def test_an_approval_on_the_primary_reaches_the_branch(pool: Pool) -> None:
         eventually(f"{node.name} offers it", partial(serves, node, ORDINARY_MAC, NEW, reference))
 
 
-@NEEDS_BRANCH
 def test_with_the_primary_down_the_branch_serves_and_spools(pool: Pool) -> None:
     reference = check(pool.branch, ORDINARY_MAC)
     digest = serves(pool.branch, ORDINARY_MAC, NEW, reference)
@@ -260,7 +248,6 @@ def test_with_the_primary_down_the_branch_serves_and_spools(pool: Pool) -> None:
     assert pool.branch.running
 
 
-@NEEDS_BRANCH
 def test_the_spooled_inventory_reaches_the_primary_when_it_is_back(pool: Pool) -> None:
     pool.pg.start()
 

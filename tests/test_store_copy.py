@@ -115,3 +115,18 @@ def test_rows_by_id_are_compared_a_page_at_a_time_and_the_list_is_capped(
     found = row_differences(source, target)
     assert len(found) == copy.SHOWN + 1
     assert found[-1] == f"events: {18 - copy.SHOWN} more difference(s)"
+
+
+def test_the_running_nodes_state_neither_blocks_nor_moves(source: Store) -> None:
+    """A node started on the empty pool first leaves its heartbeat and lockouts there."""
+    target = Store.open(":memory:")
+    target.put_lockout("admin-address", "192.0.2.7", 2_000_000_000.0, "node-2")
+    target._conn.execute(
+        "INSERT INTO pool_nodes VALUES ('node-2', 'b', 'primary', '1', 7, 'then', 'now')"
+    )
+    assert occupied_tables(source, target) == []
+    with target.transaction():
+        copied = copy_rows(source, target)
+    assert "pool_nodes" not in copied and "lockouts" not in copied
+    assert row_differences(source, target) == []
+    assert target.lockout_until("admin-address", "192.0.2.7", 0.0) == 2_000_000_000.0

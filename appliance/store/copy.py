@@ -14,6 +14,9 @@ too (the tests' fast tier).
   are replaced by the source's, so every device keeps its rollout bucket.
 - The blobs' tables (image bytes by SHA-256, PostgreSQL) are filled from the stored files
   by the catalogue, not from rows, and compared by hash there.
+- The pool's live state (POOL_STATE: each running node's heartbeat, the lockouts in force;
+  nothing writes them on SQLite) is neither copied nor compared, and rows there do not
+  make a target non-empty: nodes started on the empty database first do not block it.
 
 The caller holds the target's `Store.transaction()` around `copy_rows` (all or nothing)
 and checks `occupied_tables` first: rows are only ever copied into an empty store.
@@ -33,6 +36,7 @@ from appliance.store.errors import StoreError
 NOT_COPIED = frozenset({"schema_version"})  # each database records its own upgrades
 REPLACED = frozenset({"rollout_settings"})  # written by a schema upgrade: the source's win
 BLOB_PREFIX = "blob"  # the blobs' tables: filled from the stored files, compared by hash
+POOL_STATE = frozenset({"lockouts", "pool_nodes"})  # the running nodes' own: left alone
 BATCH = 1000  # rows read and written at a time
 SHOWN = 20  # differences listed per table, then a count of the rest
 _NAME = re.compile(r"^\w+$")
@@ -67,7 +71,7 @@ def _sqlite_of(store: Store) -> sqlite3.Connection:
 
 def source_tables(source: Store) -> list[Table]:
     """The tables `copy_rows` copies from the SQLite store `source`, in foreign-key order
-    (ties by name): neither `schema_version` nor the blobs' tables."""
+    (ties by name): neither `schema_version`, the pool's live state nor the blobs' tables."""
     db = _sqlite_of(source)
     names = [
         str(r[0])
@@ -76,7 +80,7 @@ def source_tables(source: Store) -> list[Table]:
     ]
     tables: dict[str, Table] = {}
     for name in names:
-        if name in NOT_COPIED or is_blob_table(name):
+        if name in NOT_COPIED or name in POOL_STATE or is_blob_table(name):
             continue
         info = db.execute(f"PRAGMA table_info({_q(name)})").fetchall()
         columns = tuple(str(c[1]) for c in info)

@@ -41,10 +41,6 @@ def test_checks_on_postgresql_against_sqlite_at_a_tiny_size(
     assert ratio["median"] > 0 and len(ratio["each"]) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node caches and branch nodes (pool mode's blobs and replicas) are not built yet",
-)
 def test_an_import_spreads_to_every_node_at_a_tiny_size(
     bench_pool: ModuleType, tmp_path: Path
 ) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from appliance.admin.pool import PoolApi
 from appliance.config import load_config
 from appliance.model import Lockout, PoolNode
-from appliance.store import Store
+from appliance.store import PoolState, Store
 from appliance.store.connection import Clock
 
 NOW = datetime(2026, 12, 6, 9, 30, tzinfo=UTC)
@@ -58,3 +58,19 @@ def test_an_sqlite_appliance_is_alone_in_its_pool(tmp_path: Path) -> None:
     view = PoolApi(config, store, lambda: NOW).view()
     assert view["backend"] == "sqlite" and view["nodes"] == [] and view["branch"] is None
     assert "This appliance is alone" in PoolApi(config, store, lambda: NOW).page_body(None)
+
+
+def test_a_branch_node_s_pool_state_is_on_its_pool_page(tmp_path: Path) -> None:
+    config = load_config(None, tmp_path)
+    store = Store.open(":memory:")
+    store.backend = "postgresql"  # the view only: the pool tables read on SQLite
+    away = PoolState(False, NOW, 7, 0, False, 2.0, "connection refused")
+    store.pool_state = lambda: away  # type: ignore[method-assign]
+    api = PoolApi(config, store, lambda: NOW)
+    branch = api.view()["branch"]
+    assert branch["primary_reachable"] is False and branch["buffered"] == 7
+    assert branch["unreachable_since"] == "2026-12-06T09:30:00Z"
+    assert branch["summary"] == away.summary()
+    body = api.page_body(None)
+    assert 'id="pool-branch" class="note warn"' in body and "primary is unreachable" in body
+    assert "No heartbeat yet." in body

@@ -35,6 +35,7 @@ from appliance.ops import (
     metrics_site,
 )
 from appliance.phones import (
+    SHIP_SECONDS,
     Authenticator,
     BaseUrls,
     CatalogueWatcher,
@@ -44,6 +45,7 @@ from appliance.phones import (
     SharedLockouts,
     StoreThreads,
     ThreadPoolRunner,
+    branch_writer,
     clean_device_logs,
     ntlm_verifier,
 )
@@ -235,6 +237,12 @@ def make_service(
     phone = PhoneService(config, store, authenticator, clock, offload)
     phone.records.batch_audit(lambda write: reactor.callLater(0, write))  # one write a turn
     root = ApplianceService(phone, config)
+    # a branch node: the inventory goes to the primary, or waits in the spool for it
+    writer = branch_writer(phone.records, store)
+    if writer is not None and offload is not None:
+        shipping = internet.TimerService(SHIP_SECONDS, lambda: offload(writer.ship))
+        shipping.clock = reactor
+        shipping.setServiceParent(root)
     if offload is not None:  # first: the snapshot is loaded before anything reads it
         # the node's files folder filled from the blobs its rules reference, in a thread
         cache = NodeCache(store, config.store_dir, config.staging_dir, phone.answers.verifier)

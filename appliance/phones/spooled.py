@@ -74,24 +74,30 @@ class BranchWriter:
 
     def __call__(self, pending: Mapping[str, Any]) -> list[Any]:
         with self._lock:
-            try:
-                self._ship()
-                if self.spool.records() == 0:
+            self._ship_quietly()
+            if self.spool.records() == 0:
+                try:
                     with self.store.transaction():
                         return self._write(self.store, pending)
-            except PrimaryUnavailable:
-                pass
+                except PrimaryUnavailable:
+                    pass
             self._keep(pending)
             return []
 
     def ship(self) -> int:
         """Write the spool's batches to the primary; the records shipped (0 while it is
-        away)."""
+        away). Never raises: serve's timer goes on."""
         with self._lock:
-            try:
-                return self._ship()
-            except PrimaryUnavailable:
-                return 0
+            return self._ship_quietly()
+
+    def _ship_quietly(self) -> int:
+        try:
+            return self._ship()
+        except PrimaryUnavailable:
+            return 0
+        except Exception:
+            log.failure("could not ship the buffered records to the primary")
+            return 0
 
     def _ship(self) -> int:
         if self.spool.records() == 0:

@@ -130,3 +130,13 @@ def test_the_running_nodes_state_neither_blocks_nor_moves(source: Store) -> None
     assert "pool_nodes" not in copied and "lockouts" not in copied
     assert row_differences(source, target) == []
     assert target.lockout_until("admin-address", "192.0.2.7", 0.0) == 2_000_000_000.0
+
+
+def test_a_row_the_target_refuses_fails_the_copy_naming_the_table(source: Store) -> None:
+    target = Store.open(":memory:")
+    target._conn.execute(
+        "CREATE TRIGGER no_rules BEFORE INSERT ON rules BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    with pytest.raises(StoreError, match="copying table rules failed: no"), target.transaction():
+        copy_rows(source, target)
+    assert target.events(100) == [] and target.rollout_salt() != source.rollout_salt()

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.store.connection import UniqueRowError
 from appliance.store.database import Store
 from appliance.store.errors import StoreError
 
@@ -176,28 +177,46 @@ def copy_rows(source: Store, target: Store, progress: Progress = lambda _: None)
         raise StoreError(f"the target store is not empty: {', '.join(occupied)} hold rows")
     copied: dict[str, int] = {}
     for t in tables:
-        if t.name in REPLACED:
-            target._conn.execute(f"DELETE FROM {_q(t.name)}")
-        insert = (
-            f"INSERT INTO {_q(t.name)} ({', '.join(map(_q, t.columns))})"
-            f" VALUES ({', '.join('?' * len(t.columns))})"
-        )
-        count = 0
-        batch: list[Sequence[Any]] = []
-        for row in _rows(source, t):
-            batch.append(tuple(row))
-            if len(batch) >= BATCH:
-                target._conn.executemany(insert, batch)
-                count += len(batch)
-                batch = []
-        if batch:
-            target._conn.executemany(insert, batch)
-            count += len(batch)
-        copied[t.name] = count
-        _set_identity(target, t)
-        progress(f"copied {t.name}: {count} row(s)")
+        try:
+            copied[t.name] = _copy_table(source, target, t)
+        except _database_errors(target) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise StoreError(f"copying table {t.name} failed: {first}") from e
+        progress(f"copied {t.name}: {copied[t.name]} row(s)")
     target._catalogue_changed()  # every node reloads its catalogue
     return copied
+
+
+def _copy_table(source: Store, target: Store, t: Table) -> int:
+    if t.name in REPLACED:
+        target._conn.execute(f"DELETE FROM {_q(t.name)}")
+    insert = (
+        f"INSERT INTO {_q(t.name)} ({', '.join(map(_q, t.columns))})"
+        f" VALUES ({', '.join('?' * len(t.columns))})"
+    )
+    count = 0
+    batch: list[Sequence[Any]] = []
+    for row in _rows(source, t):
+        batch.append(tuple(row))
+        if len(batch) >= BATCH:
+            target._conn.executemany(insert, batch)
+            count += len(batch)
+            batch = []
+    if batch:
+        target._conn.executemany(insert, batch)
+        count += len(batch)
+    _set_identity(target, t)
+    return count
+
+
+def _database_errors(store: Store) -> tuple[type[Exception], ...]:
+    """What the store's engine raises for a statement it refuses (a constraint, a
+    read-only server, a lost connection): turned into StoreError with the table named."""
+    if store.backend == "postgresql":
+        import psycopg  # only when it is used
+
+        return (psycopg.Error, UniqueRowError, sqlite3.Error)
+    return (sqlite3.Error,)
 
 
 def _set_identity(target: Store, table: Table) -> None:

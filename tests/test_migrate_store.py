@@ -42,7 +42,7 @@ from appliance.model import (
 from appliance.store import Store, newest_schema_version
 from appliance.testing import Postgres
 from appliance.testing.processes import REPO, run_cli
-from appliance.testing.stores import approved_sample
+from appliance.testing.stores import approved_sample, catalogue_state
 
 NEWER = "4.0.7577.4400"
 PINNED = "00-04-F2-00-00-01"
@@ -132,8 +132,10 @@ def test_an_appliance_moves_into_postgresql_and_answers_the_same(
     appliance: Config, store_postgres: Postgres, tmp_path: Path
 ) -> None:
     dsn, dsn_file = target(store_postgres, tmp_path)
+    before = catalogue_state(appliance)
     done = run_cli(appliance.data_dir, "migrate-store", "--dsn-file", str(dsn_file), "--json")
     assert done.returncode == 0, done.stderr
+    assert catalogue_state(appliance) == before  # the SQLite appliance is only read
     summary = json.loads(done.stdout)
     assert summary["migrated"] and summary["verified"]
     assert summary["tables"]["rules"] == 8 and summary["tables"]["staged_approvals"] == 1
@@ -240,8 +242,10 @@ def test_a_tampered_stored_file_fails_the_migration_with_nothing_committed(
     data = bytearray(path.read_bytes())
     data[100] ^= 0xFF  # same size, another hash
     path.write_bytes(bytes(data))
+    before = catalogue_state(appliance)
     failed = run_cli(appliance.data_dir, "migrate-store", "--dsn-file", str(dsn_file))
     assert failed.returncode == 1
+    assert catalogue_state(appliance) == before
     assert f"stored file DeviceUpdateStore/{stored.path}: SHA-256 " in failed.stderr
     assert "1 stored file(s) do not match the catalogue; nothing was written" in failed.stderr
     pool = Store.open_postgresql(dsn)

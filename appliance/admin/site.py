@@ -37,7 +37,7 @@ from appliance.admin.directory_logins import AdminDirectory
 from appliance.admin.request import AdminRequest
 from appliance.admin.threads import Worker, resolved
 from appliance.admin.tokens import bearer_secret
-from appliance.admin.web import ApiError, Reply, error_reply, finish, send
+from appliance.admin.web import ApiError, Reply, error_reply, finish, primary_away, send
 from appliance.config import AdminSettings, Config
 from appliance.model import Event
 from appliance.ops import (
@@ -47,7 +47,7 @@ from appliance.ops import (
     events_after,
     newest_event_id,
 )
-from appliance.store import Store
+from appliance.store import PrimaryUnavailable, Store
 from appliance.web import GuardedChannel, GuardedRequest, GuardedSite, Limits, Rejection
 
 log = Logger(namespace="ucupdates.admin")
@@ -179,6 +179,8 @@ class ControlPanel(resource.Resource):
                 outcome = self.pages.handle(request)
         except ApiError as e:
             return send(request, error_reply(e))
+        except PrimaryUnavailable as e:
+            return send(request, primary_away(e))
         except Exception:
             log.failure("admin request {path} failed", path=path.decode("latin-1"))
             return send(request, Reply(500, {"error": "internal error (see the service log)"}))
@@ -199,6 +201,8 @@ class ControlPanel(resource.Resource):
                 reply = self.pages.handle(request)
         except ApiError as e:
             reply = error_reply(e)
+        except PrimaryUnavailable as e:
+            reply = primary_away(e)
         except Exception:
             log.failure("admin request {path} failed", path=path.decode("latin-1"))
             reply = Reply(500, {"error": "internal error (see the service log)"})
@@ -226,6 +230,9 @@ class ControlPanel(resource.Resource):
 def _failed(request: server.Request, failure: Failure) -> None:
     if isinstance(failure.value, ApiError):
         finish(request, error_reply(failure.value))
+        return
+    if isinstance(failure.value, PrimaryUnavailable):
+        finish(request, primary_away(failure.value))
         return
     log.failure("admin request failed", failure)
     finish(request, Reply(500, {"error": "internal error (see the service log)"}))

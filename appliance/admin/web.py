@@ -55,6 +55,11 @@ def error_reply(e: ApiError) -> Reply:
     return Reply(e.status, {"error": e.message, **e.extra}, headers=list(e.headers))
 
 
+def primary_away(e: Exception) -> Reply:
+    """A branch node's write while the pool's primary does not answer: 503, its line."""
+    return Reply(503, {"error": str(e)}, headers=[(b"retry-after", b"30")])
+
+
 def send(request: server.Request, reply: Reply) -> bytes:
     """Set the status and headers of `reply` on `request`; returns the body to write."""
     http_request: Any = request

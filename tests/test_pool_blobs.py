@@ -287,6 +287,20 @@ def test_an_import_that_fails_before_its_commit_leaves_no_blob(
     assert a.store.rules() == [] and a.store.stored_files() == []
 
 
+def test_a_reimport_that_repairs_a_file_stores_its_lost_blob_again(
+    nodes: tuple[Node, Node], package: Path
+) -> None:
+    a, _ = nodes
+    import_package(a.store, a.config, package, "alice")
+    image = next(f for f in a.store.stored_files() if f.size == IMAGE_SIZE)
+    a.store.delete_blob(image.sha256)
+    a.file(image.path).unlink()  # and the importing node's copy is lost too
+    result = import_package(a.store, a.config, package, "alice")
+    assert result.repaired == ((image.path.as_posix(), "missing"),)
+    assert a.store.blob_hashes() == {f.sha256 for f in a.store.stored_files()}
+    assert b"".join(a.store.blob_chunks(image.sha256)) == a.file(image.path).read_bytes()
+
+
 def test_clean_files_removes_the_blobs_no_file_lists(
     nodes: tuple[Node, Node], package: Path
 ) -> None:

@@ -136,13 +136,22 @@ def _event_row(action: str) -> str:
     return json.dumps([[sql, ["t", "ucupdates", action, "x", None, None]]])
 
 
-def test_a_batch_nobody_can_ship_stays(tmp_path: Path) -> None:
+def test_a_batch_the_primary_refuses_is_set_aside_after_three_tries(
+    tmp_path: Path, log_events: list[LogEvent]
+) -> None:
     store = Store.open(":memory:")
     spool = Spool(tmp_path / "spool.db", limit=100)
-    spool.add("later", "{}", 1, "t")
-    with pytest.raises(StoreError, match="unknown kind 'later'"):
-        ship_spool(store, spool, {})
-    assert spool.records() == 1
+    spool.add("later", "{}", 2, "t")  # a kind this version does not ship
+    spool.add("statements", _event_row("after"), 1, "t")
+    for _ in range(2):
+        with pytest.raises(StoreError, match="unknown kind 'later'"):
+            ship_spool(store, spool, {})
+    assert spool.records() == 3 and spool.refused() == 0
+    assert ship_spool(store, spool, {}) == 1  # the third try sets it aside; the next goes
+    assert spool.records() == 0 and spool.refused() == 2
+    assert [e.action for e in store.events()] == ["after"]
+    refused = [e for e in log_events if e.get("event") == "pool.spool.refused"]
+    assert len(refused) == 1 and refused[0]["records"] == 2
 
 
 def test_what_the_flush_keeps_reads_back_as_it_was() -> None:
@@ -164,10 +173,11 @@ def test_the_summary_says_what_a_branch_admin_needs() -> None:
         " refused); phones are served from the replica, admin changes need the primary;"
         " replica 30 s behind; 12 records buffered"
     )
-    full = PoolState(True, None, 100, 7, True, 0.0)
+    full = PoolState(True, None, 100, 7, True, 0.0, refused=3)
     assert full.summary() == (
         "branch node: the primary answers; replica 0 s behind; 100 records buffered"
-        " (the spool is full: new records are lost); 7 lost"
+        " (the spool is full: new records are lost); 7 lost; 3 refused by the primary"
+        " (set aside in the spool)"
     )
 
 

@@ -31,7 +31,7 @@ def check_pool(store: Store, now: datetime) -> CheckResult | None:
         Perf("replica_lag", state.replica_lag, "s", min=0),
         Perf("primary_unreachable", away, "s", min=0),
     )
-    warning = not state.primary_reachable or state.buffered > 0 or state.lost > 0
+    warning = not state.primary_reachable or bool(state.buffered or state.lost or state.refused)
     return CheckResult("pool", not state.spool_full, state.summary(), warning, figures)
 
 

@@ -11,8 +11,8 @@ if the WAN had never gone.
 
 The JSON form is made from the records' own type hints (dataclasses, named tuples, enums,
 times, paths), so the spool follows the records as they change; a batch that can no
-longer be read (kept by another version) is logged and dropped rather than stopping the
-ones after it.
+longer be read (kept by another version), or that the primary refuses, is set aside in the
+spool after a few tries rather than holding back the ones after it (`store.ship_spool`).
 """
 
 from __future__ import annotations
@@ -105,16 +105,7 @@ class BranchWriter:
         changes: list[Any] = []
 
         def sightings(store: Store, payload: str) -> None:
-            try:
-                batch = self._decode(payload)
-            except (KeyError, TypeError, ValueError) as e:
-                log.error(
-                    "a buffered batch of sightings cannot be read ({error}): dropped",
-                    error=f"{type(e).__name__}: {e}",
-                    event="pool.spool.unreadable",
-                )
-                return
-            changes.extend(self._write(store, batch))
+            changes.extend(self._write(store, self._decode(payload)))
 
         try:
             shipped = ship_spool(self.store, self.spool, {SIGHTINGS: sightings})

@@ -28,6 +28,7 @@ class PoolState:
     spool_full: bool  # the latest record offered to the spool was refused
     replica_lag: float | None  # seconds the replica's data is behind; None: not known
     reason: str = ""  # why the primary is unreachable (psycopg's first line, no secret)
+    refused: int = 0  # records the primary refused, set aside in the spool
 
     def summary(self) -> str:
         """One line: what the Control Panel's banner and `check` say."""
@@ -50,4 +51,6 @@ class PoolState:
             spool += " (the spool is full: new records are lost)"
         if self.lost:
             spool += f"; {self.lost} lost"
+        if self.refused:
+            spool += f"; {self.refused} refused by the primary (set aside in the spool)"
         return head + lag + spool

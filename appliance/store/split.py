@@ -210,6 +210,7 @@ class BranchConnection:
             spool_full=False if self.spool is None else self.spool.full(),
             replica_lag=lag,
             reason="" if reachable else self.primary.reason,
+            refused=0 if self.spool is None else self.spool.refused(),
         )
 
 

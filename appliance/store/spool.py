@@ -26,12 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from twisted.logger import Logger
+
+from appliance.store.branch_state import PrimaryUnavailable
 from appliance.store.errors import StoreError
 
 if TYPE_CHECKING:
     from appliance.store.database import Store
 
+log = Logger(namespace="ucupdates.pool")
+
 SPOOL_MODE = 0o600  # it holds what phones sent: their addresses, users, versions
+ATTEMPTS = 3  # a batch the primary refuses this many times is set aside
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -41,6 +47,14 @@ CREATE TABLE IF NOT EXISTS batches (
     at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS refused (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    records INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    error TEXT NOT NULL
+);
 """
 # On the primary: the newest batch of each branch node written there (`ship`).
 SHIPPED_TABLE = (
@@ -123,6 +137,35 @@ class Spool:
         with self._lock:
             self._db.execute("DELETE FROM batches WHERE seq = ?", (seq,))
             self._db.execute("DELETE FROM meta WHERE key = 'full'")
+            if self._records() == 0:
+                self._db.execute("VACUUM")  # an outage's batches gone: give the space back
+
+    def failed(self, batch: SpoolBatch, error: str) -> bool:
+        """The primary refused `batch` (not for being away); True when that was its
+        `ATTEMPTS`th time, and it is now set aside (kept in the table `refused`, never
+        shipped) so that the batches after it can go."""
+        with self._lock:
+            key = f"attempts:{batch.seq}"
+            tries = int(self._meta(key) or 0) + 1
+            if tries < ATTEMPTS:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(tries)))
+                return False
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR REPLACE INTO refused SELECT seq, kind, payload, records, at, ?"
+                " FROM batches WHERE seq = ?",
+                (error, batch.seq),
+            )
+            self._db.execute("DELETE FROM batches WHERE seq = ?", (batch.seq,))
+            self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+            self._db.execute("COMMIT")
+            return True
+
+    def refused(self) -> int:
+        """Records the primary refused, set aside in the spool."""
+        with self._lock:
+            row = self._db.execute("SELECT coalesce(sum(records), 0) FROM refused").fetchone()
+            return int(row[0])
 
     def records(self) -> int:
         """Records waiting to be shipped."""
@@ -181,30 +224,54 @@ def branch_spool(store: Store) -> Spool | None:
 def ship(store: Store, spool: Spool, shippers: Mapping[str, Shipper], most: int = 50) -> int:
     """Write up to `most` of the spool's batches to the primary, oldest first, each in one
     transaction with this node's mark; a batch goes from the spool once that commits.
-    Returns the records shipped. Raises what the store raises (the primary gone again:
-    the rest waits for the next call); a batch of a kind with no shipper raises
-    StoreError and stays."""
+    Returns the records shipped. PrimaryUnavailable (the primary gone again) stops it:
+    the rest waits for the next call. A batch the primary refuses otherwise (a row it will
+    not take, a kind nothing ships) stops it too, and after `ATTEMPTS` such tries is set
+    aside (`pool.spool.refused`), so one bad batch cannot hold back every later one."""
     shipped = 0
     for _ in range(most):
         batch = spool.oldest()
         if batch is None:
             break
-        shipper = {STATEMENTS: ship_statements, **shippers}.get(batch.kind)
-        if shipper is None:
-            raise StoreError(f"the branch spool holds a batch of unknown kind {batch.kind!r}")
-        with store.transaction():
-            conn = store._conn  # the store's own package: the spool's SQL lives here
-            conn.execute(SHIPPED_TABLE)
-            row = conn.execute(
-                "SELECT batch FROM branch_shipped WHERE node = ?", (spool.node,)
-            ).fetchone()
-            if row is None or int(row[0]) < batch.seq:
-                shipper(store, batch.payload)
-                conn.execute(
-                    "INSERT INTO branch_shipped (node, batch) VALUES (?, ?)"
-                    " ON CONFLICT (node) DO UPDATE SET batch = excluded.batch",
-                    (spool.node, batch.seq),
+        try:
+            shipped += _ship_one(store, spool, batch, shippers)
+        except PrimaryUnavailable:
+            raise
+        except Exception as e:
+            error = f"{type(e).__name__}: {e}"
+            if spool.failed(batch, error):
+                log.error(
+                    "the primary refused a buffered batch of {records} records ({error}):"
+                    " set aside in the spool, the batches after it go on",
+                    records=batch.records,
+                    error=error,
+                    kind=batch.kind,
+                    event="pool.spool.refused",
                 )
-                shipped += batch.records
+                continue
+            raise
         spool.remove(batch.seq)
     return shipped
+
+
+def _ship_one(
+    store: Store, spool: Spool, batch: SpoolBatch, shippers: Mapping[str, Shipper]
+) -> int:
+    shipper = {STATEMENTS: ship_statements, **shippers}.get(batch.kind)
+    if shipper is None:
+        raise StoreError(f"the branch spool holds a batch of unknown kind {batch.kind!r}")
+    with store.transaction():
+        conn = store._conn  # the store's own package: the spool's SQL lives here
+        conn.execute(SHIPPED_TABLE)
+        row = conn.execute(
+            "SELECT batch FROM branch_shipped WHERE node = ?", (spool.node,)
+        ).fetchone()
+        if row is not None and int(row[0]) >= batch.seq:
+            return 0  # landed before the node stopped: not again
+        shipper(store, batch.payload)
+        conn.execute(
+            "INSERT INTO branch_shipped (node, batch) VALUES (?, ?)"
+            " ON CONFLICT (node) DO UPDATE SET batch = excluded.batch",
+            (spool.node, batch.seq),
+        )
+    return batch.records

@@ -8,6 +8,7 @@ pool verifier, as serve wires them.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -22,10 +23,10 @@ from appliance.catalogue import (
     NodeCache,
     Reason,
     apply_action,
-    clean_files,
     import_package,
     make_sample_package,
 )
+from appliance.cli.packages import run_clean_files
 from appliance.config import Config, load_config
 from appliance.ops.checks import check_files
 from appliance.ops.results import CheckResult
@@ -302,7 +303,7 @@ def test_a_reimport_that_repairs_a_file_stores_its_lost_blob_again(
 
 
 def test_clean_files_removes_the_blobs_no_file_lists(
-    nodes: tuple[Node, Node], package: Path
+    nodes: tuple[Node, Node], package: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     a, _ = nodes
     import_package(a.store, a.config, package, "alice")
@@ -310,8 +311,8 @@ def test_clean_files_removes_the_blobs_no_file_lists(
     assert rule is not None
     files = a.store.update_files(CX600, rule.pending_version or "")
     apply_action(a.store, Action.REMOVE, RuleFilter(ids=(rule.id,)), "alice")
-    result = clean_files(a.store, a.config.store_dir, a.config.lock_path, "alice")
-    assert result.blobs == 2
+    assert run_clean_files(argparse.Namespace(), a.config, a.store, "alice") == 0
+    assert "deleted 2 blob(s) from the store" in capsys.readouterr().out
     assert a.store.blob_hashes() == {f.sha256 for f in a.store.stored_files()}
     assert not {f.sha256 for f in files} & a.store.blob_hashes()
     assert len(a.store.blob_hashes()) == 14

@@ -132,4 +132,6 @@ def run_clean_files(args: argparse.Namespace, config: Config, store: Store, acto
     for name in result.updates:
         print(f"dropped {name}")
     print(f"deleted {len(result.files)} file(s), {result.bytes} bytes")
+    if result.blobs:  # PostgreSQL: the pool's copies of files no update lists any more
+        print(f"deleted {result.blobs} blob(s) from the store")
     return 0

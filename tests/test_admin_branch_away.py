@@ -1,7 +1,7 @@
 """The Control Panel of a branch node whose pool primary does not answer (in process, the
 store's writes made to raise PrimaryUnavailable as a branch node's store does): a change
-gets 503 with the line to show and Retry-After, not a 500, and an admin's session still
-reads although its last-seen time cannot be written."""
+gets 503 with the line to show and Retry-After, not a 500; an admin's session still reads
+although its last-seen time cannot be written; every page says the primary is away."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from browser.api import PASSWORD, Browser
 
 from appliance.admin import add_account, make_admin_site
 from appliance.config import load_config
-from appliance.store import PrimaryUnavailable, Store
+from appliance.store import PoolState, PrimaryUnavailable, Store
 from appliance.testing import FixedClock, InlineReactor, memory_client
 
 NOW = datetime(2026, 12, 6, 9, 30, tzinfo=UTC)
@@ -42,4 +42,11 @@ def test_a_change_gets_503_and_a_session_still_reads(
     assert reply.headers["Retry-After"] == "30"
     clock.set(NOW + timedelta(seconds=config.admin.session_touch_seconds + 1))
     assert admin.request("GET", "/api/session").status == 200  # its touch could not be written
+    # every page but Pool (which shows it in its place) carries the branch's pool line
+    away = PoolState(False, NOW, 3, 0, False, None, "connection refused")
+    monkeypatch.setattr(store, "backend", "postgresql")  # the pages' view of it only
+    monkeypatch.setattr(store, "pool_state", lambda: away)
+    page = admin.request("GET", "/updates").body.decode()
+    assert 'id="pool-banner"' in page and "primary is unreachable since 2026-12-06" in page
+    assert 'id="pool-banner"' not in admin.request("GET", "/pool").body.decode()
     store.close()

@@ -87,7 +87,8 @@ class Pages:
         if login is None:
             return _redirect("/login?next=" + quote(path, safe=""))
         title, body = self.bodies[path]
-        return _html(_layout(title, path, login, body(login)))
+        banner = self.api.pool.banner() if path != "/pool" else ""  # a branch's primary away
+        return _html(_layout(title, path, login, banner + body(login)))
 
     def _devices(self, login: Login) -> str:
         rows = self.api.devices.device_rows()

@@ -164,6 +164,18 @@ class PoolApi:
             "summary": state.summary(),
         }
 
+    def banner(self) -> str:
+        """On every page of a branch node whose primary does not answer: its pool line."""
+        if self.store.backend != "postgresql":
+            return ""
+        branch = self._branch()
+        if branch is None or branch["primary_reachable"]:
+            return ""
+        return (
+            f'<p id="pool-banner" class="note warn" role="status">{escape(branch["summary"])}'
+            ' (<a href="/pool">Pool</a>)</p>'
+        )
+
     def pool(self, call: Call) -> Reply:
         return Reply(body=self.view())
 

@@ -267,16 +267,16 @@ def open_branch(
             if not unreachable(e):
                 raise
             link.failed(e)  # gone between the two connections
-        _wait_for_schema(store)
+        _wait_for_schema(store, 30.0 if link.since is None else 0.0)  # nothing to wait for
     except BaseException:
         store.close()
         raise
     return store
 
 
-def _wait_for_schema(store: Store, seconds: float = 30.0) -> None:
+def _wait_for_schema(store: Store, seconds: float) -> None:
     """The replica at this version's schema (an upgrade on the primary reaches it in a
-    moment); SchemaError after `seconds`."""
+    moment); SchemaError after `seconds` (at once when the primary is away)."""
     newest = newest_schema_version()
     deadline = time.monotonic() + seconds
     for _ in range(int(seconds * 10) + 1):

@@ -7,7 +7,7 @@ thread fails (and its traceback fails the stop). curl asks both, over HTTPS and 
 HTTP, and gets the same answers; a rule approved by the command line on the same
 PostgreSQL is offered within a bounded wait (the node learns of it by NOTIFY or by
 polling the catalogue's version); the checks' devices reach the inventory; a phone user
-logs in with Basic over the external listener.
+logs in with Basic over the external listener; /metrics shows the store's figures.
 """
 
 from __future__ import annotations
@@ -187,3 +187,18 @@ def test_a_phone_user_logs_in_with_basic_on_the_external_listener(pair: Pair) ->
     wrong = (USER, "not the password")
     assert curl(pair, pair.postgresql, body, "external_https", EXT_CHECK, wrong)[0] == 401
     assert curl(pair, pair.postgresql, body, "external_https", EXT_CHECK)[0] == 401
+
+
+def test_metrics_show_the_store_figures_read_off_the_reactor(pair: Pair) -> None:
+    node = pair.postgresql
+    command = ["curl", "-sS", "--max-time", "10", "--resolve", node.resolve("admin")]
+    command += ["--cacert", str(pair.ca), node.url("/metrics", "admin")]
+    text = ""
+    for _ in range(int(WAIT_SECONDS / 0.2)):  # the first scrape starts the read
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        text = done.stdout
+        if 'ucupdates_catalogue_rules{state="approved"}' in text:
+            break
+        time.sleep(0.2)
+    assert 'ucupdates_catalogue_rules{state="approved"}' in text

@@ -78,6 +78,7 @@ def secret(path: Path, text: str) -> Path:
 
 
 def checks(args: argparse.Namespace, work: Path, pg: Postgres) -> dict[str, Any]:
+    h.OUT.mkdir(parents=True, exist_ok=True)  # wrk's body file (a clean checkout has none)
     package = work / "UCUpdates.cab"
     make_sample_package(package, version=NEW)
     configs = {"sqlite": h.prepare_appliance(work / "sqlite", package)}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from browser.panel import OPENAPI, Client, Panel
+from test_admin_api import _raw_tls, _read_reply, _upload_head
 from twisted.internet import defer
 
 from appliance.admin import pages_rollouts
@@ -39,6 +40,7 @@ from appliance.testing import (
 
 ADMIN, PASSWORD = "alice", "correct horse battery"
 MAX_FAILURES = 3
+MAX_UPLOAD = 400_000
 
 
 @dataclass
@@ -65,6 +67,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
         try:
             for name in ("a", "b"):
                 options = ("--dsn-file", str(dsn), "--max-failures", str(MAX_FAILURES))
+                options += ("--max-upload", str(MAX_UPLOAD))
                 panels.append(Panel(folder / name, *options))
         finally:
             if before is None:
@@ -141,6 +144,27 @@ def test_an_upload_without_a_session_is_refused_before_its_body(pool: Pool) -> N
     stranger.cookie, stranger.csrf = "made-up", "made-up"
     reply = stranger.request("POST", "/api/packages?name=x.cab", raw=b"MSCF" + bytes(5000))
     assert reply.status == 401
+
+
+def test_uploads_refused_by_their_headers_or_their_size(pool: Pool) -> None:
+    """While the caller is looked up the connection reads nothing; then the upload goes on
+    as on SQLite: over the limit by its Content-Length (413, before its body), by its
+    chunks (413, cut off), or empty (400, its empty body arrived with the headers)."""
+    admin = pool.a.client()
+    assert admin.login(ADMIN, PASSWORD).status == 200
+    with _raw_tls(pool.a) as sock:
+        sock.sendall(_upload_head(admin, "Content-Length: 50000000\r\n"))
+        status, _, body = _read_reply(sock)
+    assert status == 413 and b"over the upload limit" in body
+    piece = b"\0" * (MAX_UPLOAD + 1000)
+    with _raw_tls(pool.a) as sock:
+        sock.sendall(_upload_head(admin, "Transfer-Encoding: chunked\r\n"))
+        sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+        status, _, body = _read_reply(sock)
+    assert status == 413 and b"request body over" in body
+    reply = admin.request("POST", "/api/packages?name=x.cab", raw=b"")  # Content-Length: 0
+    assert reply.status == 400 and reply.error == "the upload is empty"
+    assert not list((pool.a.data_dir / "uploads").glob("*")), "nothing left behind"
 
 
 def test_every_documented_operation_answers_without_a_500(pool: Pool) -> None:

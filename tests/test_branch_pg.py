@@ -9,18 +9,20 @@ once, and the pool state (the store's, `check`'s and `/health`'s) says what happ
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
 
 from appliance.config import Config, RolloutSettings, StoreBackend, StoreSettings
 from appliance.model import IdentifierKind
+from appliance.ops import HealthResource
 from appliance.ops.checks import process_checks
 from appliance.phones.records import Sighting, write_sightings
 from appliance.phones.spooled import BranchWriter
@@ -134,6 +136,11 @@ def test_the_primary_away_reads_go_on_writes_wait_in_the_spool_and_land_once(
         pool = {r.name: r for r in process_checks(Config(data_dir=tmp_path), other, AT)}["pool"]
     finally:
         other.close()
+    # and /health, for a Control Panel session, says it too
+    health = HealthResource(Config(data_dir=tmp_path), store, lambda: AT, authorised=lambda _: True)
+    said = json.loads(health.answer(cast(Any, None))[1])
+    (shown,) = [c for c in said["checks"] if c["name"] == "pool"]
+    assert shown["ok"] and shown["warning"] and "4 records buffered" in shown["detail"]
     assert pool.ok and pool.warning and "4 records buffered" in pool.detail
     assert f"since {state.unreachable_since:%Y-%m-%d %H:%M:%S} UTC" in pool.detail
     assert "pool_buffered=4;;;0" in [p.text() for p in pool.perfdata]

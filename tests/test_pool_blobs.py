@@ -25,6 +25,7 @@ from appliance.catalogue import (
     apply_action,
     import_package,
     make_sample_package,
+    recover,
 )
 from appliance.cli.packages import run_clean_files
 from appliance.config import Config, load_config
@@ -132,6 +133,23 @@ def test_two_workers_of_a_node_fill_one_folder_without_fetching_a_file_twice(
         for cache in workers:
             cache.close()
         other.close()
+
+
+def test_a_fetch_killed_midway_is_left_to_the_cache_by_recover_and_cleaned_by_it(
+    nodes: tuple[Node, Node], package: Path
+) -> None:
+    a, b = nodes
+    import_package(a.store, a.config, package, "alice")
+    left = b.config.staging_dir / "fetch-4242-0badf00d"  # a serve killed while it fetched
+    left.mkdir(parents=True)
+    (left / "blob").write_bytes(b"half")
+    config = b.config
+    assert recover(b.store, config.store_dir, config.staging_dir, config.lock_path) == ()
+    assert left.exists()  # a command's recovery never pulls a running fetch away
+
+    filled = NodeCache(b.store, config.store_dir, config.staging_dir).fill()
+    assert filled is not None and filled.complete
+    assert list(config.staging_dir.iterdir()) == []
 
 
 def test_a_damaged_copy_on_the_node_is_found_and_fetched_again(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.catalogue import lifecycle
+from appliance.catalogue.durable import FETCHING
 from appliance.catalogue.lifecycle import Action, LifecycleError, NeedsForce
 from appliance.catalogue.rollout import kept_versions
 from appliance.catalogue.rollout_paths import DowngradeRefused, check_approval
@@ -282,7 +283,7 @@ def recover(store: Store, store_dir: Path, staging_dir: Path, lock_path: Path) -
 
     Cheap when there is nothing to do (no staging folder). Returns what it deleted.
     """
-    if not staging_dir.is_dir() or not any(staging_dir.iterdir()):
+    if not _leftovers(staging_dir):
         return ()
     try:
         with data_lock(lock_path, "recover"):
@@ -293,16 +294,25 @@ def recover(store: Store, store_dir: Path, staging_dir: Path, lock_path: Path) -
 
 def recover_locked(store: Store, store_dir: Path, staging_dir: Path) -> tuple[Path, ...]:
     """`recover` for a caller that holds the data lock already."""
-    if not staging_dir.is_dir() or not any(staging_dir.iterdir()):
+    leftovers = _leftovers(staging_dir)
+    if not leftovers:
         return ()
     removed, _ = sweep_unreferenced(store, store_dir)
-    for entry in sorted(staging_dir.iterdir()):
+    for entry in leftovers:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
         removed += (entry,)
     return removed
+
+
+def _leftovers(staging_dir: Path) -> list[Path]:
+    """What the staging folder holds, but the temporary files a pool node's cache is
+    fetching into (`FETCHING`: the cache's own to clean, under its fetch lock), sorted."""
+    if not staging_dir.is_dir():
+        return []
+    return sorted(e for e in staging_dir.iterdir() if not e.name.startswith(FETCHING))
 
 
 # -- phone users (HTTP Basic on the external zone) ---------------------------------------

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.catalogue.durable import fsync_folders
+from appliance.catalogue.durable import FETCHING, fsync_folders
 from appliance.catalogue.rollout import kept_versions
 from appliance.catalogue.verify import FileVerifier, _log
 from appliance.model import StoredFile
@@ -238,11 +238,20 @@ class NodeCache:
         with _exclusive(self.store_dir.parent / FETCH_LOCK):
             if target.exists() and self.verifier.intact(stored):
                 return None
+            self._remove_leftovers()
             return self._fetch_locked(stored, target)
+
+    def _remove_leftovers(self) -> None:
+        """What a fetch killed before its end left in the staging folder (no other fetch
+        of this node runs while the lock is held)."""
+        if self.staging_dir.is_dir():
+            for entry in self.staging_dir.iterdir():
+                if entry.name.startswith(FETCHING):
+                    shutil.rmtree(entry, ignore_errors=True)
 
     def _fetch_locked(self, stored: StoredFile, target: Path) -> int:
         started = time.monotonic()
-        folder = self.staging_dir / f"fetch-{os.getpid()}-{secrets.token_hex(4)}"
+        folder = self.staging_dir / f"{FETCHING}{os.getpid()}-{secrets.token_hex(4)}"
         folder.mkdir(parents=True)
         try:
             temporary = folder / "blob"

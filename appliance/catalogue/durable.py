@@ -41,6 +41,9 @@ from appliance.model import NewFile, StoredFile
 from appliance.store import BLOB_CHUNK, Store
 
 _AT_ONCE = 8  # folders fsynced at the same time
+# A pool node's cache fetches blobs into staging/fetch-*; `recover` leaves them alone (a
+# fetch may be running), and the cache removes what a killed one left, under its lock.
+FETCHING = "fetch-"
 
 
 def fsync_folder(path: Path) -> None:

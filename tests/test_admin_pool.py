@@ -13,9 +13,12 @@ two authenticators on the one store).
 from __future__ import annotations
 
 import os
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from browser.panel import OPENAPI, Client, Panel
@@ -32,11 +35,15 @@ from appliance.phones.credentials import AuthReason, AuthResult
 from appliance.store import Store
 from appliance.testing import (
     MemoryDirectory,
+    PoolNode,
     Postgres,
     basic_credentials,
     fired,
+    pool_ca,
+    pool_nodes,
     throwaway_postgres,
 )
+from appliance.testing.pool import FQDN
 
 ADMIN, PASSWORD = "alice", "correct horse battery"
 MAX_FAILURES = 3
@@ -66,8 +73,8 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
         panels: list[Panel] = []
         try:
             for name in ("a", "b"):
-                options = ("--dsn-file", str(dsn), "--max-failures", str(MAX_FAILURES))
-                options += ("--max-upload", str(MAX_UPLOAD))
+                options = ["--dsn-file", str(dsn), "--max-failures", str(MAX_FAILURES)]
+                options += ["--max-upload", str(MAX_UPLOAD)]
                 panels.append(Panel(folder / name, *options))
         finally:
             if before is None:
@@ -213,3 +220,34 @@ def test_a_phone_lockout_on_one_node_holds_on_the_other(pool: Pool) -> None:
 
 def _basic(auth: Authenticator, user: str, password: str, source: str) -> AuthResult:
     return fired(auth.authenticate(basic_credentials(user, password), source))
+
+
+def test_two_serve_processes_list_each_other_on_the_pool_page(pool: Pool, tmp_path: Path) -> None:
+    """`ucupdates serve` itself (the wiring of service.py), reactor guard raising: each node
+    writes its heartbeat, and the Control Panel of either lists both as live primaries."""
+    dsn = pool.server.create_database("serve_pool")
+    ca = pool_ca(tmp_path / "ca")
+    nodes = [PoolNode(name, tmp_path / name, dsn, ca) for name in ("a", "b")]
+    added = nodes[0].cli(
+        "admin", "add", ADMIN, "--role", "admin", "--password-stdin", stdin=PASSWORD
+    )
+    assert added.returncode == 0, added.stderr
+    os.environ["UCUPDATES_REACTOR_GUARD"] = "raise"  # the serve processes inherit it
+    try:
+        with pool_nodes(*nodes):
+            names = {f"{socket.gethostname()}:{node.ports['admin']}" for node in nodes}
+            admin = Client(nodes[1].ports["admin"], ca, FQDN)
+            assert admin.login(ADMIN, PASSWORD).status == 200
+            view: Any = {}
+            for _ in range(100):  # the first heartbeats are written as each node starts
+                view = admin.request("GET", "/api/pool").json()
+                if {n["name"] for n in view["nodes"]} == names:
+                    break
+                time.sleep(0.1)
+            assert {n["name"] for n in view["nodes"]} == names
+            assert all(n["live"] and n["role"] == "primary" for n in view["nodes"])
+            assert view["node"] == f"{socket.gethostname()}:{nodes[1].ports['admin']}"
+            assert view["backend"] == "postgresql" and view["branch"] is None
+            assert admin.request("GET", "/pool").status == 200
+    finally:
+        del os.environ["UCUPDATES_REACTOR_GUARD"]

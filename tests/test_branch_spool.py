@@ -8,8 +8,9 @@ import json
 import os
 import stat
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import psycopg
 import pytest
@@ -22,6 +23,7 @@ from appliance.catalogue import Offer, Reason
 from appliance.config import Config
 from appliance.model import ReportedModule, Zone
 from appliance.ops.checks import process_checks
+from appliance.ops.pool_check import check_pool
 from appliance.phones.records import Sighting
 from appliance.phones.spooled import BranchWriter, from_json, to_json
 from appliance.store import (
@@ -264,3 +266,45 @@ def test_a_full_spool_loses_the_batch_and_says_so(
     assert writer(big) == []
     assert spool.records() == 0 and spool.lost() == 101 and spool.full()
     assert [e["event"] for e in log_events if e.get("event") == "pool.spool.full"]
+
+
+class _Reports:
+    """A store that reports a given pool state (check_pool asks nothing else)."""
+
+    def __init__(self, state: PoolState) -> None:
+        self.state = state
+
+    def pool_state(self) -> PoolState:
+        return self.state
+
+
+@pytest.mark.parametrize(
+    ("state", "ok", "warning", "figures"),
+    [
+        (
+            PoolState(True, None, 0, 0, False, 0.0),
+            True,
+            False,
+            ["pool_buffered=0;;;0", "replica_lag=0s;~:300;;0", "primary_unreachable=0s;;;0"],
+        ),
+        (
+            PoolState(False, AT.replace(minute=0) - timedelta(seconds=90), 12, 0, False, 95.0),
+            True,
+            True,
+            ["pool_buffered=12;;;0", "replica_lag=95s;~:300;;0", "primary_unreachable=90s;;;0"],
+        ),
+        (PoolState(True, None, 0, 0, False, 400.0), True, True, None),  # not streaming
+        (PoolState(True, None, 5, 0, False, 0.0), True, True, None),  # shipping
+        (PoolState(False, AT, 100, 3, True, None), False, True, None),  # full: records lost
+    ],
+)
+def test_the_pool_check(
+    state: PoolState, ok: bool, warning: bool, figures: list[str] | None
+) -> None:
+    result = check_pool(cast(Store, _Reports(state)), AT)
+    assert result is not None and (result.ok, result.warning) == (ok, warning)
+    assert result.detail.startswith(state.summary())
+    if state.replica_lag == 400.0:
+        assert "is the replica streaming" in result.detail
+    if figures is not None:
+        assert [p.text() for p in result.perfdata] == figures

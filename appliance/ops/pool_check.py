@@ -1,8 +1,9 @@
 """The pool check of a branch node (docs/pool.md), for `ucupdates check` and `/health`.
 
 A branch node reads its local replica and writes to the pool's primary. The check passes
-with a warning while the primary is unreachable or records wait in the spool for it, and
-fails when the spool is full (new records are being lost). Its figures: the records
+with a warning while the primary is unreachable, records wait in the spool for it, or the
+replica lags more than LAG_WARNING behind a primary that answers, and fails when the spool
+is full (new records are being lost). Its figures: the records
 buffered, the replica's lag and how long the primary has been unreachable. Other nodes
 (SQLite, or PostgreSQL without a primary of their own) have no pool check.
 """
@@ -14,6 +15,10 @@ from datetime import datetime
 from appliance.ops.perfdata import Perf
 from appliance.ops.results import CheckResult, guarded
 from appliance.store import Store
+
+# A replica further behind than this while its primary answers is not streaming (or not
+# keeping up): its phones are offered what the pool approved that long ago.
+LAG_WARNING = 300.0
 
 
 def check_pool(store: Store, now: datetime) -> CheckResult | None:
@@ -28,11 +33,16 @@ def check_pool(store: Store, now: datetime) -> CheckResult | None:
     )
     figures = (
         Perf("pool_buffered", state.buffered, min=0),
-        Perf("replica_lag", state.replica_lag, "s", min=0),
+        Perf("replica_lag", state.replica_lag, "s", f"~:{LAG_WARNING:.0f}", min=0),
         Perf("primary_unreachable", away, "s", min=0),
     )
-    warning = not state.primary_reachable or bool(state.buffered or state.lost or state.refused)
-    return CheckResult("pool", not state.spool_full, state.summary(), warning, figures)
+    detail = state.summary()
+    lagging = state.primary_reachable and (state.replica_lag or 0.0) > LAG_WARNING
+    if lagging:
+        detail += f" (over {LAG_WARNING:.0f} s: is the replica streaming from the primary?)"
+    warning = lagging or not state.primary_reachable
+    warning = warning or bool(state.buffered or state.lost or state.refused)
+    return CheckResult("pool", not state.spool_full, detail, warning, figures)
 
 
 def pool_checks(store: Store | None, now: datetime) -> list[CheckResult]:

@@ -49,6 +49,7 @@ class CatalogueWatcher(service.Service):
         self.after_reload = after_reload
         self.poll_seconds = poll_seconds
         self.reloads = 0  # snapshots installed (for tests and the log)
+        self.notified = 0  # notifications that announced a change (LISTEN)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._seen: tuple[int, int] | None = None  # (data_version, generation) loaded
@@ -72,6 +73,7 @@ class CatalogueWatcher(service.Service):
         try:
             while not self._stop.is_set():
                 heard = feed.wait(self.poll_seconds, self._stop)
+                self.notified = feed.heard
                 if not self._stop.is_set():
                     self._look(heard)
         finally:

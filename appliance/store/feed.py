@@ -30,36 +30,41 @@ class ChangeFeed:
         conn = store._conn
         self._conninfo: str | None = conn.conninfo if isinstance(conn, PgConnection) else None
         self._listening: psycopg.Connection[Any] | None = None
+        self.heard = 0  # notifications that announced a change
 
     def wait(self, timeout: float, stop: threading.Event) -> bool:
-        """Whether a change was announced within `timeout` seconds (or `stop` was set:
-        False). A connection lost is made again at the next call; meanwhile this waits."""
+        """Whether to look at the catalogue's version now: a change was announced within
+        `timeout` seconds, or the LISTEN connection was just made (a change committed
+        before it was would not be announced). False after `timeout`, or when `stop` is
+        set. A connection lost is made again at the next call; meanwhile this waits."""
         check_thread()
         if self._conninfo is None:
             stop.wait(timeout)
             return False
         try:
-            conn = self._connect()
+            if self._listening is None or self._listening.closed:
+                self._connect()
+                return True
+            assert self._listening is not None
             heard = False
-            for _ in conn.notifies(timeout=timeout, stop_after=1):
+            for _ in self._listening.notifies(timeout=timeout, stop_after=1):
                 heard = True
-            for _ in conn.notifies(timeout=0):  # a burst of changes counts once
+            for _ in self._listening.notifies(timeout=0):  # a burst of changes counts once
                 pass
+            self.heard += heard
             return heard
         except psycopg.Error:
             self.close()
             stop.wait(timeout)
             return False
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        if self._listening is None or self._listening.closed:
-            assert self._conninfo is not None
-            conn = psycopg.connect(
-                self._conninfo, autocommit=True, connect_timeout=int(CONNECT_SECONDS)
-            )
-            conn.execute(f"LISTEN {CHANNEL}")
-            self._listening = conn
-        return self._listening
+    def _connect(self) -> None:
+        assert self._conninfo is not None
+        conn = psycopg.connect(
+            self._conninfo, autocommit=True, connect_timeout=int(CONNECT_SECONDS)
+        )
+        conn.execute(f"LISTEN {CHANNEL}")
+        self._listening = conn
 
     def close(self) -> None:
         if self._listening is not None:

@@ -9,7 +9,8 @@ DATA_DIR ?= ./var
 SYSTEM_PACKAGES := cabextract gcab openssl curl slapd ldap-utils rsyslog dnsutils knot-dnsutils \
 	dnsmasq-base kea-dhcp4-server isc-dhcp-server \
 	time nginx wrk dnsperf debootstrap vagrant iproute2 chromium chromium-driver \
-	samba winbind prometheus libmonitoring-plugin-perl vagrant-libvirt postgresql
+	samba winbind prometheus libmonitoring-plugin-perl vagrant-libvirt postgresql \
+	python3-psycopg2
 STAMP_SYS := $(VENV)/.system-packages
 STAMP := $(VENV)/.installed
 

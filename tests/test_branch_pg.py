@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -193,3 +194,57 @@ def state_buffered(store: Store) -> int:
     state = store.pool_state()
     assert state is not None
     return state.buffered
+
+
+def test_writers_in_several_threads_ride_out_a_primary_restart(
+    servers: tuple[Postgres, Postgres], branch: Branch
+) -> None:
+    """Four threads write in transactions while the primary stops and starts again: each
+    write lands or raises PrimaryUnavailable (nothing else, nothing hangs), and after the
+    restart every thread writes again (no transaction left holding the writer lock)."""
+    primary, _ = servers
+    store = branch.store
+    stop, back = threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+    again: set[int] = set()  # threads that wrote after the restart
+    lock = threading.Lock()
+
+    def writer(n: int) -> None:
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            try:
+                with store.transaction():
+                    store.append_event("test", f"thread.{n}", str(i))
+                outcome = "written"
+            except PrimaryUnavailable:
+                outcome = "refused"
+                time.sleep(0.05)
+            with lock:
+                seen[outcome] = seen.get(outcome, 0) + 1
+                if outcome == "written" and back.is_set():
+                    again.add(n)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1)
+        primary.stop()
+        time.sleep(1)
+        primary.start()
+        back.set()
+        cast(Any, store._conn).primary.retry()  # no back-off wait: the test knows it is up
+        for _ in range(SHIP_TRIES):  # until every thread has written again
+            if len(again) == len(threads):
+                break
+            time.sleep(POLL)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert seen.get("refused", 0) > 0 and again == {0, 1, 2, 3}
+    with store.transaction():  # the writer lock is free
+        store.append_event("test", "after", "restart")
+    assert store.events(1)[0].action == "after"

@@ -7,11 +7,13 @@ thread fails (and its traceback fails the stop). curl asks both, over HTTPS and 
 HTTP, and gets the same answers; a rule approved by the command line on the same
 PostgreSQL is offered within a bounded wait (the node learns of it by NOTIFY or by
 polling the catalogue's version); the checks' devices reach the inventory; a phone user
-logs in with Basic over the external listener; /metrics shows the store's figures.
+logs in with Basic over the external listener; /metrics shows the store's figures; and
+`ucupdates check` reads the PostgreSQL store.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -202,3 +204,11 @@ def test_metrics_show_the_store_figures_read_off_the_reactor(pair: Pair) -> None
             break
         time.sleep(0.2)
     assert 'ucupdates_catalogue_rules{state="approved"}' in text
+
+
+def test_the_check_command_reads_the_postgresql_store(pair: Pair) -> None:
+    done = pair.postgresql.cli("check", "--json")
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    assert checks["store"]["status"] == "OK", checks["store"]
+    assert checks["files"]["status"] == "OK", checks["files"]
+    assert checks["rules"]["status"] in ("OK", "WARNING"), checks["rules"]

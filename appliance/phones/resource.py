@@ -100,7 +100,8 @@ class PhoneService:
         if self.offload is None:
             rollout_tick(self.store, now, settings)
             return None
-        return self.offload(lambda: rollout_tick(self.store, now, settings))
+        ticking: Deferred[None] = self.offload(lambda: rollout_tick(self.store, now, settings))
+        return ticking.addErrback(lambda f: log.failure("the rollout timer failed", f))
 
     def close(self) -> Deferred[int] | None:
         return self.records.close()

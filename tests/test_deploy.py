@@ -74,10 +74,24 @@ def test_ansible_lint_production_profile() -> None:
     assert "passed" in (done.stdout + done.stderr).lower()
 
 
-def test_playbook_syntax() -> None:
+@pytest.mark.parametrize(
+    ("site", "inventory"),
+    [("site.yml", "example"), ("pool.yml", "pool")],  # one appliance; a two-site pool
+)
+def test_playbook_syntax(site: str, inventory: str) -> None:
     env = playbook.ansible_env(Path(tempfile.gettempdir()))
-    done = _run([str(VENV_BIN / "ansible-playbook"), "--syntax-check", str(playbook.SITE)], env=env)
+    ansible = REPO / "ansible"
+    command = [str(VENV_BIN / "ansible-playbook"), "-i", str(ansible / "inventory" / inventory)]
+    done = _run([*command, "--syntax-check", str(ansible / site)], env=env)
     assert done.returncode == 0, done.stdout + done.stderr
+    # each play reaches its hosts of the example inventory
+    done = _run([*command, "--list-hosts", str(ansible / site)], env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    plays = done.stdout.split("play #")[1:]
+    assert plays and all("hosts (0)" not in play for play in plays), done.stdout
+    if site == "pool.yml":
+        assert "pga1.contoso.com" in plays[0] and "pgb1.contoso.com" in plays[1], done.stdout
+        assert "ucupdates-b1.contoso.com" in plays[3], done.stdout
 
 
 def test_every_role_variable_is_documented_and_typed() -> None:

@@ -308,3 +308,28 @@ def test_the_pool_check(
         assert "is the replica streaming" in result.detail
     if figures is not None:
         assert [p.text() for p in result.perfdata] == figures
+
+
+def test_only_what_landed_is_logged_as_changed(tmp_path: Path) -> None:
+    store = Store.open(":memory:")
+    primary, logged = _Primary(), []
+    spool = Spool(tmp_path / "spool.db", limit=100)
+    writer = BranchWriter(store, spool, primary.write, Sighting, logged.extend)
+    primary.away = True
+    writer(_seen("00-04-F2-00-00-01"))
+    writer(_seen("00-04-F2-00-00-02"))
+    primary.away = False
+    write = primary.write
+
+    def refuses_the_first(target: Store, pending: Mapping[str, Sighting]) -> list[str]:
+        changed = write(target, pending)
+        if "00-04-F2-00-00-01" in pending:
+            raise ValueError("a row the primary will not take")  # after its changes were made
+        return changed
+
+    writer._write = refuses_the_first
+    for _ in range(3):  # the third try sets it aside
+        writer.ship()
+    assert logged == ["changed 00-04-F2-00-00-02"]
+    assert spool.records() == 0 and spool.refused() == 1
+    assert [d.identity for d in store.devices()] == ["00-04-F2-00-00-02"]  # rolled back

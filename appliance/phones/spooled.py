@@ -102,13 +102,17 @@ class BranchWriter:
     def _ship(self) -> int:
         if self.spool.records() == 0:
             return 0
-        changes: list[Any] = []
+        changes: list[Any] = []  # of the batches whose transaction committed
 
-        def sightings(store: Store, payload: str) -> None:
-            changes.extend(self._write(store, self._decode(payload)))
+        def sightings(store: Store, payload: str) -> list[Any]:
+            return self._write(store, self._decode(payload))
+
+        def landed(result: object) -> None:
+            if isinstance(result, list):
+                changes.extend(result)
 
         try:
-            shipped = ship_spool(self.store, self.spool, {SIGHTINGS: sightings})
+            shipped = ship_spool(self.store, self.spool, {SIGHTINGS: sightings}, landed=landed)
         finally:
             self._log_changes(changes)
         if shipped:

@@ -61,8 +61,9 @@ SHIPPED_TABLE = (
     "CREATE TABLE IF NOT EXISTS branch_shipped (node TEXT PRIMARY KEY, batch BIGINT NOT NULL)"
 )
 
-# kind -> writes one batch's payload to the store, inside the caller's transaction
-Shipper = Callable[["Store", str], None]
+# kind -> writes one batch's payload to the store, inside the caller's transaction; what
+# it returns is handed to `ship`'s `landed` once that transaction has committed
+Shipper = Callable[["Store", str], object]
 
 
 @dataclass(frozen=True)
@@ -221,20 +222,27 @@ def branch_spool(store: Store) -> Spool | None:
     return spool if isinstance(spool, Spool) else None
 
 
-def ship(store: Store, spool: Spool, shippers: Mapping[str, Shipper], most: int = 50) -> int:
+def ship(
+    store: Store,
+    spool: Spool,
+    shippers: Mapping[str, Shipper],
+    most: int = 50,
+    landed: Callable[[object], None] = lambda result: None,
+) -> int:
     """Write up to `most` of the spool's batches to the primary, oldest first, each in one
     transaction with this node's mark; a batch goes from the spool once that commits.
     Returns the records shipped. PrimaryUnavailable (the primary gone again) stops it:
     the rest waits for the next call. A batch the primary refuses otherwise (a row it will
     not take, a kind nothing ships) stops it too, and after `ATTEMPTS` such tries is set
-    aside (`pool.spool.refused`), so one bad batch cannot hold back every later one."""
+    aside (`pool.spool.refused`), so one bad batch cannot hold back every later one.
+    `landed` gets what each batch's shipper returned, once its transaction committed."""
     shipped = 0
     for _ in range(most):
         batch = spool.oldest()
         if batch is None:
             break
         try:
-            shipped += _ship_one(store, spool, batch, shippers)
+            shipped += _ship_one(store, spool, batch, shippers, landed)
         except PrimaryUnavailable:
             raise
         except Exception as e:
@@ -255,7 +263,11 @@ def ship(store: Store, spool: Spool, shippers: Mapping[str, Shipper], most: int 
 
 
 def _ship_one(
-    store: Store, spool: Spool, batch: SpoolBatch, shippers: Mapping[str, Shipper]
+    store: Store,
+    spool: Spool,
+    batch: SpoolBatch,
+    shippers: Mapping[str, Shipper],
+    landed: Callable[[object], None],
 ) -> int:
     shipper = {STATEMENTS: ship_statements, **shippers}.get(batch.kind)
     if shipper is None:
@@ -268,10 +280,11 @@ def _ship_one(
         ).fetchone()
         if row is not None and int(row[0]) >= batch.seq:
             return 0  # landed before the node stopped: not again
-        shipper(store, batch.payload)
+        result = shipper(store, batch.payload)
         conn.execute(
             "INSERT INTO branch_shipped (node, batch) VALUES (?, ?)"
             " ON CONFLICT (node) DO UPDATE SET batch = excluded.batch",
             (spool.node, batch.seq),
         )
+    landed(result)
     return batch.records

@@ -69,7 +69,7 @@ Shipper = Callable[["Store", str], object]
 @dataclass(frozen=True)
 class SpoolBatch:
     seq: int
-    kind: str  # what wrote it, and so what ships it ("events", "sightings")
+    kind: str  # what wrote it, and so what ships it ("statements", "sightings")
     payload: str  # JSON, as the writer of this kind made it
     records: int
     at: str  # when it was spooled (UTC, ISO)

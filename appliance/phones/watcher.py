@@ -72,10 +72,14 @@ class CatalogueWatcher(service.Service):
         feed = ChangeFeed(self.store)
         try:
             while not self._stop.is_set():
-                heard = feed.wait(self.poll_seconds, self._stop)
-                self.notified = feed.heard
-                if not self._stop.is_set():
-                    self._look(heard)
+                try:
+                    heard = feed.wait(self.poll_seconds, self._stop)
+                    self.notified = feed.heard
+                    if not self._stop.is_set():
+                        self._look(heard)
+                except Exception:  # the watcher must go on: a node would stop learning
+                    log.failure("the catalogue watcher failed; it goes on")
+                    self._stop.wait(self.poll_seconds)
         finally:
             feed.close()
 

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from appliance.catalogue import Offer, StageMove, check_outcomes, sweep_silent, tick_stagings
 from appliance.config import RolloutSettings
 from appliance.model import DeviceRequest, OfferRecord, Outcome
-from appliance.store import Store
+from appliance.store import PrimaryUnavailable, Store
 
 log = Logger(namespace="ucupdates.rollout")
 
@@ -95,6 +95,8 @@ def rollout_tick(store: Store, now: datetime, settings: RolloutSettings) -> None
         silent = sweep_silent(store, now, settings)
         log_outcomes((None, r) for r in silent)
         moves = tick_stagings(store, now)
+    except PrimaryUnavailable:  # a branch node's primary away: pool.primary.unreachable
+        return  # says so once; the next tick tries again
     except Exception:
         log.failure("the rollout timer failed")
         return

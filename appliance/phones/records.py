@@ -93,8 +93,7 @@ def write_sightings(
     """Record the buffered sightings' devices, and confirm and record their checks'
     offers (the caller holds the store's transaction); returns the offer records changed."""
     checks = [(i, *check) for i, s in pending.items() for check in s.checks()]
-    for identity, sighting in pending.items():
-        store.record_device(sighting.device(identity))
+    store.record_devices(sighting.device(identity) for identity, sighting in pending.items())
     return record_outcomes(store, checks, settings)
 
 

@@ -7,8 +7,10 @@ import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 
 from appliance.catalogue import Decision, Reason
 from appliance.config import Config, load_config
@@ -115,3 +117,32 @@ def test_the_inventory_keeps_each_devices_last_sighting(
     assert (second.locale, second.address) == ("ENU", "192.0.2.2")
     assert second.first_seen == second.last_seen == "2026-12-06T00:00:00Z"  # one flush
     assert records.flush_inventory() == 0
+
+
+def test_with_an_offload_the_buffer_is_taken_and_put_back_on_the_callers_thread(
+    setup: tuple[Config, Store, FixedClock],
+) -> None:
+    """On PostgreSQL the flush's write runs through `offload` (a thread): the batch is
+    taken first, a failed write puts it back for the next flush, and checks recorded
+    meanwhile are kept beside it."""
+    config, store, clock = setup
+    works: list[tuple[Deferred[Any], Callable[[], Any]]] = []
+
+    def offload(work: Callable[[], Any]) -> Deferred[Any]:
+        works.append((Deferred(), work))
+        return works[-1][0]
+
+    records = Records(config, store, clock, offload)
+    checks(records, clock)
+    flushed = records.flush_inventory()
+    assert isinstance(flushed, Deferred) and len(works) == 1
+    records.record_check(device_request(mac="00-04-F2-00-00-03"), NOTHING, "192.0.2.3")
+    failing, _ = works.pop()
+    failing.errback(RuntimeError("the primary went away"))  # as the thread's failure
+    assert flushed.result == 0 and store.devices() == []
+    again = records.flush_inventory()
+    assert isinstance(again, Deferred)
+    done, work = works.pop()
+    done.callback(work())  # the write, then its result back
+    assert again.result == 4
+    assert len(store.devices()) == 4

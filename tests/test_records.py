@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.logger import LogEvent
 
 from appliance.catalogue import Decision, Reason
 from appliance.config import Config, load_config
@@ -120,7 +121,7 @@ def test_the_inventory_keeps_each_devices_last_sighting(
 
 
 def test_with_an_offload_the_buffer_is_taken_and_put_back_on_the_callers_thread(
-    setup: tuple[Config, Store, FixedClock],
+    setup: tuple[Config, Store, FixedClock], log_events: list[LogEvent]
 ) -> None:
     """On PostgreSQL the flush's write runs through `offload` (a thread): the batch is
     taken first, a failed write puts it back for the next flush, and checks recorded
@@ -140,9 +141,18 @@ def test_with_an_offload_the_buffer_is_taken_and_put_back_on_the_callers_thread(
     failing, _ = works.pop()
     failing.errback(RuntimeError("the primary went away"))  # as the thread's failure
     assert flushed.result == 0 and store.devices() == []
+    retried = records.flush_inventory()
+    works.pop()[0].errback(RuntimeError("still away"))  # logged once a streak, below
+    assert isinstance(retried, Deferred) and retried.result == 0
     again = records.flush_inventory()
     assert isinstance(again, Deferred)
     done, work = works.pop()
     done.callback(work())  # the write, then its result back
     assert again.result == 4
     assert len(store.devices()) == 4
+    failures = [e for e in log_events if "log_failure" in e]
+    assert len(failures) == 1
+    assert any(
+        e.get("log_namespace") == "ucupdates.phone" and e.get("event") == "inventory.resumed"
+        for e in log_events
+    )

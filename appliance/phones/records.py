@@ -111,6 +111,7 @@ class Records:
         self.store = store
         self.now = now
         self._offload = offload  # PostgreSQL: the inventory's writes run in a thread
+        self._flush_failing = False  # with offload: a failure was logged; a success says so
         # The inventory's write of one batch (in its own transaction); a branch node's
         # replaces it with one that keeps the batch locally while the primary is away.
         self.write_batch: Callable[[Mapping[str, Sighting]], Changes] = self._write_batch
@@ -220,11 +221,18 @@ class Records:
             return write_sightings(self.store, pending, self.config.rollouts)
 
     def _written(self, outcomes: Changes, pending: Mapping[str, Sighting]) -> int:
+        if self._flush_failing:
+            self._flush_failing = False
+            log.info("device sightings are recorded again", event="inventory.resumed")
         log_outcomes(outcomes)
         return len(pending)
 
     def _put_back(self, pending: Mapping[str, Sighting], failure: Failure) -> int:
-        log.failure("could not record {count} device sightings", failure, count=len(pending))
+        """The batch back in the buffer. The failure is logged each time on SQLite; with
+        `offload` (a database away may fail every flush) once until a write works again."""
+        if self._offload is None or not self._flush_failing:
+            log.failure("could not record {count} device sightings", failure, count=len(pending))
+        self._flush_failing = self._offload is not None
         for identity, sighting in pending.items():
             self._inventory.setdefault(identity, sighting)
         return 0

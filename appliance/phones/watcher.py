@@ -57,9 +57,12 @@ class CatalogueWatcher(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self._stop.clear()
+        self._stop = stop = threading.Event()  # a thread of an earlier start keeps its own
+        self._thread = None
         self._reload()  # at start (before the reactor runs): the first checks need it
-        self._thread = threading.Thread(target=self._run, name="catalogue-watcher", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(stop,), name="catalogue-watcher", daemon=True
+        )
         self._thread.start()
 
     def stopService(self) -> Any:
@@ -67,19 +70,19 @@ class CatalogueWatcher(service.Service):
         self._stop.set()  # the thread ends within a poll; nothing waits for it
         return None
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         self._after_reload()  # for the snapshot loaded at start
         feed = ChangeFeed(self.store)
         try:
-            while not self._stop.is_set():
+            while not stop.is_set():
                 try:
-                    heard = feed.wait(self.poll_seconds, self._stop)
+                    heard = feed.wait(self.poll_seconds, stop)
                     self.notified = feed.heard
-                    if not self._stop.is_set():
+                    if not stop.is_set():
                         self._look(heard)
                 except Exception:  # the watcher must go on: a node would stop learning
                     log.failure("the catalogue watcher failed; it goes on")
-                    self._stop.wait(self.poll_seconds)
+                    stop.wait(self.poll_seconds)
         finally:
             feed.close()
 

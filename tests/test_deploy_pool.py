@@ -9,7 +9,8 @@ role. ucupdates_postgresql_manage_service is false (the test starts and restarts
 servers, with the files the role rendered); everything else runs as on a real host: the
 primary's database, roles and slot made by the community.postgresql modules, the replica
 made by the role's pg_basebackup -R through its slot over TLS (sslmode=verify-full), the
-streaming check of pool.yml, and a second run of both that changes nothing.
+streaming check of pool.yml, and a second run of both that changes nothing. The primary's
+first run is preceded by one in check mode, which renders nothing.
 """
 
 from __future__ import annotations
@@ -160,6 +161,18 @@ def test_pool_playbook_makes_a_primary_and_a_replica_streaming_over_tls(
         standby_conf, standby_args = hosts[REPLICA]
         timings: dict[str, float] = {}
         try:
+            # --check on the new primary: says what it would do, renders nothing
+            check = playbook.run(
+                [*primary_args, "--check", "--skip-tags", "install,streaming", str(POOL)],
+                env,
+                RUN_SECONDS,
+            )
+            timings["check"] = check.seconds
+            assert check.returncode == 0, check.output[-8000:]
+            assert check.recap()["pga1"]["changed"] > 0
+            assert not (primary_conf / "conf.d").exists()
+            assert primary.sql("SELECT count(*) FROM pg_replication_slots") == "0\n"
+
             # the primary: its files, then its database, roles and the replica's slot
             # (its check at the end waits for the restart below, with the new settings)
             first = playbook.run(
@@ -212,9 +225,9 @@ def test_pool_playbook_makes_a_primary_and_a_replica_streaming_over_tls(
             monkeypatch.setenv("HOME", pwd.getpwnam("postgres").pw_dir)
             standby.start()
 
-            # both again, the replica in check mode: nothing changes (or would), each
-            # server's check passes and pool.yml's check sees the replica stream over TLS
-            for name, args in (("pga1", primary_args), (REPLICA, [*standby_args, "--check"])):
+            # both again: nothing changes, each server's check passes, and pool.yml's
+            # check sees the replica stream over TLS
+            for name, args in (("pga1", primary_args), (REPLICA, standby_args)):
                 again = playbook.run([*args, "--skip-tags", "install", str(POOL)], env, RUN_SECONDS)
                 timings[f"{name} again"] = again.seconds
                 assert again.returncode == 0, again.output[-6000:] + standby.log_text()[-3000:]

@@ -10,32 +10,10 @@ from pathlib import Path
 import pytest
 
 from appliance.store import SchemaError, Store, inspect_database, newest_schema_version
-from appliance.store.database import _schema_scripts
 from appliance.testing import FixedClock
+from tests.older_schema import older_database
 
 START = datetime(2026, 12, 6, 2, 0, 0, tzinfo=UTC)
-
-
-def older_database(path: Path) -> int:
-    """A database at the schema before the newest (the scripts applied up to N-1, as an
-    older ucupdates left it), with one package row in it; returns N-1."""
-    older = newest_schema_version() - 1
-    conn = sqlite3.connect(path, isolation_level=None)
-    for version, sql in _schema_scripts():
-        if version > older:
-            break
-        conn.executescript(
-            "BEGIN;\nCREATE TABLE IF NOT EXISTS schema_version "
-            "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL);\n"
-            f"{sql}\nINSERT INTO schema_version VALUES ({version}, '2013-04-02T09:30:00Z');\n"
-            "COMMIT;"
-        )
-    conn.execute(
-        "INSERT INTO packages (name, sha256, size, imported_at, imported_by)"
-        " VALUES ('UCUpdates.cab', 'ab', 1, '2013-04-02T09:30:00Z', 'alice')"
-    )
-    conn.close()
-    return older
 
 
 def test_opening_an_older_schema_backs_the_database_up_before_upgrading(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -39,10 +38,11 @@ from appliance.model import (
     StageSchedule,
     Zone,
 )
-from appliance.store import Store, newest_schema_version
+from appliance.store import Store
 from appliance.testing import Postgres
 from appliance.testing.processes import REPO, run_cli
 from appliance.testing.stores import approved_sample, catalogue_state
+from tests.older_schema import older_database
 
 NEWER = "4.0.7577.4400"
 PINNED = "00-04-F2-00-00-01"
@@ -279,24 +279,9 @@ def test_refused_while_serve_runs_and_without_a_target(
 def test_an_older_sqlite_schema_is_upgraded_first_and_says_so(
     store_postgres: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from appliance.store.database import _schema_scripts
-
     data = tmp_path / "data"
     data.mkdir()
-    older = newest_schema_version() - 1
-    conn = sqlite3.connect(data / "ucupdates.sqlite3", isolation_level=None)
-    for version, sql in _schema_scripts()[:older]:
-        conn.executescript(
-            "BEGIN;\nCREATE TABLE IF NOT EXISTS schema_version "
-            "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL);\n"
-            f"{sql}\nINSERT INTO schema_version VALUES ({version}, '2013-04-02T09:30:00Z');\n"
-            "COMMIT;"
-        )
-    conn.execute(
-        "INSERT INTO packages (name, sha256, size, imported_at, imported_by)"
-        " VALUES ('UCUpdates.cab', 'ab', 1, '2013-04-02T09:30:00Z', 'alice')"
-    )
-    conn.close()
+    older = older_database(data / "ucupdates.sqlite3")
     dsn, _ = target(store_postgres, tmp_path)
     monkeypatch.setenv("MIGRATE_DSN", dsn)
     done = run_cli(data, "migrate-store", "--dsn-env", "MIGRATE_DSN")

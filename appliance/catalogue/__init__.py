@@ -51,7 +51,7 @@ from appliance.catalogue.drift import (
 )
 from appliance.catalogue.drift_summary import drift_summary_service, read_drift
 from appliance.catalogue.importer import PackageError, import_package
-from appliance.catalogue.lifecycle import Action, LifecycleError, NeedsForce
+from appliance.catalogue.lifecycle import Action, LifecycleError, NeedsForce, rule_summary
 from appliance.catalogue.lifecycle import apply as rule_after
 from appliance.catalogue.migrate import Migration, MigrationError, migrate_store, verify_store
 from appliance.catalogue.progress import ImportProgress
@@ -249,6 +249,7 @@ __all__ = [
     "rollout_key",
     "rule_after",
     "rule_json",
+    "rule_summary",
     "sample_check",
     "scheduled_name",
     "set_external",

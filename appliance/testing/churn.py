@@ -32,6 +32,7 @@ from appliance.catalogue import (
     file_sha256,
     import_package,
     make_sample_package,
+    rule_summary,
 )
 from appliance.config import Config, load_config
 from appliance.model import FileRole, Rule, StageSchedule
@@ -42,19 +43,7 @@ IMAGE_SIZE = 4096  # small: the database's work is what is tested, not the extra
 CHANGES = ("import", "approve")  # the events of a transaction that moves the version once
 PAUSE_SECONDS = 300  # how long a paused writer waits to be killed
 STAGES = (25.0, 100.0)
-
-
-SUMMARY = ("approved", "pending", "restore", "state")
-
-
-def rule_summary(rule: Rule) -> dict[str, str | None]:
-    """A rule as the event log records it, before and after a change."""
-    return {
-        "approved": rule.approved_version,
-        "pending": rule.pending_version,
-        "restore": rule.restore_version,
-        "state": rule.state.value,
-    }
+SUMMARY = ("approved", "pending", "restore", "state")  # what rule_summary records
 
 
 def version(n: int) -> str:

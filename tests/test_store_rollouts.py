@@ -216,6 +216,17 @@ def test_a_rule_removed_takes_its_staging_and_offers_with_it(db: Store) -> None:
     assert db.stagings() == [] and db.offers() == []
 
 
+def test_an_offer_of_a_rule_removed_since_its_check_is_dropped_not_refused(db: Store) -> None:
+    """The inventory flush saves the offers its checks made; a rule removed between a check
+    and the flush must not fail the batch (put back, it failed again at every flush, and no
+    sighting was recorded any more)."""
+    kept = approved_rule(db)
+    removed = kept + 1  # no rule has this id any more
+    with db.transaction():
+        db.save_offers([offer("A", removed), offer("A", kept)])
+    assert [(r.identity, r.rule_id) for r in db.offers()] == [("A", kept)]
+
+
 def offer(identity: str, rule_id: int, **changes: object) -> OfferRecord:
     record = OfferRecord(
         identity=identity,

@@ -25,10 +25,13 @@ class OfferTables(Connection):
 
     def save_offers(self, records: Iterable[OfferRecord]) -> None:
         """Insert or replace each device's record for its rule (the flush's batch; the
-        caller holds the transaction)."""
+        caller holds the transaction). A record of a rule removed since its check is
+        dropped: the offer went with the rule, and the batch must not fail on it (it would
+        be put back and fail again at every flush)."""
         self._conn.executemany(
             f"INSERT INTO rollout_offers ({_OFFER_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+            " WHERE EXISTS (SELECT 1 FROM rules WHERE id = ?)"
             " ON CONFLICT (identity, rule_id) DO UPDATE SET version = excluded.version,"
             " from_version = excluded.from_version,"
             " first_offered_at = excluded.first_offered_at,"
@@ -36,7 +39,7 @@ class OfferTables(Connection):
             " outcome = excluded.outcome, outcome_at = excluded.outcome_at,"
             " last_seen_at = excluded.last_seen_at, reported = excluded.reported,"
             " ran_it = excluded.ran_it, stage = excluded.stage, images = excluded.images",
-            [_offer_row(r) for r in records],
+            [(*_offer_row(r), r.rule_id) for r in records],
         )
 
     def offers_of(self, identities: Sequence[str]) -> list[OfferRecord]:

@@ -80,11 +80,21 @@ run: $(STAMP)
 	$(UC) rules
 	$(UC) serve
 
+# the whole suite in three runs, each run whatever an earlier one found (the status is the
+# worst): the fast tier, a test file per worker; the slow tier's tests marked `alone`
+# (tests/conftest.py: they load the machine on purpose, or measure time) one at a time; the
+# rest of the slow tier, a test file per worker on SLOW_WORKERS workers (its tests mostly
+# wait on the processes and servers they start, so more workers than cores pays)
+SLOW_WORKERS ?= 3
 test: $(STAMP) lint
-	$(PY) -m pytest -q
+	@status=0; \
+	$(PY) -m pytest -q -m "not slow" -n auto --maxprocesses 4 --dist loadfile || status=1; \
+	$(PY) -m pytest -q -m "slow and alone" || status=1; \
+	$(PY) -m pytest -q -m "slow and not alone" -n $(SLOW_WORKERS) --dist loadfile || status=1; \
+	exit $$status
 
 # the fast tier: lint, types and every test not marked slow (tests/conftest.py), in seconds,
-# a test file per worker on up to 4 cores (the whole suite, `make test`, runs in one process)
+# a test file per worker on up to 4 cores
 check: $(STAMP) lint
 	$(PY) -m pytest -q -m "not slow" -n auto --maxprocesses 4 --dist loadfile
 

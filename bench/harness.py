@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from appliance.catalogue.sample import sample_check  # noqa: E402
 from appliance.config import TlsProfile  # noqa: E402
+from appliance.testing.processes import free_port as testing_free_port  # noqa: E402
 from appliance.tls.contexts import cipher_list  # noqa: E402 - the listeners' own list
 
 CHECK_PATH = "/RequestHandler/ucdevice.upx"
@@ -58,8 +58,7 @@ def pin_self(cpu: int = CLIENT_CPU) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        return s.bind(("127.0.0.1", 0)) or int(s.getsockname()[1])
+    return testing_free_port()  # apart from other pytest-xdist workers' when under one
 
 
 def machine_check(seconds: float = 1.0) -> dict[str, Any]:

@@ -179,6 +179,16 @@ SLOW_TESTS = {
     "test_soak_for_a_minute",  # bench/soak.py --seconds 60
 }
 SLOW_PREFIXES = ("test_live_",)  # real sockets towards a running responder
+# Slow tests that load the machine on purpose or judge time: `make test` runs them one at a
+# time, before the rest of the slow tier runs on several workers.
+ALONE_TESTS = {
+    "test_slowloris_on_https_leaves_every_real_check_answered",
+    "test_slowloris_on_dns_over_tcp_does_not_slow_real_queries",
+    "test_soak_for_a_minute",
+    "test_local_directory_spends_as_long_on_unknown_users",
+    "test_memory_stays_flat_while_extracting_a_large_cab",
+    "test_a_refused_request_streaming_an_endless_body_is_cut_off",  # cut off within 3 s
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -186,3 +196,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         name = getattr(item, "originalname", item.name)
         if item.path.name in SLOW_FILES or name in SLOW_TESTS or name.startswith(SLOW_PREFIXES):
             item.add_marker(pytest.mark.slow)
+        if name in ALONE_TESTS:
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.alone)

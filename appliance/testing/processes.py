@@ -38,10 +38,30 @@ def run_cli(
 
 
 def free_port(kind: socket.SocketKind = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    """A port nothing listens on just now (TCP unless `kind` says SOCK_DGRAM)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on just now (TCP unless `kind` says SOCK_DGRAM). Under
+    pytest-xdist each worker takes only the ports of its own remainder (port modulo the
+    number of workers), so that two workers never pick the same one between its release
+    here and its use."""
+    share, shares = _worker_share()
+    port = 0
+    for _ in range(64 * shares):  # the kernel hands out ports scattered: a few tries each
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port % shares == share:
+            break
+    return port
+
+
+def _worker_share() -> tuple[int, int]:
+    """This pytest-xdist worker's number and the count of workers; (0, 1) outside one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    try:
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+        number = int(worker.removeprefix("gw")) if worker.startswith("gw") else 0
+    except ValueError:
+        return 0, 1
+    return (number % count, count) if count > 1 else (0, 1)
 
 
 STARTUP_SECONDS = 60.0  # a loaded 2-core machine starts serve in a few seconds

@@ -143,7 +143,7 @@ bench-rollout: $(STAMP)
 
 # pool mode: checks with the catalogue on PostgreSQL against SQLite, A B A B, and the time
 # until two nodes on a PostgreSQL primary and a branch on its standby serve a 200 MB import
-# (about 3 minutes); bench/out/pool.json (docs/benchmarks.md, Pool)
+# (about 90 s); bench/out/pool.json (docs/benchmarks.md, Pool)
 bench-pool: $(STAMP)
 	$(PY) bench/bench_pool.py
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import harness as h
 
+from appliance.catalogue import file_sha256
 from appliance.catalogue.sample import SAMPLE_DEVICES, make_sample_package, sample_check
 from appliance.testing import PoolNode, Postgres, pool_ca, throwaway_postgres
 
@@ -150,14 +151,6 @@ def download_hash(port: int, path: str) -> str | None:
         conn.close()
 
 
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 Device = tuple[str, str, str, str, str]
 
 
@@ -169,7 +162,7 @@ def package_images(package: Path, folder: Path) -> dict[Device, tuple[str, str]]
     for device in SAMPLE_DEVICES:
         image = folder.joinpath(*device, "CPE", "CPE.nbt")
         url = "/DeviceUpdateFiles_Int/" + "/".join(device) + f"/{NEW}/CPE/CPE.nbt"
-        found[device] = (url, file_hash(image))
+        found[device] = (url, file_sha256(image))
         image.unlink()
     return found
 

@@ -56,13 +56,8 @@ def store_postgres() -> Iterator[Postgres]:
     """One throwaway PostgreSQL for the session's store tests, with STORE_TEMPLATE at the
     newest schema: each test gets a fresh copy (CREATE DATABASE ... TEMPLATE)."""
     with throwaway_postgres() as server:
-        server.sql(f"CREATE DATABASE {STORE_TEMPLATE} OWNER ucupdates")
-        Store.open_postgresql(_database(server, STORE_TEMPLATE)).close()
+        Store.open_postgresql(server.create_database(STORE_TEMPLATE)).close()
         yield server
-
-
-def _database(server: Postgres, name: str) -> str:
-    return server.conninfo.replace("dbname=ucupdates ", f"dbname={name} ")
 
 
 @pytest.fixture
@@ -72,8 +67,7 @@ def new_postgres_database(store_postgres: Postgres) -> Callable[[], str]:
 
     def make() -> str:
         name = f"store_{next(_store_databases)}"
-        store_postgres.sql(f"CREATE DATABASE {name} TEMPLATE {STORE_TEMPLATE} OWNER ucupdates")
-        return _database(store_postgres, name)
+        return store_postgres.create_database(name, template=STORE_TEMPLATE)
 
     return make
 
@@ -90,8 +84,8 @@ def open_test_store(request: pytest.FixtureRequest) -> Iterator[Callable[[Clock]
             store = Store.open(":memory:", clock=clock)
         else:
             name = f"store_{next(_store_databases)}"
-            server.sql(f"CREATE DATABASE {name} TEMPLATE {STORE_TEMPLATE} OWNER ucupdates")
-            store = Store.open_postgresql(_database(server, name), clock=clock)
+            dsn = server.create_database(name, template=STORE_TEMPLATE)
+            store = Store.open_postgresql(dsn, clock=clock)
         opened.append(store)
         return store
 

@@ -203,7 +203,12 @@ def test_the_staged_rollout_scenario_at_a_tiny_size(
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     bench_rollout = importlib.import_module("bench_rollout")
     args = argparse.Namespace(
-        phones=80, path_share=0.1, revert_share=0.05, concurrency=20, jitter=0.5, idle=1.0,
+        phones=80,
+        path_share=0.1,
+        revert_share=0.05,
+        concurrency=20,
+        jitter=0.5,
+        idle=1.0,
         no_auto_pause=True,
     )
     report = bench_rollout.staged(args, tmp_path)

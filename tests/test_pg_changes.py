@@ -34,8 +34,7 @@ pytestmark = pytest.mark.slow
 def dsn(store_postgres: Postgres) -> str:
     """A fresh database of the session's server, at the newest schema."""
     name = f"changes_{next(_databases)}"
-    store_postgres.sql(f"CREATE DATABASE {name} TEMPLATE store_template OWNER ucupdates")
-    return store_postgres.conninfo.replace("dbname=ucupdates ", f"dbname={name} ")
+    return store_postgres.create_database(name, template="store_template")
 
 
 @pytest.fixture

@@ -58,18 +58,12 @@ def cli(node: PoolNode, *args: str, stdin: str | None = None) -> str:
 @pytest.fixture(scope="module")
 def pair(store_postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     folder = tmp_path_factory.mktemp("serve-pg")
-    store_postgres.sql("CREATE DATABASE serve_pg OWNER ucupdates")
-    dsn = store_postgres.conninfo.replace("dbname=ucupdates ", "dbname=serve_pg ")
+    dsn = store_postgres.create_database("serve_pg")
     ca = pool_ca(folder / "ca")
     on_pg = PoolNode("postgresql", folder / "postgresql", dsn, ca)
     on_sqlite = PoolNode("sqlite", folder / "sqlite", "unused", ca)
-    for _ in range(20):  # ports chosen free one at a time may repeat: take distinct ones
-        on_pg.ports, on_sqlite.ports = {}, {}
-        on_pg.write()
-        on_sqlite.write()  # then without its [store] table: the default, SQLite
-        chosen = [*on_pg.ports.values(), *on_sqlite.ports.values()]
-        if len(set(chosen)) == len(chosen):
-            break
+    on_pg.write()
+    on_sqlite.write()  # then without its [store] table: the default, SQLite
     text = on_sqlite.config.read_text(encoding="utf-8")
     on_sqlite.config.write_text(text[: text.index("[store]")], encoding="utf-8")
     for version in (APPROVED, PENDING):

@@ -22,8 +22,7 @@ _databases = itertools.count()
 def dsn(store_postgres: Postgres) -> Iterator[str]:
     """An empty database (no schema yet) of the session's server."""
     name = f"empty_{next(_databases)}"
-    store_postgres.sql(f"CREATE DATABASE {name} OWNER ucupdates")
-    yield store_postgres.conninfo.replace("dbname=ucupdates ", f"dbname={name} ")
+    yield store_postgres.create_database(name)
 
 
 def test_nodes_opening_an_empty_database_together_apply_each_version_once(dsn: str) -> None:

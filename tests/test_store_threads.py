@@ -21,10 +21,8 @@ _databases = itertools.count()
 def shared(store_postgres: Postgres) -> Iterator[Store]:
     """A store of two connections at most, on a fresh database at the newest schema."""
     name = f"threads_{next(_databases)}"
-    store_postgres.sql(f"CREATE DATABASE {name} TEMPLATE store_template OWNER ucupdates")
-    store = Store.open_postgresql(
-        store_postgres.conninfo.replace("dbname=ucupdates ", f"dbname={name} "), pool_size=2
-    )
+    dsn = store_postgres.create_database(name, template="store_template")
+    store = Store.open_postgresql(dsn, pool_size=2)
     yield store
     store.close()
 

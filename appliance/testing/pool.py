@@ -96,7 +96,7 @@ class PoolNode:
                 shutil.copy2(self.ca_pem.parent / name, tls / name)
         (tls / "ca.key").chmod(0o600)
         if not self.ports:
-            self.ports = {name: _distinct_port() for name in TCP_LISTENERS}
+            self.ports = {name: free_port() for name in TCP_LISTENERS}
         _write_secret(self.folder / "dsn", self.dsn)
         store = f'[store]\nbackend = "postgresql"\ndsn_file = {_q(self.folder / "dsn")}\n'
         if self.primary_dsn is not None:
@@ -165,20 +165,6 @@ class PoolNode:
             timeout=timeout,
             cwd=REPO,
         )
-
-
-_GIVEN: set[int] = set()  # every port a node of this process was given
-
-
-def _distinct_port() -> int:
-    """A free port no node of this process was given before (the kernel hands a port
-    just released out again: two listeners of a node would share it by SO_REUSEPORT)."""
-    for _ in range(1000):
-        port = free_port()
-        if port not in _GIVEN:
-            _GIVEN.add(port)
-            return port
-    raise AssertionError("no free port that no node has")
 
 
 def _q(path: Path) -> str:

@@ -38,19 +38,25 @@ def run_cli(
 
 
 def free_port(kind: socket.SocketKind = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    """A port nothing listens on just now (TCP unless `kind` says SOCK_DGRAM). Under
-    pytest-xdist each worker takes only the ports of its own remainder (port modulo the
-    number of workers), so that two workers never pick the same one between its release
-    here and its use."""
+    """A port nothing listens on just now (TCP unless `kind` says SOCK_DGRAM), and one this
+    process was not given before: the kernel hands a port just released out again, so two
+    listeners chosen one after the other could get the same one (and share it by
+    SO_REUSEPORT). Under pytest-xdist each worker takes only the ports of its own remainder
+    (port modulo the number of workers), so that two workers never pick the same one
+    between its release here and its use."""
     share, shares = _worker_share()
     port = 0
     for _ in range(64 * shares):  # the kernel hands out ports scattered: a few tries each
         with socket.socket(socket.AF_INET, kind) as s:
             s.bind((host, 0))
             port = int(s.getsockname()[1])
-        if port % shares == share:
+        if port % shares == share and port not in _GIVEN:
             break
+    _GIVEN.add(port)
     return port
+
+
+_GIVEN: set[int] = set()  # every port free_port handed out in this process
 
 
 def _worker_share() -> tuple[int, int]:
